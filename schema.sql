@@ -1,0 +1,20 @@
+-- The Garivini job table. Compatible with the original Perl Garivini's table:
+-- an existing deployment and its clients keep working without a migration.
+-- New columns may only be added with defaults, so old INSERTs still work.
+--
+-- utf8mb4_bin: unique keys and function names compare byte for byte, as
+-- gearmand compares them; a case-insensitive collation would merge
+-- "Key" and "key" into one job.
+CREATE TABLE IF NOT EXISTS job (
+    jobid      BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
+    funcname   VARCHAR(200)     NOT NULL,
+    arg        MEDIUMBLOB,
+    uniqkey    VARCHAR(255)     NULL,
+    run_after  INT UNSIGNED     NOT NULL,
+    `coalesce` VARCHAR(255)     NULL,
+    flag       ENUM('controller','shim') NOT NULL DEFAULT 'shim',
+    failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (jobid),
+    INDEX run_after (run_after),
+    UNIQUE funcname_uniqkey (funcname, uniqkey)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

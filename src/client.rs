@@ -1,0 +1,192 @@
+//! The library API of throughput mode: store jobs, and, from a worker,
+//! complete, reschedule or fail them.
+//!
+//! Completion is the hottest path of the system, so completions that
+//! arrive together are coalesced into one `DELETE ... WHERE jobid IN (...)`
+//! per database (group commit): a completion that finds the database idle
+//! is sent at once; those that arrive while deletes are in flight ride
+//! together in the next one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::job::{backoff, Job, NewJob, When};
+use crate::store::{JobRef, Store};
+
+/// After this many failures a job is parked as dead.
+pub const DEFAULT_MAX_ATTEMPTS: u8 = 25;
+/// Most completions in one DELETE.
+pub const DEFAULT_COMPLETE_BATCH: usize = 1000;
+/// How long a completion may wait for others to join its DELETE.
+pub const DEFAULT_COMPLETE_LINGER: Duration = Duration::from_millis(1);
+/// DELETEs in flight at once.
+const COMPLETE_IN_FLIGHT: usize = 4;
+
+/// What [`Client::failed_job`] did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// It runs again this many seconds from now.
+    In(u32),
+    /// It reached the attempt limit and is parked, dead.
+    Dead,
+}
+
+struct Completion {
+    job: JobRef,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A handle for storing and finishing jobs. Cheap to clone; clones share
+/// one database pool per database and one completion batcher.
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<Store>,
+    completions: mpsc::Sender<Completion>,
+    max_attempts: u8,
+}
+
+impl Client {
+    /// A client on `store`. Must be called within a Tokio runtime: it
+    /// starts the completion batcher, which ends when the last clone of
+    /// the client is dropped.
+    pub fn new(store: Arc<Store>) -> Client {
+        let (tx, rx) = mpsc::channel(DEFAULT_COMPLETE_BATCH * COMPLETE_IN_FLIGHT);
+        tokio::spawn(complete_batches(store.clone(), rx, DEFAULT_COMPLETE_LINGER));
+        Client {
+            store,
+            completions: tx,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Sets after how many failures [`Client::failed_job`] parks a job as
+    /// dead (default [`DEFAULT_MAX_ATTEMPTS`]; at least 1).
+    pub fn with_max_attempts(mut self, max_attempts: u8) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// The store this client writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stores one job. Answers only after its row is committed; with a
+    /// unique key that already has a row, answers that row instead.
+    pub async fn insert_job(&self, job: NewJob) -> Result<JobRef> {
+        let refs = self.store.insert(std::slice::from_ref(&job)).await?;
+        Ok(refs[0])
+    }
+
+    /// Stores many jobs, in as few multi-row statements as the shards
+    /// allow. Answers only after every row is committed; nothing is stored
+    /// if any job fails validation.
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<JobRef>> {
+        self.store.insert(jobs).await
+    }
+
+    /// Marks a job done: deletes its row. Answers only after the delete is
+    /// committed; it may share its DELETE with other completions.
+    pub async fn complete_job(&self, job: &Job) -> Result<()> {
+        let job = JobRef {
+            dbid: job.dbid,
+            jobid: job.jobid,
+        };
+        let (done, answer) = oneshot::channel();
+        let lost = || Error::CompletionLost { job };
+        self.completions
+            .send(Completion { job, done })
+            .await
+            .map_err(|_| lost())?;
+        answer
+            .await
+            .map_err(|_| lost())?
+            .map_err(|reason| Error::CompletionFailed { job, reason })
+    }
+
+    /// Sets when a job runs again, keeping its failcount.
+    pub async fn reschedule_job(&self, job: &Job, when: When) -> Result<()> {
+        self.store.reschedule(job_ref(job), when, job.failcount).await?;
+        Ok(())
+    }
+
+    /// Records a failed run: failcount + 1, and the job runs again after
+    /// the original's backoff (2^failcount minutes, at most a day), or is
+    /// parked dead once it has failed `max_attempts` times.
+    pub async fn failed_job(&self, job: &Job) -> Result<Retry> {
+        let failcount = job.failcount.saturating_add(1);
+        let retry = if failcount >= self.max_attempts {
+            Retry::Dead
+        } else {
+            Retry::In(backoff(job.failcount))
+        };
+        let when = match retry {
+            Retry::Dead => When::Never,
+            Retry::In(secs) => When::In(secs),
+        };
+        self.store.reschedule(job_ref(job), when, failcount).await?;
+        Ok(retry)
+    }
+}
+
+fn job_ref(job: &Job) -> JobRef {
+    JobRef {
+        dbid: job.dbid,
+        jobid: job.jobid,
+    }
+}
+
+/// The completion batcher: takes completions as they come, and sends each
+/// batch as one DELETE per database, with a few batches in flight.
+async fn complete_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Completion>, linger: Duration) {
+    let in_flight = Arc::new(Semaphore::new(COMPLETE_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < DEFAULT_COMPLETE_BATCH {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(c) => batch.push(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        // Whatever queued up while we waited for a slot joins this batch.
+        while batch.len() < DEFAULT_COMPLETE_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            flush(&store, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn flush(store: &Store, batch: Vec<Completion>) {
+    let mut by_db: HashMap<u32, Vec<Completion>> = HashMap::new();
+    for c in batch {
+        by_db.entry(c.job.dbid).or_default().push(c);
+    }
+    for (dbid, completions) in by_db {
+        let ids: Vec<u64> = completions.iter().map(|c| c.job.jobid).collect();
+        let outcome = store.delete(dbid, &ids).await.map_err(|e| e.to_string());
+        for c in completions {
+            // The caller may have gone away; its row is deleted all the same.
+            let _ = c.done.send(outcome.clone().map(|_| ()));
+        }
+    }
+}

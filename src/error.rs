@@ -1,0 +1,135 @@
+//! The library's one error type. Every variant names what failed and
+//! carries the values that failed, so that its `Display` is the one line a
+//! user needs. DSNs in messages are always masked (no password).
+
+use std::time::Duration;
+
+/// Everything that can go wrong in Garivini.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `mysql://` URL that does not parse.
+    #[error("invalid database URL {dsn}: {reason}")]
+    InvalidDsn {
+        /// The URL, password masked.
+        dsn: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No database was configured.
+    #[error("no database given: set GARIVINI_DSN or pass --dsn (mysql://user:pass@host:port/db)")]
+    NoDatabase,
+    /// No gearmand was configured.
+    #[error("no gearmand given: set GARIVINI_GEARMAND or pass --gearmand (host:port)")]
+    NoGearmand,
+    /// A gearmand address that is not `host:port`.
+    #[error("invalid gearmand address {addr:?}: expected host:port")]
+    InvalidGearmandAddr {
+        /// The address as given.
+        addr: String,
+    },
+    /// A setting out of its range.
+    #[error("invalid setting {name}: {reason}")]
+    InvalidConfig {
+        /// The setting's name (as its flag).
+        name: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A database id that is not configured.
+    #[error("unknown database id {dbid} (configured: 1..={configured})")]
+    UnknownDb {
+        /// The id asked for.
+        dbid: u32,
+        /// How many databases there are.
+        configured: usize,
+    },
+    /// A database operation failed.
+    #[error("database {dbid} ({dsn}): {source}")]
+    Db {
+        /// The database id.
+        dbid: u32,
+        /// Its URL, password masked.
+        dsn: String,
+        /// What the driver said.
+        #[source]
+        source: mysql_async::Error,
+    },
+    /// A database did not answer in time.
+    #[error("database {dbid} ({dsn}) did not answer within {timeout:?}")]
+    DbTimeout {
+        /// The database id.
+        dbid: u32,
+        /// Its URL, password masked.
+        dsn: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The function name is empty.
+    #[error("funcname is empty")]
+    EmptyFuncname,
+    /// The function name does not fit the `funcname` column.
+    #[error("funcname is {len} bytes, over the limit of {max}")]
+    FuncnameTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The unique key does not fit the `uniqkey` column.
+    #[error("unique key is {len} bytes, over the limit of {max}")]
+    UniqkeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The argument does not fit the `arg` column (MEDIUMBLOB).
+    #[error("arg is {len} bytes, over the limit of {max}")]
+    ArgTooLarge {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A job JSON document that cannot be read.
+    #[error("invalid job JSON: {reason}")]
+    InvalidJobJson {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A completion's DELETE failed; the row stays and the job runs again
+    /// after its lease.
+    #[error("completing job {}:{} failed: {reason}", job.dbid, job.jobid)]
+    CompletionFailed {
+        /// The job.
+        job: crate::store::JobRef,
+        /// Why.
+        reason: String,
+    },
+    /// The completion batcher is gone (the runtime is shutting down).
+    #[error("completing job {}:{} was not confirmed: the client is shutting down", job.dbid, job.jobid)]
+    CompletionLost {
+        /// The job.
+        job: crate::store::JobRef,
+    },
+    /// A Gearman conversation failed.
+    #[error("gearmand {server}: {source}")]
+    Gearman {
+        /// The server's `host:port`.
+        server: String,
+        /// What the protocol layer said.
+        #[source]
+        source: gearman::GearmanError,
+    },
+    /// gearmand answered with something we did not expect.
+    #[error("gearmand {server}: unexpected {what}")]
+    GearmanProtocol {
+        /// The server's `host:port`.
+        server: String,
+        /// What came instead.
+        what: String,
+    },
+}
+
+/// Short for `std::result::Result<T, garivini::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

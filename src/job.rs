@@ -1,0 +1,398 @@
+//! Jobs: a new job as a client submits it ([`NewJob`]), a stored job as a
+//! worker receives it ([`Job`]), the job JSON that carries it through
+//! gearmand, and the retry policy ([`backoff`], [`When`]).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `run_after` of a job that will never run again (dead, kept for
+/// inspection). The largest value of the original's `INT` column.
+pub const NEVER: u32 = 2_147_483_647;
+/// Longest function name, in bytes (`funcname VARCHAR(200)`).
+pub const MAX_FUNCNAME_LEN: usize = 200;
+/// Longest unique key, in bytes (`uniqkey VARCHAR(255)`).
+pub const MAX_UNIQKEY_LEN: usize = 255;
+/// Largest argument, in bytes (`arg MEDIUMBLOB`).
+pub const MAX_ARG_LEN: usize = 16_777_215;
+/// Longest retry delay of [`backoff`]: one day.
+pub const MAX_BACKOFF_SECS: u32 = 86_400;
+
+/// Who completes a job's row once a worker has run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flag {
+    /// Throughput mode: the real worker deletes the row itself.
+    #[default]
+    Shim,
+    /// Low-latency mode: a Controller runs the job and completes the row.
+    Controller,
+}
+
+impl Flag {
+    /// The value stored in the `flag` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Shim => "shim",
+            Flag::Controller => "controller",
+        }
+    }
+
+    /// Reads the `flag` column; anything unknown is treated as `shim`, the
+    /// column's default, so a row is never stuck because of its flag.
+    pub fn from_column(value: &str) -> Flag {
+        match value {
+            "controller" => Flag::Controller,
+            _ => Flag::Shim,
+        }
+    }
+}
+
+/// A job to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Gearman function of the real worker.
+    pub funcname: String,
+    /// The payload.
+    pub arg: Vec<u8>,
+    /// Dedup key: at most one row per (funcname, uniqkey).
+    pub uniqkey: Option<String>,
+    /// Seconds from now until the job is due.
+    pub delay: u32,
+    /// Who completes the row.
+    pub flag: Flag,
+    /// Reserved, stored as given.
+    pub coalesce: Option<String>,
+}
+
+impl NewJob {
+    /// A job for `funcname` with payload `arg`, due now, no unique key.
+    pub fn new(funcname: impl Into<String>, arg: impl Into<Vec<u8>>) -> Self {
+        NewJob {
+            funcname: funcname.into(),
+            arg: arg.into(),
+            uniqkey: None,
+            delay: 0,
+            flag: Flag::Shim,
+            coalesce: None,
+        }
+    }
+
+    /// Sets the dedup key.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.uniqkey = Some(key.into());
+        self
+    }
+
+    /// Makes the job due `secs` seconds from now.
+    pub fn delay(mut self, secs: u32) -> Self {
+        self.delay = secs;
+        self
+    }
+
+    /// Sets who completes the row.
+    pub fn flag(mut self, flag: Flag) -> Self {
+        self.flag = flag;
+        self
+    }
+
+    /// Checks the job against the table's column limits, so that bad input
+    /// is refused with a clear error before it reaches the database.
+    pub fn validate(&self) -> Result<()> {
+        if self.funcname.is_empty() {
+            return Err(Error::EmptyFuncname);
+        }
+        if self.funcname.len() > MAX_FUNCNAME_LEN {
+            return Err(Error::FuncnameTooLong {
+                len: self.funcname.len(),
+                max: MAX_FUNCNAME_LEN,
+            });
+        }
+        for key in [&self.uniqkey, &self.coalesce].into_iter().flatten() {
+            if key.len() > MAX_UNIQKEY_LEN {
+                return Err(Error::UniqkeyTooLong {
+                    len: key.len(),
+                    max: MAX_UNIQKEY_LEN,
+                });
+            }
+        }
+        if self.arg.len() > MAX_ARG_LEN {
+            return Err(Error::ArgTooLarge {
+                len: self.arg.len(),
+                max: MAX_ARG_LEN,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A stored job: one row of the `job` table and the database it lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Id of the database holding the row (1..n).
+    pub dbid: u32,
+    /// Row id within that database.
+    pub jobid: u64,
+    /// Gearman function of the real worker.
+    pub funcname: String,
+    /// The payload (a NULL column reads as empty).
+    pub arg: Vec<u8>,
+    /// Dedup key, if any.
+    pub uniqkey: Option<String>,
+    /// Reserved.
+    pub coalesce: Option<String>,
+    /// Unix time the row was due when it was claimed (or its lease since).
+    pub run_after: u32,
+    /// Who completes the row.
+    pub flag: Flag,
+    /// Failures so far.
+    pub failcount: u8,
+}
+
+/// The job JSON as written: borrowed fields, so encoding allocates only the
+/// output buffer.
+#[derive(Serialize)]
+struct JobJsonOut<'a> {
+    jobid: u64,
+    dbid: u32,
+    funcname: &'a str,
+    arg: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arg_base64: Option<String>,
+    uniqkey: Option<&'a str>,
+    coalesce: Option<&'a str>,
+    run_after: u32,
+    flag: Flag,
+    failcount: u8,
+}
+
+/// The job JSON as read: numbers may come as strings (the Perl original
+/// sends `"jobid":"42"`).
+#[derive(Deserialize)]
+struct JobJsonIn {
+    #[serde(deserialize_with = "number")]
+    jobid: u64,
+    #[serde(deserialize_with = "number")]
+    dbid: u32,
+    funcname: String,
+    #[serde(default)]
+    arg: Option<String>,
+    #[serde(default)]
+    arg_base64: Option<String>,
+    #[serde(default)]
+    uniqkey: Option<String>,
+    #[serde(default)]
+    coalesce: Option<String>,
+    #[serde(default, deserialize_with = "number")]
+    run_after: u32,
+    #[serde(default)]
+    flag: Option<String>,
+    #[serde(default, deserialize_with = "number")]
+    failcount: u8,
+}
+
+/// Reads an unsigned integer given as a JSON number or a decimal string.
+fn number<'de, D, T>(de: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    let n = match serde_json::Value::deserialize(de)? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        serde_json::Value::Null => Some(0),
+        _ => None,
+    }
+    .ok_or_else(|| D::Error::custom("expected an unsigned integer or a string of one"))?;
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+}
+
+impl Job {
+    /// Encodes the job JSON that every real worker receives.
+    ///
+    /// `arg` is a JSON string when the payload is UTF-8 (the usual case:
+    /// text, JSON). A payload that is not UTF-8 cannot be a JSON string
+    /// without loss, so it goes as `"arg": null` plus `"arg_base64"`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let (arg, arg_base64) = match std::str::from_utf8(&self.arg) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&self.arg)),
+            ),
+        };
+        let out = JobJsonOut {
+            jobid: self.jobid,
+            dbid: self.dbid,
+            funcname: &self.funcname,
+            arg,
+            arg_base64,
+            uniqkey: self.uniqkey.as_deref(),
+            coalesce: self.coalesce.as_deref(),
+            run_after: self.run_after,
+            flag: self.flag,
+            failcount: self.failcount,
+        };
+        serde_json::to_vec(&out).expect("a struct of strings and integers always serializes")
+    }
+
+    /// Reads a job JSON document, as the Perl original or this crate wrote it.
+    pub fn from_json(data: &[u8]) -> Result<Job> {
+        let invalid = |reason: String| Error::InvalidJobJson { reason };
+        let j: JobJsonIn = serde_json::from_slice(data).map_err(|e| invalid(e.to_string()))?;
+        let arg = match (j.arg, j.arg_base64) {
+            (_, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| invalid(format!("arg_base64: {e}")))?,
+            (Some(text), None) => text.into_bytes(),
+            (None, None) => Vec::new(),
+        };
+        if j.funcname.is_empty() {
+            return Err(invalid("funcname is empty".into()));
+        }
+        Ok(Job {
+            dbid: j.dbid,
+            jobid: j.jobid,
+            funcname: j.funcname,
+            arg,
+            uniqkey: j.uniqkey,
+            coalesce: j.coalesce,
+            run_after: j.run_after,
+            flag: Flag::from_column(j.flag.as_deref().unwrap_or("shim")),
+            failcount: j.failcount,
+        })
+    }
+}
+
+/// When a rescheduled job runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Never: the row is kept, dead, for inspection.
+    Never,
+    /// This many seconds from now.
+    In(u32),
+    /// At this unix time.
+    At(u32),
+}
+
+/// The original Garivini's retry delay after a job's `failcount`-th
+/// failure: 2^failcount minutes, at most a day.
+pub fn backoff(failcount: u8) -> u32 {
+    1u64.checked_shl(u32::from(failcount))
+        .map_or(u64::MAX, |factor| factor.saturating_mul(60))
+        .min(u64::from(MAX_BACKOFF_SECS)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            dbid: 2,
+            jobid: 42,
+            funcname: "resize".into(),
+            arg: b"{\"w\":10}".to_vec(),
+            uniqkey: Some("img-1".into()),
+            coalesce: None,
+            run_after: 1_790_000_000,
+            flag: Flag::Shim,
+            failcount: 3,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_a_minute_and_stops_at_a_day() {
+        assert_eq!(backoff(0), 60);
+        assert_eq!(backoff(1), 120);
+        assert_eq!(backoff(5), 1920);
+        assert_eq!(backoff(10), 61_440);
+        assert_eq!(backoff(11), 86_400);
+        assert_eq!(backoff(64), 86_400);
+        assert_eq!(backoff(255), 86_400);
+    }
+
+    #[test]
+    fn job_json_round_trips() {
+        let j = job();
+        assert_eq!(Job::from_json(&j.to_json()).unwrap(), j);
+    }
+
+    #[test]
+    fn job_json_has_the_contract_fields() {
+        let v: serde_json::Value = serde_json::from_slice(&job().to_json()).unwrap();
+        assert_eq!(v["jobid"], 42);
+        assert_eq!(v["dbid"], 2);
+        assert_eq!(v["funcname"], "resize");
+        assert_eq!(v["arg"], "{\"w\":10}");
+        assert_eq!(v["uniqkey"], "img-1");
+        assert_eq!(v["coalesce"], serde_json::Value::Null);
+        assert_eq!(v["flag"], "shim");
+        assert_eq!(v["failcount"], 3);
+        assert!(v.get("arg_base64").is_none());
+    }
+
+    #[test]
+    fn job_json_accepts_numbers_as_strings_like_the_perl_original() {
+        let j = Job::from_json(
+            br#"{"jobid":"42","dbid":"1","funcname":"f","arg":"x","uniqkey":null,
+                "coalesce":null,"run_after":"1790000000","flag":"controller","failcount":"2"}"#,
+        )
+        .unwrap();
+        assert_eq!((j.jobid, j.dbid, j.failcount), (42, 1, 2));
+        assert_eq!(j.run_after, 1_790_000_000);
+        assert_eq!(j.flag, Flag::Controller);
+    }
+
+    #[test]
+    fn job_json_refuses_what_is_not_a_job() {
+        for bad in [
+            &b"not json"[..],
+            br#"[1,2]"#,
+            br#"{"dbid":1,"funcname":"f"}"#,
+            br#"{"jobid":-1,"dbid":1,"funcname":"f"}"#,
+            br#"{"jobid":"x","dbid":1,"funcname":"f"}"#,
+            br#"{"jobid":1,"dbid":1,"funcname":""}"#,
+            br#"{"jobid":1,"dbid":1,"funcname":"f","failcount":300}"#,
+        ] {
+            let err = Job::from_json(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidJobJson { .. }),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn binary_arg_travels_as_base64_without_loss() {
+        let mut j = job();
+        j.arg = vec![0xff, 0x00, 0xfe, b'a'];
+        let v: serde_json::Value = serde_json::from_slice(&j.to_json()).unwrap();
+        assert_eq!(v["arg"], serde_json::Value::Null);
+        assert_eq!(Job::from_json(&j.to_json()).unwrap().arg, j.arg);
+    }
+
+    #[test]
+    fn new_job_is_checked_against_the_column_limits() {
+        assert!(NewJob::new("f", "x").validate().is_ok());
+        assert!(matches!(
+            NewJob::new("", "x").validate(),
+            Err(Error::EmptyFuncname)
+        ));
+        assert!(matches!(
+            NewJob::new("f".repeat(201), "x").validate(),
+            Err(Error::FuncnameTooLong { len: 201, .. })
+        ));
+        assert!(matches!(
+            NewJob::new("f", "x").unique("k".repeat(256)).validate(),
+            Err(Error::UniqkeyTooLong { len: 256, .. })
+        ));
+        assert!(matches!(
+            NewJob::new("f", vec![0u8; MAX_ARG_LEN + 1]).validate(),
+            Err(Error::ArgTooLarge { .. })
+        ));
+    }
+}

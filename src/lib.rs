@@ -1,0 +1,41 @@
+//! Garivini: a job persistence layer for Gearman.
+//!
+//! gearmand keeps its queues in memory; Garivini keeps every accepted job in
+//! a MySQL table until a worker completes it, and feeds gearmand from that
+//! table without overfilling it. Guarantee: at least once. A job whose
+//! insert returned is a committed row, and stays one until a worker's
+//! completion deletes it; any crash only delays it until its lease ends.
+//!
+//! The map of the crate, one module per responsibility:
+//!
+//! - [`job`]: a job to store ([`NewJob`]), a stored job ([`Job`]), the job
+//!   JSON every worker receives, and the retry backoff.
+//! - [`store`]: the `job` table in one or more databases (shards); all SQL.
+//! - [`client`]: the library API of throughput mode: insert jobs; complete,
+//!   reschedule or fail them from a worker (completions batched).
+//! - [`gearman`]: our one door to gearmand: pipelined background submits,
+//!   a worker loop, queue depths (all on TCP_NODELAY sockets).
+//! - [`queue_runner`]: claims due rows in batches and submits them to
+//!   gearmand, under a queue-depth watermark.
+//! - [`config`]: parsing of the database and gearmand lists.
+//! - [`error`]: the one error type.
+//!
+//! The binaries (`garivini`, `gv_inject`, `gv_consume`) parse arguments,
+//! set up logging and call into these modules; the library itself never
+//! reads argv or the environment.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod gearman;
+pub mod job;
+pub mod queue_runner;
+pub mod store;
+
+pub use client::{Client, Retry};
+pub use error::{Error, Result};
+pub use job::{Flag, Job, NewJob, When};
+pub use store::{JobRef, Store};

@@ -1,0 +1,392 @@
+//! The QueueRunner: moves due rows from the databases into gearmand.
+//!
+//! Each round, for each database, it claims a batch of due rows in one
+//! transaction (`FOR UPDATE SKIP LOCKED`, so several QueueRunners never
+//! block each other), leases them (run_after = now + lease), commits, and
+//! submits them to gearmand as background jobs. A row whose submit fails is
+//! given back at once (due again shortly); only a crash leaves a row to
+//! wait out its lease. Rows of a function whose gearmand queue is over the
+//! watermark are pushed back instead of sent, so gearmand's memory stays
+//! bounded however long the table's backlog is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::gearman::{gearman_unique, queue_depths, BackgroundJob, Outage, Submitter};
+use crate::job::Flag;
+use crate::store::Store;
+
+/// How long a dispatched row is leased before it is due again (seconds).
+pub const DEFAULT_LEASE: u32 = 1000;
+/// Largest batch claimed from one database in one round.
+pub const DEFAULT_BATCH_MAX_SIZE: usize = 1000;
+/// First batch size (grows while batches come back full).
+pub const DEFAULT_BATCH_START_SIZE: usize = 50;
+/// Pause between rounds that found less than a full batch.
+pub const DEFAULT_BATCH_RUN_SLEEP: Duration = Duration::from_secs(1);
+/// Most jobs of one function queued in gearmand before rows are pushed
+/// back (0 = no limit).
+pub const DEFAULT_QUEUE_WATERMARK_DEPTH: u64 = 4000;
+/// How far a row over the watermark is pushed back (seconds).
+pub const DEFAULT_WATERMARK_PUSHBACK: u32 = 60;
+/// How soon a row whose submit failed is due again (seconds).
+pub const DEFAULT_SUBMIT_RETRY_DELAY: u32 = 5;
+/// The function a Controller serves; `controller` rows are sent to it.
+pub const RUN_QUEUED_JOB: &str = "run_queued_job";
+
+/// QueueRunner settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Lease of a dispatched row, seconds.
+    pub lease: u32,
+    /// Largest batch per database per round.
+    pub batch_max_size: usize,
+    /// First batch size.
+    pub batch_start_size: usize,
+    /// Pause between rounds that were not full (the round's own duration
+    /// is subtracted).
+    pub batch_run_sleep: Duration,
+    /// Queue depth per function above which rows are pushed back; 0 = off.
+    pub queue_watermark_depth: u64,
+    /// Push-back of rows over the watermark, seconds.
+    pub watermark_pushback: u32,
+    /// Delay before a row whose submit failed is due again, seconds.
+    pub submit_retry_delay: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease: DEFAULT_LEASE,
+            batch_max_size: DEFAULT_BATCH_MAX_SIZE,
+            batch_start_size: DEFAULT_BATCH_START_SIZE,
+            batch_run_sleep: DEFAULT_BATCH_RUN_SLEEP,
+            queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
+            watermark_pushback: DEFAULT_WATERMARK_PUSHBACK,
+            submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings' ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidConfig {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if self.lease == 0 {
+            return bad("--lease", "must be at least 1 second");
+        }
+        if self.batch_max_size == 0 || self.batch_max_size > 100_000 {
+            return bad("--batch-max-size", "must be between 1 and 100000");
+        }
+        if self.batch_start_size == 0 {
+            return bad("--batch-start-size", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Adaptive batch size, as in the original: grows by 10 % of the maximum
+/// while batches come back full, shrinks by 5 % of it otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSize {
+    current: usize,
+    min: usize,
+    max: usize,
+}
+
+impl BatchSize {
+    /// Starts at `start`, within `1..=max` (never below `start` once shrunk,
+    /// unless `start` is above `max`).
+    pub fn new(start: usize, max: usize) -> BatchSize {
+        let max = max.max(1);
+        let min = start.clamp(1, max);
+        BatchSize {
+            current: min,
+            min,
+            max,
+        }
+    }
+
+    /// The size to claim now.
+    pub fn get(&self) -> usize {
+        self.current
+    }
+
+    /// Adapts to how many rows the last claim returned.
+    pub fn update(&mut self, got: usize) {
+        let step = |pct: usize| (self.max * pct / 100).max(1);
+        self.current = if got >= self.current {
+            (self.current + step(10)).min(self.max)
+        } else {
+            self.current.saturating_sub(step(5)).max(self.min)
+        };
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Rows claimed and leased for dispatch.
+    pub claimed: usize,
+    /// Rows gearmand acknowledged.
+    pub dispatched: usize,
+    /// Rows pushed back because their function was over the watermark.
+    pub pushed_back: usize,
+    /// Rows given back because their submit failed.
+    pub given_back: usize,
+    /// Databases that failed this round.
+    pub db_errors: usize,
+    /// Whether any database returned a full batch (more is likely waiting).
+    pub full: bool,
+}
+
+/// Moves due rows into gearmand. See the module docs.
+pub struct QueueRunner {
+    config: Config,
+    store: Arc<Store>,
+    gearmand: Vec<String>,
+    submitter: Submitter,
+    batches: HashMap<u32, BatchSize>,
+    db_outages: HashMap<u32, Outage>,
+    status_outage: Outage,
+}
+
+impl QueueRunner {
+    /// A QueueRunner over `store`, submitting to `gearmand`.
+    pub fn new(config: Config, store: Arc<Store>, gearmand: Vec<String>) -> Result<QueueRunner> {
+        config.validate()?;
+        if gearmand.is_empty() {
+            return Err(Error::NoGearmand);
+        }
+        let batches = store
+            .dbids()
+            .map(|id| (id, BatchSize::new(config.batch_start_size, config.batch_max_size)))
+            .collect();
+        let db_outages = store
+            .dbids()
+            .map(|id| (id, Outage::new("queuerunner cannot claim from database")))
+            .collect();
+        Ok(QueueRunner {
+            submitter: Submitter::new(gearmand.clone()),
+            config,
+            store,
+            gearmand,
+            batches,
+            db_outages,
+            status_outage: Outage::new("queuerunner cannot read gearmand queue depths"),
+        })
+    }
+
+    /// The current batch size for database `dbid`.
+    pub fn batch_size(&self, dbid: u32) -> Option<usize> {
+        self.batches.get(&dbid).map(BatchSize::get)
+    }
+
+    /// One round: one batch from each database. Errors of one database
+    /// are logged (once per outage) and counted, and do not stop the others.
+    pub async fn run_once(&mut self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        let watermark = self.config.queue_watermark_depth;
+        let mut room: Option<HashMap<String, u64>> = None;
+        if watermark > 0 {
+            let (depths, errors) = queue_depths(&self.gearmand).await;
+            if errors.len() == self.gearmand.len() {
+                // No server to send to: claiming now would only churn rows.
+                let err = errors.into_iter().next().expect("at least one server");
+                self.status_outage.failed(&err);
+                return Err(err);
+            }
+            self.status_outage.ended();
+            room = Some(
+                depths
+                    .into_iter()
+                    .map(|(f, depth)| (f, watermark.saturating_sub(depth)))
+                    .collect(),
+            );
+        }
+        let dbids: Vec<u32> = self.store.dbids().collect();
+        for dbid in dbids {
+            match self.run_db(dbid, &mut room, &mut stats).await {
+                Ok(()) => self.db_outages.get_mut(&dbid).expect("known db").ended(),
+                Err(err) => {
+                    self.db_outages.get_mut(&dbid).expect("known db").failed(&err);
+                    stats.db_errors += 1;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn run_db(
+        &mut self,
+        dbid: u32,
+        room: &mut Option<HashMap<String, u64>>,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let limit = self.batches[&dbid].get();
+        let watermark = self.config.queue_watermark_depth;
+        let claim = self
+            .store
+            .claim(
+                dbid,
+                limit,
+                self.config.lease,
+                self.config.watermark_pushback,
+                |job| {
+                    let Some(room) = room.as_mut() else {
+                        return true;
+                    };
+                    let function = dispatch_function(job.flag, &job.funcname);
+                    let left = room.entry(function.to_string()).or_insert(watermark);
+                    if *left == 0 {
+                        return false;
+                    }
+                    *left -= 1;
+                    true
+                },
+            )
+            .await?;
+        let got = claim.jobs.len() + claim.pushed_back;
+        self.batches.get_mut(&dbid).expect("known db").update(got);
+        stats.full |= got >= limit;
+        stats.claimed += claim.jobs.len();
+        stats.pushed_back += claim.pushed_back;
+        if claim.jobs.is_empty() {
+            return Ok(());
+        }
+
+        let submits: Vec<BackgroundJob> = claim
+            .jobs
+            .iter()
+            .map(|job| BackgroundJob {
+                function: dispatch_function(job.flag, &job.funcname).to_string(),
+                unique: gearman_unique(job.uniqkey.as_deref()).to_string(),
+                data: Bytes::from(job.to_json()),
+            })
+            .collect();
+        let acked = self.submitter.submit(&submits).await;
+        let failed: Vec<u64> = claim
+            .jobs
+            .iter()
+            .zip(&acked)
+            .filter(|(_, &ok)| !ok)
+            .map(|(job, _)| job.jobid)
+            .collect();
+        stats.dispatched += claim.jobs.len() - failed.len();
+        if !failed.is_empty() {
+            stats.given_back += failed.len();
+            // If this fails too, the rows come back when their lease ends.
+            self.store
+                .release(dbid, &failed, self.config.submit_retry_delay)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs rounds until `shutdown`. A round that found a full batch is
+    /// followed at once by the next; otherwise the pause is
+    /// `batch_run_sleep` less the round's own duration.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(lease = self.config.lease, watermark = self.config.queue_watermark_depth, "queuerunner started");
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let full = match self.run_once().await {
+                Ok(stats) => {
+                    if stats.claimed + stats.pushed_back + stats.given_back > 0 {
+                        tracing::debug!(?stats, "queuerunner round");
+                    }
+                    stats.full
+                }
+                Err(_) => false,
+            };
+            if full {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let pause = self.config.batch_run_sleep.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!("queuerunner stopped");
+    }
+}
+
+/// The Gearman function a row is sent to: its own for `shim` rows, the
+/// Controller's for `controller` rows.
+pub fn dispatch_function(flag: Flag, funcname: &str) -> &str {
+    match flag {
+        Flag::Shim => funcname,
+        Flag::Controller => RUN_QUEUED_JOB,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_grows_by_a_tenth_of_max_while_full() {
+        let mut b = BatchSize::new(50, 1000);
+        b.update(50);
+        assert_eq!(b.get(), 150);
+        b.update(150);
+        assert_eq!(b.get(), 250);
+        for _ in 0..20 {
+            let n = b.get();
+            b.update(n);
+        }
+        assert_eq!(b.get(), 1000);
+    }
+
+    #[test]
+    fn batch_shrinks_by_a_twentieth_of_max_when_not_full_but_not_below_start() {
+        let mut b = BatchSize::new(50, 1000);
+        for _ in 0..5 {
+            let n = b.get();
+            b.update(n);
+        }
+        assert_eq!(b.get(), 550);
+        b.update(3);
+        assert_eq!(b.get(), 500);
+        for _ in 0..100 {
+            b.update(0);
+        }
+        assert_eq!(b.get(), 50);
+    }
+
+    #[test]
+    fn tiny_max_still_moves() {
+        let mut b = BatchSize::new(50, 5);
+        assert_eq!(b.get(), 5);
+        b.update(0);
+        assert_eq!(b.get(), 5);
+    }
+
+    #[test]
+    fn controller_rows_go_to_run_queued_job() {
+        assert_eq!(dispatch_function(Flag::Shim, "resize"), "resize");
+        assert_eq!(dispatch_function(Flag::Controller, "resize"), RUN_QUEUED_JOB);
+    }
+
+    #[test]
+    fn config_refuses_a_zero_lease() {
+        let c = Config {
+            lease: 0,
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig { name: "--lease", .. })));
+        assert!(Config::default().validate().is_ok());
+    }
+}
