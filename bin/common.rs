@@ -1,0 +1,94 @@
+//! What every binary shares: the connection flags (with their environment
+//! variables), logging, the shutdown signal, and the one-line error exit.
+
+#![allow(dead_code)] // each binary uses its own part of this file
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use garivini::config::{parse_dsn_list, parse_gearmand_list};
+use garivini::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Where the databases and job servers are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Servers {
+    /// Databases: mysql:// URLs, comma separated (ids 1..n in this order).
+    #[arg(long, env = "GARIVINI_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+    /// gearmand servers: host:port, comma separated.
+    #[arg(long, env = "GARIVINI_GEARMAND")]
+    pub gearmand: Option<String>,
+}
+
+impl Servers {
+    /// Connects to every database and checks it has the job table.
+    pub async fn store(&self) -> anyhow::Result<Arc<Store>> {
+        let dbs = parse_dsn_list(self.dsn.as_deref().unwrap_or_default())?;
+        let store = Store::connect(dbs)
+            .await
+            .context("cannot start: database unreachable or not set up (load schema.sql)")?;
+        Ok(Arc::new(store))
+    }
+
+    /// The gearmand list.
+    pub fn gearmand(&self) -> anyhow::Result<Vec<String>> {
+        Ok(parse_gearmand_list(
+            self.gearmand.as_deref().unwrap_or_default(),
+        )?)
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM; a second one exits
+/// at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            if n > 0 {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("signal received: finishing work in hand (signal again to exit now)");
+            t.cancel();
+        }
+    });
+    token
+}
+
+/// Runs `main` on a Tokio runtime; an error is printed as one line on
+/// stderr and the process exits with status 1.
+pub fn run(main: impl Future<Output = anyhow::Result<()>>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the Tokio runtime");
+    if let Err(err) = rt.block_on(main) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
