@@ -88,7 +88,24 @@ pub fn run(main: impl Future<Output = anyhow::Result<()>>) {
         .build()
         .expect("cannot start the Tokio runtime");
     if let Err(err) = rt.block_on(main) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text
+/// the line already holds (many errors repeat their source in their own
+/// message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }

@@ -50,8 +50,9 @@ struct QueueRunnerArgs {
 
 impl QueueRunnerArgs {
     fn config(&self) -> anyhow::Result<queue_runner::Config> {
-        let sleep = Duration::try_from_secs_f64(self.batch_run_sleep)
-            .map_err(|_| anyhow::anyhow!("invalid setting --batch-run-sleep: must be a number of seconds >= 0"))?;
+        let sleep = Duration::try_from_secs_f64(self.batch_run_sleep).map_err(|_| {
+            anyhow::anyhow!("invalid setting --batch-run-sleep: must be a number of seconds >= 0")
+        })?;
         let config = queue_runner::Config {
             lease: self.lease,
             batch_max_size: self.batch_max_size,

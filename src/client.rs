@@ -110,7 +110,9 @@ impl Client {
 
     /// Sets when a job runs again, keeping its failcount.
     pub async fn reschedule_job(&self, job: &Job, when: When) -> Result<()> {
-        self.store.reschedule(job_ref(job), when, job.failcount).await?;
+        self.store
+            .reschedule(job_ref(job), when, job.failcount)
+            .await?;
         Ok(())
     }
 

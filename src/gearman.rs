@@ -52,7 +52,10 @@ async fn connect_stream(server: &str) -> Result<TcpStream> {
 }
 
 async fn connect(server: &str) -> Result<Conn> {
-    Ok(Framed::new(connect_stream(server).await?, GearmanCodec::new()))
+    Ok(Framed::new(
+        connect_stream(server).await?,
+        GearmanCodec::new(),
+    ))
 }
 
 async fn recv(conn: &mut Conn, server: &str) -> Result<Packet> {
@@ -324,10 +327,14 @@ where
                 };
                 let handle = assignment.handle.clone();
                 let answer = match handler(assignment).await {
-                    WorkResult::Complete(result) => req(PacketType::WorkComplete, vec![handle, result]),
+                    WorkResult::Complete(result) => {
+                        req(PacketType::WorkComplete, vec![handle, result])
+                    }
                     WorkResult::Fail => req(PacketType::WorkFail, vec![handle]),
                 };
-                conn.feed(answer).await.map_err(|e| gearman_err(server, e))?;
+                conn.feed(answer)
+                    .await
+                    .map_err(|e| gearman_err(server, e))?;
                 if shutdown.is_cancelled() {
                     conn.flush().await.map_err(|e| gearman_err(server, e))?;
                     return Ok(());

@@ -170,7 +170,12 @@ impl QueueRunner {
         }
         let batches = store
             .dbids()
-            .map(|id| (id, BatchSize::new(config.batch_start_size, config.batch_max_size)))
+            .map(|id| {
+                (
+                    id,
+                    BatchSize::new(config.batch_start_size, config.batch_max_size),
+                )
+            })
             .collect();
         let db_outages = store
             .dbids()
@@ -219,7 +224,10 @@ impl QueueRunner {
             match self.run_db(dbid, &mut room, &mut stats).await {
                 Ok(()) => self.db_outages.get_mut(&dbid).expect("known db").ended(),
                 Err(err) => {
-                    self.db_outages.get_mut(&dbid).expect("known db").failed(&err);
+                    self.db_outages
+                        .get_mut(&dbid)
+                        .expect("known db")
+                        .failed(&err);
                     stats.db_errors += 1;
                 }
             }
@@ -297,7 +305,11 @@ impl QueueRunner {
     /// followed at once by the next; otherwise the pause is
     /// `batch_run_sleep` less the round's own duration.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(lease = self.config.lease, watermark = self.config.queue_watermark_depth, "queuerunner started");
+        tracing::info!(
+            lease = self.config.lease,
+            watermark = self.config.queue_watermark_depth,
+            "queuerunner started"
+        );
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let full = match self.run_once().await {
@@ -313,7 +325,10 @@ impl QueueRunner {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let pause = self.config.batch_run_sleep.saturating_sub(started.elapsed());
+            let pause = self
+                .config
+                .batch_run_sleep
+                .saturating_sub(started.elapsed());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
@@ -377,7 +392,10 @@ mod tests {
     #[test]
     fn controller_rows_go_to_run_queued_job() {
         assert_eq!(dispatch_function(Flag::Shim, "resize"), "resize");
-        assert_eq!(dispatch_function(Flag::Controller, "resize"), RUN_QUEUED_JOB);
+        assert_eq!(
+            dispatch_function(Flag::Controller, "resize"),
+            RUN_QUEUED_JOB
+        );
     }
 
     #[test]
@@ -386,7 +404,13 @@ mod tests {
             lease: 0,
             ..Config::default()
         };
-        assert!(matches!(c.validate(), Err(Error::InvalidConfig { name: "--lease", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(Error::InvalidConfig {
+                name: "--lease",
+                ..
+            })
+        ));
         assert!(Config::default().validate().is_ok());
     }
 }

@@ -71,10 +71,11 @@ impl Store {
         let dbs = dbs
             .into_iter()
             .map(|cfg| {
-                let opts = mysql_async::Opts::from_url(&cfg.url).map_err(|e| Error::InvalidDsn {
-                    dsn: cfg.masked(),
-                    reason: e.to_string(),
-                })?;
+                let opts =
+                    mysql_async::Opts::from_url(&cfg.url).map_err(|e| Error::InvalidDsn {
+                        dsn: cfg.masked(),
+                        reason: e.to_string(),
+                    })?;
                 let constraints = mysql_async::PoolConstraints::new(0, DEFAULT_POOL_SIZE)
                     .expect("0 <= pool size");
                 let opts = mysql_async::OptsBuilder::from_opts(opts)
@@ -100,12 +101,13 @@ impl Store {
     pub async fn connect(dbs: Vec<DbConfig>) -> Result<Store> {
         let store = Store::open(dbs)?;
         for db in &store.dbs {
-            store
-                .run(db, async {
-                    let mut conn = db.pool.get_conn().await?;
-                    conn.query_drop("SELECT jobid FROM job LIMIT 0").await
-                })
-                .await?;
+            let check = async {
+                let mut conn = db.pool.get_conn().await?;
+                conn.query_drop("SELECT jobid FROM job LIMIT 0").await
+            };
+            // Not through `run`: the caller reports this error, so there
+            // is no outage to log.
+            store.attempt(db, check).await?;
         }
         Ok(store)
     }
@@ -130,46 +132,53 @@ impl Store {
             })
     }
 
-    /// Runs one operation on `db` under the timeout, wraps its error with
-    /// the database's id and masked URL, and marks the database failed when
-    /// the fault is the connection's rather than the statement's.
+    /// Runs one operation on `db` under the timeout and wraps its error
+    /// with the database's id and masked URL.
+    async fn attempt<T>(
+        &self,
+        db: &Db,
+        op: impl std::future::Future<Output = mysql_async::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.op_timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(Error::Db {
+                dbid: db.cfg.dbid,
+                dsn: db.cfg.masked(),
+                source,
+            }),
+            Err(_) => Err(Error::DbTimeout {
+                dbid: db.cfg.dbid,
+                dsn: db.cfg.masked(),
+                timeout: self.op_timeout,
+            }),
+        }
+    }
+
+    /// [`Store::attempt`], and marks the database failed when the fault is
+    /// the connection's rather than the statement's (logged once per
+    /// outage), or recovered when it answers again.
     async fn run<T>(
         &self,
         db: &Db,
         op: impl std::future::Future<Output = mysql_async::Result<T>>,
     ) -> Result<T> {
-        let outcome = tokio::time::timeout(self.op_timeout, op).await;
-        let err = match outcome {
-            Ok(Ok(value)) => {
-                if db.failed_at.lock().unwrap().take().is_some() {
+        let outcome = self.attempt(db, op).await;
+        let mut failed_at = db.failed_at.lock().unwrap();
+        match &outcome {
+            Ok(_) => {
+                if failed_at.take().is_some() {
                     tracing::info!(db.id = db.cfg.dbid, "database is back");
                 }
-                return Ok(value);
             }
-            Ok(Err(source)) => {
-                let connection_fault = !matches!(source, mysql_async::Error::Server(_));
-                let err = Error::Db {
-                    dbid: db.cfg.dbid,
-                    dsn: db.cfg.masked(),
-                    source,
-                };
-                if !connection_fault {
-                    return Err(err);
+            Err(err) if is_connection_fault(err) => {
+                if failed_at.is_none() {
+                    tracing::warn!(db.id = db.cfg.dbid, error = %err, "database failed, avoiding it for keyless inserts");
                 }
-                err
+                *failed_at = Some(Instant::now());
             }
-            Err(_) => Error::DbTimeout {
-                dbid: db.cfg.dbid,
-                dsn: db.cfg.masked(),
-                timeout: self.op_timeout,
-            },
-        };
-        let mut failed_at = db.failed_at.lock().unwrap();
-        if failed_at.is_none() {
-            tracing::warn!(db.id = db.cfg.dbid, error = %err, "database failed, avoiding it for keyless inserts");
+            Err(_) => {}
         }
-        *failed_at = Some(Instant::now());
-        Err(err)
+        outcome
     }
 
     fn healthy(&self, db: &Db) -> bool {
@@ -229,8 +238,8 @@ impl Store {
             job.validate()?;
         }
         let mut refs = vec![None; jobs.len()];
-        let (keyed, keyless): (Vec<usize>, Vec<usize>) =
-            (0..jobs.len()).partition(|&i| jobs[i].uniqkey.as_deref().is_some_and(|k| !k.is_empty()));
+        let (keyed, keyless): (Vec<usize>, Vec<usize>) = (0..jobs.len())
+            .partition(|&i| jobs[i].uniqkey.as_deref().is_some_and(|k| !k.is_empty()));
 
         if !keyless.is_empty() {
             let mut tried = Vec::new();
@@ -248,14 +257,7 @@ impl Store {
                     }
                     Err(err) => {
                         tried.push(db.cfg.dbid);
-                        let server_refused = matches!(
-                            err,
-                            Error::Db {
-                                source: mysql_async::Error::Server(_),
-                                ..
-                            }
-                        );
-                        if server_refused || tried.len() == self.dbs.len() {
+                        if !is_connection_fault(&err) || tried.len() == self.dbs.len() {
                             return Err(err);
                         }
                     }
@@ -276,7 +278,10 @@ impl Store {
                 refs[i] = Some(JobRef { dbid, jobid });
             }
         }
-        Ok(refs.into_iter().map(|r| r.expect("every job placed")).collect())
+        Ok(refs
+            .into_iter()
+            .map(|r| r.expect("every job placed"))
+            .collect())
     }
 
     async fn insert_keyless(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
@@ -462,7 +467,10 @@ impl Store {
         self.run(db, async {
             let mut conn = db.pool.get_conn().await?;
             let row: Option<JobRow> = conn
-                .exec_first(format!("SELECT {COLUMNS} FROM job WHERE jobid = ?"), (job.jobid,))
+                .exec_first(
+                    format!("SELECT {COLUMNS} FROM job WHERE jobid = ?"),
+                    (job.jobid,),
+                )
                 .await?;
             Ok(row.map(|r| r.into_job(job.dbid)))
         })
@@ -474,6 +482,16 @@ impl Store {
         for db in self.dbs {
             let _ = db.pool.disconnect().await;
         }
+    }
+}
+
+/// Whether an error is the database's (unreachable, timed out), as opposed
+/// to the statement's (refused by the server).
+fn is_connection_fault(err: &Error) -> bool {
+    match err {
+        Error::DbTimeout { .. } => true,
+        Error::Db { source, .. } => !matches!(source, mysql_async::Error::Server(_)),
+        _ => false,
     }
 }
 
@@ -509,7 +527,11 @@ impl IntoJob for JobRow {
     }
 }
 
-async fn set_run_after_in(conn: &mut impl Queryable, jobids: &[u64], delay: u32) -> mysql_async::Result<()> {
+async fn set_run_after_in(
+    conn: &mut impl Queryable,
+    jobids: &[u64],
+    delay: u32,
+) -> mysql_async::Result<()> {
     for chunk in jobids.chunks(MAX_IN_LIST) {
         let (list, mut params) = in_list(chunk);
         params.insert(0, Value::from(delay));

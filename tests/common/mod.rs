@@ -107,7 +107,10 @@ impl TestDb {
         )
     }
 
-    pub async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
+    pub async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &self,
+        sql: &str,
+    ) -> Vec<T> {
         let mut conn = self.pool.get_conn().await.expect("test connection");
         conn.query(sql).await.expect(sql)
     }
@@ -139,7 +142,9 @@ impl Drop for TestDb {
             rt.block_on(async {
                 let pool = mysql_async::Pool::new(server.as_str());
                 if let Ok(mut conn) = pool.get_conn().await {
-                    let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS {name}")).await;
+                    let _ = conn
+                        .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+                        .await;
                 }
                 let _ = pool.disconnect().await;
             });
@@ -158,7 +163,11 @@ pub fn free_port() -> u16 {
 }
 
 fn gearmand_binary() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin"])
+    {
         let p = PathBuf::from(dir).join("gearmand");
         if p.exists() {
             return p;
@@ -224,7 +233,8 @@ impl Gearmand {
 
     /// Jobs queued or running per function, from the admin `status`.
     pub async fn depth(&self, function: &str) -> u64 {
-        let (depths, errors) = garivini::gearman::queue_depths(std::slice::from_ref(&self.addr)).await;
+        let (depths, errors) =
+            garivini::gearman::queue_depths(std::slice::from_ref(&self.addr)).await;
         assert!(errors.is_empty(), "gearmand status: {errors:?}");
         depths.get(function).copied().unwrap_or(0)
     }
@@ -309,7 +319,11 @@ impl Drop for Proc {
 }
 
 /// Runs a binary to completion (bounded) and returns (status, stdout, stderr).
-pub fn run_bin(name: &str, args: &[&str], limit: Duration) -> (std::process::ExitStatus, String, String) {
+pub fn run_bin(
+    name: &str,
+    args: &[&str],
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
     let mut child = bin(name)
         .args(args)
         .stdout(Stdio::piped())

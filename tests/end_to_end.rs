@@ -1,0 +1,186 @@
+//! Throughput mode end to end with the real binaries as separate
+//! processes: gv_inject → MariaDB → garivini queuerunner → gearmand →
+//! gv_consume → DELETE. Needs scripts/services up.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{run_bin, wait_until, Gearmand, Proc, TestDb};
+
+const DRAIN: Duration = Duration::from_secs(180);
+
+/// (dbid, jobid) of every line gv_consume recorded, with how often.
+fn recorded(path: &std::path::Path) -> HashMap<(u32, u64), usize> {
+    let mut runs = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let mut parts = line.split_whitespace();
+        let dbid = parts.next().unwrap().parse().unwrap();
+        let jobid = parts.next().unwrap().parse().unwrap();
+        *runs.entry((dbid, jobid)).or_insert(0) += 1;
+    }
+    runs
+}
+
+/// Injects `count` jobs, runs `runners` QueueRunners and `consumers`
+/// gv_consume workers until the table is empty, and checks that every
+/// committed job ran, none twice (the default lease holds throughout).
+async fn flow(count: u64, runners: usize, consumers: usize) {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let dir = tempfile::tempdir().unwrap();
+    let func = "e2e_work";
+    let count_arg = count.to_string();
+    let (status, stdout, stderr) = run_bin(
+        "gv_inject",
+        &[
+            "--dsn",
+            &db.url,
+            "--mode",
+            "throughput",
+            "--funcname",
+            func,
+            "--count",
+            &count_arg,
+            "--batch",
+            "500",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "gv_inject failed: {stderr}");
+    assert!(
+        stdout.starts_with(&format!("inserted {count} jobs in ")),
+        "{stdout}"
+    );
+    // What counts is what the database holds, not what the client hoped.
+    let committed: HashSet<(u32, u64)> = db
+        .query::<u64>("SELECT jobid FROM job")
+        .await
+        .into_iter()
+        .map(|id| (1, id))
+        .collect();
+    assert_eq!(committed.len() as u64, count);
+
+    let mut procs = Vec::new();
+    for _ in 0..runners {
+        procs.push(Proc::spawn(
+            "garivini",
+            &[
+                "--dsn",
+                &db.url,
+                "--gearmand",
+                &gearmand.addr,
+                "queuerunner",
+                "--batch-run-sleep",
+                "0.2",
+                "--watermark-pushback",
+                "1",
+            ],
+        ));
+    }
+    let records: Vec<_> = (0..consumers)
+        .map(|i| dir.path().join(format!("run{i}.log")))
+        .collect();
+    for record in &records {
+        procs.push(Proc::spawn(
+            "gv_consume",
+            &[
+                "--dsn",
+                &db.url,
+                "--gearmand",
+                &gearmand.addr,
+                "--mode",
+                "throughput",
+                "--funcname",
+                func,
+                "--record",
+                record.to_str().unwrap(),
+            ],
+        ));
+    }
+    wait_until(DRAIN, "the job table to drain", || async {
+        db.count("1").await == 0
+    })
+    .await;
+    drop(procs);
+
+    let mut runs: HashMap<(u32, u64), usize> = HashMap::new();
+    for record in &records {
+        for (job, n) in recorded(record) {
+            *runs.entry(job).or_insert(0) += n;
+        }
+    }
+    let missing: Vec<_> = committed.iter().filter(|j| !runs.contains_key(j)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} committed jobs never ran, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<_> = runs.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} jobs ran twice while their lease held, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(runs.len() as u64, count, "only committed jobs ran");
+}
+
+#[tokio::test]
+async fn ten_thousand_jobs_flow_through_one_queuerunner_and_one_consumer() {
+    flow(10_000, 1, 1).await;
+}
+
+#[tokio::test]
+async fn two_queuerunners_and_two_consumers_run_each_job_once_while_leases_hold() {
+    flow(10_000, 2, 2).await;
+}
+
+#[tokio::test]
+async fn a_failing_command_reschedules_the_job_with_backoff() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (status, _, stderr) = run_bin(
+        "gv_inject",
+        &["--dsn", &db.url, "--funcname", "flaky", "--count", "3"],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    let _qr = Proc::spawn(
+        "garivini",
+        &[
+            "--dsn",
+            &db.url,
+            "--gearmand",
+            &gearmand.addr,
+            "queuerunner",
+            "--batch-run-sleep",
+            "0.2",
+        ],
+    );
+    let _worker = Proc::spawn(
+        "gv_consume",
+        &[
+            "--dsn",
+            &db.url,
+            "--gearmand",
+            &gearmand.addr,
+            "--funcname",
+            "flaky",
+            "--exec",
+            "cat >/dev/null; exit 3",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "all three jobs to fail once",
+        || async { db.count("failcount = 1").await == 3 },
+    )
+    .await;
+    let now = db.now().await;
+    assert_eq!(
+        db.count(&format!("run_after BETWEEN {} AND {}", now + 50, now + 60))
+            .await,
+        3
+    );
+}
