@@ -279,6 +279,13 @@ pub enum When {
 
 /// The original Garivini's retry delay after a job's `failcount`-th
 /// failure: 2^failcount minutes, at most a day.
+///
+/// ```
+/// use garivini::job::backoff;
+/// assert_eq!(backoff(0), 60);       // first failure: a minute
+/// assert_eq!(backoff(3), 8 * 60);
+/// assert_eq!(backoff(20), 86_400);  // never more than a day
+/// ```
 pub fn backoff(failcount: u8) -> u32 {
     1u64.checked_shl(u32::from(failcount))
         .map_or(u64::MAX, |factor| factor.saturating_mul(60))

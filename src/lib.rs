@@ -20,6 +20,24 @@
 //! - [`config`]: parsing of the database and gearmand lists.
 //! - [`error`]: the one error type.
 //!
+//! Storing a job and, in a worker, completing it:
+//!
+//! ```no_run
+//! # async fn demo(workload: &[u8]) -> garivini::Result<()> {
+//! use std::sync::Arc;
+//! use garivini::{config::parse_dsn_list, Client, Job, NewJob, Store};
+//!
+//! let store = Store::connect(parse_dsn_list("mysql://root@127.0.0.1:3306/garivini")?).await?;
+//! let client = Client::new(Arc::new(store));
+//! // Answers once the row is committed.
+//! client.insert_job(NewJob::new("resize", "img-1.png").unique("img-1")).await?;
+//!
+//! // In the worker for "resize", given the Gearman workload:
+//! let job = Job::from_json(workload)?;
+//! client.complete_job(&job).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! The binaries (`garivini`, `gv_inject`, `gv_consume`) parse arguments,
 //! set up logging and call into these modules; the library itself never
 //! reads argv or the environment.
