@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::gearman::{gearman_unique, queue_depths, BackgroundJob, Outage, Submitter};
-use crate::job::Flag;
+use crate::job::{Flag, Job};
 use crate::store::Store;
 
 /// How long a dispatched row is leased before it is due again (seconds).
@@ -250,20 +250,17 @@ impl QueueRunner {
                 limit,
                 self.config.lease,
                 self.config.watermark_pushback,
-                |job| {
-                    let Some(room) = room.as_mut() else {
-                        return true;
-                    };
-                    let function = dispatch_function(job.flag, &job.funcname);
-                    let left = room.entry(function.to_string()).or_insert(watermark);
-                    if *left == 0 {
-                        return false;
-                    }
-                    *left -= 1;
-                    true
-                },
+                |due| admit(room.as_ref(), watermark, due),
             )
             .await?;
+        if let Some(room) = room.as_mut() {
+            for job in &claim.jobs {
+                let left = room
+                    .entry(dispatch_function(job.flag, &job.funcname).to_string())
+                    .or_insert(watermark);
+                *left = left.saturating_sub(1);
+            }
+        }
         let got = claim.jobs.len() + claim.pushed_back;
         self.batches.get_mut(&dbid).expect("known db").update(got);
         stats.full |= got >= limit;
@@ -338,6 +335,25 @@ impl QueueRunner {
     }
 }
 
+/// Which of the `due` rows fit under the watermark: per function, as many
+/// as `room` has left (a function gearmand does not know has all of
+/// `watermark`). Everything fits when there is no watermark.
+fn admit(room: Option<&HashMap<String, u64>>, watermark: u64, due: &[Job]) -> Vec<bool> {
+    let Some(room) = room else {
+        return vec![true; due.len()];
+    };
+    let mut taken: HashMap<&str, u64> = HashMap::new();
+    due.iter()
+        .map(|job| {
+            let function = dispatch_function(job.flag, &job.funcname);
+            let left = room.get(function).copied().unwrap_or(watermark);
+            let n = taken.entry(function).or_insert(0);
+            *n += 1;
+            *n <= left
+        })
+        .collect()
+}
+
 /// The Gearman function a row is sent to: its own for `shim` rows, the
 /// Controller's for `controller` rows.
 pub fn dispatch_function(flag: Flag, funcname: &str) -> &str {
@@ -387,6 +403,34 @@ mod tests {
         assert_eq!(b.get(), 5);
         b.update(0);
         assert_eq!(b.get(), 5);
+    }
+
+    fn job(funcname: &str, flag: Flag) -> Job {
+        Job {
+            dbid: 1,
+            jobid: 1,
+            funcname: funcname.into(),
+            arg: Vec::new(),
+            uniqkey: None,
+            coalesce: None,
+            run_after: 0,
+            flag,
+            failcount: 0,
+        }
+    }
+
+    #[test]
+    fn admit_fills_each_function_up_to_its_room() {
+        let room: HashMap<String, u64> =
+            [("a".to_string(), 1), (RUN_QUEUED_JOB.to_string(), 0)].into();
+        let due = [
+            job("a", Flag::Shim),
+            job("a", Flag::Shim),
+            job("b", Flag::Shim),
+            job("c", Flag::Controller),
+        ];
+        assert_eq!(admit(Some(&room), 2, &due), vec![true, false, true, false]);
+        assert_eq!(admit(None, 2, &due), vec![true; 4]);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per database pool.
 pub const DEFAULT_POOL_SIZE: usize = 32;
+/// Tries of an operation that keeps meeting lock conflicts.
+const LOCK_CONFLICT_TRIES: u64 = 5;
 /// Most ids in one `IN (...)` list.
 const MAX_IN_LIST: usize = 1024;
 
@@ -101,7 +103,7 @@ impl Store {
     pub async fn connect(dbs: Vec<DbConfig>) -> Result<Store> {
         let store = Store::open(dbs)?;
         for db in &store.dbs {
-            let check = async {
+            let check = || async {
                 let mut conn = db.pool.get_conn().await?;
                 conn.query_drop("SELECT jobid FROM job LIMIT 0").await
             };
@@ -133,35 +135,52 @@ impl Store {
     }
 
     /// Runs one operation on `db` under the timeout and wraps its error
-    /// with the database's id and masked URL.
-    async fn attempt<T>(
-        &self,
-        db: &Db,
-        op: impl std::future::Future<Output = mysql_async::Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.op_timeout, op).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(Error::Db {
-                dbid: db.cfg.dbid,
-                dsn: db.cfg.masked(),
-                source,
-            }),
-            Err(_) => Err(Error::DbTimeout {
-                dbid: db.cfg.dbid,
-                dsn: db.cfg.masked(),
-                timeout: self.op_timeout,
-            }),
+    /// with the database's id and masked URL. An operation the server
+    /// rolled back because of a deadlock or a lock wait timeout is run
+    /// again (a few times, after a short random pause): completions and
+    /// claims lock the same rows in different index orders, and InnoDB
+    /// resolves that by failing one of them.
+    async fn attempt<T, F, Fut>(&self, db: &Db, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = mysql_async::Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match tokio::time::timeout(self.op_timeout, op()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(source)) if is_lock_conflict(&source) && tries < LOCK_CONFLICT_TRIES => {
+                    tracing::debug!(db.id = db.cfg.dbid, error = %source, tries, "lock conflict, trying again");
+                    let pause = rand::rng().random_range(1..20 * tries);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Ok(Err(source)) => {
+                    return Err(Error::Db {
+                        dbid: db.cfg.dbid,
+                        dsn: db.cfg.masked(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(Error::DbTimeout {
+                        dbid: db.cfg.dbid,
+                        dsn: db.cfg.masked(),
+                        timeout: self.op_timeout,
+                    })
+                }
+            }
         }
     }
 
     /// [`Store::attempt`], and marks the database failed when the fault is
     /// the connection's rather than the statement's (logged once per
     /// outage), or recovered when it answers again.
-    async fn run<T>(
-        &self,
-        db: &Db,
-        op: impl std::future::Future<Output = mysql_async::Result<T>>,
-    ) -> Result<T> {
+    async fn run<T, F, Fut>(&self, db: &Db, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = mysql_async::Result<T>>,
+    {
         let outcome = self.attempt(db, op).await;
         let mut failed_at = db.failed_at.lock().unwrap();
         match &outcome {
@@ -285,8 +304,10 @@ impl Store {
     }
 
     async fn insert_keyless(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
-        self.run(db, async {
-            let mut conn = db.pool.get_conn().await?;
+        self.run(db, move || async move {
+            // One transaction: a batch is stored whole or not at all, and
+            // can be retried after a deadlock without storing twice.
+            let mut conn = db.pool.start_transaction(TxOpts::default()).await?;
             // Ids of one multi-row INSERT are consecutive steps of
             // auto_increment_increment from LAST_INSERT_ID() (InnoDB
             // allocates them at once for an INSERT of known row count).
@@ -315,13 +336,14 @@ impl Store {
                 let first = conn.last_insert_id().unwrap_or_default();
                 ids.extend((0..chunk.len() as u64).map(|k| first + k * step));
             }
+            conn.commit().await?;
             Ok(ids)
         })
         .await
     }
 
     async fn insert_keyed(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut tx = db.pool.start_transaction(TxOpts::default()).await?;
             let mut ids = Vec::with_capacity(idx.len());
             for &i in idx {
@@ -353,7 +375,9 @@ impl Store {
     /// Claims up to `limit` due rows of database `dbid`, oldest first, in
     /// one transaction that skips rows other claimers hold.
     ///
-    /// Rows that `admit` accepts are leased: their run_after moves to now +
+    /// `admit` says, for the due rows in order, which to dispatch; it may be
+    /// called again if the claim is retried, so it must not keep state.
+    /// Rows that it accepts are leased: their run_after moves to now +
     /// `lease` secs, so that no other claimer takes them until the lease
     /// runs out. Rows it refuses are pushed back to now + `pushback` secs.
     /// Either way the change is committed before this returns.
@@ -363,10 +387,11 @@ impl Store {
         limit: usize,
         lease: u32,
         pushback: u32,
-        mut admit: impl FnMut(&Job) -> bool,
+        admit: impl Fn(&[Job]) -> Vec<bool>,
     ) -> Result<Claim> {
+        let admit = &admit;
         let db = self.db(dbid)?;
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut tx = db.pool.start_transaction(TxOpts::default()).await?;
             let rows: Vec<JobRow> = tx
                 .exec(
@@ -377,11 +402,15 @@ impl Store {
                     (limit as u64,),
                 )
                 .await?;
+            let due: Vec<Job> = rows.into_iter().map(|r| r.into_job(dbid)).collect();
+            let keep = admit(&due);
             let mut claim = Claim::default();
             let mut refused = Vec::new();
-            for row in rows {
-                let job = row.into_job(dbid);
-                if admit(&job) {
+            for (job, keep) in due
+                .into_iter()
+                .zip(keep.into_iter().chain(std::iter::repeat(false)))
+            {
+                if keep {
                     claim.jobs.push(job);
                 } else {
                     refused.push(job.jobid);
@@ -401,7 +430,7 @@ impl Store {
     /// to give back leased rows that could not be dispatched.
     pub async fn release(&self, dbid: u32, jobids: &[u64], delay: u32) -> Result<()> {
         let db = self.db(dbid)?;
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             set_run_after_in(&mut conn, jobids, delay).await
         })
@@ -412,7 +441,7 @@ impl Store {
     /// existed. Answers only after the deletion is committed.
     pub async fn delete(&self, dbid: u32, jobids: &[u64]) -> Result<u64> {
         let db = self.db(dbid)?;
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             let mut deleted = 0;
             for chunk in jobids.chunks(MAX_IN_LIST) {
@@ -430,7 +459,7 @@ impl Store {
     /// row still existed.
     pub async fn reschedule(&self, job: JobRef, when: When, failcount: u8) -> Result<bool> {
         let db = self.db(job.dbid)?;
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             match when {
                 When::In(secs) => {
@@ -464,7 +493,7 @@ impl Store {
     /// Reads one row, if it exists.
     pub async fn get(&self, job: JobRef) -> Result<Option<Job>> {
         let db = self.db(job.dbid)?;
-        self.run(db, async {
+        self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             let row: Option<JobRow> = conn
                 .exec_first(
@@ -483,6 +512,12 @@ impl Store {
             let _ = db.pool.disconnect().await;
         }
     }
+}
+
+/// Deadlock (1213) or lock wait timeout (1205): the server rolled the
+/// statement or transaction back, and the same work may simply be redone.
+fn is_lock_conflict(err: &mysql_async::Error) -> bool {
+    matches!(err, mysql_async::Error::Server(e) if e.code == 1213 || e.code == 1205)
 }
 
 /// Whether an error is the database's (unreachable, timed out), as opposed
