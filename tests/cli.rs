@@ -122,46 +122,24 @@ async fn unreachable_database_at_start_up_is_one_line() {
 #[tokio::test]
 async fn oversized_job_fields_are_refused_and_nothing_is_stored() {
     let db = TestDb::new().await;
+    let inject = |extra: &[&str]| {
+        let mut args = vec!["--dsn", &db.url, "--count", "1"];
+        args.extend(extra);
+        fails("gv_inject", &args)
+    };
     let long_func = "f".repeat(201);
-    let err = fails(
-        "gv_inject",
-        &["--dsn", &db.url, "--funcname", &long_func, "--count", "1"],
-    );
+    let err = inject(&["--funcname", &long_func]);
     assert!(
         err.contains("funcname is 201 bytes, over the limit of 200"),
         "{err}"
     );
     let long_key = "k".repeat(254); // + "-0"
-    let err = fails(
-        "gv_inject",
-        &[
-            "--dsn",
-            &db.url,
-            "--funcname",
-            "f",
-            "--count",
-            "1",
-            "--unique-prefix",
-            &long_key,
-        ],
-    );
+    let err = inject(&["--funcname", "f", "--unique-prefix", &long_key]);
     assert!(
         err.contains("unique key is 256 bytes, over the limit of 255"),
         "{err}"
     );
-    let err = fails(
-        "gv_inject",
-        &[
-            "--dsn",
-            &db.url,
-            "--funcname",
-            "f",
-            "--count",
-            "1",
-            "--arg-size",
-            "16777216",
-        ],
-    );
+    let err = inject(&["--funcname", "f", "--arg-size", "16777216"]);
     assert!(
         err.contains("arg is 16777216 bytes, over the limit of 16777215"),
         "{err}"

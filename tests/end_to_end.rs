@@ -23,6 +23,20 @@ fn recorded(path: &std::path::Path) -> HashMap<(u32, u64), usize> {
     runs
 }
 
+/// A `garivini queuerunner` on `db` and `gearmand`, polling every 0.2 s.
+fn queuerunner(db: &TestDb, gearmand: &Gearmand, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--dsn",
+        &db.url,
+        "--gearmand",
+        &gearmand.addr,
+        "queuerunner",
+    ];
+    args.extend(["--batch-run-sleep", "0.2"]);
+    args.extend(extra);
+    Proc::spawn("garivini", &args)
+}
+
 /// Injects `count` jobs, runs `runners` QueueRunners and `consumers`
 /// gv_consume workers until the table is empty, and checks that every
 /// committed job ran, none twice (the default lease holds throughout).
@@ -63,20 +77,7 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
 
     let mut procs = Vec::new();
     for _ in 0..runners {
-        procs.push(Proc::spawn(
-            "garivini",
-            &[
-                "--dsn",
-                &db.url,
-                "--gearmand",
-                &gearmand.addr,
-                "queuerunner",
-                "--batch-run-sleep",
-                "0.2",
-                "--watermark-pushback",
-                "1",
-            ],
-        ));
+        procs.push(queuerunner(&db, &gearmand, &["--watermark-pushback", "1"]));
     }
     let records: Vec<_> = (0..consumers)
         .map(|i| dir.path().join(format!("run{i}.log")))
@@ -146,18 +147,7 @@ async fn a_failing_command_reschedules_the_job_with_backoff() {
         Duration::from_secs(30),
     );
     assert!(status.success(), "{stderr}");
-    let _qr = Proc::spawn(
-        "garivini",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "queuerunner",
-            "--batch-run-sleep",
-            "0.2",
-        ],
-    );
+    let _qr = queuerunner(&db, &gearmand, &[]);
     let _worker = Proc::spawn(
         "gv_consume",
         &[
