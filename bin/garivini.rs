@@ -1,11 +1,13 @@
-//! `garivini`: runs Garivini's roles.
+//! `garivini`: runs Garivini's roles, one per process or several in one.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use garivini::queue_runner::{self, QueueRunner};
+use clap::{Parser, Subcommand, ValueEnum};
+use garivini::{client, controller, injector, queue_runner, Client, Store};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Garivini: a job persistence layer for Gearman")]
@@ -13,43 +15,77 @@ struct Cli {
     #[command(flatten)]
     servers: common::Servers,
     #[command(subcommand)]
-    role: Role,
+    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Role {
+enum Command {
     /// Claims due jobs from the databases and submits them to gearmand.
-    Queuerunner(QueueRunnerArgs),
+    Queuerunner(Settings),
+    /// Serves `inject_jobs`: stores jobs from any Gearman client, then
+    /// dispatches them to a Controller.
+    Injector(Settings),
+    /// Serves `run_queued_job`: runs stored jobs on their real workers and
+    /// completes or fails their rows.
+    Controller(Settings),
+    /// Runs several roles in one process, sharing its database pools.
+    Workers {
+        /// The roles, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<Role>,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Queuerunner,
+    Injector,
+    Controller,
+}
+
+/// The roles' settings; each role reads the ones that concern it.
 #[derive(clap::Args, Debug)]
-struct QueueRunnerArgs {
+struct Settings {
     /// Seconds a dispatched job is leased before it is due again.
     #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE)]
     lease: u32,
-    /// Largest batch claimed from one database per round.
+    /// QueueRunner: largest batch claimed from one database per round.
     #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_MAX_SIZE)]
     batch_max_size: usize,
-    /// First batch size; grows while batches come back full.
+    /// QueueRunner: first batch size; grows while batches come back full.
     #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_START_SIZE)]
     batch_start_size: usize,
-    /// Seconds between rounds that were not full.
+    /// QueueRunner: seconds between rounds that were not full.
     #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_RUN_SLEEP.as_secs_f64())]
     batch_run_sleep: f64,
-    /// Most jobs of one function queued in gearmand before rows are pushed
-    /// back (0 = no limit).
+    /// Most jobs of one function queued in gearmand before jobs are held
+    /// back in the database (0 = no limit).
     #[arg(long, default_value_t = queue_runner::DEFAULT_QUEUE_WATERMARK_DEPTH)]
     queue_watermark_depth: u64,
-    /// Seconds a row over the watermark is pushed back.
+    /// QueueRunner: seconds a row over the watermark is pushed back.
     #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
     watermark_pushback: u32,
-    /// Seconds before a row whose submit failed is due again.
+    /// Seconds before a job whose submit to gearmand failed is due again.
     #[arg(long, default_value_t = queue_runner::DEFAULT_SUBMIT_RETRY_DELAY)]
     submit_retry_delay: u32,
+    /// Injector: most jobs in one inject_jobs array.
+    #[arg(long, default_value_t = injector::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Injector: inject_jobs requests handled at once, per gearmand.
+    #[arg(long, default_value_t = injector::DEFAULT_CONCURRENCY)]
+    inject_concurrency: usize,
+    /// Controller: jobs run at once, per gearmand.
+    #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Controller: failures after which a job is parked as dead.
+    #[arg(long, default_value_t = client::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u8,
 }
 
-impl QueueRunnerArgs {
-    fn config(&self) -> anyhow::Result<queue_runner::Config> {
+impl Settings {
+    fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
         let sleep = Duration::try_from_secs_f64(self.batch_run_sleep).map_err(|_| {
             anyhow::anyhow!("invalid setting --batch-run-sleep: must be a number of seconds >= 0")
         })?;
@@ -65,23 +101,88 @@ impl QueueRunnerArgs {
         config.validate()?;
         Ok(config)
     }
+
+    fn injector(&self) -> anyhow::Result<injector::Config> {
+        let config = injector::Config {
+            lease: self.lease,
+            max_batch: self.max_batch,
+            queue_watermark_depth: self.queue_watermark_depth,
+            concurrency: self.inject_concurrency,
+            submit_retry_delay: self.submit_retry_delay,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn controller(&self) -> anyhow::Result<controller::Config> {
+        let config = controller::Config {
+            lease: self.lease,
+            concurrency: self.concurrency,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Starts `roles` on shared pools and runs them until `shutdown`.
+async fn run_roles(
+    roles: &[Role],
+    settings: &Settings,
+    servers: &common::Servers,
+) -> anyhow::Result<()> {
+    // Check every setting before connecting to anything.
+    let mut roles = roles.to_vec();
+    let mut seen = Vec::new();
+    roles.retain(|r| {
+        let first = !seen.contains(r);
+        seen.push(*r);
+        first
+    });
+    for role in &roles {
+        match role {
+            Role::Queuerunner => drop(settings.queue_runner()?),
+            Role::Injector => drop(settings.injector()?),
+            Role::Controller => drop(settings.controller()?),
+        }
+    }
+    let gearmand = servers.gearmand()?;
+    let store: Arc<Store> = servers.store().await?;
+    let shutdown: CancellationToken = common::shutdown_on_signal();
+    let mut tasks = tokio::task::JoinSet::new();
+    for role in roles {
+        let (store, gearmand, shutdown) = (store.clone(), gearmand.clone(), shutdown.clone());
+        match role {
+            Role::Queuerunner => {
+                let qr = queue_runner::QueueRunner::new(settings.queue_runner()?, store, gearmand)?;
+                tasks.spawn(qr.run(shutdown));
+            }
+            Role::Injector => {
+                let injector = injector::Injector::new(settings.injector()?, store, gearmand)?;
+                tasks.spawn(injector.run(shutdown));
+            }
+            Role::Controller => {
+                let client = Client::new(store).with_max_attempts(settings.max_attempts);
+                let controller = controller::Controller::new(settings.controller()?, client, gearmand)?;
+                tasks.spawn(controller.run(shutdown));
+            }
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        res?;
+    }
+    Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     common::init_tracing();
     common::run(async move {
-        match cli.role {
-            Role::Queuerunner(args) => {
-                let config = args.config()?;
-                let gearmand = cli.servers.gearmand()?;
-                let store = cli.servers.store().await?;
-                let shutdown = common::shutdown_on_signal();
-                QueueRunner::new(config, store.clone(), gearmand)?
-                    .run(shutdown)
-                    .await;
-            }
-        }
-        Ok(())
+        let (roles, settings) = match &cli.command {
+            Command::Queuerunner(s) => (vec![Role::Queuerunner], s),
+            Command::Injector(s) => (vec![Role::Injector], s),
+            Command::Controller(s) => (vec![Role::Controller], s),
+            Command::Workers { roles, settings } => (roles.clone(), settings),
+        };
+        run_roles(&roles, settings, &cli.servers).await
     });
 }

@@ -1,26 +1,24 @@
 //! `gv_consume`: an example worker. Serves `--funcname`, reads the job
-//! JSON, runs the job (counts it, or pipes its arg to `--exec CMD`), and in
-//! throughput mode completes the row (or fails it, with backoff).
+//! JSON, runs the job (counts it, or pipes its arg to `--exec CMD`). In
+//! throughput mode it then completes the row (or fails it, with backoff);
+//! in low-latency mode it only answers gearmand, and the Controller
+//! finishes the row.
 
 mod common;
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use common::Mode;
 use garivini::gearman::{serve, Assignment, WorkResult};
 use garivini::{Client, Job};
 use tokio::io::AsyncWriteExt as _;
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Complete or fail the row in the database after each job.
-    Throughput,
-}
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Garivini example worker")]
@@ -44,37 +42,71 @@ struct Cli {
     work_ms: u64,
     /// Append a line `DBID JOBID` to this file as each job starts.
     #[arg(long)]
-    record: Option<std::path::PathBuf>,
-    /// Failures after which a job is parked as dead.
+    record: Option<PathBuf>,
+    /// Append a line with the microseconds from the job's creation (stamped
+    /// in its arg by gv_inject) to its start; gv_inject reads them.
+    #[arg(long)]
+    latency_file: Option<PathBuf>,
+    /// Throughput mode: failures after which a job is parked as dead.
     #[arg(long, default_value_t = garivini::client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
 }
 
+/// A file that lines are appended to, one write each: lines from several
+/// jobs never interleave, and survive a SIGKILL.
+struct LineLog(Mutex<std::fs::File>);
+
+impl LineLog {
+    fn open(path: &Option<PathBuf>) -> anyhow::Result<Option<LineLog>> {
+        let Some(path) = path else { return Ok(None) };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Some(LineLog(Mutex::new(file))))
+    }
+
+    fn write(&self, line: String) {
+        if let Err(err) = self.0.lock().unwrap().write_all(line.as_bytes()) {
+            tracing::error!(error = %err, "cannot write a log file");
+        }
+    }
+}
+
 struct Worker {
-    client: Client,
+    /// Throughput mode only: finishes rows.
+    client: Option<Client>,
     exec: Option<String>,
     work: Duration,
-    record: Option<Mutex<std::fs::File>>,
+    record: Option<LineLog>,
+    latency: Option<LineLog>,
     done: AtomicU64,
     failed: AtomicU64,
 }
 
 impl Worker {
     async fn handle(&self, assignment: Assignment) -> WorkResult {
+        let started = common::unix_micros();
         let job = match Job::from_json(&assignment.data) {
             Ok(job) => job,
             Err(err) => {
                 tracing::error!(error = %err, function = %assignment.function, "not a job JSON");
-                return WorkResult::Fail;
+                return WorkResult::FailWith(Bytes::from(err.to_string()));
             }
         };
-        if let Some(record) = &self.record {
-            let line = format!("{} {}\n", job.dbid, job.jobid);
-            // One write per line on an O_APPEND file: lines from several
-            // workers never interleave, and survive a SIGKILL.
-            if let Err(err) = record.lock().unwrap().write_all(line.as_bytes()) {
-                tracing::error!(error = %err, "cannot write the record file");
+        if let Some(latency) = &self.latency {
+            // gv_inject's arg: "SEQ MICROS ...".
+            let stamp = std::str::from_utf8(&job.arg)
+                .ok()
+                .and_then(|a| a.split(' ').nth(1))
+                .and_then(|t| t.parse::<u64>().ok());
+            if let Some(stamp) = stamp {
+                latency.write(format!("{}\n", started.saturating_sub(stamp)));
             }
+        }
+        if let Some(record) = &self.record {
+            record.write(format!("{} {}\n", job.dbid, job.jobid));
         }
         if !self.work.is_zero() {
             tokio::time::sleep(self.work).await;
@@ -83,10 +115,20 @@ impl Worker {
             None => true,
             Some(cmd) => run_command(cmd, &job.arg).await,
         };
+        let Some(client) = &self.client else {
+            // Low-latency mode: the Controller finishes the row.
+            return if ok {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                WorkResult::Complete(Bytes::new())
+            } else {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                WorkResult::Fail
+            };
+        };
         let outcome = if ok {
-            self.client.complete_job(&job).await.map(|_| None)
+            client.complete_job(&job).await.map(|_| None)
         } else {
-            self.client.failed_job(&job).await.map(Some)
+            client.failed_job(&job).await.map(Some)
         };
         match outcome {
             Ok(None) => {
@@ -132,22 +174,18 @@ fn main() {
     common::init_tracing();
     common::run(async move {
         let gearmand = cli.servers.gearmand()?;
-        let client = Client::new(cli.servers.store().await?).with_max_attempts(cli.max_attempts);
-        let record = match &cli.record {
-            None => None,
-            Some(path) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open --record file {}", path.display()))?,
-            )),
+        let client = match cli.mode {
+            Mode::Throughput => Some(
+                Client::new(cli.servers.store().await?).with_max_attempts(cli.max_attempts),
+            ),
+            Mode::Lowlatency => None,
         };
         let worker = Arc::new(Worker {
             client,
             exec: cli.exec.clone(),
             work: Duration::from_millis(cli.work_ms),
-            record,
+            record: LineLog::open(&cli.record)?,
+            latency: LineLog::open(&cli.latency_file)?,
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
@@ -170,11 +208,10 @@ fn main() {
     });
 }
 
-/// Prints a summary line every few seconds while jobs are done, and one
-/// at the end.
+/// Prints a summary line every few seconds while jobs are done (with the
+/// rate over those seconds), and one at the end.
 async fn report(worker: Arc<Worker>, shutdown: tokio_util::sync::CancellationToken) {
-    let started = Instant::now();
-    let mut last = (0, 0);
+    let mut last = ((0, 0), Instant::now());
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
@@ -184,15 +221,16 @@ async fn report(worker: Arc<Worker>, shutdown: tokio_util::sync::CancellationTok
             worker.done.load(Ordering::Relaxed),
             worker.failed.load(Ordering::Relaxed),
         );
-        if now != last || stop {
-            let secs = started.elapsed().as_secs_f64();
+        if now != last.0 || stop {
+            let secs = last.1.elapsed().as_secs_f64();
             println!(
-                "done {} jobs, failed {}, {:.0} jobs/s",
+                "done {} jobs, failed {} ({:.0} jobs/s over the last {:.0} s)",
                 now.0,
                 now.1,
-                now.0 as f64 / secs.max(1e-9)
+                (now.0 - last.0 .0) as f64 / secs.max(1e-9),
+                secs
             );
-            last = now;
+            last = (now, Instant::now());
         }
         if stop {
             return;

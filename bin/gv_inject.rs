@@ -1,25 +1,28 @@
-//! `gv_inject`: an example client and load generator. Stores `--count`
-//! jobs and prints one summary line (jobs, seconds, jobs/s).
+//! `gv_inject`: an example client and load generator. Submits `--count`
+//! jobs (straight into the database, or through `inject_jobs`) and prints
+//! one summary line (jobs, seconds, jobs/s).
 //!
 //! Each job's arg starts with `SEQ UNIXMICROS ` (its number and the time it
-//! was made), padded with `x` to `--arg-size` bytes, so that a worker can
-//! tell how long it waited.
+//! was submitted), padded with `x` to `--arg-size` bytes, so that a worker
+//! can tell how long it waited: with `--latency-file` on both gv_inject and
+//! gv_consume, gv_inject also reports the latency from submit to worker
+//! start.
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use common::Mode;
+use garivini::gearman::{ForegroundClient, Outcome};
+use garivini::injector::INJECT_JOBS;
 use garivini::{Client, NewJob};
 use indicatif::{ProgressBar, ProgressStyle};
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Insert rows straight into the database (the Client library).
-    Throughput,
-}
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Garivini example client and load generator")]
@@ -38,34 +41,89 @@ struct Cli {
     /// Size of each job's arg in bytes (at least its `SEQ MICROS ` prefix).
     #[arg(long, default_value_t = 100)]
     arg_size: usize,
-    /// Jobs per multi-row insert.
-    #[arg(long, default_value_t = 100)]
+    /// Jobs per insert (throughput) or per inject_jobs array (lowlatency;
+    /// 1 sends a plain object).
+    #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Inserts in flight at once.
+    /// Submits in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Offer at most this many jobs per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Seconds from now until the jobs are due.
     #[arg(long, default_value_t = 0)]
     delay: u32,
     /// Give job N the unique key PREFIX-N (jobs with one key are stored once).
     #[arg(long)]
     unique_prefix: Option<String>,
+    /// Read the latencies gv_consume --latency-file writes (same file) and
+    /// report their p50/p90/p99 once every job has started.
+    #[arg(long)]
+    latency_file: Option<PathBuf>,
+    /// Seconds to wait for every job to start, with --latency-file.
+    #[arg(long, default_value_t = 120)]
+    latency_wait: u64,
 }
 
-fn job(cli: &Cli, seq: u64) -> NewJob {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
-    let mut arg = format!("{seq} {micros} ").into_bytes();
-    if arg.len() < cli.arg_size {
-        arg.resize(cli.arg_size, b'x');
+impl Cli {
+    fn job(&self, seq: u64) -> NewJob {
+        let mut arg = format!("{seq} {} ", common::unix_micros()).into_bytes();
+        if arg.len() < self.arg_size {
+            arg.resize(self.arg_size, b'x');
+        }
+        let mut job = NewJob::new(self.funcname.clone(), arg).delay(self.delay);
+        if let Some(prefix) = &self.unique_prefix {
+            job = job.unique(format!("{prefix}-{seq}"));
+        }
+        job
     }
-    let mut job = NewJob::new(cli.funcname.clone(), arg).delay(cli.delay);
-    if let Some(prefix) = &cli.unique_prefix {
-        job = job.unique(format!("{prefix}-{seq}"));
+
+    /// The inject_jobs workload for jobs `seqs`: an object, or an array.
+    fn inject_request(&self, seqs: std::ops::Range<u64>) -> Bytes {
+        let items: Vec<serde_json::Value> = seqs
+            .map(|seq| {
+                let job = self.job(seq);
+                serde_json::json!({
+                    "funcname": job.funcname,
+                    "arg": String::from_utf8(job.arg).expect("ASCII arg"),
+                    "uniqkey": job.uniqkey,
+                    "run_after": job.delay,
+                })
+            })
+            .collect();
+        let value = if self.batch == 1 {
+            items.into_iter().next().expect("one job")
+        } else {
+            serde_json::Value::Array(items)
+        };
+        Bytes::from(serde_json::to_vec(&value).expect("JSON"))
     }
-    job
+}
+
+/// Where jobs go.
+#[derive(Clone)]
+enum Sink {
+    Database(Client),
+    Injector(ForegroundClient),
+}
+
+impl Sink {
+    async fn submit(&self, cli: &Cli, seqs: std::ops::Range<u64>) -> anyhow::Result<()> {
+        match self {
+            Sink::Database(client) => {
+                let jobs: Vec<NewJob> = seqs.map(|seq| cli.job(seq)).collect();
+                client.insert_jobs(&jobs).await?;
+            }
+            Sink::Injector(fg) => match fg.submit(INJECT_JOBS, "", cli.inject_request(seqs)).await? {
+                Outcome::Complete(_) => {}
+                Outcome::Fail(reason) | Outcome::Exception(reason) => {
+                    anyhow::bail!("inject_jobs failed: {}", String::from_utf8_lossy(&reason))
+                }
+            },
+        }
+        Ok(())
+    }
 }
 
 fn main() {
@@ -75,9 +133,16 @@ fn main() {
         if cli.batch == 0 || cli.concurrency == 0 {
             anyhow::bail!("invalid setting: --batch and --concurrency must be at least 1");
         }
-        // Refuse bad input before touching the database.
-        job(&cli, cli.count).validate()?;
-        let client = Client::new(cli.servers.store().await?);
+        // Refuse bad input before touching any server.
+        cli.job(cli.count).validate()?;
+        let sink = match cli.mode {
+            Mode::Throughput => Sink::Database(Client::new(cli.servers.store().await?)),
+            Mode::Lowlatency => Sink::Injector(ForegroundClient::new(cli.servers.gearmand()?)),
+        };
+        if let Some(path) = &cli.latency_file {
+            // Start from an empty file: every line in it is one of ours.
+            std::fs::write(path, b"").with_context(|| format!("cannot write {}", path.display()))?;
+        }
 
         let bar = ProgressBar::new(cli.count).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
@@ -88,16 +153,20 @@ fn main() {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..cli.concurrency {
-            let (cli, client, next, bar) = (cli.clone(), client.clone(), next.clone(), bar.clone());
+            let (cli, sink, next, bar) = (cli.clone(), sink.clone(), next.clone(), bar.clone());
             tasks.spawn(async move {
                 loop {
                     let from = next.fetch_add(cli.batch as u64, Ordering::Relaxed);
                     if from >= cli.count {
                         return anyhow::Ok(());
                     }
+                    if cli.rate > 0 {
+                        // Job `from` is offered at start + from / rate.
+                        let at = started + Duration::from_secs_f64(from as f64 / cli.rate as f64);
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                     let to = (from + cli.batch as u64).min(cli.count);
-                    let jobs: Vec<NewJob> = (from..to).map(|seq| job(&cli, seq)).collect();
-                    client.insert_jobs(&jobs).await?;
+                    sink.submit(&cli, from..to).await?;
                     bar.inc(to - from);
                 }
             });
@@ -107,12 +176,57 @@ fn main() {
         }
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
+        let verb = match cli.mode {
+            Mode::Throughput => "inserted",
+            Mode::Lowlatency => "injected",
+        };
         println!(
-            "inserted {} jobs in {:.2} s: {:.0} jobs/s",
+            "{verb} {} jobs in {:.2} s: {:.0} jobs/s",
             cli.count,
             secs,
             cli.count as f64 / secs.max(1e-9)
         );
+        if let Some(path) = &cli.latency_file {
+            let samples = wait_for_latencies(path, cli.count, Duration::from_secs(cli.latency_wait)).await?;
+            println!("{}", latency_line(samples));
+        }
         Ok(())
     });
+}
+
+/// Waits until `path` holds `count` latencies (microseconds, a line each).
+async fn wait_for_latencies(path: &std::path::Path, count: u64, limit: Duration) -> anyhow::Result<Vec<u64>> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let samples: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if samples.len() as u64 >= count {
+            return Ok(samples);
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!(
+                "only {} of {count} jobs started within {limit:?} (is gv_consume running with --latency-file {}?)",
+                samples.len(),
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// "latency submit→start: p50 … p90 … p99 … max … (N jobs)", in ms.
+fn latency_line(mut samples: Vec<u64>) -> String {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i] as f64 / 1000.0
+    };
+    format!(
+        "latency submit->start: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} jobs)",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(1.0),
+        samples.len()
+    )
 }

@@ -112,6 +112,20 @@ pub enum Error {
         /// The job.
         job: crate::store::JobRef,
     },
+    /// An `inject_jobs` request that cannot be stored.
+    #[error("invalid inject_jobs request: {reason}")]
+    InvalidRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The job's delay is too far in the future for the `run_after` column.
+    #[error("delay of {delay} s is over the limit of {max} s")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: u32,
+        /// The limit.
+        max: u32,
+    },
     /// A Gearman conversation failed.
     #[error("gearmand {server}: {source}")]
     Gearman {

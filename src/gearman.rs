@@ -8,8 +8,9 @@
 //! place that works around it. Its admin client is used as it is, on a
 //! socket of ours.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use futures::{SinkExt, StreamExt};
 use gearman::protocol::{GearmanCodec, Packet, PacketType};
 use rand::Rng;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -235,12 +237,22 @@ pub enum WorkResult {
     Complete(Bytes),
     /// WORK_FAIL.
     Fail,
+    /// WORK_WARNING with this message, then WORK_FAIL: every client gets a
+    /// failure, and those that read warnings get the reason.
+    FailWith(Bytes),
 }
 
-/// Serves `function` on every server, `concurrency` jobs at a time per
-/// server (one connection each), until `shutdown`. A job in hand is
-/// finished before its connection stops. Lost connections are retried
-/// with capped, jittered backoff; an outage is logged once.
+/// Most worker connections per server: each wakes on every new job of its
+/// function (gearmand wakes all sleeping workers), so more connections
+/// than needed for throughput only cost wake-ups.
+pub const MAX_WORKER_CONNECTIONS: usize = 8;
+
+/// Serves `function` on every server with up to `concurrency` jobs running
+/// at once per server, until `shutdown`. Jobs are spread over a few
+/// connections, each holding several jobs at once (gearmand assigns a
+/// connection as many jobs as it grabs). On shutdown no new job is grabbed,
+/// and the jobs in hand are finished and answered. Lost connections are
+/// retried with capped, jittered backoff; an outage is logged once.
 pub async fn serve<H, F>(
     servers: Vec<String>,
     function: String,
@@ -249,11 +261,15 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
 ) where
     H: Fn(Assignment) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = WorkResult> + Send,
+    F: Future<Output = WorkResult> + Send + 'static,
 {
+    let concurrency = concurrency.max(1);
+    let connections = concurrency.min(MAX_WORKER_CONNECTIONS);
     let mut tasks = tokio::task::JoinSet::new();
     for server in servers {
-        for _ in 0..concurrency.max(1) {
+        for c in 0..connections {
+            // Split `concurrency` over the connections as evenly as it goes.
+            let slots = concurrency / connections + usize::from(c < concurrency % connections);
             let (server, function, handler, shutdown) = (
                 server.clone(),
                 function.clone(),
@@ -263,7 +279,14 @@ pub async fn serve<H, F>(
             tasks.spawn(async move {
                 let mut outage = Outage::new("gearmand unreachable for worker");
                 while !shutdown.is_cancelled() {
-                    match work_session(&server, &function, &handler, &shutdown, &mut outage).await {
+                    let session = WorkSession {
+                        server: &server,
+                        function: &function,
+                        slots,
+                        handler: &handler,
+                        shutdown: &shutdown,
+                    };
+                    match session.run(&mut outage).await {
                         Ok(()) => break,
                         Err(err) => {
                             outage.failed(&err);
@@ -284,86 +307,323 @@ pub async fn serve<H, F>(
     }
 }
 
-/// One worker connection's life: returns Ok on shutdown, Err when the
-/// connection is lost.
-async fn work_session<H, F>(
-    server: &str,
-    function: &str,
-    handler: &H,
-    shutdown: &CancellationToken,
-    outage: &mut Outage,
-) -> Result<()>
+struct WorkSession<'a, H> {
+    server: &'a str,
+    function: &'a str,
+    slots: usize,
+    handler: &'a H,
+    shutdown: &'a CancellationToken,
+}
+
+impl<H, F> WorkSession<'_, H>
 where
     H: Fn(Assignment) -> F,
-    F: Future<Output = WorkResult>,
+    F: Future<Output = WorkResult> + Send + 'static,
 {
-    let mut conn = connect(server).await?;
-    conn.send(req(
-        PacketType::CanDo,
-        vec![Bytes::copy_from_slice(function.as_bytes())],
-    ))
-    .await
-    .map_err(|e| gearman_err(server, e))?;
-    conn.send(req(PacketType::GrabJobUniq, vec![]))
+    /// One worker connection's life: Ok after a clean shutdown (every job
+    /// in hand answered), Err when the connection is lost. Jobs still
+    /// running then finish on their own; gearmand gives their Gearman jobs
+    /// to another worker.
+    async fn run(&self, outage: &mut Outage) -> Result<()> {
+        let server = self.server;
+        let err = |e| gearman_err(server, e);
+        let mut conn = connect(server).await?;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Vec<Packet>>(self.slots);
+        let mut running = 0usize;
+        let mut grabbing = false;
+        let mut sleeping = false;
+        let mut stopping = false;
+
+        conn.feed(req(
+            PacketType::CanDo,
+            vec![Bytes::copy_from_slice(self.function.as_bytes())],
+        ))
         .await
-        .map_err(|e| gearman_err(server, e))?;
-    outage.ended();
-    loop {
-        let pkt = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            pkt = conn.next() => match pkt {
-                None => return Err(gearman_err(server, gearman::GearmanError::ConnectionClosed)),
-                Some(pkt) => pkt.map_err(|e| gearman_err(server, e))?,
-            },
-        };
-        match pkt.ptype {
-            PacketType::JobAssignUniq => {
-                let unique = pkt.arg_str(2).filter(|u| !u.is_empty()).map(str::to_string);
-                let assignment = Assignment {
-                    handle: pkt.args[0].clone(),
-                    function: pkt.arg_str(1).unwrap_or_default().to_string(),
-                    unique,
-                    data: pkt.args[3].clone(),
-                };
-                let handle = assignment.handle.clone();
-                let answer = match handler(assignment).await {
-                    WorkResult::Complete(result) => {
-                        req(PacketType::WorkComplete, vec![handle, result])
-                    }
-                    WorkResult::Fail => req(PacketType::WorkFail, vec![handle]),
-                };
-                conn.feed(answer)
-                    .await
-                    .map_err(|e| gearman_err(server, e))?;
-                if shutdown.is_cancelled() {
-                    conn.flush().await.map_err(|e| gearman_err(server, e))?;
-                    return Ok(());
-                }
+        .map_err(err)?;
+        loop {
+            // One grab at a time: a NO_JOB answer then means what it says.
+            if !stopping && !grabbing && !sleeping && running < self.slots {
                 conn.feed(req(PacketType::GrabJobUniq, vec![]))
                     .await
-                    .map_err(|e| gearman_err(server, e))?;
-                conn.flush().await.map_err(|e| gearman_err(server, e))?;
+                    .map_err(err)?;
+                grabbing = true;
             }
-            PacketType::NoJob => conn
-                .send(req(PacketType::PreSleep, vec![]))
-                .await
-                .map_err(|e| gearman_err(server, e))?,
-            PacketType::Noop => conn
-                .send(req(PacketType::GrabJobUniq, vec![]))
-                .await
-                .map_err(|e| gearman_err(server, e))?,
-            PacketType::Error => {
-                return Err(Error::GearmanProtocol {
-                    server: server.to_string(),
-                    what: format!(
-                        "ERROR {}",
-                        String::from_utf8_lossy(pkt.arg(1).map_or(&b""[..], |b| b))
-                    ),
-                })
+            conn.flush().await.map_err(err)?;
+            if stopping && running == 0 && !grabbing {
+                return Ok(());
             }
-            other => tracing::debug!(gearmand = %server, packet = ?other, "ignoring packet"),
+            tokio::select! {
+                _ = self.shutdown.cancelled(), if !stopping => stopping = true,
+                Some(answer) = done_rx.recv() => {
+                    running -= 1;
+                    for pkt in answer {
+                        conn.feed(pkt).await.map_err(err)?;
+                    }
+                }
+                pkt = conn.next() => {
+                    let pkt = match pkt {
+                        None => return Err(err(gearman::GearmanError::ConnectionClosed)),
+                        Some(pkt) => pkt.map_err(err)?,
+                    };
+                    match pkt.ptype {
+                        PacketType::JobAssignUniq if pkt.args.len() == 4 => {
+                            outage.ended();
+                            grabbing = false;
+                            running += 1;
+                            self.start_job(pkt, done_tx.clone());
+                        }
+                        PacketType::NoJob => {
+                            outage.ended();
+                            grabbing = false;
+                            if !stopping {
+                                conn.feed(req(PacketType::PreSleep, vec![])).await.map_err(err)?;
+                                sleeping = true;
+                            }
+                        }
+                        PacketType::Noop => sleeping = false,
+                        // e.g. an answer for a job gearmand no longer knows:
+                        // nothing to undo, the connection is still good.
+                        PacketType::Error => tracing::warn!(
+                            gearmand = %server,
+                            error = %String::from_utf8_lossy(pkt.arg(1).map_or(&b""[..], |b| b)),
+                            "gearmand answered ERROR"
+                        ),
+                        other => tracing::debug!(gearmand = %server, packet = ?other, "ignoring packet"),
+                    }
+                }
+            }
         }
     }
+
+    /// Runs one job in a task of its own; its answer comes back on `done`.
+    /// A handler that panics answers WORK_FAIL, so its slot is not lost.
+    fn start_job(&self, pkt: Packet, done: tokio::sync::mpsc::Sender<Vec<Packet>>) {
+        use futures::FutureExt as _;
+        let unique = pkt.arg_str(2).filter(|u| !u.is_empty()).map(str::to_string);
+        let assignment = Assignment {
+            handle: pkt.args[0].clone(),
+            function: pkt.arg_str(1).unwrap_or_default().to_string(),
+            unique,
+            data: pkt.args[3].clone(),
+        };
+        let handle = assignment.handle.clone();
+        let work = std::panic::AssertUnwindSafe((self.handler)(assignment)).catch_unwind();
+        tokio::spawn(async move {
+            let answer = match work.await {
+                Ok(WorkResult::Complete(result)) => vec![req(PacketType::WorkComplete, vec![handle, result])],
+                // Not WORK_EXCEPTION: gearmand 1.1 ends the job on it but
+                // tells only clients that asked for exceptions, so any other
+                // client would wait forever. Every client gets WORK_WARNING.
+                Ok(WorkResult::FailWith(message)) => vec![
+                    req(PacketType::WorkWarning, vec![handle.clone(), message]),
+                    req(PacketType::WorkFail, vec![handle]),
+                ],
+                Ok(WorkResult::Fail) => vec![req(PacketType::WorkFail, vec![handle])],
+                Err(_) => {
+                    tracing::error!("job handler panicked; answering WORK_FAIL");
+                    vec![req(PacketType::WorkFail, vec![handle])]
+                }
+            };
+            // The connection may be gone; gearmand then reassigns the job.
+            let _ = done.send(answer).await;
+        });
+    }
+}
+
+/// How a foreground job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// WORK_COMPLETE, with the worker's result.
+    Complete(Bytes),
+    /// WORK_FAIL, with the last WORK_WARNING before it (empty if none).
+    Fail(Bytes),
+    /// WORK_EXCEPTION, with the worker's message.
+    Exception(Bytes),
+}
+
+type Waiter = oneshot::Sender<Result<Outcome>>;
+
+struct Submit {
+    function: String,
+    unique: String,
+    data: Bytes,
+    reply: Waiter,
+}
+
+/// Submits foreground jobs and waits for their outcome. Many jobs share
+/// one connection per server (jobs go to the servers in turn); each
+/// connection has a task of its own, started on first use and again after
+/// a failure. A job whose connection is lost before it ends gets an error:
+/// its outcome is unknown.
+#[derive(Clone)]
+pub struct ForegroundClient {
+    lanes: Arc<Vec<mpsc::Sender<Submit>>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Foreground submits queued per connection before callers wait.
+const FOREGROUND_QUEUE: usize = 1024;
+
+impl ForegroundClient {
+    /// A client for `servers`. Must be called within a Tokio runtime.
+    pub fn new(servers: Vec<String>) -> ForegroundClient {
+        let lanes = servers
+            .into_iter()
+            .map(|server| {
+                let (tx, rx) = mpsc::channel(FOREGROUND_QUEUE);
+                tokio::spawn(foreground_lane(server, rx));
+                tx
+            })
+            .collect();
+        ForegroundClient {
+            lanes: Arc::new(lanes),
+            next: Default::default(),
+        }
+    }
+
+    /// Submits a foreground job and waits until a worker ends it.
+    pub async fn submit(&self, function: &str, unique: &str, data: Bytes) -> Result<Outcome> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lane = &self.lanes[n % self.lanes.len()];
+        let (reply, answer) = oneshot::channel();
+        let submit = Submit {
+            function: function.to_string(),
+            unique: unique.to_string(),
+            data,
+            reply,
+        };
+        let gone = || Error::GearmanProtocol {
+            server: "(client)".into(),
+            what: "shutdown of the foreground client".into(),
+        };
+        lane.send(submit).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// One server's connection for foreground jobs: submits go out as they
+/// come; JOB_CREATED answers arrive in submit order and tie each waiter to
+/// its handle; WORK_* packets then end the job with that handle.
+async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
+    let mut outage = Outage::new("gearmand unreachable for foreground jobs");
+    while let Some(first) = rx.recv().await {
+        let mut conn = match connect_foreground(&server).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                outage.failed(&err);
+                let _ = first.reply.send(Err(err));
+                // Fail what queued up meanwhile rather than make it wait.
+                while let Ok(s) = rx.try_recv() {
+                    let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::NoServersAvailable)));
+                }
+                tokio::time::sleep(outage.delay()).await;
+                continue;
+            }
+        };
+        outage.ended();
+        let mut created: VecDeque<Waiter> = VecDeque::new();
+        let mut running: HashMap<Bytes, Vec<Waiter>> = HashMap::new();
+        let mut warnings: HashMap<Bytes, Bytes> = HashMap::new();
+        let mut next = Some(first);
+        let mut closed = false;
+        let failure = loop {
+            if closed && created.is_empty() && running.is_empty() {
+                return;
+            }
+            if let Some(s) = next.take() {
+                let pkt = req(
+                    PacketType::SubmitJob,
+                    vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
+                );
+                if let Err(e) = conn.feed(pkt).await {
+                    let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::ConnectionClosed)));
+                    break gearman_err(&server, e);
+                }
+                created.push_back(s.reply);
+                // Take whatever else is queued before the one flush.
+                while let Ok(s) = rx.try_recv() {
+                    let pkt = req(
+                        PacketType::SubmitJob,
+                        vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
+                    );
+                    if conn.feed(pkt).await.is_err() {
+                        let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::ConnectionClosed)));
+                        break;
+                    }
+                    created.push_back(s.reply);
+                }
+                if let Err(e) = conn.flush().await {
+                    break gearman_err(&server, e);
+                }
+            }
+            tokio::select! {
+                s = rx.recv(), if !closed => match s {
+                    Some(s) => next = Some(s),
+                    None => closed = true,
+                },
+                pkt = conn.next() => {
+                    let pkt = match pkt {
+                        None => break gearman_err(&server, gearman::GearmanError::ConnectionClosed),
+                        Some(Err(e)) => break gearman_err(&server, e),
+                        Some(Ok(pkt)) => pkt,
+                    };
+                    let handle = pkt.arg(0).cloned().unwrap_or_default();
+                    let end = |running: &mut HashMap<Bytes, Vec<Waiter>>, warnings: &mut HashMap<Bytes, Bytes>, outcome: Outcome| {
+                        warnings.remove(&handle);
+                        for w in running.remove(&handle).unwrap_or_default() {
+                            let _ = w.send(Ok(outcome.clone()));
+                        }
+                    };
+                    match pkt.ptype {
+                        PacketType::JobCreated => match created.pop_front() {
+                            // gearmand gives two submits with one unique id the
+                            // same handle: both wait for that one job.
+                            Some(w) => running.entry(handle).or_default().push(w),
+                            None => break Error::GearmanProtocol { server: server.clone(), what: "JOB_CREATED with no submit".into() },
+                        },
+                        PacketType::Error => match created.pop_front() {
+                            Some(w) => {
+                                let text = String::from_utf8_lossy(pkt.arg(1).map_or(&b""[..], |b| b)).into_owned();
+                                let _ = w.send(Err(Error::GearmanProtocol { server: server.clone(), what: format!("ERROR {text}") }));
+                            }
+                            None => break Error::GearmanProtocol { server: server.clone(), what: "ERROR with no submit".into() },
+                        },
+                        PacketType::WorkComplete => end(&mut running, &mut warnings, Outcome::Complete(pkt.args[1].clone())),
+                        PacketType::WorkFail => {
+                            let warning = warnings.get(&handle).cloned().unwrap_or_default();
+                            end(&mut running, &mut warnings, Outcome::Fail(warning))
+                        }
+                        PacketType::WorkException => end(&mut running, &mut warnings, Outcome::Exception(pkt.args[1].clone())),
+                        PacketType::WorkWarning if running.contains_key(&handle) => {
+                            warnings.insert(handle, pkt.args[1].clone());
+                        }
+                        _ => {} // WORK_DATA, WORK_STATUS, OPTION_RES: nothing to do
+                    }
+                }
+            }
+        };
+        outage.failed(&failure);
+        let lost = || gearman_err(&server, gearman::GearmanError::ConnectionClosed);
+        for w in created.into_iter().chain(running.into_values().flatten()) {
+            let _ = w.send(Err(lost()));
+        }
+    }
+}
+
+/// A connection for foreground jobs that asked to be told of exceptions.
+async fn connect_foreground(server: &str) -> Result<Conn> {
+    let mut conn = connect(server).await?;
+    conn.send(req(PacketType::OptionReq, vec![Bytes::from_static(b"exceptions")]))
+        .await
+        .map_err(|e| gearman_err(server, e))?;
+    let pkt = recv(&mut conn, server).await?;
+    if pkt.ptype != PacketType::OptionRes {
+        return Err(Error::GearmanProtocol {
+            server: server.to_string(),
+            what: format!("{:?} in answer to OPTION_REQ exceptions", pkt.ptype),
+        });
+    }
+    Ok(conn)
 }
 
 /// Tracks one outage of a remote service: logs its start once and its end

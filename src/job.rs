@@ -16,6 +16,9 @@ pub const MAX_FUNCNAME_LEN: usize = 200;
 pub const MAX_UNIQKEY_LEN: usize = 255;
 /// Largest argument, in bytes (`arg MEDIUMBLOB`).
 pub const MAX_ARG_LEN: usize = 16_777_215;
+/// Longest delay of a new job: ten years, so that now + delay stays far
+/// below [`NEVER`].
+pub const MAX_DELAY: u32 = 10 * 365 * 86_400;
 /// Longest retry delay of [`backoff`]: one day.
 pub const MAX_BACKOFF_SECS: u32 = 86_400;
 
@@ -116,6 +119,12 @@ impl NewJob {
                     max: MAX_UNIQKEY_LEN,
                 });
             }
+        }
+        if self.delay > MAX_DELAY {
+            return Err(Error::DelayTooLong {
+                delay: self.delay,
+                max: MAX_DELAY,
+            });
         }
         if self.arg.len() > MAX_ARG_LEN {
             return Err(Error::ArgTooLarge {

@@ -14,9 +14,14 @@
 //! - [`client`]: the library API of throughput mode: insert jobs; complete,
 //!   reschedule or fail them from a worker (completions batched).
 //! - [`gearman`]: our one door to gearmand: pipelined background submits,
-//!   a worker loop, queue depths (all on TCP_NODELAY sockets).
+//!   multiplexed foreground submits, a worker loop, queue depths (all on
+//!   TCP_NODELAY sockets).
 //! - [`queue_runner`]: claims due rows in batches and submits them to
 //!   gearmand, under a queue-depth watermark.
+//! - [`injector`]: low-latency mode's `inject_jobs` worker: commit, answer,
+//!   dispatch to a Controller.
+//! - [`controller`]: low-latency mode's `run_queued_job` worker: runs the
+//!   real function in the foreground and completes or fails the row.
 //! - [`config`]: parsing of the database and gearmand lists.
 //! - [`error`]: the one error type.
 //!
@@ -47,8 +52,10 @@
 
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod gearman;
+pub mod injector;
 pub mod job;
 pub mod queue_runner;
 pub mod store;

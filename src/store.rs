@@ -83,6 +83,10 @@ impl Store {
                 let opts = mysql_async::OptsBuilder::from_opts(opts)
                     .pool_opts(mysql_async::PoolOpts::new().with_constraints(constraints))
                     .stmt_cache_size(64)
+                    // An UPDATE then counts the rows it found, not only those
+                    // it changed: "does the row still exist" stays answerable
+                    // when the new run_after equals the old.
+                    .client_found_rows(true)
                     .tcp_nodelay(true);
                 Ok(Db {
                     pool: Pool::new(opts),
@@ -433,6 +437,18 @@ impl Store {
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             set_run_after_in(&mut conn, jobids, delay).await
+        })
+        .await
+    }
+
+    /// Moves a running job's row to now + `lease` secs, so that it is not
+    /// dispatched again while it runs. Returns whether the row still exists.
+    pub async fn extend_lease(&self, job: JobRef, lease: u32) -> Result<bool> {
+        let db = self.db(job.dbid)?;
+        self.run(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            set_run_after_in(&mut conn, &[job.jobid], lease).await?;
+            Ok(conn.affected_rows() > 0)
         })
         .await
     }

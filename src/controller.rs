@@ -1,0 +1,182 @@
+//! The Controller: the `run_queued_job` Gearman worker of low-latency mode.
+//!
+//! For each job JSON it gets, it submits the job in the foreground to the
+//! job's real function (same JSON as workload) and waits. WORK_COMPLETE
+//! deletes the row; WORK_FAIL or WORK_EXCEPTION fails it (backoff, dead
+//! after max_attempts). If gearmand goes away meanwhile, the outcome is
+//! unknown: the row stays leased and runs again after its lease. While a
+//! job runs, the Controller extends its lease every half lease, so a long
+//! job is never dispatched a second time while it is still running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::client::{Client, Retry};
+use crate::error::{Error, Result};
+use crate::gearman::{gearman_unique, serve, ForegroundClient, Outcome, WorkResult};
+use crate::job::Job;
+use crate::queue_runner::{DEFAULT_LEASE, RUN_QUEUED_JOB};
+use crate::store::JobRef;
+
+/// Jobs run at once, per gearmand.
+pub const DEFAULT_CONCURRENCY: usize = 200;
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The lease a running job's row is kept under, seconds; renewed every
+    /// half lease while the job runs.
+    pub lease: u32,
+    /// Jobs run at once, per gearmand.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease: DEFAULT_LEASE,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings' ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.lease < 2 {
+            return Err(Error::InvalidConfig {
+                name: "--lease",
+                reason: "must be at least 2 seconds (it is renewed every half lease)".into(),
+            });
+        }
+        if self.concurrency == 0 {
+            return Err(Error::InvalidConfig {
+                name: "--concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What became of one `run_queued_job`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// The worker completed it; its row is deleted.
+    Completed,
+    /// The worker failed it; its row is rescheduled or dead.
+    Failed(Retry),
+    /// The outcome is unknown (gearmand lost, or the row could not be
+    /// updated); the row runs again after its lease.
+    Unknown,
+    /// The workload was not a job JSON; nothing was run.
+    NotAJob,
+}
+
+/// Serves `run_queued_job`. See the module docs.
+pub struct Controller {
+    config: Config,
+    client: Client,
+    gearmand: Vec<String>,
+    foreground: ForegroundClient,
+}
+
+impl Controller {
+    /// A Controller finishing rows through `client` and running jobs on
+    /// `gearmand`. Must be called within a Tokio runtime.
+    pub fn new(config: Config, client: Client, gearmand: Vec<String>) -> Result<Arc<Controller>> {
+        config.validate()?;
+        if gearmand.is_empty() {
+            return Err(Error::NoGearmand);
+        }
+        Ok(Arc::new(Controller {
+            foreground: ForegroundClient::new(gearmand.clone()),
+            config,
+            client,
+            gearmand,
+        }))
+    }
+
+    /// Runs one job JSON to its end: submits it to its function, keeps its
+    /// lease while it runs, and completes or fails its row.
+    pub async fn run_job(&self, workload: Bytes) -> Ran {
+        let job = match Job::from_json(&workload) {
+            Ok(job) => job,
+            Err(err) => {
+                tracing::error!(error = %err, "run_queued_job got something that is not a job");
+                return Ran::NotAJob;
+            }
+        };
+        let span = tracing::info_span!("job", job.id = job.jobid, db.id = job.dbid, funcname = %job.funcname);
+        self.run_parsed(job, workload).instrument(span).await
+    }
+
+    async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
+        let unique = gearman_unique(job.uniqkey.as_deref());
+        let run = self.foreground.submit(&job.funcname, unique, workload.clone());
+        tokio::pin!(run);
+        let beat = Duration::from_secs(u64::from(self.config.lease / 2));
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = tokio::time::sleep(beat) => {
+                    let r = JobRef { dbid: job.dbid, jobid: job.jobid };
+                    if let Err(err) = self.client.store().extend_lease(r, self.config.lease).await {
+                        tracing::warn!(error = %err, "cannot extend the lease of a running job");
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(Outcome::Complete(_)) => match self.client.complete_job(&job).await {
+                Ok(()) => Ran::Completed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job done but its row remains; it runs again after its lease");
+                    Ran::Unknown
+                }
+            },
+            Ok(Outcome::Fail(_) | Outcome::Exception(_)) => match self.client.failed_job(&job).await {
+                Ok(retry) => {
+                    tracing::info!(?retry, "job failed");
+                    Ran::Failed(retry)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "job failed and its row could not be rescheduled");
+                    Ran::Unknown
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "lost track of a running job; it runs again after its lease");
+                Ran::Unknown
+            }
+        }
+    }
+
+    /// Serves `run_queued_job` until `shutdown`, then finishes the jobs in
+    /// hand.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(lease = self.config.lease, concurrency = self.config.concurrency, "controller started");
+        let me = self.clone();
+        serve(
+            self.gearmand.clone(),
+            RUN_QUEUED_JOB.to_string(),
+            self.config.concurrency,
+            move |a| {
+                let me = me.clone();
+                async move {
+                    // The Controller's own job is done whatever the real
+                    // job's outcome: that is in the row now.
+                    let _ = me.run_job(a.data).await;
+                    WorkResult::Complete(Bytes::new())
+                }
+            },
+            shutdown,
+        )
+        .await;
+        tracing::info!("controller stopped");
+    }
+}

@@ -1,0 +1,490 @@
+//! The Injector: the `inject_jobs` Gearman worker of low-latency mode.
+//!
+//! Any Gearman client sends a JSON job (or an array of them) in the
+//! foreground; the Injector stores it with flag `controller`, answers
+//! `{"jobid":N,"dbid":N}` only once the row is committed, and dispatches a
+//! job that is due now straight to gearmand as a background
+//! `run_queued_job` for a Controller. Such a row is stored already leased
+//! (due at now + lease), so a job lost anywhere after the commit comes
+//! back through the QueueRunner. A delayed job, or one arriving while
+//! `run_queued_job` is over the queue watermark, is stored due when it
+//! should run and left to the QueueRunner.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::gearman::{gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult};
+use crate::job::{Flag, Job, NewJob, MAX_DELAY};
+use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB};
+use crate::store::{JobRef, Store};
+
+/// The Gearman function the Injector serves.
+pub const INJECT_JOBS: &str = "inject_jobs";
+/// Most jobs in one `inject_jobs` array.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+/// Requests handled at once, per gearmand.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// How often the queue depth of `run_queued_job` is read from gearmand.
+pub const DEPTH_REFRESH: Duration = Duration::from_millis(250);
+/// Jobs waiting for dispatch before requests wait for room.
+const DISPATCH_QUEUE: usize = 10_000;
+/// Most background submits pipelined at once.
+const DISPATCH_BATCH: usize = 500;
+
+/// Injector settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Lease of a dispatched row, seconds.
+    pub lease: u32,
+    /// Most jobs in one array request.
+    pub max_batch: usize,
+    /// Depth of `run_queued_job` in gearmand at which jobs are stored for
+    /// the QueueRunner instead of dispatched; 0 = no limit.
+    pub queue_watermark_depth: u64,
+    /// Requests handled at once, per gearmand.
+    pub concurrency: usize,
+    /// Delay before a row whose dispatch failed is due again, seconds.
+    pub submit_retry_delay: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease: DEFAULT_LEASE,
+            max_batch: DEFAULT_MAX_BATCH,
+            queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
+            concurrency: DEFAULT_CONCURRENCY,
+            submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings' ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidConfig {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if self.lease == 0 {
+            return bad("--lease", "must be at least 1 second");
+        }
+        if self.max_batch == 0 {
+            return bad("--max-batch", "must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return bad("--inject-concurrency", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A parsed `inject_jobs` workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The jobs, flag `controller`, delay = the request's run_after.
+    pub jobs: Vec<NewJob>,
+    /// Whether it came as an array (and is answered with one).
+    pub array: bool,
+}
+
+/// Reads an `inject_jobs` workload: a JSON object `{funcname, arg, unique |
+/// uniqkey, run_after, coalesce}` or an array of at most `max_batch` of
+/// them. Every job is checked against the table's limits, so a request
+/// that passes here stores whole.
+pub fn parse_request(data: &[u8], max_batch: usize) -> Result<Request> {
+    let bad = |reason: String| Error::InvalidRequest { reason };
+    let value: Value = serde_json::from_slice(data).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match value {
+        Value::Object(_) => Ok(Request {
+            jobs: vec![parse_job(&value).map_err(bad)?],
+            array: false,
+        }),
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(bad("empty array: no jobs".into()));
+            }
+            if items.len() > max_batch {
+                return Err(bad(format!("{} jobs in one array, over the limit of {max_batch}", items.len())));
+            }
+            let jobs = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| parse_job(item).map_err(|e| bad(format!("job {i}: {e}"))))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Request { jobs, array: true })
+        }
+        _ => Err(bad("expected a JSON object or an array of them".into())),
+    }
+}
+
+fn parse_job(value: &Value) -> std::result::Result<NewJob, String> {
+    let Value::Object(o) = value else {
+        return Err("expected a JSON object".into());
+    };
+    let text = |key: &str| -> std::result::Result<Option<&str>, String> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("{key} must be a string")),
+        }
+    };
+    let funcname = text("funcname")?.ok_or("funcname is missing")?;
+    let arg = match o.get("arg") {
+        None => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err("arg must be a string".into()),
+    };
+    let uniqkey = match (text("uniqkey")?, text("unique")?) {
+        (Some(k), _) | (None, Some(k)) if !k.is_empty() => Some(k.to_string()),
+        _ => None,
+    };
+    let delay = match o.get("run_after") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => n.as_u64().ok_or("run_after must be a whole number of seconds >= 0")?,
+        // As the Perl original's clients may send numbers.
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| "run_after must be a whole number of seconds >= 0")?,
+        Some(_) => return Err("run_after must be a whole number of seconds >= 0".into()),
+    };
+    let delay = u32::try_from(delay)
+        .ok()
+        .filter(|&d| d <= MAX_DELAY)
+        .ok_or_else(|| format!("run_after {delay} is over the limit of {MAX_DELAY} seconds"))?;
+    let job = NewJob {
+        funcname: funcname.to_string(),
+        arg: arg.as_bytes().to_vec(),
+        uniqkey,
+        delay,
+        flag: Flag::Controller,
+        coalesce: text("coalesce")?.map(str::to_string),
+    };
+    job.validate().map_err(|e| e.to_string())?;
+    Ok(job)
+}
+
+/// The last queue depth of `run_queued_job` read from gearmand, plus what
+/// this Injector dispatched since.
+#[derive(Default)]
+struct Depth {
+    read: AtomicU64,
+    since: AtomicU64,
+}
+
+impl Depth {
+    /// Takes up to `n` places under `watermark`; returns how many it got.
+    fn take(&self, n: u64, watermark: u64) -> u64 {
+        if watermark == 0 {
+            return n;
+        }
+        let mut taken = 0;
+        let _ = self.since.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+            let used = self.read.load(Ordering::Relaxed) + since;
+            taken = n.min(watermark.saturating_sub(used));
+            Some(since + taken)
+        });
+        taken
+    }
+
+    fn set(&self, depth: u64) {
+        self.read.store(depth, Ordering::Relaxed);
+        self.since.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Serves `inject_jobs`. See the module docs.
+pub struct Injector {
+    config: Config,
+    store: Arc<Store>,
+    gearmand: Vec<String>,
+    depth: Arc<Depth>,
+    dispatch: mpsc::Sender<Job>,
+    dispatch_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+}
+
+impl Injector {
+    /// An Injector storing into `store` and dispatching to `gearmand`.
+    pub fn new(config: Config, store: Arc<Store>, gearmand: Vec<String>) -> Result<Arc<Injector>> {
+        config.validate()?;
+        if gearmand.is_empty() {
+            return Err(Error::NoGearmand);
+        }
+        let (tx, rx) = mpsc::channel(DISPATCH_QUEUE);
+        Ok(Arc::new(Injector {
+            config,
+            store,
+            gearmand,
+            depth: Arc::new(Depth::default()),
+            dispatch: tx,
+            dispatch_rx: std::sync::Mutex::new(Some(rx)),
+        }))
+    }
+
+    /// Handles one `inject_jobs` workload: stores its jobs and returns the
+    /// answer for the client, only after the rows are committed. Jobs due
+    /// now are queued for dispatch (see [`Injector::run`]).
+    pub async fn inject(&self, workload: &[u8]) -> Result<Bytes> {
+        let mut request = parse_request(workload, self.config.max_batch)?;
+        let due_now = request.jobs.iter().filter(|j| j.delay == 0).count() as u64;
+        let mut room = self.depth.take(due_now, self.config.queue_watermark_depth);
+        let mut dispatch = Vec::with_capacity(request.jobs.len());
+        for job in &mut request.jobs {
+            let now = job.delay == 0 && room > 0;
+            if now {
+                room -= 1;
+                // Stored leased: the dispatch below is its first run.
+                job.delay = self.config.lease;
+            }
+            dispatch.push(now);
+        }
+        let refs = self.store.insert(&request.jobs).await?;
+
+        let answer: Vec<Value> = refs
+            .iter()
+            .map(|r| serde_json::json!({"jobid": r.jobid, "dbid": r.dbid}))
+            .collect();
+        let answer = if request.array {
+            Value::Array(answer)
+        } else {
+            answer.into_iter().next().expect("one job")
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as u32;
+        for ((job, r), go) in request.jobs.into_iter().zip(refs).zip(dispatch) {
+            if go {
+                let job = Job {
+                    dbid: r.dbid,
+                    jobid: r.jobid,
+                    funcname: job.funcname,
+                    arg: job.arg,
+                    uniqkey: job.uniqkey,
+                    coalesce: job.coalesce,
+                    run_after: now,
+                    flag: Flag::Controller,
+                    failcount: 0,
+                };
+                // Waits when the dispatcher is behind: backpressure on the
+                // clients rather than an unbounded queue.
+                if self.dispatch.send(job).await.is_err() {
+                    tracing::warn!(job.id = r.jobid, db.id = r.dbid, "dispatcher stopped; the job runs after its lease");
+                }
+            }
+        }
+        Ok(Bytes::from(serde_json::to_vec(&answer).expect("ids serialize")))
+    }
+
+    /// Serves `inject_jobs` until `shutdown`, then finishes the requests in
+    /// hand and dispatches what they queued.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(rx) = self.dispatch_rx.lock().unwrap().take() else {
+            tracing::error!("injector already running");
+            return;
+        };
+        tracing::info!(lease = self.config.lease, "injector started");
+        let served = CancellationToken::new();
+        let dispatcher = tokio::spawn(dispatch_loop(
+            rx,
+            self.store.clone(),
+            Submitter::new(self.gearmand.clone()),
+            self.config.submit_retry_delay,
+            served.clone(),
+        ));
+        let depth_stop = CancellationToken::new();
+        let refresher = tokio::spawn(refresh_depth(self.gearmand.clone(), self.depth.clone(), depth_stop.clone()));
+        let me = self.clone();
+        serve(
+            self.gearmand.clone(),
+            INJECT_JOBS.to_string(),
+            self.config.concurrency,
+            move |a| {
+                let me = me.clone();
+                async move {
+                    match me.inject(&a.data).await {
+                        Ok(answer) => WorkResult::Complete(answer),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "inject_jobs refused");
+                            WorkResult::FailWith(Bytes::from(err.to_string()))
+                        }
+                    }
+                }
+            },
+            shutdown,
+        )
+        .await;
+        depth_stop.cancel();
+        let _ = refresher.await;
+        served.cancel();
+        let _ = dispatcher.await;
+        tracing::info!("injector stopped");
+    }
+}
+
+async fn refresh_depth(gearmand: Vec<String>, depth: Arc<Depth>, stop: CancellationToken) {
+    loop {
+        let (depths, errors) = queue_depths(&gearmand).await;
+        if errors.len() < gearmand.len() {
+            depth.set(depths.get(RUN_QUEUED_JOB).copied().unwrap_or(0));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DEPTH_REFRESH) => {}
+        }
+    }
+}
+
+/// Submits queued jobs to gearmand in pipelined batches; gives a row whose
+/// submit failed back to the QueueRunner (due again shortly).
+///
+/// Once `served` is cancelled (no request is in hand any more) it
+/// dispatches what is queued and returns.
+async fn dispatch_loop(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<Store>,
+    mut submitter: Submitter,
+    retry_delay: u32,
+    served: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            _ = served.cancelled(), if !rx.is_closed() => {
+                rx.close();
+                continue;
+            }
+        };
+        let Some(first) = first else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < DISPATCH_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let submits: Vec<BackgroundJob> = jobs
+            .iter()
+            .map(|job| BackgroundJob {
+                function: RUN_QUEUED_JOB.to_string(),
+                unique: gearman_unique(job.uniqkey.as_deref()).to_string(),
+                data: Bytes::from(job.to_json()),
+            })
+            .collect();
+        let acked = submitter.submit(&submits).await;
+        let mut failed: HashMap<u32, Vec<u64>> = HashMap::new();
+        for (job, ok) in jobs.iter().zip(acked) {
+            if !ok {
+                failed.entry(job.dbid).or_default().push(job.jobid);
+            }
+        }
+        for (dbid, ids) in failed {
+            if let Err(err) = store.release(dbid, &ids, retry_delay).await {
+                tracing::warn!(db.id = dbid, jobs = ids.len(), error = %err, "cannot give back undispatched jobs; they run after their lease");
+            }
+        }
+    }
+}
+
+/// Where a stored job lives, as the Injector answers it.
+pub fn answer_refs(answer: &[u8]) -> Result<Vec<JobRef>> {
+    let bad = |reason: String| Error::InvalidRequest { reason };
+    let value: Value = serde_json::from_slice(answer).map_err(|e| bad(e.to_string()))?;
+    let items = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    items
+        .iter()
+        .map(|v| {
+            let n = |k: &str| v.get(k).and_then(Value::as_u64).ok_or_else(|| bad(format!("answer lacks {k}")));
+            Ok(JobRef {
+                dbid: n("dbid")? as u32,
+                jobid: n("jobid")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(data: &str) -> String {
+        match parse_request(data.as_bytes(), 3) {
+            Err(Error::InvalidRequest { reason }) => reason,
+            other => panic!("{data}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_object_is_one_controller_job() {
+        let r = parse_request(br#"{"funcname":"f","arg":"a","unique":"u","run_after":5,"coalesce":"c"}"#, 3).unwrap();
+        assert!(!r.array);
+        let j = &r.jobs[0];
+        assert_eq!((j.funcname.as_str(), j.arg.as_slice(), j.delay), ("f", &b"a"[..], 5));
+        assert_eq!((j.uniqkey.as_deref(), j.coalesce.as_deref()), (Some("u"), Some("c")));
+        assert_eq!(j.flag, Flag::Controller);
+    }
+
+    #[test]
+    fn uniqkey_and_string_numbers_are_accepted() {
+        let r = parse_request(br#"[{"funcname":"f","uniqkey":"k","run_after":"7"},{"funcname":"g"}]"#, 3).unwrap();
+        assert!(r.array);
+        assert_eq!(r.jobs[0].uniqkey.as_deref(), Some("k"));
+        assert_eq!(r.jobs[0].delay, 7);
+        assert_eq!((r.jobs[1].arg.len(), r.jobs[1].delay, r.jobs[1].uniqkey.clone()), (0, 0, None));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_reason() {
+        assert!(refused("nope").starts_with("not JSON"));
+        assert_eq!(refused("42"), "expected a JSON object or an array of them");
+        assert_eq!(refused(r#"{"arg":"x"}"#), "funcname is missing");
+        assert_eq!(refused(r#"{"funcname":""}"#), "funcname is empty");
+        assert_eq!(refused(r#"{"funcname":7}"#), "funcname must be a string");
+        assert_eq!(
+            refused(&format!(r#"{{"funcname":"{}"}}"#, "f".repeat(201))),
+            "funcname is 201 bytes, over the limit of 200"
+        );
+        assert_eq!(
+            refused(&format!(r#"{{"funcname":"f","unique":"{}"}}"#, "u".repeat(256))),
+            "unique key is 256 bytes, over the limit of 255"
+        );
+        for bad in [r#"-1"#, r#"1.5"#, r#""soon""#, r#"true"#] {
+            assert_eq!(
+                refused(&format!(r#"{{"funcname":"f","run_after":{bad}}}"#)),
+                "run_after must be a whole number of seconds >= 0",
+                "{bad}"
+            );
+        }
+        assert!(refused(r#"{"funcname":"f","run_after":99999999999}"#).contains("over the limit"));
+        assert_eq!(refused(r#"{"funcname":"f","arg":{"a":1}}"#), "arg must be a string");
+        assert_eq!(refused(r#"{"funcname":"f","arg":null}"#), "arg must be a string");
+        assert_eq!(refused("[]"), "empty array: no jobs");
+        assert_eq!(refused(r#"[{"funcname":"f"},{"funcname":"f"},{"funcname":"f"},{"funcname":"f"}]"#), "4 jobs in one array, over the limit of 3");
+        assert_eq!(refused(r#"[{"funcname":"f"},"x"]"#), "job 1: expected a JSON object");
+    }
+
+    #[test]
+    fn depth_hands_out_only_the_room_under_the_watermark() {
+        let d = Depth::default();
+        d.set(8);
+        assert_eq!(d.take(5, 10), 2);
+        assert_eq!(d.take(5, 10), 0);
+        d.set(0);
+        assert_eq!(d.take(5, 10), 5);
+        assert_eq!(d.take(50, 0), 50, "0 = no watermark");
+    }
+}
