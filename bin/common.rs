@@ -30,6 +30,12 @@ pub fn unix_micros() -> u64 {
         .as_micros() as u64
 }
 
+/// A flag's seconds as a Duration, refusing what is not a number >= 0.
+pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("invalid setting {flag}: must be a number of seconds >= 0"))
+}
+
 /// Where the databases and job servers are.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Servers {

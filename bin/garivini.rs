@@ -3,7 +3,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use garivini::{client, controller, injector, queue_runner, Client, Store};
@@ -79,6 +78,9 @@ struct Settings {
     /// Controller: jobs run at once, per gearmand.
     #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: usize,
+    /// Injector, Controller: seconds shutdown waits for the work in hand.
+    #[arg(long, default_value_t = garivini::gearman::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    shutdown_timeout: f64,
     /// Controller: failures after which a job is parked as dead.
     #[arg(long, default_value_t = client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
@@ -86,9 +88,7 @@ struct Settings {
 
 impl Settings {
     fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
-        let sleep = Duration::try_from_secs_f64(self.batch_run_sleep).map_err(|_| {
-            anyhow::anyhow!("invalid setting --batch-run-sleep: must be a number of seconds >= 0")
-        })?;
+        let sleep = common::seconds("--batch-run-sleep", self.batch_run_sleep)?;
         let config = queue_runner::Config {
             lease: self.lease,
             batch_max_size: self.batch_max_size,
@@ -109,6 +109,7 @@ impl Settings {
             queue_watermark_depth: self.queue_watermark_depth,
             concurrency: self.inject_concurrency,
             submit_retry_delay: self.submit_retry_delay,
+            shutdown_timeout: common::seconds("--shutdown-timeout", self.shutdown_timeout)?,
         };
         config.validate()?;
         Ok(config)
@@ -118,52 +119,57 @@ impl Settings {
         let config = controller::Config {
             lease: self.lease,
             concurrency: self.concurrency,
+            shutdown_timeout: common::seconds("--shutdown-timeout", self.shutdown_timeout)?,
         };
         config.validate()?;
         Ok(config)
     }
 }
 
-/// Starts `roles` on shared pools and runs them until `shutdown`.
+/// A role with its checked settings.
+enum Planned {
+    QueueRunner(queue_runner::Config),
+    Injector(injector::Config),
+    Controller(controller::Config),
+}
+
+/// Starts `roles` on shared pools and runs them until a signal.
 async fn run_roles(
     roles: &[Role],
     settings: &Settings,
     servers: &common::Servers,
 ) -> anyhow::Result<()> {
-    // Check every setting before connecting to anything.
-    let mut roles = roles.to_vec();
-    let mut seen = Vec::new();
-    roles.retain(|r| {
-        let first = !seen.contains(r);
-        seen.push(*r);
-        first
-    });
-    for role in &roles {
-        match role {
-            Role::Queuerunner => drop(settings.queue_runner()?),
-            Role::Injector => drop(settings.injector()?),
-            Role::Controller => drop(settings.controller()?),
+    // Every setting is checked before anything is connected to.
+    let mut plan = Vec::new();
+    for role in roles {
+        let planned = match role {
+            Role::Queuerunner => Planned::QueueRunner(settings.queue_runner()?),
+            Role::Injector => Planned::Injector(settings.injector()?),
+            Role::Controller => Planned::Controller(settings.controller()?),
+        };
+        if !plan
+            .iter()
+            .any(|p| std::mem::discriminant(p) == std::mem::discriminant(&planned))
+        {
+            plan.push(planned);
         }
     }
     let gearmand = servers.gearmand()?;
     let store: Arc<Store> = servers.store().await?;
     let shutdown: CancellationToken = common::shutdown_on_signal();
     let mut tasks = tokio::task::JoinSet::new();
-    for role in roles {
+    for planned in plan {
         let (store, gearmand, shutdown) = (store.clone(), gearmand.clone(), shutdown.clone());
-        match role {
-            Role::Queuerunner => {
-                let qr = queue_runner::QueueRunner::new(settings.queue_runner()?, store, gearmand)?;
-                tasks.spawn(qr.run(shutdown));
+        match planned {
+            Planned::QueueRunner(config) => {
+                tasks.spawn(queue_runner::QueueRunner::new(config, store, gearmand)?.run(shutdown));
             }
-            Role::Injector => {
-                let injector = injector::Injector::new(settings.injector()?, store, gearmand)?;
-                tasks.spawn(injector.run(shutdown));
+            Planned::Injector(config) => {
+                tasks.spawn(injector::Injector::new(config, store, gearmand)?.run(shutdown));
             }
-            Role::Controller => {
+            Planned::Controller(config) => {
                 let client = Client::new(store).with_max_attempts(settings.max_attempts);
-                let controller = controller::Controller::new(settings.controller()?, client, gearmand)?;
-                tasks.spawn(controller.run(shutdown));
+                tasks.spawn(controller::Controller::new(config, client, gearmand)?.run(shutdown));
             }
         }
     }

@@ -47,6 +47,9 @@ struct Cli {
     /// in its arg by gv_inject) to its start; gv_inject reads them.
     #[arg(long)]
     latency_file: Option<PathBuf>,
+    /// Seconds shutdown waits for the jobs in hand.
+    #[arg(long, default_value_t = garivini::gearman::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    shutdown_timeout: f64,
     /// Throughput mode: failures after which a job is parked as dead.
     #[arg(long, default_value_t = garivini::client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
@@ -175,9 +178,9 @@ fn main() {
     common::run(async move {
         let gearmand = cli.servers.gearmand()?;
         let client = match cli.mode {
-            Mode::Throughput => Some(
-                Client::new(cli.servers.store().await?).with_max_attempts(cli.max_attempts),
-            ),
+            Mode::Throughput => {
+                Some(Client::new(cli.servers.store().await?).with_max_attempts(cli.max_attempts))
+            }
             Mode::Lowlatency => None,
         };
         let worker = Arc::new(Worker {
@@ -201,6 +204,7 @@ fn main() {
                 async move { w.handle(a).await }
             },
             shutdown,
+            common::seconds("--shutdown-timeout", cli.shutdown_timeout)?,
         )
         .await;
         let _ = reporter.await;

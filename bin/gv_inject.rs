@@ -115,7 +115,8 @@ impl Sink {
                 let jobs: Vec<NewJob> = seqs.map(|seq| cli.job(seq)).collect();
                 client.insert_jobs(&jobs).await?;
             }
-            Sink::Injector(fg) => match fg.submit(INJECT_JOBS, "", cli.inject_request(seqs)).await? {
+            Sink::Injector(fg) => match fg.submit(INJECT_JOBS, "", cli.inject_request(seqs)).await?
+            {
                 Outcome::Complete(_) => {}
                 Outcome::Fail(reason) | Outcome::Exception(reason) => {
                     anyhow::bail!("inject_jobs failed: {}", String::from_utf8_lossy(&reason))
@@ -141,7 +142,8 @@ fn main() {
         };
         if let Some(path) = &cli.latency_file {
             // Start from an empty file: every line in it is one of ours.
-            std::fs::write(path, b"").with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, b"")
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
 
         let bar = ProgressBar::new(cli.count).with_style(
@@ -187,7 +189,8 @@ fn main() {
             cli.count as f64 / secs.max(1e-9)
         );
         if let Some(path) = &cli.latency_file {
-            let samples = wait_for_latencies(path, cli.count, Duration::from_secs(cli.latency_wait)).await?;
+            let samples =
+                wait_for_latencies(path, cli.count, Duration::from_secs(cli.latency_wait)).await?;
             println!("{}", latency_line(samples));
         }
         Ok(())
@@ -195,7 +198,11 @@ fn main() {
 }
 
 /// Waits until `path` holds `count` latencies (microseconds, a line each).
-async fn wait_for_latencies(path: &std::path::Path, count: u64, limit: Duration) -> anyhow::Result<Vec<u64>> {
+async fn wait_for_latencies(
+    path: &std::path::Path,
+    count: u64,
+    limit: Duration,
+) -> anyhow::Result<Vec<u64>> {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

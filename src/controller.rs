@@ -17,7 +17,9 @@ use tracing::Instrument as _;
 
 use crate::client::{Client, Retry};
 use crate::error::{Error, Result};
-use crate::gearman::{gearman_unique, serve, ForegroundClient, Outcome, WorkResult};
+use crate::gearman::{
+    gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
+};
 use crate::job::Job;
 use crate::queue_runner::{DEFAULT_LEASE, RUN_QUEUED_JOB};
 use crate::store::JobRef;
@@ -33,6 +35,9 @@ pub struct Config {
     pub lease: u32,
     /// Jobs run at once, per gearmand.
     pub concurrency: usize,
+    /// How long shutdown waits for the jobs in hand; those still running
+    /// then run again after their lease.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +45,7 @@ impl Default for Config {
         Config {
             lease: DEFAULT_LEASE,
             concurrency: DEFAULT_CONCURRENCY,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -117,7 +123,9 @@ impl Controller {
 
     async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
         let unique = gearman_unique(job.uniqkey.as_deref());
-        let run = self.foreground.submit(&job.funcname, unique, workload.clone());
+        let run = self
+            .foreground
+            .submit(&job.funcname, unique, workload.clone());
         tokio::pin!(run);
         let beat = Duration::from_secs(u64::from(self.config.lease / 2));
         let outcome = loop {
@@ -139,16 +147,18 @@ impl Controller {
                     Ran::Unknown
                 }
             },
-            Ok(Outcome::Fail(_) | Outcome::Exception(_)) => match self.client.failed_job(&job).await {
-                Ok(retry) => {
-                    tracing::info!(?retry, "job failed");
-                    Ran::Failed(retry)
+            Ok(Outcome::Fail(_) | Outcome::Exception(_)) => {
+                match self.client.failed_job(&job).await {
+                    Ok(retry) => {
+                        tracing::info!(?retry, "job failed");
+                        Ran::Failed(retry)
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job failed and its row could not be rescheduled");
+                        Ran::Unknown
+                    }
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "job failed and its row could not be rescheduled");
-                    Ran::Unknown
-                }
-            },
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "lost track of a running job; it runs again after its lease");
                 Ran::Unknown
@@ -159,7 +169,11 @@ impl Controller {
     /// Serves `run_queued_job` until `shutdown`, then finishes the jobs in
     /// hand.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        tracing::info!(lease = self.config.lease, concurrency = self.config.concurrency, "controller started");
+        tracing::info!(
+            lease = self.config.lease,
+            concurrency = self.config.concurrency,
+            "controller started"
+        );
         let me = self.clone();
         serve(
             self.gearmand.clone(),
@@ -175,6 +189,7 @@ impl Controller {
                 }
             },
             shutdown,
+            self.config.shutdown_timeout,
         )
         .await;
         tracing::info!("controller stopped");

@@ -247,18 +247,24 @@ pub enum WorkResult {
 /// than needed for throughput only cost wake-ups.
 pub const MAX_WORKER_CONNECTIONS: usize = 8;
 
+/// How long a worker waits, after shutdown, for the jobs in hand.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `function` on every server with up to `concurrency` jobs running
 /// at once per server, until `shutdown`. Jobs are spread over a few
 /// connections, each holding several jobs at once (gearmand assigns a
 /// connection as many jobs as it grabs). On shutdown no new job is grabbed,
-/// and the jobs in hand are finished and answered. Lost connections are
-/// retried with capped, jittered backoff; an outage is logged once.
+/// and the jobs in hand are finished and answered, for at most
+/// `shutdown_timeout`: then their connections close, and gearmand gives
+/// their Gearman jobs to other workers. Lost connections are retried with
+/// capped, jittered backoff; an outage is logged once.
 pub async fn serve<H, F>(
     servers: Vec<String>,
     function: String,
     concurrency: usize,
     handler: H,
     shutdown: CancellationToken,
+    shutdown_timeout: Duration,
 ) where
     H: Fn(Assignment) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = WorkResult> + Send + 'static,
@@ -285,6 +291,7 @@ pub async fn serve<H, F>(
                         slots,
                         handler: &handler,
                         shutdown: &shutdown,
+                        shutdown_timeout,
                     };
                     match session.run(&mut outage).await {
                         Ok(()) => break,
@@ -313,6 +320,7 @@ struct WorkSession<'a, H> {
     slots: usize,
     handler: &'a H,
     shutdown: &'a CancellationToken,
+    shutdown_timeout: Duration,
 }
 
 impl<H, F> WorkSession<'_, H>
@@ -333,6 +341,7 @@ where
         let mut grabbing = false;
         let mut sleeping = false;
         let mut stopping = false;
+        let mut give_up = tokio::time::Instant::now();
 
         conn.feed(req(
             PacketType::CanDo,
@@ -353,7 +362,14 @@ where
                 return Ok(());
             }
             tokio::select! {
-                _ = self.shutdown.cancelled(), if !stopping => stopping = true,
+                _ = self.shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    give_up = tokio::time::Instant::now() + self.shutdown_timeout;
+                }
+                _ = tokio::time::sleep_until(give_up), if stopping => {
+                    tracing::warn!(gearmand = %server, function = %self.function, jobs = running, "shutdown timeout: leaving jobs unfinished");
+                    return Ok(());
+                }
                 Some(answer) = done_rx.recv() => {
                     running -= 1;
                     for pkt in answer {
@@ -410,7 +426,9 @@ where
         let work = std::panic::AssertUnwindSafe((self.handler)(assignment)).catch_unwind();
         tokio::spawn(async move {
             let answer = match work.await {
-                Ok(WorkResult::Complete(result)) => vec![req(PacketType::WorkComplete, vec![handle, result])],
+                Ok(WorkResult::Complete(result)) => {
+                    vec![req(PacketType::WorkComplete, vec![handle, result])]
+                }
                 // Not WORK_EXCEPTION: gearmand 1.1 ends the job on it but
                 // tells only clients that asked for exceptions, so any other
                 // client would wait forever. Every client gets WORK_WARNING.
@@ -514,7 +532,10 @@ async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
                 let _ = first.reply.send(Err(err));
                 // Fail what queued up meanwhile rather than make it wait.
                 while let Ok(s) = rx.try_recv() {
-                    let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::NoServersAvailable)));
+                    let _ = s.reply.send(Err(gearman_err(
+                        &server,
+                        gearman::GearmanError::NoServersAvailable,
+                    )));
                 }
                 tokio::time::sleep(outage.delay()).await;
                 continue;
@@ -536,7 +557,10 @@ async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
                     vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
                 );
                 if let Err(e) = conn.feed(pkt).await {
-                    let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::ConnectionClosed)));
+                    let _ = s.reply.send(Err(gearman_err(
+                        &server,
+                        gearman::GearmanError::ConnectionClosed,
+                    )));
                     break gearman_err(&server, e);
                 }
                 created.push_back(s.reply);
@@ -547,7 +571,10 @@ async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
                         vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
                     );
                     if conn.feed(pkt).await.is_err() {
-                        let _ = s.reply.send(Err(gearman_err(&server, gearman::GearmanError::ConnectionClosed)));
+                        let _ = s.reply.send(Err(gearman_err(
+                            &server,
+                            gearman::GearmanError::ConnectionClosed,
+                        )));
                         break;
                     }
                     created.push_back(s.reply);
@@ -613,9 +640,12 @@ async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
 /// A connection for foreground jobs that asked to be told of exceptions.
 async fn connect_foreground(server: &str) -> Result<Conn> {
     let mut conn = connect(server).await?;
-    conn.send(req(PacketType::OptionReq, vec![Bytes::from_static(b"exceptions")]))
-        .await
-        .map_err(|e| gearman_err(server, e))?;
+    conn.send(req(
+        PacketType::OptionReq,
+        vec![Bytes::from_static(b"exceptions")],
+    ))
+    .await
+    .map_err(|e| gearman_err(server, e))?;
     let pkt = recv(&mut conn, server).await?;
     if pkt.ptype != PacketType::OptionRes {
         return Err(Error::GearmanProtocol {

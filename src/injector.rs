@@ -21,9 +21,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::gearman::{gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult};
+use crate::gearman::{
+    gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+};
 use crate::job::{Flag, Job, NewJob, MAX_DELAY};
-use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB};
+use crate::queue_runner::{
+    DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
+};
 use crate::store::{JobRef, Store};
 
 /// The Gearman function the Injector serves.
@@ -53,6 +58,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Delay before a row whose dispatch failed is due again, seconds.
     pub submit_retry_delay: u32,
+    /// How long shutdown waits for the requests in hand.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +70,7 @@ impl Default for Config {
             queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
             concurrency: DEFAULT_CONCURRENCY,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -115,7 +123,10 @@ pub fn parse_request(data: &[u8], max_batch: usize) -> Result<Request> {
                 return Err(bad("empty array: no jobs".into()));
             }
             if items.len() > max_batch {
-                return Err(bad(format!("{} jobs in one array, over the limit of {max_batch}", items.len())));
+                return Err(bad(format!(
+                    "{} jobs in one array, over the limit of {max_batch}",
+                    items.len()
+                )));
             }
             let jobs = items
                 .iter()
@@ -151,7 +162,9 @@ fn parse_job(value: &Value) -> std::result::Result<NewJob, String> {
     };
     let delay = match o.get("run_after") {
         None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => n.as_u64().ok_or("run_after must be a whole number of seconds >= 0")?,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or("run_after must be a whole number of seconds >= 0")?,
         // As the Perl original's clients may send numbers.
         Some(Value::String(s)) => s
             .trim()
@@ -190,11 +203,13 @@ impl Depth {
             return n;
         }
         let mut taken = 0;
-        let _ = self.since.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
-            let used = self.read.load(Ordering::Relaxed) + since;
-            taken = n.min(watermark.saturating_sub(used));
-            Some(since + taken)
-        });
+        let _ = self
+            .since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                let used = self.read.load(Ordering::Relaxed) + since;
+                taken = n.min(watermark.saturating_sub(used));
+                Some(since + taken)
+            });
         taken
     }
 
@@ -280,11 +295,17 @@ impl Injector {
                 // Waits when the dispatcher is behind: backpressure on the
                 // clients rather than an unbounded queue.
                 if self.dispatch.send(job).await.is_err() {
-                    tracing::warn!(job.id = r.jobid, db.id = r.dbid, "dispatcher stopped; the job runs after its lease");
+                    tracing::warn!(
+                        job.id = r.jobid,
+                        db.id = r.dbid,
+                        "dispatcher stopped; the job runs after its lease"
+                    );
                 }
             }
         }
-        Ok(Bytes::from(serde_json::to_vec(&answer).expect("ids serialize")))
+        Ok(Bytes::from(
+            serde_json::to_vec(&answer).expect("ids serialize"),
+        ))
     }
 
     /// Serves `inject_jobs` until `shutdown`, then finishes the requests in
@@ -304,7 +325,11 @@ impl Injector {
             served.clone(),
         ));
         let depth_stop = CancellationToken::new();
-        let refresher = tokio::spawn(refresh_depth(self.gearmand.clone(), self.depth.clone(), depth_stop.clone()));
+        let refresher = tokio::spawn(refresh_depth(
+            self.gearmand.clone(),
+            self.depth.clone(),
+            depth_stop.clone(),
+        ));
         let me = self.clone();
         serve(
             self.gearmand.clone(),
@@ -323,6 +348,7 @@ impl Injector {
                 }
             },
             shutdown,
+            self.config.shutdown_timeout,
         )
         .await;
         depth_stop.cancel();
@@ -408,7 +434,11 @@ pub fn answer_refs(answer: &[u8]) -> Result<Vec<JobRef>> {
     items
         .iter()
         .map(|v| {
-            let n = |k: &str| v.get(k).and_then(Value::as_u64).ok_or_else(|| bad(format!("answer lacks {k}")));
+            let n = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| bad(format!("answer lacks {k}")))
+            };
             Ok(JobRef {
                 dbid: n("dbid")? as u32,
                 jobid: n("jobid")?,
@@ -430,21 +460,42 @@ mod tests {
 
     #[test]
     fn an_object_is_one_controller_job() {
-        let r = parse_request(br#"{"funcname":"f","arg":"a","unique":"u","run_after":5,"coalesce":"c"}"#, 3).unwrap();
+        let r = parse_request(
+            br#"{"funcname":"f","arg":"a","unique":"u","run_after":5,"coalesce":"c"}"#,
+            3,
+        )
+        .unwrap();
         assert!(!r.array);
         let j = &r.jobs[0];
-        assert_eq!((j.funcname.as_str(), j.arg.as_slice(), j.delay), ("f", &b"a"[..], 5));
-        assert_eq!((j.uniqkey.as_deref(), j.coalesce.as_deref()), (Some("u"), Some("c")));
+        assert_eq!(
+            (j.funcname.as_str(), j.arg.as_slice(), j.delay),
+            ("f", &b"a"[..], 5)
+        );
+        assert_eq!(
+            (j.uniqkey.as_deref(), j.coalesce.as_deref()),
+            (Some("u"), Some("c"))
+        );
         assert_eq!(j.flag, Flag::Controller);
     }
 
     #[test]
     fn uniqkey_and_string_numbers_are_accepted() {
-        let r = parse_request(br#"[{"funcname":"f","uniqkey":"k","run_after":"7"},{"funcname":"g"}]"#, 3).unwrap();
+        let r = parse_request(
+            br#"[{"funcname":"f","uniqkey":"k","run_after":"7"},{"funcname":"g"}]"#,
+            3,
+        )
+        .unwrap();
         assert!(r.array);
         assert_eq!(r.jobs[0].uniqkey.as_deref(), Some("k"));
         assert_eq!(r.jobs[0].delay, 7);
-        assert_eq!((r.jobs[1].arg.len(), r.jobs[1].delay, r.jobs[1].uniqkey.clone()), (0, 0, None));
+        assert_eq!(
+            (
+                r.jobs[1].arg.len(),
+                r.jobs[1].delay,
+                r.jobs[1].uniqkey.clone()
+            ),
+            (0, 0, None)
+        );
     }
 
     #[test]
@@ -459,7 +510,10 @@ mod tests {
             "funcname is 201 bytes, over the limit of 200"
         );
         assert_eq!(
-            refused(&format!(r#"{{"funcname":"f","unique":"{}"}}"#, "u".repeat(256))),
+            refused(&format!(
+                r#"{{"funcname":"f","unique":"{}"}}"#,
+                "u".repeat(256)
+            )),
             "unique key is 256 bytes, over the limit of 255"
         );
         for bad in [r#"-1"#, r#"1.5"#, r#""soon""#, r#"true"#] {
@@ -470,11 +524,23 @@ mod tests {
             );
         }
         assert!(refused(r#"{"funcname":"f","run_after":99999999999}"#).contains("over the limit"));
-        assert_eq!(refused(r#"{"funcname":"f","arg":{"a":1}}"#), "arg must be a string");
-        assert_eq!(refused(r#"{"funcname":"f","arg":null}"#), "arg must be a string");
+        assert_eq!(
+            refused(r#"{"funcname":"f","arg":{"a":1}}"#),
+            "arg must be a string"
+        );
+        assert_eq!(
+            refused(r#"{"funcname":"f","arg":null}"#),
+            "arg must be a string"
+        );
         assert_eq!(refused("[]"), "empty array: no jobs");
-        assert_eq!(refused(r#"[{"funcname":"f"},{"funcname":"f"},{"funcname":"f"},{"funcname":"f"}]"#), "4 jobs in one array, over the limit of 3");
-        assert_eq!(refused(r#"[{"funcname":"f"},"x"]"#), "job 1: expected a JSON object");
+        assert_eq!(
+            refused(r#"[{"funcname":"f"},{"funcname":"f"},{"funcname":"f"},{"funcname":"f"}]"#),
+            "4 jobs in one array, over the limit of 3"
+        );
+        assert_eq!(
+            refused(r#"[{"funcname":"f"},"x"]"#),
+            "job 1: expected a JSON object"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Worker {
                 }
             },
             stop.clone(),
+            Duration::from_secs(5),
         ));
         Worker { seen, stop }
     }

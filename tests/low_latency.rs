@@ -1,0 +1,500 @@
+//! Low-latency mode against a real MariaDB and a private gearmand per
+//! test: inject_jobs → Injector → run_queued_job → Controller → a plain
+//! worker. Roles run in-process here (the fault tests with processes are in
+//! tests/processes.rs). Needs scripts/services up.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{wait_until, within, Gearmand, TestDb};
+use garivini::gearman::{serve, Assignment, ForegroundClient, Outcome, WorkResult};
+use garivini::injector::{answer_refs, Injector, INJECT_JOBS};
+use garivini::job::NEVER;
+use garivini::queue_runner::QueueRunner;
+use garivini::{controller, injector, queue_runner, Client, Flag, Job};
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Injector, Controller and (optionally) QueueRunner in this process,
+/// stopped on drop.
+struct Roles {
+    stop: CancellationToken,
+}
+
+impl Roles {
+    async fn start(
+        db: &TestDb,
+        gearmand: &Gearmand,
+        lease: u32,
+        max_attempts: u8,
+        queue_runner: bool,
+    ) -> Roles {
+        let stop = CancellationToken::new();
+        let store = db.store().await;
+        let servers = vec![gearmand.addr.clone()];
+        let inj = Injector::new(
+            injector::Config {
+                lease,
+                ..Default::default()
+            },
+            store.clone(),
+            servers.clone(),
+        )
+        .unwrap();
+        tokio::spawn(inj.run(stop.clone()));
+        let client = Client::new(store.clone()).with_max_attempts(max_attempts);
+        let ctl = controller::Controller::new(
+            controller::Config {
+                lease,
+                ..Default::default()
+            },
+            client,
+            servers.clone(),
+        )
+        .unwrap();
+        tokio::spawn(ctl.run(stop.clone()));
+        if queue_runner {
+            let qr = QueueRunner::new(
+                queue_runner::Config {
+                    lease,
+                    batch_run_sleep: Duration::from_millis(100),
+                    submit_retry_delay: 1,
+                    ..Default::default()
+                },
+                store,
+                servers,
+            )
+            .unwrap();
+            tokio::spawn(qr.run(stop.clone()));
+        }
+        Roles { stop }
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A plain Gearman worker (no database) for `function` that records every
+/// job JSON it runs and answers with `result`. Stopped on drop.
+struct PlainWorker {
+    runs: Arc<Mutex<Vec<Job>>>,
+    stop: CancellationToken,
+}
+
+impl PlainWorker {
+    fn start(
+        gearmand: &Gearmand,
+        function: &str,
+        work: Duration,
+        result: WorkResult,
+    ) -> PlainWorker {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let r = runs.clone();
+        tokio::spawn(serve(
+            vec![gearmand.addr.clone()],
+            function.to_string(),
+            8,
+            move |a: Assignment| {
+                let (r, result) = (r.clone(), result.clone());
+                async move {
+                    r.lock()
+                        .unwrap()
+                        .push(Job::from_json(&a.data).expect("job JSON"));
+                    tokio::time::sleep(work).await;
+                    result
+                }
+            },
+            stop.clone(),
+            Duration::from_secs(5),
+        ));
+        PlainWorker { runs, stop }
+    }
+
+    fn count(&self) -> usize {
+        self.runs.lock().unwrap().len()
+    }
+}
+
+impl Drop for PlainWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn inject(client: &ForegroundClient, body: &str) -> Outcome {
+    within(
+        LIMIT,
+        "inject_jobs answers",
+        client.submit(INJECT_JOBS, "", Bytes::from(body.to_string())),
+    )
+    .await
+    .expect("gearmand reachable")
+}
+
+fn ok() -> WorkResult {
+    WorkResult::Complete(Bytes::new())
+}
+
+#[tokio::test]
+async fn injected_job_runs_on_a_plain_worker_and_its_row_is_gone() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let worker = PlainWorker::start(&gearmand, "ll_resize", Duration::ZERO, ok());
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+
+    let Outcome::Complete(answer) = inject(
+        &client,
+        r#"{"funcname":"ll_resize","arg":"img-1","unique":"k1"}"#,
+    )
+    .await
+    else {
+        panic!("inject_jobs failed");
+    };
+    let refs = answer_refs(&answer).unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].dbid, 1);
+    wait_until(
+        LIMIT,
+        "the job to run and its row to be deleted",
+        || async { worker.count() == 1 && db.count("1").await == 0 },
+    )
+    .await;
+    let job = worker.runs.lock().unwrap()[0].clone();
+    assert_eq!(job.jobid, refs[0].jobid);
+    assert_eq!(
+        (job.funcname.as_str(), job.arg.as_slice()),
+        ("ll_resize", &b"img-1"[..])
+    );
+    assert_eq!(
+        (job.uniqkey.as_deref(), job.flag),
+        (Some("k1"), Flag::Controller)
+    );
+}
+
+#[tokio::test]
+async fn the_answer_comes_after_the_commit() {
+    // With no Controller and no worker, the row must be there when the
+    // client hears back: the answer is the proof of a committed row.
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let stop = CancellationToken::new();
+    let inj = Injector::new(
+        injector::Config::default(),
+        db.store().await,
+        vec![gearmand.addr.clone()],
+    )
+    .unwrap();
+    tokio::spawn(inj.run(stop.clone()));
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    for i in 0..20 {
+        let Outcome::Complete(answer) =
+            inject(&client, &format!(r#"{{"funcname":"nobody","arg":"{i}"}}"#)).await
+        else {
+            panic!("inject_jobs failed");
+        };
+        let r = answer_refs(&answer).unwrap()[0];
+        assert_eq!(
+            db.count(&format!("jobid = {} AND flag = 'controller'", r.jobid))
+                .await,
+            1
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_array_injects_many_and_answers_an_array_in_order() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let worker = PlainWorker::start(&gearmand, "ll_many", Duration::ZERO, ok());
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let body: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"funcname":"ll_many","arg":"a{i}"}}"#))
+        .collect();
+    let Outcome::Complete(answer) = inject(&client, &format!("[{}]", body.join(","))).await else {
+        panic!("inject_jobs failed");
+    };
+    assert!(answer.starts_with(b"["));
+    let refs = answer_refs(&answer).unwrap();
+    assert_eq!(refs.len(), 50);
+    wait_until(LIMIT, "all 50 jobs to run", || async {
+        db.count("1").await == 0
+    })
+    .await;
+    let runs = worker.runs.lock().unwrap().clone();
+    for (i, r) in refs.iter().enumerate() {
+        let job = runs.iter().find(|j| j.jobid == r.jobid).expect("ran");
+        assert_eq!(job.arg, format!("a{i}").into_bytes());
+    }
+}
+
+#[tokio::test]
+async fn delayed_job_waits_for_its_time() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, true).await;
+    let worker = PlainWorker::start(&gearmand, "ll_later", Duration::ZERO, ok());
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let Outcome::Complete(answer) = inject(
+        &client,
+        r#"{"funcname":"ll_later","arg":"x","run_after":3}"#,
+    )
+    .await
+    else {
+        panic!("inject_jobs failed");
+    };
+    let r = answer_refs(&answer).unwrap()[0];
+    let due: Vec<u32> = db
+        .query(&format!(
+            "SELECT run_after FROM job WHERE jobid = {}",
+            r.jobid
+        ))
+        .await;
+    while db.now().await < due[0] {
+        assert_eq!(worker.count(), 0, "ran before it was due");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until(LIMIT, "the delayed job to run", || async {
+        db.count("1").await == 0
+    })
+    .await;
+    assert_eq!(worker.count(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_worker_leads_to_backoff_then_a_dead_row() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 2, true).await;
+    let worker = PlainWorker::start(&gearmand, "ll_flaky", Duration::ZERO, WorkResult::Fail);
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"ll_flaky","arg":"x"}"#).await;
+    wait_until(LIMIT, "the first failure to be recorded", || async {
+        db.count("failcount = 1").await == 1
+    })
+    .await;
+    let now = db.now().await;
+    assert_eq!(
+        db.count(&format!("run_after BETWEEN {} AND {}", now + 58, now + 61))
+            .await,
+        1,
+        "backoff of a minute"
+    );
+    // Make it due now: the QueueRunner sends it to the Controller again.
+    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
+    wait_until(LIMIT, "the second failure to park the job", || async {
+        db.count(&format!("failcount = 2 AND run_after = {NEVER}"))
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(worker.count(), 2);
+}
+
+#[tokio::test]
+async fn a_worker_exception_counts_as_a_failure() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let _worker = PlainWorker::start(
+        &gearmand,
+        "ll_throws",
+        Duration::ZERO,
+        WorkResult::FailWith(Bytes::from("boom")),
+    );
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"ll_throws","arg":"x"}"#).await;
+    wait_until(LIMIT, "the failure to be recorded", || async {
+        db.count("failcount = 1").await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_stores_nothing_and_the_next_request_is_served() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let long_func = format!(r#"{{"funcname":"{}"}}"#, "f".repeat(201));
+    let long_key = format!(r#"{{"funcname":"f","unique":"{}"}}"#, "u".repeat(256));
+    let too_many = format!("[{}]", vec![r#"{"funcname":"f"}"#; 1001].join(","));
+    let cases = [
+        ("not json", "not JSON"),
+        ("42", "expected a JSON object or an array"),
+        (r#"{"arg":"x"}"#, "funcname is missing"),
+        (r#"{"funcname":""}"#, "funcname is empty"),
+        (long_func.as_str(), "funcname is 201 bytes"),
+        (long_key.as_str(), "unique key is 256 bytes"),
+        (
+            r#"{"funcname":"f","run_after":-5}"#,
+            "run_after must be a whole number",
+        ),
+        (
+            r#"{"funcname":"f","run_after":2.5}"#,
+            "run_after must be a whole number",
+        ),
+        (r#"{"funcname":"f","arg":17}"#, "arg must be a string"),
+        (
+            too_many.as_str(),
+            "1001 jobs in one array, over the limit of 1000",
+        ),
+        (
+            r#"[{"funcname":"ok"},{"funcname":""}]"#,
+            "job 1: funcname is empty",
+        ),
+    ];
+    for (body, why) in cases {
+        match inject(&client, body).await {
+            Outcome::Fail(reason) => {
+                let reason = String::from_utf8_lossy(&reason);
+                assert!(
+                    reason.contains(why),
+                    "{body:.60}: refused with {reason:?}, expected {why:?}"
+                );
+            }
+            other => panic!("{body:.60}: expected a failure, got {other:?}"),
+        }
+    }
+    assert_eq!(db.count("1").await, 0, "nothing stored");
+    assert!(matches!(
+        inject(&client, r#"{"funcname":"fine","run_after":60}"#).await,
+        Outcome::Complete(_)
+    ));
+    assert_eq!(db.count("1").await, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_failure_never_a_success() {
+    let gearmand = Gearmand::start();
+    let dead = format!("mysql://root@127.0.0.1:{}/nothing", common::free_port());
+    let store = garivini::Store::open(garivini::config::parse_dsn_list(&dead).unwrap())
+        .unwrap()
+        .with_op_timeout(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let inj = Injector::new(
+        injector::Config::default(),
+        Arc::new(store),
+        vec![gearmand.addr.clone()],
+    )
+    .unwrap();
+    tokio::spawn(inj.run(stop.clone()));
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    for _ in 0..3 {
+        match inject(&client, r#"{"funcname":"f","arg":"x"}"#).await {
+            Outcome::Fail(reason) => assert!(
+                String::from_utf8_lossy(&reason).contains("database 1"),
+                "{reason:?}"
+            ),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_lost_dispatch_comes_back_through_the_queue_runner() {
+    let (db, mut gearmand) = (TestDb::new().await, Gearmand::start());
+    // Only an Injector: its dispatch sits in gearmand, which then dies.
+    let stop = CancellationToken::new();
+    let inj = Injector::new(
+        injector::Config {
+            lease: 2,
+            ..Default::default()
+        },
+        db.store().await,
+        vec![gearmand.addr.clone()],
+    )
+    .unwrap();
+    tokio::spawn(inj.run(stop.clone()));
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"ll_lost","arg":"x"}"#).await;
+    wait_until(LIMIT, "the dispatch to reach gearmand", || async {
+        gearmand.depth("run_queued_job").await == 1
+    })
+    .await;
+    stop.cancel();
+    gearmand.kill();
+    gearmand.restart();
+    // And a throughput-mode row whose dispatch was lost the same way.
+    let store = db.store().await;
+    let c = Client::new(store.clone());
+    c.insert_job(garivini::NewJob::new("ll_lost", "shim-row"))
+        .await
+        .unwrap();
+    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP() + 2 WHERE flag = 'shim'")
+        .await;
+
+    let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
+    let worker = PlainWorker::start(&gearmand, "ll_lost", Duration::ZERO, ok());
+    wait_until(LIMIT, "both rows to run after their lease", || async {
+        worker.count() >= 2
+    })
+    .await;
+    // The shim row is the worker's to delete; the controller row is gone.
+    wait_until(LIMIT, "the controller row to be deleted", || async {
+        db.count("flag = 'controller'").await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_running_longer_than_its_lease_is_not_started_twice() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
+    let worker = PlainWorker::start(&gearmand, "ll_slow", Duration::from_secs(6), ok());
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"ll_slow","arg":"x"}"#).await;
+    wait_until(
+        Duration::from_secs(40),
+        "the slow job to finish",
+        || async { db.count("1").await == 0 },
+    )
+    .await;
+    assert_eq!(worker.count(), 1, "started more than once while it ran");
+}
+
+#[tokio::test]
+async fn controller_shutdown_does_not_wait_forever_for_a_job_nobody_serves() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let store = db.store().await;
+    let stop = CancellationToken::new();
+    let inj = Injector::new(
+        injector::Config::default(),
+        store.clone(),
+        vec![gearmand.addr.clone()],
+    )
+    .unwrap();
+    tokio::spawn(inj.run(stop.clone()));
+    let config = controller::Config {
+        shutdown_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let ctl = controller::Controller::new(config, Client::new(store), vec![gearmand.addr.clone()])
+        .unwrap();
+    let ctl_stop = CancellationToken::new();
+    let running = tokio::spawn(ctl.run(ctl_stop.clone()));
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"nobody_serves_this","arg":"x"}"#).await;
+    wait_until(LIMIT, "the Controller to hold the job", || async {
+        gearmand.depth("nobody_serves_this").await == 1
+    })
+    .await;
+    ctl_stop.cancel();
+    within(
+        Duration::from_secs(5),
+        "controller stops within its shutdown timeout",
+        running,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.count("1").await,
+        1,
+        "the row stays, to run after its lease"
+    );
+    stop.cancel();
+}
