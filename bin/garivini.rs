@@ -59,11 +59,16 @@ struct Settings {
     /// QueueRunner: seconds between rounds that were not full.
     #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_RUN_SLEEP.as_secs_f64())]
     batch_run_sleep: f64,
+    /// QueueRunner: seconds between rounds while jobs keep coming (doubling
+    /// up to --batch-run-sleep while none come).
+    #[arg(long, default_value_t = queue_runner::DEFAULT_BUSY_RUN_SLEEP.as_secs_f64())]
+    busy_run_sleep: f64,
     /// Most jobs of one function queued in gearmand before jobs are held
     /// back in the database (0 = no limit).
     #[arg(long, default_value_t = queue_runner::DEFAULT_QUEUE_WATERMARK_DEPTH)]
     queue_watermark_depth: u64,
-    /// QueueRunner: seconds a row over the watermark is pushed back.
+    /// QueueRunner: seconds a row over the watermark is pushed back;
+    /// Controller: seconds a job whose function has no worker waits.
     #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
     watermark_pushback: u32,
     /// Seconds before a job whose submit to gearmand failed is due again.
@@ -94,6 +99,7 @@ impl Settings {
             batch_max_size: self.batch_max_size,
             batch_start_size: self.batch_start_size,
             batch_run_sleep: sleep,
+            busy_run_sleep: common::seconds("--busy-run-sleep", self.busy_run_sleep)?,
             queue_watermark_depth: self.queue_watermark_depth,
             watermark_pushback: self.watermark_pushback,
             submit_retry_delay: self.submit_retry_delay,
@@ -119,6 +125,7 @@ impl Settings {
         let config = controller::Config {
             lease: self.lease,
             concurrency: self.concurrency,
+            no_worker_delay: self.watermark_pushback,
             shutdown_timeout: common::seconds("--shutdown-timeout", self.shutdown_timeout)?,
         };
         config.validate()?;

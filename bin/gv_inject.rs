@@ -152,10 +152,19 @@ fn main() {
         );
         let cli = Arc::new(cli);
         let next = Arc::new(AtomicU64::new(0));
+        let acks = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+            cli.count as usize,
+        )));
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..cli.concurrency {
-            let (cli, sink, next, bar) = (cli.clone(), sink.clone(), next.clone(), bar.clone());
+            let (cli, sink, next, bar, acks) = (
+                cli.clone(),
+                sink.clone(),
+                next.clone(),
+                bar.clone(),
+                acks.clone(),
+            );
             tasks.spawn(async move {
                 loop {
                     let from = next.fetch_add(cli.batch as u64, Ordering::Relaxed);
@@ -168,7 +177,9 @@ fn main() {
                         tokio::time::sleep_until(at.into()).await;
                     }
                     let to = (from + cli.batch as u64).min(cli.count);
+                    let sent = Instant::now();
                     sink.submit(&cli, from..to).await?;
+                    acks.lock().unwrap().push(sent.elapsed().as_micros() as u64);
                     bar.inc(to - from);
                 }
             });
@@ -188,10 +199,12 @@ fn main() {
             secs,
             cli.count as f64 / secs.max(1e-9)
         );
+        let acks = std::mem::take(&mut *acks.lock().unwrap());
+        println!("{}", latency_line("submit->ack (committed)", acks));
         if let Some(path) = &cli.latency_file {
             let samples =
                 wait_for_latencies(path, cli.count, Duration::from_secs(cli.latency_wait)).await?;
-            println!("{}", latency_line(samples));
+            println!("{}", latency_line("submit->start", samples));
         }
         Ok(())
     });
@@ -221,15 +234,19 @@ async fn wait_for_latencies(
     }
 }
 
-/// "latency submit→start: p50 … p90 … p99 … max … (N jobs)", in ms.
-fn latency_line(mut samples: Vec<u64>) -> String {
+/// "latency WHAT: p50 … p90 … p99 … max … (N samples)", in ms, from
+/// samples in microseconds.
+fn latency_line(what: &str, mut samples: Vec<u64>) -> String {
+    if samples.is_empty() {
+        return format!("latency {what}: no samples");
+    }
     samples.sort_unstable();
     let at = |q: f64| {
         let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
         samples[i] as f64 / 1000.0
     };
     format!(
-        "latency submit->start: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} jobs)",
+        "latency {what}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
         at(0.50),
         at(0.90),
         at(0.99),

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::batch;
 use crate::error::{Error, Result};
 use crate::job::{backoff, Job, NewJob, When};
 use crate::store::{JobRef, Store};
@@ -51,14 +52,22 @@ pub struct Client {
 
 impl Client {
     /// A client on `store`. Must be called within a Tokio runtime: it
-    /// starts the completion batcher, which ends when the last clone of
-    /// the client is dropped.
+    /// starts the completion batcher ([`crate::batch`]), which ends when
+    /// the last clone of the client is dropped.
     pub fn new(store: Arc<Store>) -> Client {
-        let (tx, rx) = mpsc::channel(DEFAULT_COMPLETE_BATCH * COMPLETE_IN_FLIGHT);
-        tokio::spawn(complete_batches(store.clone(), rx, DEFAULT_COMPLETE_LINGER));
+        let limits = batch::Limits {
+            max_batch: DEFAULT_COMPLETE_BATCH,
+            linger: DEFAULT_COMPLETE_LINGER,
+            in_flight: COMPLETE_IN_FLIGHT,
+        };
+        let s = store.clone();
+        let completions = batch::spawn(limits, move |batch| {
+            let s = s.clone();
+            async move { flush(&s, batch).await }
+        });
         Client {
             store,
-            completions: tx,
+            completions,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -139,42 +148,6 @@ fn job_ref(job: &Job) -> JobRef {
     JobRef {
         dbid: job.dbid,
         jobid: job.jobid,
-    }
-}
-
-/// The completion batcher: takes completions as they come, and sends each
-/// batch as one DELETE per database, with a few batches in flight.
-async fn complete_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Completion>, linger: Duration) {
-    let in_flight = Arc::new(Semaphore::new(COMPLETE_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < DEFAULT_COMPLETE_BATCH {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(c) => batch.push(c),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
-        // Whatever queued up while we waited for a slot joins this batch.
-        while batch.len() < DEFAULT_COMPLETE_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let store = store.clone();
-        tokio::spawn(async move {
-            flush(&store, batch).await;
-            drop(permit);
-        });
     }
 }
 

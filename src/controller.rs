@@ -8,8 +8,9 @@
 //! job runs, the Controller extends its lease every half lease, so a long
 //! job is never dispatched a second time while it is still running.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +19,11 @@ use tracing::Instrument as _;
 use crate::client::{Client, Retry};
 use crate::error::{Error, Result};
 use crate::gearman::{
-    gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
+    function_status, gearman_unique, serve, ForegroundClient, Outcome, WorkResult,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::Job;
-use crate::queue_runner::{DEFAULT_LEASE, RUN_QUEUED_JOB};
+use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_WATERMARK_PUSHBACK, RUN_QUEUED_JOB};
 use crate::store::JobRef;
 
 /// Jobs run at once, per gearmand.
@@ -38,6 +40,9 @@ pub struct Config {
     /// How long shutdown waits for the jobs in hand; those still running
     /// then run again after their lease.
     pub shutdown_timeout: Duration,
+    /// Seconds a job whose function has no worker waits in the database
+    /// before it is tried again.
+    pub no_worker_delay: u32,
 }
 
 impl Default for Config {
@@ -46,6 +51,7 @@ impl Default for Config {
             lease: DEFAULT_LEASE,
             concurrency: DEFAULT_CONCURRENCY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            no_worker_delay: DEFAULT_WATERMARK_PUSHBACK,
         }
     }
 }
@@ -79,6 +85,9 @@ pub enum Ran {
     /// The outcome is unknown (gearmand lost, or the row could not be
     /// updated); the row runs again after its lease.
     Unknown,
+    /// No worker serves the job's function: the row waits in the database
+    /// (`no_worker_delay`) rather than hold a Controller slot.
+    NoWorker,
     /// The workload was not a job JSON; nothing was run.
     NotAJob,
 }
@@ -89,7 +98,13 @@ pub struct Controller {
     client: Client,
     gearmand: Vec<String>,
     foreground: ForegroundClient,
+    /// When gearmand's status was read, and the functions it showed with
+    /// workers.
+    served: Mutex<(Instant, HashSet<String>)>,
 }
+
+/// How long a status read from gearmand is trusted.
+const STATUS_MAX_AGE: Duration = Duration::from_millis(500);
 
 impl Controller {
     /// A Controller finishing rows through `client` and running jobs on
@@ -104,6 +119,12 @@ impl Controller {
             config,
             client,
             gearmand,
+            served: Mutex::new((
+                Instant::now()
+                    .checked_sub(STATUS_MAX_AGE)
+                    .unwrap_or_else(Instant::now),
+                HashSet::new(),
+            )),
         }))
     }
 
@@ -122,6 +143,24 @@ impl Controller {
     }
 
     async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
+        let r = JobRef {
+            dbid: job.dbid,
+            jobid: job.jobid,
+        };
+        if !self.has_worker(&job.funcname).await {
+            return match self
+                .client
+                .store()
+                .release(r.dbid, &[r.jobid], self.config.no_worker_delay)
+                .await
+            {
+                Ok(()) => Ran::NoWorker,
+                Err(err) => {
+                    tracing::warn!(error = %err, "no worker for the job, and its row could not be put back");
+                    Ran::Unknown
+                }
+            };
+        }
         let unique = gearman_unique(job.uniqkey.as_deref());
         let run = self
             .foreground
@@ -132,7 +171,6 @@ impl Controller {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = tokio::time::sleep(beat) => {
-                    let r = JobRef { dbid: job.dbid, jobid: job.jobid };
                     if let Err(err) = self.client.store().extend_lease(r, self.config.lease).await {
                         tracing::warn!(error = %err, "cannot extend the lease of a running job");
                     }
@@ -164,6 +202,31 @@ impl Controller {
                 Ran::Unknown
             }
         }
+    }
+
+    /// Whether gearmand has a worker for `function`, from its `status`.
+    /// When in doubt (gearmand does not answer), yes: the job is tried.
+    /// A status younger than [`STATUS_MAX_AGE`] that shows a worker is
+    /// taken as it is; otherwise it is read afresh.
+    async fn has_worker(&self, function: &str) -> bool {
+        {
+            let served = self.served.lock().unwrap();
+            if served.0.elapsed() < STATUS_MAX_AGE && served.1.contains(function) {
+                return true;
+            }
+        }
+        let (load, errors) = function_status(&self.gearmand).await;
+        if errors.len() == self.gearmand.len() {
+            return true;
+        }
+        let served: HashSet<String> = load
+            .into_iter()
+            .filter(|(_, l)| l.workers > 0)
+            .map(|(f, _)| f)
+            .collect();
+        let has = served.contains(function);
+        *self.served.lock().unwrap() = (Instant::now(), served);
+        has
     }
 
     /// Serves `run_queued_job` until `shutdown`, then finishes the jobs in

@@ -126,6 +126,12 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
+    /// A statement shared by several requests (group commit) failed.
+    #[error("{reason}")]
+    GroupFailed {
+        /// What failed, as the shared statement's error said.
+        reason: String,
+    },
     /// A Gearman conversation failed.
     #[error("gearmand {server}: {source}")]
     Gearman {
@@ -143,6 +149,18 @@ pub enum Error {
         /// What came instead.
         what: String,
     },
+}
+
+impl Error {
+    /// Whether the error is the database's (unreachable, timed out), as
+    /// opposed to the statement's (refused by the server) or the input's.
+    pub fn is_connection_fault(&self) -> bool {
+        match self {
+            Error::DbTimeout { .. } => true,
+            Error::Db { source, .. } => !matches!(source, mysql_async::Error::Server(_)),
+            _ => false,
+        }
+    }
 }
 
 /// Short for `std::result::Result<T, garivini::Error>`.

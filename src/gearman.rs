@@ -191,11 +191,22 @@ impl Submitter {
     }
 }
 
-/// Queue depth (queued + running jobs) per function, summed over `servers`,
-/// from the admin `status` command. A server that does not answer is left
-/// out and named in the error list.
-pub async fn queue_depths(servers: &[String]) -> (HashMap<String, u64>, Vec<Error>) {
-    let mut depths = HashMap::new();
+/// Jobs and workers of one function, summed over the servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionLoad {
+    /// Jobs queued or running.
+    pub queued: u64,
+    /// Jobs running.
+    pub running: u64,
+    /// Workers registered.
+    pub workers: u64,
+}
+
+/// Jobs and workers per function, summed over `servers`, from the admin
+/// `status` command. A server that does not answer is left out and named
+/// in the error list.
+pub async fn function_status(servers: &[String]) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
+    let mut load: HashMap<String, FunctionLoad> = HashMap::new();
     let mut errors = Vec::new();
     for server in servers {
         let status = async {
@@ -208,13 +219,26 @@ pub async fn queue_depths(servers: &[String]) -> (HashMap<String, u64>, Vec<Erro
         match status.await {
             Ok(rows) => {
                 for row in rows {
-                    *depths.entry(row.function).or_insert(0) += row.total;
+                    let l = load.entry(row.function).or_default();
+                    l.queued += row.total;
+                    l.running += row.running;
+                    l.workers += row.worker_count;
                 }
             }
             Err(e) => errors.push(e),
         }
     }
-    (depths, errors)
+    (load, errors)
+}
+
+/// Queue depth (queued + running jobs) per function, summed over `servers`;
+/// see [`function_status`].
+pub async fn queue_depths(servers: &[String]) -> (HashMap<String, u64>, Vec<Error>) {
+    let (load, errors) = function_status(servers).await;
+    (
+        load.into_iter().map(|(f, l)| (f, l.queued)).collect(),
+        errors,
+    )
 }
 
 /// A job handed to a worker.

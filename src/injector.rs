@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch;
 use crate::error::{Error, Result};
 use crate::gearman::{
     gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult,
@@ -227,17 +228,78 @@ pub struct Injector {
     depth: Arc<Depth>,
     dispatch: mpsc::Sender<Job>,
     dispatch_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+    inserts: mpsc::Sender<PendingInsert>,
+}
+
+/// One request's jobs, waiting to be stored with others' (group commit).
+struct PendingInsert {
+    jobs: Vec<NewJob>,
+    reply: oneshot::Sender<Result<Vec<JobRef>>>,
+}
+
+/// Requests stored in one transaction, at most.
+const INSERT_BATCH: usize = 100;
+/// Insert transactions running at once.
+const INSERTS_IN_FLIGHT: usize = 2;
+
+/// Stores the jobs of many requests with one `Store::insert` and answers
+/// each with its own ids. If that fails for a reason of the statement's,
+/// each request is stored on its own, so that one request's trouble never
+/// fails another's.
+async fn insert_batch(store: &Store, batch: Vec<PendingInsert>) {
+    let sizes: Vec<usize> = batch.iter().map(|p| p.jobs.len()).collect();
+    let (mut all, mut replies) = (Vec::new(), Vec::new());
+    for p in batch {
+        all.extend(p.jobs);
+        replies.push(p.reply);
+    }
+    let outcome = store.insert(&all).await;
+    let mut jobs = all.into_iter();
+    match outcome {
+        Ok(refs) => {
+            let mut refs = refs.into_iter();
+            for (reply, n) in replies.into_iter().zip(sizes) {
+                let _ = reply.send(Ok(refs.by_ref().take(n).collect()));
+            }
+        }
+        Err(err) if replies.len() > 1 && !err.is_connection_fault() => {
+            for (reply, n) in replies.into_iter().zip(sizes) {
+                let own: Vec<NewJob> = jobs.by_ref().take(n).collect();
+                let _ = reply.send(store.insert(&own).await);
+            }
+        }
+        Err(err) => {
+            let reason = err.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(Error::GroupFailed {
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
 }
 
 impl Injector {
     /// An Injector storing into `store` and dispatching to `gearmand`.
+    /// Must be called within a Tokio runtime: it starts the insert batcher.
     pub fn new(config: Config, store: Arc<Store>, gearmand: Vec<String>) -> Result<Arc<Injector>> {
         config.validate()?;
         if gearmand.is_empty() {
             return Err(Error::NoGearmand);
         }
         let (tx, rx) = mpsc::channel(DISPATCH_QUEUE);
+        let limits = batch::Limits {
+            max_batch: INSERT_BATCH,
+            linger: Duration::ZERO,
+            in_flight: INSERTS_IN_FLIGHT,
+        };
+        let s = store.clone();
+        let inserts = batch::spawn(limits, move |batch| {
+            let s = s.clone();
+            async move { insert_batch(&s, batch).await }
+        });
         Ok(Arc::new(Injector {
+            inserts,
             config,
             store,
             gearmand,
@@ -264,7 +326,17 @@ impl Injector {
             }
             dispatch.push(now);
         }
-        let refs = self.store.insert(&request.jobs).await?;
+        // Answers only after the commit: the reply comes from the batch.
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::GroupFailed {
+            reason: "the injector is shutting down".into(),
+        };
+        let pending = PendingInsert {
+            jobs: request.jobs.clone(),
+            reply,
+        };
+        self.inserts.send(pending).await.map_err(|_| stopped())?;
+        let refs = answer.await.map_err(|_| stopped())??;
 
         let answer: Vec<Value> = refs
             .iter()

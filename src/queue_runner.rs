@@ -9,7 +9,7 @@
 //! watermark are pushed back instead of sent, so gearmand's memory stays
 //! bounded however long the table's backlog is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::gearman::{gearman_unique, queue_depths, BackgroundJob, Outage, Submitter};
+use crate::gearman::{
+    function_status, gearman_unique, BackgroundJob, FunctionLoad, Outage, Submitter,
+};
 use crate::job::{Flag, Job};
 use crate::store::Store;
 
@@ -27,8 +29,12 @@ pub const DEFAULT_LEASE: u32 = 1000;
 pub const DEFAULT_BATCH_MAX_SIZE: usize = 1000;
 /// First batch size (grows while batches come back full).
 pub const DEFAULT_BATCH_START_SIZE: usize = 50;
-/// Pause between rounds that found less than a full batch.
+/// Pause between rounds when the tables are idle.
 pub const DEFAULT_BATCH_RUN_SLEEP: Duration = Duration::from_secs(1);
+/// Pause between rounds while jobs keep coming (but less than a full
+/// batch): new jobs wait for at most this long, and an idle table is
+/// still polled only every `batch_run_sleep`.
+pub const DEFAULT_BUSY_RUN_SLEEP: Duration = Duration::from_millis(50);
 /// Most jobs of one function queued in gearmand before rows are pushed
 /// back (0 = no limit).
 pub const DEFAULT_QUEUE_WATERMARK_DEPTH: u64 = 4000;
@@ -48,9 +54,12 @@ pub struct Config {
     pub batch_max_size: usize,
     /// First batch size.
     pub batch_start_size: usize,
-    /// Pause between rounds that were not full (the round's own duration
-    /// is subtracted).
+    /// Pause between rounds once the tables are idle (the round's own
+    /// duration is subtracted).
     pub batch_run_sleep: Duration,
+    /// Pause after a round that found jobs but not a full batch; the pause
+    /// doubles from here up to `batch_run_sleep` while rounds find nothing.
+    pub busy_run_sleep: Duration,
     /// Queue depth per function above which rows are pushed back; 0 = off.
     pub queue_watermark_depth: u64,
     /// Push-back of rows over the watermark, seconds.
@@ -66,6 +75,7 @@ impl Default for Config {
             batch_max_size: DEFAULT_BATCH_MAX_SIZE,
             batch_start_size: DEFAULT_BATCH_START_SIZE,
             batch_run_sleep: DEFAULT_BATCH_RUN_SLEEP,
+            busy_run_sleep: DEFAULT_BUSY_RUN_SLEEP,
             queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
             watermark_pushback: DEFAULT_WATERMARK_PUSHBACK,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
@@ -202,9 +212,9 @@ impl QueueRunner {
     pub async fn run_once(&mut self) -> Result<Stats> {
         let mut stats = Stats::default();
         let watermark = self.config.queue_watermark_depth;
-        let mut room: Option<HashMap<String, u64>> = None;
+        let mut room: Option<Room> = None;
         if watermark > 0 {
-            let (depths, errors) = queue_depths(&self.gearmand).await;
+            let (load, errors) = function_status(&self.gearmand).await;
             if errors.len() == self.gearmand.len() {
                 // No server to send to: claiming now would only churn rows.
                 let err = errors.into_iter().next().expect("at least one server");
@@ -212,12 +222,7 @@ impl QueueRunner {
                 return Err(err);
             }
             self.status_outage.ended();
-            room = Some(
-                depths
-                    .into_iter()
-                    .map(|(f, depth)| (f, watermark.saturating_sub(depth)))
-                    .collect(),
-            );
+            room = Some(Room::new(watermark, load));
         }
         let dbids: Vec<u32> = self.store.dbids().collect();
         for dbid in dbids {
@@ -238,11 +243,10 @@ impl QueueRunner {
     async fn run_db(
         &mut self,
         dbid: u32,
-        room: &mut Option<HashMap<String, u64>>,
+        room: &mut Option<Room>,
         stats: &mut Stats,
     ) -> Result<()> {
         let limit = self.batches[&dbid].get();
-        let watermark = self.config.queue_watermark_depth;
         let claim = self
             .store
             .claim(
@@ -250,20 +254,20 @@ impl QueueRunner {
                 limit,
                 self.config.lease,
                 self.config.watermark_pushback,
-                |due| admit(room.as_ref(), watermark, due),
+                |due| match room.as_ref() {
+                    Some(room) => room.admit(due),
+                    None => vec![true; due.len()],
+                },
             )
             .await?;
         if let Some(room) = room.as_mut() {
-            for job in &claim.jobs {
-                let left = room
-                    .entry(dispatch_function(job.flag, &job.funcname).to_string())
-                    .or_insert(watermark);
-                *left = left.saturating_sub(1);
-            }
+            room.take(&claim.jobs);
         }
         let got = claim.jobs.len() + claim.pushed_back;
         self.batches.get_mut(&dbid).expect("known db").update(got);
-        stats.full |= got >= limit;
+        // Full means dispatched full: a batch of pushed-back rows is no
+        // reason to go again at once (it would only push back more).
+        stats.full |= claim.jobs.len() >= limit;
         stats.claimed += claim.jobs.len();
         stats.pushed_back += claim.pushed_back;
         if claim.jobs.is_empty() {
@@ -298,10 +302,13 @@ impl QueueRunner {
         Ok(())
     }
 
-    /// Runs rounds until `shutdown`. A round that found a full batch is
-    /// followed at once by the next; otherwise the pause is
-    /// `batch_run_sleep` less the round's own duration.
+    /// Runs rounds until `shutdown`. A round that dispatched a full batch
+    /// is followed at once by the next. After a round that found jobs the
+    /// pause is `busy_run_sleep`; it doubles while rounds find nothing, up
+    /// to `batch_run_sleep`; the round's own duration is subtracted.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let busy = self.config.busy_run_sleep.min(self.config.batch_run_sleep);
+        let mut pause = self.config.batch_run_sleep;
         tracing::info!(
             lease = self.config.lease,
             watermark = self.config.queue_watermark_depth,
@@ -309,49 +316,92 @@ impl QueueRunner {
         );
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            let full = match self.run_once().await {
+            let (full, found) = match self.run_once().await {
                 Ok(stats) => {
                     if stats.claimed + stats.pushed_back + stats.given_back > 0 {
                         tracing::debug!(?stats, "queuerunner round");
                     }
-                    stats.full
+                    (stats.full, stats.claimed > 0)
                 }
-                Err(_) => false,
+                Err(_) => (false, false),
             };
             if full {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let pause = self
-                .config
-                .batch_run_sleep
-                .saturating_sub(started.elapsed());
+            pause = if found {
+                busy
+            } else {
+                (pause * 2).min(self.config.batch_run_sleep)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(pause.saturating_sub(started.elapsed())) => {}
             }
         }
         tracing::info!("queuerunner stopped");
     }
 }
 
-/// Which of the `due` rows fit under the watermark: per function, as many
-/// as `room` has left (a function gearmand does not know has all of
-/// `watermark`). Everything fits when there is no watermark.
-fn admit(room: Option<&HashMap<String, u64>>, watermark: u64, due: &[Job]) -> Vec<bool> {
-    let Some(room) = room else {
-        return vec![true; due.len()];
-    };
-    let mut taken: HashMap<&str, u64> = HashMap::new();
-    due.iter()
-        .map(|job| {
+/// What gearmand can take in this round, from its `status`.
+struct Room {
+    watermark: u64,
+    /// Places left under the watermark, per dispatch function (a function
+    /// gearmand does not know has all of `watermark`).
+    left: HashMap<String, u64>,
+    /// Functions with at least one worker.
+    served: HashSet<String>,
+}
+
+impl Room {
+    fn new(watermark: u64, load: HashMap<String, FunctionLoad>) -> Room {
+        let served = load
+            .iter()
+            .filter(|(_, l)| l.workers > 0)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let left = load
+            .into_iter()
+            .map(|(f, l)| (f, watermark.saturating_sub(l.queued)))
+            .collect();
+        Room {
+            watermark,
+            left,
+            served,
+        }
+    }
+
+    /// Which of the `due` rows to dispatch: per function, as many as there
+    /// is room for; and a `controller` row only when its real function has
+    /// a worker, since a Controller would otherwise hold a slot for it
+    /// until one comes. Keeps no state (a claim may be retried).
+    fn admit(&self, due: &[Job]) -> Vec<bool> {
+        let mut taken: HashMap<&str, u64> = HashMap::new();
+        due.iter()
+            .map(|job| {
+                if job.flag == Flag::Controller && !self.served.contains(&job.funcname) {
+                    return false;
+                }
+                let function = dispatch_function(job.flag, &job.funcname);
+                let left = self.left.get(function).copied().unwrap_or(self.watermark);
+                let n = taken.entry(function).or_insert(0);
+                *n += 1;
+                *n <= left
+            })
+            .collect()
+    }
+
+    /// Counts `dispatched` against the room.
+    fn take(&mut self, dispatched: &[Job]) {
+        for job in dispatched {
             let function = dispatch_function(job.flag, &job.funcname);
-            let left = room.get(function).copied().unwrap_or(watermark);
-            let n = taken.entry(function).or_insert(0);
-            *n += 1;
-            *n <= left
-        })
-        .collect()
+            let left = self
+                .left
+                .entry(function.to_string())
+                .or_insert(self.watermark);
+            *left = left.saturating_sub(1);
+        }
+    }
 }
 
 /// The Gearman function a row is sent to: its own for `shim` rows, the
@@ -419,18 +469,43 @@ mod tests {
         }
     }
 
+    fn load(queued: u64, workers: u64) -> FunctionLoad {
+        FunctionLoad {
+            queued,
+            running: 0,
+            workers,
+        }
+    }
+
     #[test]
     fn admit_fills_each_function_up_to_its_room() {
-        let room: HashMap<String, u64> =
-            [("a".to_string(), 1), (RUN_QUEUED_JOB.to_string(), 0)].into();
+        let status: HashMap<String, FunctionLoad> = [
+            ("a".to_string(), load(1, 1)),
+            (RUN_QUEUED_JOB.to_string(), load(1, 1)),
+            ("served".to_string(), load(0, 1)),
+        ]
+        .into();
+        let room = Room::new(2, status);
         let due = [
             job("a", Flag::Shim),
             job("a", Flag::Shim),
             job("b", Flag::Shim),
-            job("c", Flag::Controller),
+            job("served", Flag::Controller),
+            job("served", Flag::Controller),
         ];
-        assert_eq!(admit(Some(&room), 2, &due), vec![true, false, true, false]);
-        assert_eq!(admit(None, 2, &due), vec![true; 4]);
+        assert_eq!(room.admit(&due), vec![true, false, true, true, false]);
+    }
+
+    #[test]
+    fn controller_rows_wait_while_their_function_has_no_worker() {
+        let status: HashMap<String, FunctionLoad> = [("idle".to_string(), load(0, 0))].into();
+        let room = Room::new(10, status);
+        let due = [
+            job("idle", Flag::Controller),
+            job("unknown", Flag::Controller),
+            job("idle", Flag::Shim),
+        ];
+        assert_eq!(room.admit(&due), vec![false, false, true]);
     }
 
     #[test]

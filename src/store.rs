@@ -23,6 +23,8 @@ pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per database pool.
 pub const DEFAULT_POOL_SIZE: usize = 32;
+/// How long an idle pooled connection is kept open.
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Tries of an operation that keeps meeting lock conflicts.
 const LOCK_CONFLICT_TRIES: u64 = 5;
 /// Most ids in one `IN (...)` list.
@@ -54,6 +56,8 @@ struct Db {
     /// Set when an operation failed for a reason that is the database's
     /// (connection, timeout), not the request's.
     failed_at: Mutex<Option<Instant>>,
+    /// The server's auto_increment_increment, once read (0 = not yet).
+    id_step: std::sync::atomic::AtomicU64,
 }
 
 /// The job tables of all configured databases.
@@ -81,7 +85,21 @@ impl Store {
                 let constraints = mysql_async::PoolConstraints::new(0, DEFAULT_POOL_SIZE)
                     .expect("0 <= pool size");
                 let opts = mysql_async::OptsBuilder::from_opts(opts)
-                    .pool_opts(mysql_async::PoolOpts::new().with_constraints(constraints))
+                    // No COM_RESET_CONNECTION when a connection goes back to
+                    // the pool (the driver's default): it costs a round trip
+                    // per use and drops the server's prepared statements, so
+                    // every statement would be prepared anew. We leave no
+                    // session state behind: transactions always end.
+                    .pool_opts(
+                        mysql_async::PoolOpts::new()
+                            .with_constraints(constraints)
+                            .with_reset_connection(false)
+                            // Without an idle TTL the driver keeps only `min`
+                            // idle connections and closes every other one
+                            // as it comes back: each operation then paid a
+                            // fresh connect and handshake (~0.6 ms here).
+                            .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
+                    )
                     .stmt_cache_size(64)
                     // An UPDATE then counts the rows it found, not only those
                     // it changed: "does the row still exist" stays answerable
@@ -92,6 +110,7 @@ impl Store {
                     pool: Pool::new(opts),
                     cfg,
                     failed_at: Mutex::new(None),
+                    id_step: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -193,7 +212,7 @@ impl Store {
                     tracing::info!(db.id = db.cfg.dbid, "database is back");
                 }
             }
-            Err(err) if is_connection_fault(err) => {
+            Err(err) if err.is_connection_fault() => {
                 if failed_at.is_none() {
                     tracing::warn!(db.id = db.cfg.dbid, error = %err, "database failed, avoiding it for keyless inserts");
                 }
@@ -280,7 +299,7 @@ impl Store {
                     }
                     Err(err) => {
                         tried.push(db.cfg.dbid);
-                        if !is_connection_fault(&err) || tried.len() == self.dbs.len() {
+                        if !err.is_connection_fault() || tried.len() == self.dbs.len() {
                             return Err(err);
                         }
                     }
@@ -309,38 +328,31 @@ impl Store {
 
     async fn insert_keyless(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
         self.run(db, move || async move {
-            // One transaction: a batch is stored whole or not at all, and
-            // can be retried after a deadlock without storing twice.
-            let mut conn = db.pool.start_transaction(TxOpts::default()).await?;
+            let mut conn = db.pool.get_conn().await?;
             // Ids of one multi-row INSERT are consecutive steps of
             // auto_increment_increment from LAST_INSERT_ID() (InnoDB
             // allocates them at once for an INSERT of known row count).
-            let step: u64 = conn
-                .query_first("SELECT @@auto_increment_increment")
-                .await?
-                .unwrap_or(1);
+            let mut step = db.id_step.load(std::sync::atomic::Ordering::Relaxed);
+            if step == 0 {
+                step = conn
+                    .query_first("SELECT @@auto_increment_increment")
+                    .await?
+                    .unwrap_or(1);
+                db.id_step.store(step, std::sync::atomic::Ordering::Relaxed);
+            }
+            if idx.len() <= MAX_IN_LIST {
+                // One statement is atomic on its own: no transaction, so one
+                // round trip instead of three.
+                return insert_rows(&mut conn, jobs, idx, step).await;
+            }
+            // Several statements in one transaction: stored whole or not at
+            // all, and retried after a deadlock without storing twice.
+            let mut tx = conn.start_transaction(tx_opts()).await?;
             let mut ids = Vec::with_capacity(idx.len());
             for chunk in idx.chunks(MAX_IN_LIST) {
-                let sql = format!(
-                    "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES {}",
-                    repeat_placeholders("(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)", chunk.len())
-                );
-                let mut params = Vec::with_capacity(chunk.len() * 5);
-                for &i in chunk {
-                    let job = &jobs[i];
-                    params.extend([
-                        Value::from(job.funcname.as_str()),
-                        Value::from(job.arg.as_slice()),
-                        Value::from(job.delay),
-                        Value::from(job.coalesce.as_deref()),
-                        Value::from(job.flag.as_str()),
-                    ]);
-                }
-                conn.exec_drop(sql, Params::Positional(params)).await?;
-                let first = conn.last_insert_id().unwrap_or_default();
-                ids.extend((0..chunk.len() as u64).map(|k| first + k * step));
+                ids.extend(insert_rows(&mut tx, jobs, chunk, step).await?);
             }
-            conn.commit().await?;
+            tx.commit().await?;
             Ok(ids)
         })
         .await
@@ -348,27 +360,14 @@ impl Store {
 
     async fn insert_keyed(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
         self.run(db, move || async move {
-            let mut tx = db.pool.start_transaction(TxOpts::default()).await?;
+            let mut conn = db.pool.get_conn().await?;
+            if let [i] = idx {
+                return Ok(vec![insert_keyed_row(&mut conn, &jobs[*i]).await?]);
+            }
+            let mut tx = conn.start_transaction(tx_opts()).await?;
             let mut ids = Vec::with_capacity(idx.len());
             for &i in idx {
-                let job = &jobs[i];
-                // On a duplicate key, LAST_INSERT_ID(jobid) makes the
-                // statement report the existing row's id.
-                tx.exec_drop(
-                    "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) \
-                     VALUES (?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?) \
-                     ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
-                    (
-                        job.funcname.as_str(),
-                        job.arg.as_slice(),
-                        job.uniqkey.as_deref(),
-                        job.delay,
-                        job.coalesce.as_deref(),
-                        job.flag.as_str(),
-                    ),
-                )
-                .await?;
-                ids.push(tx.last_insert_id().unwrap_or_default());
+                ids.push(insert_keyed_row(&mut tx, &jobs[i]).await?);
             }
             tx.commit().await?;
             Ok(ids)
@@ -396,7 +395,7 @@ impl Store {
         let admit = &admit;
         let db = self.db(dbid)?;
         self.run(db, move || async move {
-            let mut tx = db.pool.start_transaction(TxOpts::default()).await?;
+            let mut tx = db.pool.start_transaction(tx_opts()).await?;
             let rows: Vec<JobRow> = tx
                 .exec(
                     format!(
@@ -536,16 +535,6 @@ fn is_lock_conflict(err: &mysql_async::Error) -> bool {
     matches!(err, mysql_async::Error::Server(e) if e.code == 1213 || e.code == 1205)
 }
 
-/// Whether an error is the database's (unreachable, timed out), as opposed
-/// to the statement's (refused by the server).
-fn is_connection_fault(err: &Error) -> bool {
-    match err {
-        Error::DbTimeout { .. } => true,
-        Error::Db { source, .. } => !matches!(source, mysql_async::Error::Server(_)),
-        _ => false,
-    }
-}
-
 type JobRow = (
     u64,
     String,
@@ -576,6 +565,64 @@ impl IntoJob for JobRow {
             failcount,
         }
     }
+}
+
+/// Transactions here only take locks: no consistent snapshot needed.
+fn tx_opts() -> TxOpts {
+    let mut opts = TxOpts::default();
+    opts.with_consistent_snapshot(false);
+    opts
+}
+
+/// One multi-row INSERT of keyless jobs; returns their ids.
+async fn insert_rows(
+    q: &mut impl Queryable,
+    jobs: &[NewJob],
+    idx: &[usize],
+    step: u64,
+) -> mysql_async::Result<Vec<u64>> {
+    let sql = format!(
+        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES {}",
+        repeat_placeholders("(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)", idx.len())
+    );
+    let mut params = Vec::with_capacity(idx.len() * 5);
+    for &i in idx {
+        let job = &jobs[i];
+        params.extend([
+            Value::from(job.funcname.as_str()),
+            Value::from(job.arg.as_slice()),
+            Value::from(job.delay),
+            Value::from(job.coalesce.as_deref()),
+            Value::from(job.flag.as_str()),
+        ]);
+    }
+    let result = q.exec_iter(sql, Params::Positional(params)).await?;
+    let first = result.last_insert_id().unwrap_or_default();
+    result.drop_result().await?;
+    Ok((0..idx.len() as u64).map(|k| first + k * step).collect())
+}
+
+/// One INSERT of a job with a unique key; on a duplicate key,
+/// LAST_INSERT_ID(jobid) makes it report the existing row's id.
+async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result<u64> {
+    let result = q
+        .exec_iter(
+            "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) \
+             VALUES (?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
+            (
+                job.funcname.as_str(),
+                job.arg.as_slice(),
+                job.uniqkey.as_deref(),
+                job.delay,
+                job.coalesce.as_deref(),
+                job.flag.as_str(),
+            ),
+        )
+        .await?;
+    let id = result.last_insert_id().unwrap_or_default();
+    result.drop_result().await?;
+    Ok(id)
 }
 
 async fn set_run_after_in(

@@ -89,7 +89,8 @@ struct PlainWorker {
 }
 
 impl PlainWorker {
-    fn start(
+    /// Returns once gearmand knows the worker.
+    async fn start(
         gearmand: &Gearmand,
         function: &str,
         work: Duration,
@@ -115,6 +116,7 @@ impl PlainWorker {
             stop.clone(),
             Duration::from_secs(5),
         ));
+        gearmand.wait_for_worker(function).await;
         PlainWorker { runs, stop }
     }
 
@@ -147,7 +149,7 @@ fn ok() -> WorkResult {
 async fn injected_job_runs_on_a_plain_worker_and_its_row_is_gone() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let worker = PlainWorker::start(&gearmand, "ll_resize", Duration::ZERO, ok());
+    let worker = PlainWorker::start(&gearmand, "ll_resize", Duration::ZERO, ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
 
     let Outcome::Complete(answer) = inject(
@@ -213,7 +215,7 @@ async fn the_answer_comes_after_the_commit() {
 async fn an_array_injects_many_and_answers_an_array_in_order() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let worker = PlainWorker::start(&gearmand, "ll_many", Duration::ZERO, ok());
+    let worker = PlainWorker::start(&gearmand, "ll_many", Duration::ZERO, ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     let body: Vec<String> = (0..50)
         .map(|i| format!(r#"{{"funcname":"ll_many","arg":"a{i}"}}"#))
@@ -239,7 +241,7 @@ async fn an_array_injects_many_and_answers_an_array_in_order() {
 async fn delayed_job_waits_for_its_time() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 60, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_later", Duration::ZERO, ok());
+    let worker = PlainWorker::start(&gearmand, "ll_later", Duration::ZERO, ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     let Outcome::Complete(answer) = inject(
         &client,
@@ -271,7 +273,7 @@ async fn delayed_job_waits_for_its_time() {
 async fn a_failing_worker_leads_to_backoff_then_a_dead_row() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 60, 2, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_flaky", Duration::ZERO, WorkResult::Fail);
+    let worker = PlainWorker::start(&gearmand, "ll_flaky", Duration::ZERO, WorkResult::Fail).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     inject(&client, r#"{"funcname":"ll_flaky","arg":"x"}"#).await;
     wait_until(LIMIT, "the first failure to be recorded", || async {
@@ -305,7 +307,8 @@ async fn a_worker_exception_counts_as_a_failure() {
         "ll_throws",
         Duration::ZERO,
         WorkResult::FailWith(Bytes::from("boom")),
-    );
+    )
+    .await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     inject(&client, r#"{"funcname":"ll_throws","arg":"x"}"#).await;
     wait_until(LIMIT, "the failure to be recorded", || async {
@@ -429,7 +432,7 @@ async fn a_lost_dispatch_comes_back_through_the_queue_runner() {
         .await;
 
     let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_lost", Duration::ZERO, ok());
+    let worker = PlainWorker::start(&gearmand, "ll_lost", Duration::ZERO, ok()).await;
     wait_until(LIMIT, "both rows to run after their lease", || async {
         worker.count() >= 2
     })
@@ -445,7 +448,7 @@ async fn a_lost_dispatch_comes_back_through_the_queue_runner() {
 async fn a_job_running_longer_than_its_lease_is_not_started_twice() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_slow", Duration::from_secs(6), ok());
+    let worker = PlainWorker::start(&gearmand, "ll_slow", Duration::from_secs(6), ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     inject(&client, r#"{"funcname":"ll_slow","arg":"x"}"#).await;
     wait_until(
@@ -458,7 +461,7 @@ async fn a_job_running_longer_than_its_lease_is_not_started_twice() {
 }
 
 #[tokio::test]
-async fn controller_shutdown_does_not_wait_forever_for_a_job_nobody_serves() {
+async fn controller_shutdown_does_not_wait_forever_for_a_job_in_hand() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let store = db.store().await;
     let stop = CancellationToken::new();
@@ -477,10 +480,12 @@ async fn controller_shutdown_does_not_wait_forever_for_a_job_nobody_serves() {
         .unwrap();
     let ctl_stop = CancellationToken::new();
     let running = tokio::spawn(ctl.run(ctl_stop.clone()));
+    let _worker =
+        PlainWorker::start(&gearmand, "ll_forever", Duration::from_secs(3600), ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
-    inject(&client, r#"{"funcname":"nobody_serves_this","arg":"x"}"#).await;
-    wait_until(LIMIT, "the Controller to hold the job", || async {
-        gearmand.depth("nobody_serves_this").await == 1
+    inject(&client, r#"{"funcname":"ll_forever","arg":"x"}"#).await;
+    wait_until(LIMIT, "the worker to run the job", || async {
+        gearmand.depth("ll_forever").await == 1
     })
     .await;
     ctl_stop.cancel();
@@ -497,4 +502,25 @@ async fn controller_shutdown_does_not_wait_forever_for_a_job_nobody_serves() {
         "the row stays, to run after its lease"
     );
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let now = db.now().await;
+    inject(&client, r#"{"funcname":"ll_unserved","arg":"x"}"#).await;
+    wait_until(LIMIT, "the row to be put back for later", || async {
+        db.count(&format!("run_after BETWEEN {} AND {}", now + 55, now + 65))
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        gearmand.depth("ll_unserved").await,
+        0,
+        "no Controller slot held for it"
+    );
+    assert_eq!(db.count("failcount = 0").await, 1, "waiting is not failing");
 }

@@ -91,6 +91,7 @@ async fn killing_the_controller_mid_run_loses_no_job() {
         ]
         .concat(),
     );
+    gearmand.wait_for_worker("ll_proc").await;
     let mut controller = Proc::spawn(
         "garivini",
         &with(&["controller", "--lease", "3", "--concurrency", "16"]),
@@ -161,7 +162,7 @@ async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
         ],
     );
     // A plain shell worker: gearman -w runs the command with the job JSON on stdin.
-    let mut worker = gearman_tool()
+    let _worker = gearman_tool()
         .args(["-p", &port, "-w", "-f", "cli_echo", "--", "sh", "-c"])
         .arg(format!(
             "cat >> {}; echo >> {}",
@@ -172,6 +173,8 @@ async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
         .stderr(Stdio::null())
         .spawn()
         .expect("gearman -w starts");
+    let _worker = Proc::adopt("gearman -w", _worker);
+    gearmand.wait_for_worker("cli_echo").await;
     let client = gearman_tool()
         .args([
             "-p",
@@ -222,6 +225,4 @@ async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
     );
     assert!(said.contains("funcname is missing"), "{said}");
     assert_eq!(db.count("1").await, 0);
-    let _ = worker.kill();
-    let _ = worker.wait();
 }

@@ -214,6 +214,14 @@ async fn controller_rows_go_to_run_queued_job() {
         .unwrap();
     let mut qr =
         QueueRunner::new(quick(), client.store().clone(), vec![gearmand.addr.clone()]).unwrap();
+    // While "real" has no worker, a Controller could only wait for one:
+    // the row waits in the database instead.
+    let stats = qr.run_once().await.unwrap();
+    assert_eq!((stats.dispatched, stats.pushed_back), (0, 1));
+    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
+
+    let _worker = Worker::start(&gearmand, "real", client.clone());
+    gearmand.wait_for_worker("real").await;
     qr.run_once().await.unwrap();
     assert_eq!(gearmand.depth(RUN_QUEUED_JOB).await, 1);
     assert_eq!(gearmand.depth("real").await, 0);

@@ -231,6 +231,24 @@ impl Gearmand {
         }
     }
 
+    /// Workers registered for `function`, from the admin `status`.
+    pub async fn workers(&self, function: &str) -> u64 {
+        let (load, errors) =
+            garivini::gearman::function_status(std::slice::from_ref(&self.addr)).await;
+        assert!(errors.is_empty(), "gearmand status: {errors:?}");
+        load.get(function).map_or(0, |l| l.workers)
+    }
+
+    /// Waits until `function` has a worker registered.
+    pub async fn wait_for_worker(&self, function: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("a worker for {function}"),
+            || async { self.workers(function).await > 0 },
+        )
+        .await;
+    }
+
     /// Jobs queued or running per function, from the admin `status`.
     pub async fn depth(&self, function: &str) -> u64 {
         let (depths, errors) =
@@ -276,6 +294,15 @@ impl Proc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
+    /// Takes charge of a child process of any program: killed on drop, so
+    /// that a failing test leaves nothing running.
+    pub fn adopt(name: &str, child: Child) -> Proc {
         Proc {
             name: name.to_string(),
             child: Some(child),
