@@ -23,7 +23,7 @@ use crate::gearman::{
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::Job;
-use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_WATERMARK_PUSHBACK, RUN_QUEUED_JOB};
+use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::store::JobRef;
 
 /// Jobs run at once, per gearmand.
@@ -51,7 +51,7 @@ impl Default for Config {
             lease: DEFAULT_LEASE,
             concurrency: DEFAULT_CONCURRENCY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            no_worker_delay: DEFAULT_WATERMARK_PUSHBACK,
+            no_worker_delay: DEFAULT_NO_WORKER_DELAY,
         }
     }
 }

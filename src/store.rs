@@ -378,21 +378,20 @@ impl Store {
     /// Claims up to `limit` due rows of database `dbid`, oldest first, in
     /// one transaction that skips rows other claimers hold.
     ///
-    /// `admit` says, for the due rows in order, which to dispatch; it may be
+    /// `decide` says, for the due rows in order, which to dispatch (`None`)
+    /// and which to push back by so many seconds (`Some(secs)`); it may be
     /// called again if the claim is retried, so it must not keep state.
-    /// Rows that it accepts are leased: their run_after moves to now +
-    /// `lease` secs, so that no other claimer takes them until the lease
-    /// runs out. Rows it refuses are pushed back to now + `pushback` secs.
+    /// Rows to dispatch are leased: their run_after moves to now + `lease`
+    /// secs, so that no other claimer takes them until the lease runs out.
     /// Either way the change is committed before this returns.
     pub async fn claim(
         &self,
         dbid: u32,
         limit: usize,
         lease: u32,
-        pushback: u32,
-        admit: impl Fn(&[Job]) -> Vec<bool>,
+        decide: impl Fn(&[Job]) -> Vec<Option<u32>>,
     ) -> Result<Claim> {
-        let admit = &admit;
+        let admit = &decide;
         let db = self.db(dbid)?;
         self.run(db, move || async move {
             let mut tx = db.pool.start_transaction(tx_opts()).await?;
@@ -406,24 +405,22 @@ impl Store {
                 )
                 .await?;
             let due: Vec<Job> = rows.into_iter().map(|r| r.into_job(dbid)).collect();
-            let keep = admit(&due);
+            let decisions = admit(&due);
             let mut claim = Claim::default();
-            let mut refused = Vec::new();
-            for (job, keep) in due
-                .into_iter()
-                .zip(keep.into_iter().chain(std::iter::repeat(false)))
-            {
-                if keep {
-                    claim.jobs.push(job);
-                } else {
-                    refused.push(job.jobid);
+            let mut later: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+            for (job, decision) in due.into_iter().zip(decisions) {
+                match decision {
+                    None => claim.jobs.push(job),
+                    Some(secs) => later.entry(secs).or_default().push(job.jobid),
                 }
             }
             let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
             set_run_after_in(&mut tx, &leased, lease).await?;
-            set_run_after_in(&mut tx, &refused, pushback).await?;
+            for (secs, ids) in &later {
+                set_run_after_in(&mut tx, ids, *secs).await?;
+                claim.pushed_back += ids.len();
+            }
             tx.commit().await?;
-            claim.pushed_back = refused.len();
             Ok(claim)
         })
         .await

@@ -77,7 +77,7 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
 
     let mut procs = Vec::new();
     for _ in 0..runners {
-        procs.push(queuerunner(&db, &gearmand, &["--watermark-pushback", "1"]));
+        procs.push(queuerunner(&db, &gearmand, &[]));
     }
     let records: Vec<_> = (0..consumers)
         .map(|i| dir.path().join(format!("run{i}.log")))

@@ -512,7 +512,7 @@ async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
     let now = db.now().await;
     inject(&client, r#"{"funcname":"ll_unserved","arg":"x"}"#).await;
     wait_until(LIMIT, "the row to be put back for later", || async {
-        db.count(&format!("run_after BETWEEN {} AND {}", now + 55, now + 65))
+        db.count(&format!("run_after BETWEEN {} AND {}", now + 28, now + 32))
             .await
             == 1
     })

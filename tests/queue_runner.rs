@@ -182,6 +182,7 @@ async fn rows_over_the_watermark_are_pushed_back_not_submitted() {
     client.insert_job(NewJob::new("idle", "x")).await.unwrap();
     let config = Config {
         queue_watermark_depth: 5,
+        watermark_pushback: 60,
         ..quick()
     };
     let mut qr =
