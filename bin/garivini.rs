@@ -67,10 +67,13 @@ struct Settings {
     /// back in the database (0 = no limit).
     #[arg(long, default_value_t = queue_runner::DEFAULT_QUEUE_WATERMARK_DEPTH)]
     queue_watermark_depth: u64,
-    /// QueueRunner: seconds a row over the watermark is pushed back;
-    /// Controller: seconds a job whose function has no worker waits.
+    /// QueueRunner: seconds a row over the watermark is pushed back.
     #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
     watermark_pushback: u32,
+    /// Seconds a low-latency job whose function has no worker waits in the
+    /// database before it is tried again.
+    #[arg(long, default_value_t = queue_runner::DEFAULT_NO_WORKER_DELAY)]
+    no_worker_delay: u32,
     /// Seconds before a job whose submit to gearmand failed is due again.
     #[arg(long, default_value_t = queue_runner::DEFAULT_SUBMIT_RETRY_DELAY)]
     submit_retry_delay: u32,
@@ -102,6 +105,7 @@ impl Settings {
             busy_run_sleep: common::seconds("--busy-run-sleep", self.busy_run_sleep)?,
             queue_watermark_depth: self.queue_watermark_depth,
             watermark_pushback: self.watermark_pushback,
+            no_worker_delay: self.no_worker_delay,
             submit_retry_delay: self.submit_retry_delay,
         };
         config.validate()?;
@@ -125,7 +129,7 @@ impl Settings {
         let config = controller::Config {
             lease: self.lease,
             concurrency: self.concurrency,
-            no_worker_delay: self.watermark_pushback,
+            no_worker_delay: self.no_worker_delay,
             shutdown_timeout: common::seconds("--shutdown-timeout", self.shutdown_timeout)?,
         };
         config.validate()?;

@@ -26,7 +26,7 @@ pub const DEFAULT_POOL_SIZE: usize = 32;
 /// How long an idle pooled connection is kept open.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Tries of an operation that keeps meeting lock conflicts.
-const LOCK_CONFLICT_TRIES: u64 = 5;
+const LOCK_CONFLICT_TRIES: u64 = 10;
 /// Most ids in one `IN (...)` list.
 const MAX_IN_LIST: usize = 1024;
 
@@ -564,10 +564,14 @@ impl IntoJob for JobRow {
     }
 }
 
-/// Transactions here only take locks: no consistent snapshot needed.
+/// Transactions here only take row locks. READ COMMITTED: the claim's
+/// `FOR UPDATE` then locks the rows it takes, not the gaps of the
+/// run_after range it scans, so inserts of new due rows (which land in
+/// that range) neither wait for a claim nor deadlock with it.
 fn tx_opts() -> TxOpts {
     let mut opts = TxOpts::default();
-    opts.with_consistent_snapshot(false);
+    opts.with_consistent_snapshot(false)
+        .with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
     opts
 }
 
