@@ -60,16 +60,13 @@ impl Config {
     /// Checks the settings' ranges.
     pub fn validate(&self) -> Result<()> {
         if self.lease < 2 {
-            return Err(Error::InvalidConfig {
-                name: "--lease",
-                reason: "must be at least 2 seconds (it is renewed every half lease)".into(),
-            });
+            return Err(Error::invalid_config(
+                "--lease",
+                "must be at least 2 seconds (it is renewed every half lease)",
+            ));
         }
         if self.concurrency == 0 {
-            return Err(Error::InvalidConfig {
-                name: "--concurrency",
-                reason: "must be at least 1".into(),
-            });
+            return Err(Error::invalid_config("--concurrency", "must be at least 1"));
         }
         Ok(())
     }

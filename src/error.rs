@@ -152,6 +152,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A refused setting, for the roles' `Config::validate`.
+    pub(crate) fn invalid_config(name: &'static str, reason: &str) -> Error {
+        Error::InvalidConfig {
+            name,
+            reason: reason.to_string(),
+        }
+    }
+
     /// Whether the error is the database's (unreachable, timed out), as
     /// opposed to the statement's (refused by the server) or the input's.
     pub fn is_connection_fault(&self) -> bool {

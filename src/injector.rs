@@ -79,20 +79,20 @@ impl Default for Config {
 impl Config {
     /// Checks the settings' ranges.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name, reason: &str| {
-            Err(Error::InvalidConfig {
-                name,
-                reason: reason.to_string(),
-            })
-        };
         if self.lease == 0 {
-            return bad("--lease", "must be at least 1 second");
+            return Err(Error::invalid_config(
+                "--lease",
+                "must be at least 1 second",
+            ));
         }
         if self.max_batch == 0 {
-            return bad("--max-batch", "must be at least 1");
+            return Err(Error::invalid_config("--max-batch", "must be at least 1"));
         }
         if self.concurrency == 0 {
-            return bad("--inject-concurrency", "must be at least 1");
+            return Err(Error::invalid_config(
+                "--inject-concurrency",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -96,20 +96,23 @@ impl Default for Config {
 impl Config {
     /// Checks the settings' ranges.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name, reason: &str| {
-            Err(Error::InvalidConfig {
-                name,
-                reason: reason.to_string(),
-            })
-        };
         if self.lease == 0 {
-            return bad("--lease", "must be at least 1 second");
+            return Err(Error::invalid_config(
+                "--lease",
+                "must be at least 1 second",
+            ));
         }
         if self.batch_max_size == 0 || self.batch_max_size > 100_000 {
-            return bad("--batch-max-size", "must be between 1 and 100000");
+            return Err(Error::invalid_config(
+                "--batch-max-size",
+                "must be between 1 and 100000",
+            ));
         }
         if self.batch_start_size == 0 {
-            return bad("--batch-start-size", "must be at least 1");
+            return Err(Error::invalid_config(
+                "--batch-start-size",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
