@@ -524,3 +524,52 @@ async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
     );
     assert_eq!(db.count("failcount = 0").await, 1, "waiting is not failing");
 }
+
+#[tokio::test]
+async fn roles_reconnect_after_gearmand_restarts() {
+    let (db, mut gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, true).await;
+    let worker = PlainWorker::start(&gearmand, "ll_again", Duration::ZERO, ok()).await;
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    inject(&client, r#"{"funcname":"ll_again","arg":"before"}"#).await;
+    wait_until(LIMIT, "the first job to run", || async {
+        db.count("1").await == 0
+    })
+    .await;
+
+    gearmand.kill();
+    gearmand.restart();
+    // Every role and the worker find gearmand again by themselves (capped
+    // backoff); the client's first submit after the restart may fail.
+    wait_until(
+        LIMIT,
+        "the Injector and the worker to register again",
+        || async {
+            gearmand.workers(INJECT_JOBS).await > 0 && gearmand.workers("ll_again").await > 0
+        },
+    )
+    .await;
+    let mut answered = false;
+    for _ in 0..20 {
+        if let Ok(Outcome::Complete(_)) = client
+            .submit(
+                INJECT_JOBS,
+                "",
+                Bytes::from(r#"{"funcname":"ll_again","arg":"after"}"#),
+            )
+            .await
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered, "inject_jobs never answered after the restart");
+    wait_until(
+        LIMIT,
+        "the job injected after the restart to run",
+        || async { db.count("1").await == 0 },
+    )
+    .await;
+    assert_eq!(worker.count(), 2);
+}
