@@ -395,16 +395,28 @@ impl Store {
         let db = self.db(dbid)?;
         self.run(db, move || async move {
             let mut tx = db.pool.start_transaction(tx_opts()).await?;
+            // The read is at READ COMMITTED without gap locks: a row another
+            // claimer leased between our index read and our row lock can
+            // come back with its new run_after. The locked row's current
+            // run_after is what counts, so such rows are left alone.
+            let now: u32 = tx
+                .query_first("SELECT UNIX_TIMESTAMP()")
+                .await?
+                .unwrap_or_default();
             let rows: Vec<JobRow> = tx
                 .exec(
                     format!(
-                        "SELECT {COLUMNS} FROM job WHERE run_after <= UNIX_TIMESTAMP() \
+                        "SELECT {COLUMNS} FROM job WHERE run_after <= ? \
                          ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
                     ),
-                    (limit as u64,),
+                    (now, limit as u64),
                 )
                 .await?;
-            let due: Vec<Job> = rows.into_iter().map(|r| r.into_job(dbid)).collect();
+            let due: Vec<Job> = rows
+                .into_iter()
+                .map(|r| r.into_job(dbid))
+                .filter(|job| job.run_after <= now)
+                .collect();
             let decisions = admit(&due);
             let mut claim = Claim::default();
             let mut later: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
