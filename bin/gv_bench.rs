@@ -1152,6 +1152,22 @@ impl Bench {
                 latency: None,
             },
         );
+        self.inject_until_drained(env, m, args, n, "inserted", "insert_jobs_per_s")
+            .await
+    }
+
+    /// Runs gv_inject with `args` and waits until the table is empty:
+    /// end-to-end jobs/s from gv_inject's start, and the submit rate it
+    /// printed (`verb` = "inserted" or "injected") under `rate_key`.
+    async fn inject_until_drained(
+        &self,
+        env: &mut Env,
+        m: &mut Metrics,
+        args: Vec<String>,
+        n: u64,
+        verb: &str,
+        rate_key: &'static str,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut inject = self.spawn(env, "gv_inject", &self.gv_inject, args)?;
         let end = self.wait_done(env, Some(&mut inject)).await?;
@@ -1159,10 +1175,7 @@ impl Bench {
         m.extend([
             ("jobs_per_s", n as f64 / elapsed.as_secs_f64()),
             ("seconds", elapsed.as_secs_f64()),
-            (
-                "insert_jobs_per_s",
-                parse_rate(&inject.stdout(), "inserted", n)?,
-            ),
+            (rate_key, parse_rate(&inject.stdout(), verb, n)?),
         ]);
         Ok(())
     }
@@ -1273,19 +1286,8 @@ impl Bench {
                 latency: None,
             },
         );
-        let start = Instant::now();
-        let mut inject = self.spawn(env, "gv_inject", &self.gv_inject, args)?;
-        let end = self.wait_done(env, Some(&mut inject)).await?;
-        let elapsed = end - start;
-        m.extend([
-            ("jobs_per_s", n as f64 / elapsed.as_secs_f64()),
-            ("seconds", elapsed.as_secs_f64()),
-            (
-                "inject_jobs_per_s",
-                parse_rate(&inject.stdout(), "injected", n)?,
-            ),
-        ]);
-        Ok(())
+        self.inject_until_drained(env, m, args, n, "injected", "inject_jobs_per_s")
+            .await
     }
 
     /// Scenario 4: latency at the offered rate.

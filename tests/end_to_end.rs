@@ -7,21 +7,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{run_bin, wait_until, Gearmand, Proc, TestDb};
+use common::{recorded_runs, run_bin, wait_until, Gearmand, Proc, TestDb};
 
 const DRAIN: Duration = Duration::from_secs(180);
-
-/// (dbid, jobid) of every line gv_consume recorded, with how often.
-fn recorded(path: &std::path::Path) -> HashMap<(u32, u64), usize> {
-    let mut runs = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let mut parts = line.split_whitespace();
-        let dbid = parts.next().unwrap().parse().unwrap();
-        let jobid = parts.next().unwrap().parse().unwrap();
-        *runs.entry((dbid, jobid)).or_insert(0) += 1;
-    }
-    runs
-}
 
 /// A `garivini queuerunner` on `db` and `gearmand`, polling every 0.2 s.
 fn queuerunner(db: &TestDb, gearmand: &Gearmand, extra: &[&str]) -> Proc {
@@ -67,12 +55,7 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
         "{stdout}"
     );
     // What counts is what the database holds, not what the client hoped.
-    let committed: HashSet<(u32, u64)> = db
-        .query::<u64>("SELECT jobid FROM job")
-        .await
-        .into_iter()
-        .map(|id| (1, id))
-        .collect();
+    let committed: HashSet<(u32, u64)> = db.jobids().await;
     assert_eq!(committed.len() as u64, count);
 
     let mut procs = Vec::new();
@@ -107,8 +90,8 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
 
     let mut runs: HashMap<(u32, u64), usize> = HashMap::new();
     for record in &records {
-        for (job, n) in recorded(record) {
-            *runs.entry(job).or_insert(0) += n;
+        for job in recorded_runs(record) {
+            *runs.entry(job).or_insert(0) += 1;
         }
     }
     let missing: Vec<_> = committed.iter().filter(|j| !runs.contains_key(j)).collect();

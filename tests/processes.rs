@@ -8,23 +8,9 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{run_bin, wait_until, Gearmand, Proc, TestDb};
+use common::{recorded_runs, run_bin, wait_until, Gearmand, Proc, TestDb};
 
 const DRAIN: Duration = Duration::from_secs(90);
-
-fn recorded(path: &std::path::Path) -> Vec<(u32, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut p = l.split_whitespace();
-            (
-                p.next().unwrap().parse().unwrap(),
-                p.next().unwrap().parse().unwrap(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn killing_the_controller_mid_run_loses_no_job() {
@@ -66,12 +52,7 @@ async fn killing_the_controller_mid_run_loses_no_job() {
     assert!(status.success(), "gv_inject: {err}");
     assert!(out.starts_with("injected 300 jobs"), "{out}");
     // Every acknowledged job is a row: count them from the database.
-    let committed: HashSet<(u32, u64)> = db
-        .query::<u64>("SELECT jobid FROM job")
-        .await
-        .into_iter()
-        .map(|id| (1, id))
-        .collect();
+    let committed: HashSet<(u32, u64)> = db.jobids().await;
     assert_eq!(committed.len(), 300);
 
     let _worker = Proc::spawn(
@@ -97,7 +78,7 @@ async fn killing_the_controller_mid_run_loses_no_job() {
         &with(&["controller", "--lease", "3", "--concurrency", "16"]),
     );
     wait_until(DRAIN, "some jobs to run", || async {
-        recorded(std::path::Path::new(record)).len() >= 40
+        recorded_runs(std::path::Path::new(record)).len() >= 40
     })
     .await;
     controller.kill();
@@ -112,7 +93,7 @@ async fn killing_the_controller_mid_run_loses_no_job() {
     })
     .await;
 
-    let runs = recorded(std::path::Path::new(record));
+    let runs = recorded_runs(std::path::Path::new(record));
     let ran: HashSet<(u32, u64)> = runs.iter().copied().collect();
     let missing: Vec<_> = committed.difference(&ran).collect();
     assert!(

@@ -125,6 +125,15 @@ impl TestDb {
             .await[0]
     }
 
+    /// (dbid 1, jobid) of every row: the jobs that were committed.
+    pub async fn jobids(&self) -> std::collections::HashSet<(u32, u64)> {
+        self.query::<u64>("SELECT jobid FROM job")
+            .await
+            .into_iter()
+            .map(|id| (1, id))
+            .collect()
+    }
+
     pub async fn now(&self) -> u32 {
         self.query::<u32>("SELECT UNIX_TIMESTAMP()").await[0]
     }
@@ -151,6 +160,20 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The `DBID JOBID` lines that `gv_consume --record` wrote, in order (a job
+/// run twice appears twice).
+pub fn recorded_runs(path: &std::path::Path) -> Vec<(u32, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            let mut field = || p.next().expect("two fields").parse().expect("a number");
+            (field() as u32, field())
+        })
+        .collect()
 }
 
 /// A free loopback port (bound then released).
