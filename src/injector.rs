@@ -234,7 +234,8 @@ pub struct Injector {
 /// One request's jobs, waiting to be stored with others' (group commit).
 struct PendingInsert {
     jobs: Vec<NewJob>,
-    reply: oneshot::Sender<Result<Vec<JobRef>>>,
+    /// The jobs come back with the outcome: the request dispatches them.
+    reply: oneshot::Sender<(Vec<NewJob>, Result<Vec<JobRef>>)>,
 }
 
 /// Requests stored in one transaction, at most.
@@ -255,25 +256,28 @@ async fn insert_batch(store: &Store, batch: Vec<PendingInsert>) {
     }
     let outcome = store.insert(&all).await;
     let mut jobs = all.into_iter();
+    let mut own = |n: usize| -> Vec<NewJob> { jobs.by_ref().take(n).collect() };
     match outcome {
         Ok(refs) => {
             let mut refs = refs.into_iter();
             for (reply, n) in replies.into_iter().zip(sizes) {
-                let _ = reply.send(Ok(refs.by_ref().take(n).collect()));
+                let _ = reply.send((own(n), Ok(refs.by_ref().take(n).collect())));
             }
         }
         Err(err) if replies.len() > 1 && !err.is_connection_fault() => {
             for (reply, n) in replies.into_iter().zip(sizes) {
-                let own: Vec<NewJob> = jobs.by_ref().take(n).collect();
-                let _ = reply.send(store.insert(&own).await);
+                let jobs = own(n);
+                let outcome = store.insert(&jobs).await;
+                let _ = reply.send((jobs, outcome));
             }
         }
         Err(err) => {
             let reason = err.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(Error::GroupFailed {
+            for (reply, n) in replies.into_iter().zip(sizes) {
+                let failed = Error::GroupFailed {
                     reason: reason.clone(),
-                }));
+                };
+                let _ = reply.send((own(n), Err(failed)));
             }
         }
     }
@@ -332,11 +336,12 @@ impl Injector {
             reason: "the injector is shutting down".into(),
         };
         let pending = PendingInsert {
-            jobs: request.jobs.clone(),
+            jobs: request.jobs,
             reply,
         };
         self.inserts.send(pending).await.map_err(|_| stopped())?;
-        let refs = answer.await.map_err(|_| stopped())??;
+        let (jobs, refs) = answer.await.map_err(|_| stopped())?;
+        let refs = refs?;
 
         let answer: Vec<Value> = refs
             .iter()
@@ -351,7 +356,7 @@ impl Injector {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as u32;
-        for ((job, r), go) in request.jobs.into_iter().zip(refs).zip(dispatch) {
+        for ((job, r), go) in jobs.into_iter().zip(refs).zip(dispatch) {
             if go {
                 let job = Job {
                     dbid: r.dbid,
