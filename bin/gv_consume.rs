@@ -17,6 +17,7 @@ use bytes::Bytes;
 use clap::Parser;
 use common::Mode;
 use garivini::gearman::{serve, Assignment, WorkResult};
+use garivini::outage::Outage;
 use garivini::{Client, Job};
 use tokio::io::AsyncWriteExt as _;
 
@@ -86,6 +87,8 @@ struct Worker {
     latency: Option<LineLog>,
     done: AtomicU64,
     failed: AtomicU64,
+    /// Rows that cannot be finished while the database is away.
+    rows: Outage,
 }
 
 impl Worker {
@@ -133,6 +136,7 @@ impl Worker {
         } else {
             client.failed_job(&job).await.map(Some)
         };
+        self.rows.track(&outcome);
         match outcome {
             Ok(None) => {
                 self.done.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +149,9 @@ impl Worker {
             }
             Err(err) => {
                 // The row stays leased; the job runs again after the lease.
-                tracing::warn!(job.id = job.jobid, db.id = job.dbid, error = %err, "cannot finish the row");
+                if !err.is_connection_fault() {
+                    tracing::warn!(job.id = job.jobid, db.id = job.dbid, error = %err, "cannot finish the row");
+                }
                 WorkResult::Fail
             }
         }
@@ -191,6 +197,9 @@ fn main() {
             latency: LineLog::open(&cli.latency_file)?,
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            rows: Outage::new(
+                "cannot finish rows: database unreachable; the jobs run again after their lease",
+            ),
         });
         let shutdown = common::shutdown_on_signal();
         let reporter = tokio::spawn(report(worker.clone(), shutdown.clone()));

@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,8 @@ use bytes::Bytes;
 use clap::Parser;
 use common::Mode;
 use garivini::gearman::{ForegroundClient, Outcome};
-use garivini::injector::INJECT_JOBS;
-use garivini::{Client, NewJob};
+use garivini::injector::{answer_refs, INJECT_JOBS};
+use garivini::{Client, JobRef, NewJob};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -64,6 +64,14 @@ struct Cli {
     /// Seconds to wait for every job to start, with --latency-file.
     #[arg(long, default_value_t = 120)]
     latency_wait: u64,
+    /// Append a line `DBID JOBID` to this file for each acknowledged job.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// On a failed submit, report it and go on with the next jobs instead
+    /// of stopping (the failed jobs are not retried); exits 0 and prints
+    /// how many jobs failed.
+    #[arg(long)]
+    keep_going: bool,
 }
 
 impl Cli {
@@ -109,21 +117,21 @@ enum Sink {
 }
 
 impl Sink {
-    async fn submit(&self, cli: &Cli, seqs: std::ops::Range<u64>) -> anyhow::Result<()> {
-        match self {
+    /// Submits jobs `seqs`; answers the acknowledged (committed) jobs.
+    async fn submit(&self, cli: &Cli, seqs: std::ops::Range<u64>) -> anyhow::Result<Vec<JobRef>> {
+        Ok(match self {
             Sink::Database(client) => {
                 let jobs: Vec<NewJob> = seqs.map(|seq| cli.job(seq)).collect();
-                client.insert_jobs(&jobs).await?;
+                client.insert_jobs(&jobs).await?
             }
             Sink::Injector(fg) => match fg.submit(INJECT_JOBS, "", cli.inject_request(seqs)).await?
             {
-                Outcome::Complete(_) => {}
+                Outcome::Complete(answer) => answer_refs(&answer)?,
                 Outcome::Fail(reason) | Outcome::Exception(reason) => {
                     anyhow::bail!("inject_jobs failed: {}", String::from_utf8_lossy(&reason))
                 }
             },
-        }
-        Ok(())
+        })
     }
 }
 
@@ -145,6 +153,19 @@ fn main() {
             std::fs::write(path, b"")
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        let record = match &cli.record {
+            Some(path) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let record = Arc::new(record);
+        let failed = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
 
         let bar = ProgressBar::new(cli.count).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
@@ -158,12 +179,15 @@ fn main() {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..cli.concurrency {
-            let (cli, sink, next, bar, acks) = (
+            let (cli, sink, next, bar, acks, record, failed, failing) = (
                 cli.clone(),
                 sink.clone(),
                 next.clone(),
                 bar.clone(),
                 acks.clone(),
+                record.clone(),
+                failed.clone(),
+                failing.clone(),
             );
             tasks.spawn(async move {
                 loop {
@@ -178,8 +202,40 @@ fn main() {
                     }
                     let to = (from + cli.batch as u64).min(cli.count);
                     let sent = Instant::now();
-                    sink.submit(&cli, from..to).await?;
+                    let refs = match sink.submit(&cli, from..to).await {
+                        Ok(refs) => {
+                            if failing.swap(false, Ordering::Relaxed) {
+                                bar.suspend(|| eprintln!("gv_inject: submits succeed again"));
+                            }
+                            refs
+                        }
+                        Err(err) if cli.keep_going => {
+                            // Once per run of failures, not once per job.
+                            if !failing.swap(true, Ordering::Relaxed) {
+                                bar.suspend(|| {
+                                    eprintln!("gv_inject: jobs {from}..{to}: {err}; going on")
+                                });
+                            }
+                            failed.fetch_add(to - from, Ordering::Relaxed);
+                            bar.inc(to - from);
+                            // Do not spin through the rest while a server is away.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    };
                     acks.lock().unwrap().push(sent.elapsed().as_micros() as u64);
+                    if let Some(file) = record.as_ref() {
+                        use std::io::Write as _;
+                        let lines: String = refs
+                            .iter()
+                            .map(|r| format!("{} {}\n", r.dbid, r.jobid))
+                            .collect();
+                        file.lock()
+                            .unwrap()
+                            .write_all(lines.as_bytes())
+                            .context("cannot write the --record file")?;
+                    }
                     bar.inc(to - from);
                 }
             });
@@ -193,12 +249,15 @@ fn main() {
             Mode::Throughput => "inserted",
             Mode::Lowlatency => "injected",
         };
+        let failed = failed.load(Ordering::Relaxed);
+        let done = cli.count - failed;
         println!(
-            "{verb} {} jobs in {:.2} s: {:.0} jobs/s",
-            cli.count,
-            secs,
-            cli.count as f64 / secs.max(1e-9)
+            "{verb} {done} jobs in {secs:.2} s: {:.0} jobs/s",
+            done as f64 / secs.max(1e-9)
         );
+        if failed > 0 {
+            println!("{failed} jobs failed (--keep-going)");
+        }
         let acks = std::mem::take(&mut *acks.lock().unwrap());
         println!("{}", latency_line("submit->ack (committed)", acks));
         if let Some(path) = &cli.latency_file {

@@ -40,7 +40,8 @@ pub enum Retry {
 
 struct Completion {
     job: JobRef,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Ok, or why the DELETE failed and whether the database was away.
+    done: oneshot::Sender<Result<(), (String, bool)>>,
 }
 
 /// A handle for storing and finishing jobs. Cheap to clone; clones share
@@ -116,7 +117,11 @@ impl Client {
         answer
             .await
             .map_err(|_| lost())?
-            .map_err(|reason| Error::CompletionFailed { job, reason })
+            .map_err(|(reason, connection_fault)| Error::CompletionFailed {
+                job,
+                reason,
+                connection_fault,
+            })
     }
 
     /// Sets when a job runs again, keeping its failcount.
@@ -160,7 +165,10 @@ async fn flush(store: &Store, batch: Vec<Completion>) {
     }
     for (dbid, completions) in by_db {
         let ids: Vec<u64> = completions.iter().map(|c| c.job.jobid).collect();
-        let outcome = store.delete(dbid, &ids).await.map_err(|e| e.to_string());
+        let outcome = store
+            .delete(dbid, &ids)
+            .await
+            .map_err(|e| (e.to_string(), e.is_connection_fault()));
         for c in completions {
             // The caller may have gone away; its row is deleted all the same.
             let _ = c.done.send(outcome.clone().map(|_| ()));

@@ -23,6 +23,7 @@ use crate::gearman::{
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::Job;
+use crate::outage::Outage;
 use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::store::JobRef;
 
@@ -98,6 +99,11 @@ pub struct Controller {
     /// When gearmand's status was read, and the functions it showed with
     /// workers.
     served: Mutex<(Instant, HashSet<String>)>,
+    /// Row updates failing because the database is away: one warning per
+    /// outage, not one per job.
+    rows: Outage,
+    /// Running jobs lost with a gearmand connection: one warning per outage.
+    lost: Outage,
 }
 
 /// How long a status read from gearmand is trusted.
@@ -122,6 +128,12 @@ impl Controller {
                     .unwrap_or_else(Instant::now),
                 HashSet::new(),
             )),
+            rows: Outage::new(
+                "controller cannot update job rows; they run again after their lease",
+            ),
+            lost: Outage::new(
+                "controller lost track of running jobs; they run again after their lease",
+            ),
         }))
     }
 
@@ -145,17 +157,17 @@ impl Controller {
             jobid: job.jobid,
         };
         if !self.has_worker(&job.funcname).await {
-            return match self
+            let released = self
                 .client
                 .store()
                 .release(r.dbid, &[r.jobid], self.config.no_worker_delay)
-                .await
-            {
-                Ok(()) => Ran::NoWorker,
-                Err(err) => {
-                    tracing::warn!(error = %err, "no worker for the job, and its row could not be put back");
-                    Ran::Unknown
-                }
+                .await;
+            return match self.row_update(
+                released,
+                "no worker for the job, and its row could not be put back",
+            ) {
+                Some(()) => Ran::NoWorker,
+                None => Ran::Unknown,
             };
         }
         let unique = gearman_unique(job.uniqkey.as_deref());
@@ -168,35 +180,51 @@ impl Controller {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = tokio::time::sleep(beat) => {
-                    if let Err(err) = self.client.store().extend_lease(r, self.config.lease).await {
-                        tracing::warn!(error = %err, "cannot extend the lease of a running job");
-                    }
+                    let extended = self.client.store().extend_lease(r, self.config.lease).await;
+                    self.row_update(extended, "cannot extend the lease of a running job");
                 }
             }
         };
+        match &outcome {
+            Ok(_) => self.lost.ended(),
+            Err(err) => self.lost.failed(err),
+        }
         match outcome {
-            Ok(Outcome::Complete(_)) => match self.client.complete_job(&job).await {
-                Ok(()) => Ran::Completed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "job done but its row remains; it runs again after its lease");
-                    Ran::Unknown
+            Ok(Outcome::Complete(_)) => {
+                let completed = self.client.complete_job(&job).await;
+                match self.row_update(
+                    completed,
+                    "job done but its row remains; it runs again after its lease",
+                ) {
+                    Some(()) => Ran::Completed,
+                    None => Ran::Unknown,
                 }
-            },
+            }
             Ok(Outcome::Fail(_) | Outcome::Exception(_)) => {
-                match self.client.failed_job(&job).await {
-                    Ok(retry) => {
+                let failed = self.client.failed_job(&job).await;
+                match self.row_update(failed, "job failed and its row could not be rescheduled") {
+                    Some(retry) => {
                         tracing::info!(?retry, "job failed");
                         Ran::Failed(retry)
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "job failed and its row could not be rescheduled");
-                        Ran::Unknown
-                    }
+                    None => Ran::Unknown,
                 }
             }
+            Err(_) => Ran::Unknown,
+        }
+    }
+
+    /// The value of a row update, or None after logging why it failed: an
+    /// unreachable database once per outage, anything else per job.
+    fn row_update<T>(&self, result: Result<T>, what: &str) -> Option<T> {
+        self.rows.track(&result);
+        match result {
+            Ok(value) => Some(value),
             Err(err) => {
-                tracing::warn!(error = %err, "lost track of a running job; it runs again after its lease");
-                Ran::Unknown
+                if !err.is_connection_fault() {
+                    tracing::warn!(error = %err, "{what}");
+                }
+                None
             }
         }
     }

@@ -105,6 +105,8 @@ pub enum Error {
         job: crate::store::JobRef,
         /// Why.
         reason: String,
+        /// Whether the database was unreachable (not the statement refused).
+        connection_fault: bool,
     },
     /// The completion batcher is gone (the runtime is shutting down).
     #[error("completing job {}:{} was not confirmed: the client is shutting down", job.dbid, job.jobid)]
@@ -131,6 +133,8 @@ pub enum Error {
     GroupFailed {
         /// What failed, as the shared statement's error said.
         reason: String,
+        /// Whether the database was unreachable (not the statement refused).
+        connection_fault: bool,
     },
     /// A Gearman conversation failed.
     #[error("gearmand {server}: {source}")]
@@ -165,6 +169,12 @@ impl Error {
     pub fn is_connection_fault(&self) -> bool {
         match self {
             Error::DbTimeout { .. } => true,
+            Error::GroupFailed {
+                connection_fault, ..
+            }
+            | Error::CompletionFailed {
+                connection_fault, ..
+            } => *connection_fault,
             Error::Db { source, .. } => !matches!(source, mysql_async::Error::Server(_)),
             _ => false,
         }

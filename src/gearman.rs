@@ -16,13 +16,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use gearman::protocol::{GearmanCodec, Packet, PacketType};
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::outage::Outage;
 
 /// How long a connect to gearmand may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -307,7 +307,13 @@ pub async fn serve<H, F>(
                 shutdown.clone(),
             );
             tasks.spawn(async move {
-                let mut outage = Outage::new("gearmand unreachable for worker");
+                // The first connection to a server speaks for all of them.
+                const WHAT: &str = "gearmand unreachable for worker";
+                let outage = if c == 0 {
+                    Outage::new(WHAT)
+                } else {
+                    Outage::quiet(WHAT)
+                };
                 while !shutdown.is_cancelled() {
                     let session = WorkSession {
                         server: &server,
@@ -317,7 +323,7 @@ pub async fn serve<H, F>(
                         shutdown: &shutdown,
                         shutdown_timeout,
                     };
-                    match session.run(&mut outage).await {
+                    match session.run(&outage).await {
                         Ok(()) => break,
                         Err(err) => {
                             outage.failed(&err);
@@ -356,7 +362,7 @@ where
     /// in hand answered), Err when the connection is lost. Jobs still
     /// running then finish on their own; gearmand gives their Gearman jobs
     /// to another worker.
-    async fn run(&self, outage: &mut Outage) -> Result<()> {
+    async fn run(&self, outage: &Outage) -> Result<()> {
         let server = self.server;
         let err = |e| gearman_err(server, e);
         let mut conn = connect(server).await?;
@@ -547,7 +553,7 @@ impl ForegroundClient {
 /// come; JOB_CREATED answers arrive in submit order and tie each waiter to
 /// its handle; WORK_* packets then end the job with that handle.
 async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
-    let mut outage = Outage::new("gearmand unreachable for foreground jobs");
+    let outage = Outage::new("gearmand unreachable for foreground jobs");
     while let Some(first) = rx.recv().await {
         let mut conn = match connect_foreground(&server).await {
             Ok(conn) => conn,
@@ -680,75 +686,9 @@ async fn connect_foreground(server: &str) -> Result<Conn> {
     Ok(conn)
 }
 
-/// Tracks one outage of a remote service: logs its start once and its end
-/// once, and gives the next retry delay (exponential, capped, jittered).
-pub struct Outage {
-    what: &'static str,
-    failures: u32,
-}
-
-/// First retry delay after a failure.
-pub const RETRY_BASE: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const RETRY_CAP: Duration = Duration::from_secs(5);
-
-impl Outage {
-    /// A tracker whose log lines say `what`.
-    pub fn new(what: &'static str) -> Outage {
-        Outage { what, failures: 0 }
-    }
-
-    /// Records a failure; the first one of an outage is logged.
-    pub fn failed(&mut self, err: &Error) {
-        if self.failures == 0 {
-            tracing::warn!(error = %err, "{}", self.what);
-        } else {
-            tracing::debug!(error = %err, failures = self.failures, "{}", self.what);
-        }
-        self.failures = self.failures.saturating_add(1);
-    }
-
-    /// Records a success; ends the outage if there was one.
-    pub fn ended(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "{}: recovered", self.what);
-            self.failures = 0;
-        }
-    }
-
-    /// Whether an outage is going on.
-    pub fn is_down(&self) -> bool {
-        self.failures > 0
-    }
-
-    /// How long to wait before the next try: doubling from
-    /// [`RETRY_BASE`], at most [`RETRY_CAP`], with up to 50 % jitter so
-    /// that many processes do not retry in step.
-    pub fn delay(&self) -> Duration {
-        let exp = self.failures.saturating_sub(1).min(16);
-        let full = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
-        full.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delay_grows_and_stays_under_the_cap() {
-        let mut o = Outage::new("test");
-        let err = Error::NoGearmand;
-        o.failed(&err);
-        assert!(o.delay() <= RETRY_BASE);
-        for _ in 0..40 {
-            o.failed(&err);
-        }
-        let d = o.delay();
-        assert!(d <= RETRY_CAP && d >= RETRY_CAP / 2, "{d:?}");
-        o.ended();
-        assert!(!o.is_down());
-    }
 
     #[test]
     fn long_unique_keys_are_not_sent_to_gearmand() {

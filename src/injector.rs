@@ -27,6 +27,7 @@ use crate::gearman::{
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{Flag, Job, NewJob, MAX_DELAY};
+use crate::outage::Outage;
 use crate::queue_runner::{
     DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
 };
@@ -229,6 +230,8 @@ pub struct Injector {
     dispatch: mpsc::Sender<Job>,
     dispatch_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
     inserts: mpsc::Sender<PendingInsert>,
+    /// Requests refused because the database is away: one warning per outage.
+    db_outage: Outage,
 }
 
 /// One request's jobs, waiting to be stored with others' (group commit).
@@ -272,10 +275,11 @@ async fn insert_batch(store: &Store, batch: Vec<PendingInsert>) {
             }
         }
         Err(err) => {
-            let reason = err.to_string();
+            let (reason, connection_fault) = (err.to_string(), err.is_connection_fault());
             for (reply, n) in replies.into_iter().zip(sizes) {
                 let failed = Error::GroupFailed {
                     reason: reason.clone(),
+                    connection_fault,
                 };
                 let _ = reply.send((own(n), Err(failed)));
             }
@@ -310,6 +314,7 @@ impl Injector {
             depth: Arc::new(Depth::default()),
             dispatch: tx,
             dispatch_rx: std::sync::Mutex::new(Some(rx)),
+            db_outage: Outage::new("inject_jobs refused: database unreachable"),
         }))
     }
 
@@ -334,6 +339,7 @@ impl Injector {
         let (reply, answer) = oneshot::channel();
         let stopped = || Error::GroupFailed {
             reason: "the injector is shutting down".into(),
+            connection_fault: false,
         };
         let pending = PendingInsert {
             jobs: request.jobs,
@@ -415,10 +421,14 @@ impl Injector {
             move |a| {
                 let me = me.clone();
                 async move {
-                    match me.inject(&a.data).await {
+                    let outcome = me.inject(&a.data).await;
+                    me.db_outage.track(&outcome);
+                    match outcome {
                         Ok(answer) => WorkResult::Complete(answer),
                         Err(err) => {
-                            tracing::warn!(error = %err, "inject_jobs refused");
+                            if !err.is_connection_fault() {
+                                tracing::warn!(error = %err, "inject_jobs refused");
+                            }
                             WorkResult::FailWith(Bytes::from(err.to_string()))
                         }
                     }

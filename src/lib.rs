@@ -24,6 +24,8 @@
 //!   real function in the foreground and completes or fails the row.
 //! - [`config`]: parsing of the database and gearmand lists.
 //! - [`error`]: the one error type.
+//! - [`outage`]: riding out a database or gearmand outage: one warning per
+//!   outage, capped and jittered retries.
 //!
 //! Storing a job and, in a worker, completing it:
 //!
@@ -58,6 +60,7 @@ pub mod error;
 pub mod gearman;
 pub mod injector;
 pub mod job;
+pub mod outage;
 pub mod queue_runner;
 pub mod store;
 

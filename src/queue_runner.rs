@@ -17,10 +17,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::gearman::{
-    function_status, gearman_unique, BackgroundJob, FunctionLoad, Outage, Submitter,
-};
+use crate::gearman::{function_status, gearman_unique, BackgroundJob, FunctionLoad, Submitter};
 use crate::job::{Flag, Job};
+use crate::outage::Outage;
 use crate::store::Store;
 
 /// How long a dispatched row is leased before it is due again (seconds).

@@ -323,6 +323,33 @@ impl Proc {
         }
     }
 
+    /// Like `spawn`, with stderr (the log) appended to the file `log`.
+    pub fn spawn_logged(name: &str, args: &[&str], log: &std::path::Path) -> Proc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", log.display()));
+        let child = bin(name)
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
+    /// Whether it is still running (false once it has exited).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
     /// Takes charge of a child process of any program: killed on drop, so
     /// that a failing test leaves nothing running.
     pub fn adopt(name: &str, child: Child) -> Proc {

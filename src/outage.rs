@@ -1,0 +1,111 @@
+//! Riding out an outage of a remote service (a database, gearmand): log
+//! its start once and its end once, however many calls fail in between,
+//! and space the retries (exponential, capped, jittered).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::Rng as _;
+
+use crate::Error;
+
+/// First retry delay after a failure.
+pub const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+pub const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// Tracks one outage of a remote service. Shared by reference: every task
+/// that uses the service reports to the same tracker, so an outage that
+/// fails a thousand jobs is still one warning and one recovery line.
+pub struct Outage {
+    what: &'static str,
+    failures: AtomicU32,
+    quiet: bool,
+}
+
+impl Outage {
+    /// A tracker whose log lines say `what`.
+    pub fn new(what: &'static str) -> Outage {
+        Outage {
+            what,
+            failures: AtomicU32::new(0),
+            quiet: false,
+        }
+    }
+
+    /// A tracker that logs only at debug level: for one of several
+    /// connections to a server, whose first connection already tells.
+    pub fn quiet(what: &'static str) -> Outage {
+        Outage {
+            quiet: true,
+            ..Outage::new(what)
+        }
+    }
+
+    /// Records a failure; the first one of an outage is logged as a warning.
+    pub fn failed(&self, err: &Error) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed);
+        if failures == 0 && !self.quiet {
+            tracing::warn!(error = %err, "{}", self.what);
+        } else {
+            tracing::debug!(error = %err, failures, "{}", self.what);
+        }
+    }
+
+    /// Records a success; ends the outage if there was one.
+    pub fn ended(&self) {
+        let failures = self.failures.swap(0, Ordering::Relaxed);
+        if failures > 0 && !self.quiet {
+            tracing::info!(failures, "{}: recovered", self.what);
+        }
+    }
+
+    /// Whether an outage is going on.
+    pub fn is_down(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// How long to wait before the next try: doubling from [`RETRY_BASE`],
+    /// at most [`RETRY_CAP`], with up to 50 % jitter so that many
+    /// processes do not retry in step.
+    pub fn delay(&self) -> Duration {
+        let exp = self
+            .failures
+            .load(Ordering::Relaxed)
+            .saturating_sub(1)
+            .min(16);
+        let full = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
+        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    /// Reports `result` of a call to the service: a connection fault is
+    /// part of the outage, a success ends it; other errors are the call's
+    /// own and are left to the caller.
+    pub fn track<T>(&self, result: &crate::Result<T>) {
+        match result {
+            Ok(_) => self.ended(),
+            Err(err) if err.is_connection_fault() => self.failed(err),
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_stays_under_the_cap() {
+        let o = Outage::new("test");
+        let err = Error::NoGearmand;
+        o.failed(&err);
+        assert!(o.delay() <= RETRY_BASE);
+        for _ in 0..40 {
+            o.failed(&err);
+        }
+        let d = o.delay();
+        assert!(d <= RETRY_CAP && d >= RETRY_CAP / 2, "{d:?}");
+        o.ended();
+        assert!(!o.is_down());
+    }
+}
