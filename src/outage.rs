@@ -3,7 +3,8 @@
 //! and space the retries (exponential, capped, jittered).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 
@@ -13,13 +14,24 @@ use crate::Error;
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const RETRY_CAP: Duration = Duration::from_secs(5);
+/// How long after its last failure a success ends an outage. Calls that
+/// were under way when the service went away still succeed for a moment;
+/// without this, each of them would end the outage and the next failure
+/// would start, and log, a new one.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// A failure this long after the last one starts a new outage even if no
+/// success was seen in between.
+pub const FORGET: Duration = Duration::from_secs(60);
 
 /// Tracks one outage of a remote service. Shared by reference: every task
 /// that uses the service reports to the same tracker, so an outage that
 /// fails a thousand jobs is still one warning and one recovery line.
 pub struct Outage {
     what: &'static str,
+    /// Failures since the last success: the retry delay grows with them.
     failures: AtomicU32,
+    /// When the outage being logged last failed; None while none is.
+    last_failure: Mutex<Option<Instant>>,
     quiet: bool,
 }
 
@@ -29,6 +41,7 @@ impl Outage {
         Outage {
             what,
             failures: AtomicU32::new(0),
+            last_failure: Mutex::new(None),
             quiet: false,
         }
     }
@@ -45,18 +58,26 @@ impl Outage {
     /// Records a failure; the first one of an outage is logged as a warning.
     pub fn failed(&self, err: &Error) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed);
-        if failures == 0 && !self.quiet {
+        let mut last = self.last_failure.lock().unwrap();
+        let new = last.is_none_or(|at| at.elapsed() > FORGET);
+        *last = Some(Instant::now());
+        if new && !self.quiet {
             tracing::warn!(error = %err, "{}", self.what);
         } else {
             tracing::debug!(error = %err, failures, "{}", self.what);
         }
     }
 
-    /// Records a success; ends the outage if there was one.
+    /// Records a success; ends the outage once no failure has come for
+    /// [`SETTLE`].
     pub fn ended(&self) {
-        let failures = self.failures.swap(0, Ordering::Relaxed);
-        if failures > 0 && !self.quiet {
-            tracing::info!(failures, "{}: recovered", self.what);
+        self.failures.store(0, Ordering::Relaxed);
+        let mut last = self.last_failure.lock().unwrap();
+        if last.is_some_and(|at| at.elapsed() >= SETTLE) {
+            *last = None;
+            if !self.quiet {
+                tracing::info!("{}: recovered", self.what);
+            }
         }
     }
 
@@ -107,5 +128,16 @@ mod tests {
         assert!(d <= RETRY_CAP && d >= RETRY_CAP / 2, "{d:?}");
         o.ended();
         assert!(!o.is_down());
+    }
+
+    #[test]
+    fn a_success_right_after_a_failure_does_not_end_the_outage() {
+        let o = Outage::new("test");
+        o.failed(&Error::NoGearmand);
+        o.ended();
+        assert!(
+            o.last_failure.lock().unwrap().is_some(),
+            "a call under way when the service went away must not end the outage"
+        );
     }
 }

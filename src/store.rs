@@ -16,6 +16,7 @@ use rand::Rng;
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::job::{Flag, Job, NewJob, When, NEVER};
+use crate::outage::Outage;
 
 /// How long a database that failed is avoided for keyless inserts.
 pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
@@ -56,6 +57,8 @@ struct Db {
     /// Set when an operation failed for a reason that is the database's
     /// (connection, timeout), not the request's.
     failed_at: Mutex<Option<Instant>>,
+    /// Logs its outages, once each.
+    outage: Outage,
     /// The server's auto_increment_increment, once read (0 = not yet).
     id_step: std::sync::atomic::AtomicU64,
 }
@@ -110,6 +113,9 @@ impl Store {
                     pool: Pool::new(opts),
                     cfg,
                     failed_at: Mutex::new(None),
+                    outage: Outage::new(
+                        "database unreachable; keyless inserts avoid it for a while",
+                    ),
                     id_step: Default::default(),
                 })
             })
@@ -205,19 +211,11 @@ impl Store {
         Fut: std::future::Future<Output = mysql_async::Result<T>>,
     {
         let outcome = self.attempt(db, op).await;
+        db.outage.track(&outcome);
         let mut failed_at = db.failed_at.lock().unwrap();
         match &outcome {
-            Ok(_) => {
-                if failed_at.take().is_some() {
-                    tracing::info!(db.id = db.cfg.dbid, "database is back");
-                }
-            }
-            Err(err) if err.is_connection_fault() => {
-                if failed_at.is_none() {
-                    tracing::warn!(db.id = db.cfg.dbid, error = %err, "database failed, avoiding it for keyless inserts");
-                }
-                *failed_at = Some(Instant::now());
-            }
+            Ok(_) => *failed_at = None,
+            Err(err) if err.is_connection_fault() => *failed_at = Some(Instant::now()),
             Err(_) => {}
         }
         outcome
