@@ -132,7 +132,10 @@ impl Worker {
             };
         };
         let outcome = if ok {
-            client.complete_job(&job).await.map(|_| None)
+            // The slot is free again before the DELETE commits: the row
+            // goes in the next group DELETE (and, if we die first, the job
+            // runs again after its lease).
+            client.complete_job_deferred(&job).await.map(|_| None)
         } else {
             client.failed_job(&job).await.map(Some)
         };
@@ -190,7 +193,7 @@ fn main() {
             Mode::Lowlatency => None,
         };
         let worker = Arc::new(Worker {
-            client,
+            client: client.clone(),
             exec: cli.exec.clone(),
             work: Duration::from_millis(cli.work_ms),
             record: LineLog::open(&cli.record)?,
@@ -216,6 +219,17 @@ fn main() {
             common::seconds("--shutdown-timeout", cli.shutdown_timeout)?,
         )
         .await;
+        if let Some(client) = &client {
+            let limit = common::seconds("--shutdown-timeout", cli.shutdown_timeout)?;
+            if tokio::time::timeout(limit, client.flush_completions())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "completions not written at exit; those jobs run again after their lease"
+                );
+            }
+        }
         let _ = reporter.await;
         Ok(())
     });

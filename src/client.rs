@@ -5,17 +5,21 @@
 //! arrive together are coalesced into one `DELETE ... WHERE jobid IN (...)`
 //! per database (group commit): a completion that finds the database idle
 //! is sent at once; those that arrive while deletes are in flight ride
-//! together in the next one.
+//! together in the next one. A worker that need not wait for the DELETE
+//! ([`Client::complete_job_deferred`]) frees its slot at once, so its
+//! speed is bounded by the database's throughput, not its commit latency.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::job::{backoff, Job, NewJob, When};
+use crate::outage::Outage;
 use crate::store::{JobRef, Store};
 
 /// After this many failures a job is parked as dead.
@@ -40,8 +44,18 @@ pub enum Retry {
 
 struct Completion {
     job: JobRef,
-    /// Ok, or why the DELETE failed and whether the database was away.
-    done: oneshot::Sender<Result<(), (String, bool)>>,
+    /// Ok, or why the DELETE failed and whether the database was away;
+    /// None for a deferred completion, which nobody waits for.
+    done: Option<oneshot::Sender<Result<(), (String, bool)>>>,
+}
+
+/// Deferred completions not yet written, so that a worker can wait for
+/// them before it exits.
+struct Deferred {
+    pending: AtomicUsize,
+    written: Notify,
+    /// Deferred DELETEs failing: one warning per outage.
+    outage: Outage,
 }
 
 /// A handle for storing and finishing jobs. Cheap to clone; clones share
@@ -50,6 +64,7 @@ struct Completion {
 pub struct Client {
     store: Arc<Store>,
     completions: mpsc::Sender<Completion>,
+    deferred: Arc<Deferred>,
     max_attempts: u8,
 }
 
@@ -63,14 +78,22 @@ impl Client {
             linger: DEFAULT_COMPLETE_LINGER,
             in_flight: COMPLETE_IN_FLIGHT,
         };
-        let s = store.clone();
+        let deferred = Arc::new(Deferred {
+            pending: AtomicUsize::new(0),
+            written: Notify::new(),
+            outage: Outage::new(
+                "deferred completions failed; those jobs run again after their lease",
+            ),
+        });
+        let (s, d) = (store.clone(), deferred.clone());
         let completions = batch::spawn(limits, move |batch| {
-            let s = s.clone();
-            async move { flush(&s, batch).await }
+            let (s, d) = (s.clone(), d.clone());
+            async move { flush(&s, &d, batch).await }
         });
         Client {
             store,
             completions,
+            deferred,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -111,7 +134,10 @@ impl Client {
         let (done, answer) = oneshot::channel();
         let lost = || Error::CompletionLost { job };
         self.completions
-            .send(Completion { job, done })
+            .send(Completion {
+                job,
+                done: Some(done),
+            })
             .await
             .map_err(|_| lost())?;
         answer
@@ -122,6 +148,35 @@ impl Client {
                 reason,
                 connection_fault,
             })
+    }
+
+    /// Marks a job done without waiting for its DELETE: queues it for the
+    /// next group DELETE and answers once it is queued (waiting only while
+    /// the queue is full). The row stays until that DELETE commits; if the
+    /// process dies first or the DELETE fails, the job runs again after
+    /// its lease, so at least once still holds. Failures are logged, once
+    /// per outage. Call [`Client::flush_completions`] before exiting.
+    pub async fn complete_job_deferred(&self, job: &Job) -> Result<()> {
+        let job = job_ref(job);
+        self.deferred.pending.fetch_add(1, Ordering::SeqCst);
+        let queued = self.completions.send(Completion { job, done: None }).await;
+        if queued.is_err() {
+            self.deferred.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::CompletionLost { job });
+        }
+        Ok(())
+    }
+
+    /// Waits until every deferred completion has been written (or has
+    /// failed and been logged).
+    pub async fn flush_completions(&self) {
+        loop {
+            let written = self.deferred.written.notified();
+            if self.deferred.pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            written.await;
+        }
     }
 
     /// Sets when a job runs again, keeping its failcount.
@@ -158,7 +213,7 @@ fn job_ref(job: &Job) -> JobRef {
     }
 }
 
-async fn flush(store: &Store, batch: Vec<Completion>) {
+async fn flush(store: &Store, deferred: &Deferred, batch: Vec<Completion>) {
     let mut by_db: HashMap<u32, Vec<Completion>> = HashMap::new();
     for c in batch {
         by_db.entry(c.job.dbid).or_default().push(c);
@@ -169,9 +224,24 @@ async fn flush(store: &Store, batch: Vec<Completion>) {
             .delete(dbid, &ids)
             .await
             .map_err(|e| (e.to_string(), e.is_connection_fault()));
+        let mut written = 0;
         for c in completions {
-            // The caller may have gone away; its row is deleted all the same.
-            let _ = c.done.send(outcome.clone().map(|_| ()));
+            match c.done {
+                // The caller may have gone away; its row is deleted all the same.
+                Some(done) => drop(done.send(outcome.clone().map(|_| ()))),
+                None => written += 1,
+            }
+        }
+        if written > 0 {
+            match &outcome {
+                Ok(_) => deferred.outage.ended(),
+                Err((reason, fault)) => deferred.outage.failed(&Error::GroupFailed {
+                    reason: reason.clone(),
+                    connection_fault: *fault,
+                }),
+            }
+            deferred.pending.fetch_sub(written, Ordering::SeqCst);
+            deferred.written.notify_waiters();
         }
     }
 }
