@@ -75,6 +75,13 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// The function name holds a NUL byte, which the Gearman protocol
+    /// cannot carry in a function name.
+    #[error("funcname has a NUL byte at {at}: Gearman cannot carry it")]
+    FuncnameHasNul {
+        /// Byte offset of the first NUL.
+        at: usize,
+    },
     /// The unique key does not fit the `uniqkey` column.
     #[error("unique key is {len} bytes, over the limit of {max}")]
     UniqkeyTooLong {
