@@ -98,6 +98,19 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A job whose INSERT is larger than the database takes in one
+    /// statement (its `max_allowed_packet`): refused before it is sent.
+    #[error(
+        "job needs a statement of {len} bytes, over database {dbid}'s max_allowed_packet of {max_allowed_packet} bytes"
+    )]
+    JobOverPacketLimit {
+        /// The database the job would go to.
+        dbid: u32,
+        /// Bytes its INSERT would take, at most.
+        len: u64,
+        /// The database's limit.
+        max_allowed_packet: u64,
+    },
     /// A job JSON document that cannot be read.
     #[error("invalid job JSON: {reason}")]
     InvalidJobJson {
