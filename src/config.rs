@@ -90,26 +90,30 @@ pub fn parse_gearmand_list(list: &str) -> Result<Vec<String>> {
 
 /// Replaces the password of a `scheme://user:password@host/...` URL by
 /// `***`. Anything without a password is returned as it was.
+///
+/// Errs on the side of hiding: the password runs from the first `:` after
+/// the user name to the last `@` of the URL, so that a password holding
+/// `@`, `/`, `?` or `#` (which no URL parser would split as meant) is
+/// still hidden whole, even in the error that says the URL does not parse.
 pub fn mask_dsn(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
     let rest = &url[scheme_end + 3..];
-    // The userinfo ends at the last '@' before the path: a password may
-    // itself contain '@' when it is not percent-encoded.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_string();
     };
     let userinfo = &rest[..at];
     match userinfo.find(':') {
-        Some(colon) => format!(
+        // A user name holds none of these: a ':' after one of them is a
+        // port's, and the '@' is in the path or query.
+        Some(colon) if !userinfo[..colon].contains(['@', '/', '?', '#']) => format!(
             "{}{}:***{}",
             &url[..scheme_end + 3],
             &userinfo[..colon],
             &rest[at..]
         ),
-        None => url.to_string(),
+        _ => url.to_string(),
     }
 }
 
@@ -156,6 +160,25 @@ mod tests {
         assert_eq!(mask_dsn("mysql://u:p@w@h/db"), "mysql://u:***@h/db");
         assert_eq!(mask_dsn("mysql://u@h/db"), "mysql://u@h/db");
         assert_eq!(mask_dsn("mysql://h/db"), "mysql://h/db");
+        assert_eq!(
+            mask_dsn("mysql://u@h:3306/db?socket=/tmp/a@b"),
+            "mysql://u@h:3306/db?socket=/tmp/a@b"
+        );
+    }
+
+    #[test]
+    fn mask_dsn_hides_a_password_with_url_delimiters_in_it() {
+        for url in [
+            "mysql://u:pa/ss@h:1/db",
+            "mysql://u:pa?ss@h:1/db",
+            "mysql://u:pa#ss@h:1/db",
+            "mysql://u:p@a/s?s#@h:1/db",
+        ] {
+            assert_eq!(mask_dsn(url), "mysql://u:***@h:1/db", "{url}");
+        }
+        // Such a URL does not parse, and its error must not show it either.
+        let err = parse_dsn_list("mysql://user:pa/s3cret@host:3306/db").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

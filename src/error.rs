@@ -75,6 +75,13 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// The function name holds a NUL byte, which the Gearman protocol
+    /// cannot carry in a function name.
+    #[error("funcname has a NUL byte at {at}: Gearman cannot carry it")]
+    FuncnameHasNul {
+        /// Byte offset of the first NUL.
+        at: usize,
+    },
     /// The unique key does not fit the `uniqkey` column.
     #[error("unique key is {len} bytes, over the limit of {max}")]
     UniqkeyTooLong {
@@ -90,6 +97,19 @@ pub enum Error {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// A job whose INSERT is larger than the database takes in one
+    /// statement (its `max_allowed_packet`): refused before it is sent.
+    #[error(
+        "job needs a statement of {len} bytes, over database {dbid}'s max_allowed_packet of {max_allowed_packet} bytes"
+    )]
+    JobOverPacketLimit {
+        /// The database the job would go to.
+        dbid: u32,
+        /// Bytes its INSERT would take, at most.
+        len: u64,
+        /// The database's limit.
+        max_allowed_packet: u64,
     },
     /// A job JSON document that cannot be read.
     #[error("invalid job JSON: {reason}")]

@@ -73,10 +73,12 @@ fn req(ptype: PacketType, args: Vec<Bytes>) -> Packet {
 }
 
 /// The Gearman unique id for a job's unique key: the key itself, or none
-/// when gearmand would refuse it as too long (the database still dedups).
+/// when gearmand cannot take it (the database still dedups): too long, or
+/// holding a NUL byte, which ends a field in the Gearman protocol and
+/// would make the rest of the key the start of the workload.
 pub fn gearman_unique(uniqkey: Option<&str>) -> &str {
     match uniqkey {
-        Some(k) if k.len() <= MAX_GEARMAN_UNIQUE => k,
+        Some(k) if k.len() <= MAX_GEARMAN_UNIQUE && !k.contains('\0') => k,
         _ => "",
     }
 }
@@ -691,9 +693,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_unique_keys_are_not_sent_to_gearmand() {
+    fn unique_keys_gearmand_cannot_take_are_not_sent() {
         assert_eq!(gearman_unique(Some("k")), "k");
         assert_eq!(gearman_unique(None), "");
         assert_eq!(gearman_unique(Some(&"k".repeat(65))), "");
+        assert_eq!(
+            gearman_unique(Some("k\0rest")),
+            "",
+            "a NUL would end the field"
+        );
     }
 }

@@ -112,6 +112,12 @@ impl NewJob {
                 max: MAX_FUNCNAME_LEN,
             });
         }
+        if let Some(at) = self.funcname.find('\0') {
+            // Gearman separates a packet's fields with NUL: such a name
+            // would reach gearmand cut short, with the rest taken for the
+            // next field, and no worker could ever run the job.
+            return Err(Error::FuncnameHasNul { at });
+        }
         for key in [&self.uniqkey, &self.coalesce].into_iter().flatten() {
             if key.len() > MAX_UNIQKEY_LEN {
                 return Err(Error::UniqkeyTooLong {
@@ -176,46 +182,70 @@ struct JobJsonOut<'a> {
     failcount: u8,
 }
 
-/// The job JSON as read: numbers may come as strings (the Perl original
-/// sends `"jobid":"42"`).
-#[derive(Deserialize)]
-struct JobJsonIn {
-    #[serde(deserialize_with = "number")]
-    jobid: u64,
-    #[serde(deserialize_with = "number")]
-    dbid: u32,
-    funcname: String,
-    #[serde(default)]
-    arg: Option<String>,
-    #[serde(default)]
-    arg_base64: Option<String>,
-    #[serde(default)]
-    uniqkey: Option<String>,
-    #[serde(default)]
-    coalesce: Option<String>,
-    #[serde(default, deserialize_with = "number")]
-    run_after: u32,
-    #[serde(default)]
-    flag: Option<String>,
-    #[serde(default, deserialize_with = "number")]
-    failcount: u8,
+/// What a JSON value is, for an error message that names the type and
+/// never echoes the value (which may be megabytes, or private).
+fn kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
-/// Reads an unsigned integer given as a JSON number or a decimal string.
-fn number<'de, D, T>(de: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    use serde::de::Error as _;
-    let n = match serde_json::Value::deserialize(de)? {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-        serde_json::Value::Null => Some(0),
-        _ => None,
+/// The fields of a job JSON object, read one by one so that an error names
+/// the field that is wrong.
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl Fields {
+    /// An unsigned integer given as a JSON number or as a string of digits
+    /// (the Perl original sends `"jobid":"42"`). `None` when absent or null.
+    fn number<T: TryFrom<u64>>(&self, key: &str) -> std::result::Result<Option<T>, String> {
+        use serde_json::Value;
+        let value = match self.0.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(v) => v,
+        };
+        let n = match value {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "{key} must be an unsigned integer or a string of one, not {}",
+                match value {
+                    Value::Number(_) => "a negative or fractional number",
+                    Value::String(_) => "a string of something else",
+                    other => kind(other),
+                }
+            )
+        })?;
+        T::try_from(n)
+            .map(Some)
+            .map_err(|_| format!("{key} {n} is out of range"))
     }
-    .ok_or_else(|| D::Error::custom("expected an unsigned integer or a string of one"))?;
-    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+
+    /// A number that must be there.
+    fn required<T: TryFrom<u64>>(&self, key: &str) -> std::result::Result<T, String> {
+        self.number(key)?.ok_or_else(|| format!("{key} is missing"))
+    }
+
+    /// A string, or `None` when absent or null.
+    fn text(&mut self, key: &str) -> std::result::Result<Option<String>, String> {
+        use serde_json::Value;
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!(
+                "{key} must be a string or null, not {}",
+                kind(&other)
+            )),
+        }
+    }
 }
 
 impl Job {
@@ -248,29 +278,47 @@ impl Job {
     }
 
     /// Reads a job JSON document, as the Perl original or this crate wrote it.
+    ///
+    /// Numbers may come as strings (the Perl original sends `"jobid":"42"`)
+    /// and unknown fields are ignored; anything else of the wrong type is
+    /// refused with an [`Error::InvalidJobJson`] whose one line names the
+    /// field. Never panics, whatever the bytes.
     pub fn from_json(data: &[u8]) -> Result<Job> {
-        let invalid = |reason: String| Error::InvalidJobJson { reason };
-        let j: JobJsonIn = serde_json::from_slice(data).map_err(|e| invalid(e.to_string()))?;
-        let arg = match (j.arg, j.arg_base64) {
+        Job::read_json(data).map_err(|reason| Error::InvalidJobJson { reason })
+    }
+
+    fn read_json(data: &[u8]) -> std::result::Result<Job, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(format!("expected a JSON object, not {}", kind(&value)));
+        };
+        let mut f = Fields(map);
+        let jobid = f.required("jobid")?;
+        let dbid = f.required("dbid")?;
+        let run_after = f.number("run_after")?.unwrap_or(0);
+        let failcount = f.number("failcount")?.unwrap_or(0);
+        let funcname = f.text("funcname")?.ok_or("funcname is missing")?;
+        if funcname.is_empty() {
+            return Err("funcname is empty".into());
+        }
+        let arg = match (f.text("arg")?, f.text("arg_base64")?) {
             (_, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| invalid(format!("arg_base64: {e}")))?,
+                .map_err(|e| format!("arg_base64 is not base64: {e}"))?,
             (Some(text), None) => text.into_bytes(),
             (None, None) => Vec::new(),
         };
-        if j.funcname.is_empty() {
-            return Err(invalid("funcname is empty".into()));
-        }
         Ok(Job {
-            dbid: j.dbid,
-            jobid: j.jobid,
-            funcname: j.funcname,
+            dbid,
+            jobid,
+            funcname,
             arg,
-            uniqkey: j.uniqkey,
-            coalesce: j.coalesce,
-            run_after: j.run_after,
-            flag: Flag::from_column(j.flag.as_deref().unwrap_or("shim")),
-            failcount: j.failcount,
+            uniqkey: f.text("uniqkey")?,
+            coalesce: f.text("coalesce")?,
+            run_after,
+            flag: Flag::from_column(f.text("flag")?.as_deref().unwrap_or("shim")),
+            failcount,
         })
     }
 }
@@ -363,23 +411,123 @@ mod tests {
     }
 
     #[test]
-    fn job_json_refuses_what_is_not_a_job() {
-        for bad in [
-            &b"not json"[..],
-            br#"[1,2]"#,
-            br#"{"dbid":1,"funcname":"f"}"#,
-            br#"{"jobid":-1,"dbid":1,"funcname":"f"}"#,
-            br#"{"jobid":"x","dbid":1,"funcname":"f"}"#,
-            br#"{"jobid":1,"dbid":1,"funcname":""}"#,
-            br#"{"jobid":1,"dbid":1,"funcname":"f","failcount":300}"#,
-        ] {
-            let err = Job::from_json(bad).unwrap_err();
-            assert!(
-                matches!(err, Error::InvalidJobJson { .. }),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+    fn job_json_as_the_perl_original_wrote_it_is_read() {
+        // The Perl original encodes the row as DBI fetched it: every column a
+        // string, NULL as null, and dbid added.
+        let j = Job::from_json(
+            br#"{"jobid":"7","dbid":"3","funcname":"resize","arg":"img-1.png","uniqkey":"img-1",
+                "coalesce":null,"run_after":"1790000000","flag":"shim","failcount":"0"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            j,
+            Job {
+                dbid: 3,
+                jobid: 7,
+                funcname: "resize".into(),
+                arg: b"img-1.png".to_vec(),
+                uniqkey: Some("img-1".into()),
+                coalesce: None,
+                run_after: 1_790_000_000,
+                flag: Flag::Shim,
+                failcount: 0,
+            }
+        );
+        // Unknown fields (a newer or older writer's) are ignored; absent
+        // optional ones take the column defaults.
+        let j = Job::from_json(br#"{"jobid":1,"dbid":1,"funcname":"f","extra":[1]}"#).unwrap();
+        assert_eq!((j.arg.len(), j.run_after, j.failcount), (0, 0, 0));
+        assert_eq!((j.flag, j.uniqkey), (Flag::Shim, None));
+    }
+
+    fn refused(data: &[u8]) -> String {
+        match Job::from_json(data) {
+            Err(Error::InvalidJobJson { reason }) => reason,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(data)),
         }
+    }
+
+    #[test]
+    fn job_json_refuses_what_is_not_a_job() {
+        for (bad, why) in [
+            (&b"not json"[..], "not JSON: expected ident at line 1 column 2"),
+            (br#"[1,2]"#, "expected a JSON object, not an array"),
+            (br#"{"dbid":1,"funcname":"f"}"#, "jobid is missing"),
+            (br#"{"jobid":1,"funcname":"f"}"#, "dbid is missing"),
+            (br#"{"jobid":1,"dbid":1}"#, "funcname is missing"),
+            (br#"{"jobid":1,"dbid":1,"funcname":""}"#, "funcname is empty"),
+            (
+                br#"{"jobid":-1,"dbid":1,"funcname":"f"}"#,
+                "jobid must be an unsigned integer or a string of one, not a negative or fractional number",
+            ),
+            (
+                br#"{"jobid":"x","dbid":1,"funcname":"f"}"#,
+                "jobid must be an unsigned integer or a string of one, not a string of something else",
+            ),
+            (
+                br#"{"jobid":1,"dbid":true,"funcname":"f"}"#,
+                "dbid must be an unsigned integer or a string of one, not a boolean",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","run_after":1.5}"#,
+                "run_after must be an unsigned integer or a string of one, not a negative or fractional number",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","failcount":300}"#,
+                "failcount 300 is out of range",
+            ),
+            (
+                br#"{"jobid":1,"dbid":"4294967296","funcname":"f"}"#,
+                "dbid 4294967296 is out of range",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":7}"#,
+                "funcname must be a string or null, not a number",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","arg":{"a":1}}"#,
+                "arg must be a string or null, not an object",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","uniqkey":["k"]}"#,
+                "uniqkey must be a string or null, not an array",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","flag":1}"#,
+                "flag must be a string or null, not a number",
+            ),
+            (
+                br#"{"jobid":1,"dbid":1,"funcname":"f","arg_base64":"!!"}"#,
+                "arg_base64 is not base64: Invalid symbol 33, offset 0.",
+            ),
+        ] {
+            assert_eq!(refused(bad), why, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn job_json_errors_are_one_line_and_do_not_echo_the_value() {
+        let secret = "s3cret-payload\nline two";
+        let reason = refused(
+            format!(r#"{{"jobid":1,"dbid":1,"funcname":"f","failcount":"{secret}"}}"#).as_bytes(),
+        );
+        assert!(!reason.contains("s3cret"), "{reason}");
+        assert!(!reason.contains('\n'), "{reason}");
+        let err = Job::from_json(b"{\"jobid\":\n\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn job_json_in_bytes_that_are_not_utf8_is_refused() {
+        let mut data = br#"{"jobid":1,"dbid":1,"funcname":"f","uniqkey":"k"#.to_vec();
+        data.extend([0xff, 0xfe]);
+        data.extend(br#""}"#);
+        assert!(refused(&data).starts_with("not JSON: invalid unicode code point"));
+        let lone = refused(br#"{"jobid":1,"dbid":1,"funcname":"f","uniqkey":"\udcff"}"#);
+        assert!(lone.starts_with("not JSON: "), "{lone}");
+        assert_eq!(lone.lines().count(), 1, "{lone}");
     }
 
     #[test]
@@ -402,6 +550,11 @@ mod tests {
             NewJob::new("f".repeat(201), "x").validate(),
             Err(Error::FuncnameTooLong { len: 201, .. })
         ));
+        assert!(matches!(
+            NewJob::new("f\0g", "x").validate(),
+            Err(Error::FuncnameHasNul { at: 1 })
+        ));
+        assert!(NewJob::new("f", "a\0b").unique("k\0").validate().is_ok());
         assert!(matches!(
             NewJob::new("f", "x").unique("k".repeat(256)).validate(),
             Err(Error::UniqkeyTooLong { len: 256, .. })

@@ -28,8 +28,20 @@ pub const DEFAULT_POOL_SIZE: usize = 32;
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Tries of an operation that keeps meeting lock conflicts.
 const LOCK_CONFLICT_TRIES: u64 = 10;
-/// Most ids in one `IN (...)` list.
+/// Most ids in one `IN (...)` list, and most rows in one INSERT.
 const MAX_IN_LIST: usize = 1024;
+/// Largest payload of one protocol packet. The driver (mysql_async) sends
+/// a statement whose values add up to more as "long data": each value in
+/// packets of up to `MAX_PAYLOAD + 1` bytes.
+const MAX_PAYLOAD: u64 = 0xff_ffff;
+/// Bytes of an INSERT's packet besides its rows, at most: command, statement
+/// id, flags, iteration count, and slack.
+const STATEMENT_OVERHEAD: u64 = 64;
+/// Bytes one row adds to an INSERT's packet besides its values, at most:
+/// a type (2 bytes) for each of its six values, a length prefix (up to 9)
+/// for each of its five strings, 8 for the run_after integer, and its share
+/// of the null bitmap.
+const ROW_OVERHEAD: u64 = 80;
 
 const COLUMNS: &str = "jobid, funcname, arg, uniqkey, run_after, `coalesce`, flag, failcount";
 
@@ -51,6 +63,18 @@ pub struct Claim {
     pub pushed_back: usize,
 }
 
+impl Db {
+    /// Records the server's max_allowed_packet; returns the limit in force.
+    fn set_max_packet(&self, server: Option<u64>) -> u64 {
+        // mysql_async's own default when the server does not say.
+        let server = server.unwrap_or(4 * 1024 * 1024);
+        let limit = self.client_max_packet.map_or(server, |c| c.min(server));
+        self.max_packet
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        limit
+    }
+}
+
 struct Db {
     cfg: DbConfig,
     pool: Pool,
@@ -61,6 +85,13 @@ struct Db {
     outage: Outage,
     /// The server's auto_increment_increment, once read (0 = not yet).
     id_step: std::sync::atomic::AtomicU64,
+    /// The largest packet this database takes: the server's
+    /// max_allowed_packet, once read (0 = not yet), or the URL's own
+    /// `max_allowed_packet` when smaller (the driver then refuses larger
+    /// packets itself).
+    max_packet: std::sync::atomic::AtomicU64,
+    /// The URL's `max_allowed_packet`, if it sets one.
+    client_max_packet: Option<u64>,
 }
 
 /// The job tables of all configured databases.
@@ -85,6 +116,7 @@ impl Store {
                         dsn: cfg.masked(),
                         reason: e.to_string(),
                     })?;
+                let client_max_packet = opts.max_allowed_packet().map(|n| n as u64);
                 let constraints = mysql_async::PoolConstraints::new(0, DEFAULT_POOL_SIZE)
                     .expect("0 <= pool size");
                 let opts = mysql_async::OptsBuilder::from_opts(opts)
@@ -117,6 +149,8 @@ impl Store {
                         "database unreachable; keyless inserts avoid it for a while",
                     ),
                     id_step: Default::default(),
+                    max_packet: Default::default(),
+                    client_max_packet,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -128,19 +162,58 @@ impl Store {
     }
 
     /// Opens the pools and checks that every database answers and has the
-    /// `job` table, so that a bad configuration fails at start-up.
+    /// `job` table, so that a bad configuration fails at start-up. Reads
+    /// each server's `max_allowed_packet` on the way.
     pub async fn connect(dbs: Vec<DbConfig>) -> Result<Store> {
         let store = Store::open(dbs)?;
         for db in &store.dbs {
             let check = || async {
                 let mut conn = db.pool.get_conn().await?;
-                conn.query_drop("SELECT jobid FROM job LIMIT 0").await
+                conn.query_drop("SELECT jobid FROM job LIMIT 0").await?;
+                conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
+                    .await
             };
             // Not through `run`: the caller reports this error, so there
             // is no outage to log.
-            store.attempt(db, check).await?;
+            let server = store.attempt(db, check).await?;
+            db.set_max_packet(server);
         }
         Ok(store)
+    }
+
+    /// The largest statement database `dbid` takes, in bytes (its
+    /// `max_allowed_packet`), read from the server on first use.
+    pub async fn max_packet(&self, dbid: u32) -> Result<u64> {
+        self.packet_limit(self.db(dbid)?).await
+    }
+
+    async fn packet_limit(&self, db: &Db) -> Result<u64> {
+        let known = db.max_packet.load(std::sync::atomic::Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let server = self
+            .run(db, || async {
+                let mut conn = db.pool.get_conn().await?;
+                conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
+                    .await
+            })
+            .await?;
+        Ok(db.set_max_packet(server))
+    }
+
+    /// Refuses, before anything is sent, a job whose INSERT would be over
+    /// the packet limit of the database it goes to: the server would
+    /// refuse it, or the driver would fail the connection.
+    fn check_packet(db: &Db, limit: u64, jobs: &[NewJob], idx: &[usize]) -> Result<()> {
+        match idx.iter().find(|&&i| !fits_alone(&jobs[i], limit)) {
+            None => Ok(()),
+            Some(&i) => Err(Error::JobOverPacketLimit {
+                dbid: db.cfg.dbid,
+                len: row_bytes(&jobs[i]) + STATEMENT_OVERHEAD,
+                max_allowed_packet: limit,
+            }),
+        }
     }
 
     /// Sets how long one operation may take (default [`DEFAULT_OP_TIMEOUT`]).
@@ -281,11 +354,32 @@ impl Store {
         let (keyed, keyless): (Vec<usize>, Vec<usize>) = (0..jobs.len())
             .partition(|&i| jobs[i].uniqkey.as_deref().is_some_and(|k| !k.is_empty()));
 
+        let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
+        for &i in &keyed {
+            let job = &jobs[i];
+            let db = self.shard_for(&job.funcname, job.uniqkey.as_deref().unwrap_or_default());
+            by_shard.entry(db.cfg.dbid).or_default().push(i);
+        }
+        // Every job is checked against its database's packet limit before
+        // the first row is written, so that nothing is stored when one
+        // is too large.
+        for (&dbid, idx) in &by_shard {
+            let db = self.db(dbid)?;
+            Self::check_packet(db, self.packet_limit(db).await?, jobs, idx)?;
+        }
+
         if !keyless.is_empty() {
             let mut tried = Vec::new();
             loop {
                 let db = self.pick_keyless(&tried).expect("at least one database");
-                match self.insert_keyless(db, jobs, &keyless).await {
+                let outcome = match self.packet_limit(db).await {
+                    Ok(limit) => match Self::check_packet(db, limit, jobs, &keyless) {
+                        Ok(()) => self.insert_keyless(db, jobs, &keyless, limit).await,
+                        Err(err) => Err(err),
+                    },
+                    Err(err) => Err(err),
+                };
+                match outcome {
                     Ok(ids) => {
                         for (&i, jobid) in keyless.iter().zip(ids) {
                             refs[i] = Some(JobRef {
@@ -305,12 +399,6 @@ impl Store {
             }
         }
 
-        let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
-        for &i in &keyed {
-            let job = &jobs[i];
-            let db = self.shard_for(&job.funcname, job.uniqkey.as_deref().unwrap_or_default());
-            by_shard.entry(db.cfg.dbid).or_default().push(i);
-        }
         for (dbid, idx) in by_shard {
             let db = self.db(dbid)?;
             let ids = self.insert_keyed(db, jobs, &idx).await?;
@@ -324,7 +412,15 @@ impl Store {
             .collect())
     }
 
-    async fn insert_keyless(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
+    async fn insert_keyless(
+        &self,
+        db: &Db,
+        jobs: &[NewJob],
+        idx: &[usize],
+        max_packet: u64,
+    ) -> Result<Vec<u64>> {
+        let statements = statements(jobs, idx, max_packet);
+        let statements = &statements;
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             // Ids of one multi-row INSERT are consecutive steps of
@@ -338,16 +434,16 @@ impl Store {
                     .unwrap_or(1);
                 db.id_step.store(step, std::sync::atomic::Ordering::Relaxed);
             }
-            if idx.len() <= MAX_IN_LIST {
+            if let [one] = statements.as_slice() {
                 // One statement is atomic on its own: no transaction, so one
                 // round trip instead of three.
-                return insert_rows(&mut conn, jobs, idx, step).await;
+                return insert_rows(&mut conn, jobs, one, step).await;
             }
             // Several statements in one transaction: stored whole or not at
             // all, and retried after a deadlock without storing twice.
             let mut tx = conn.start_transaction(tx_opts()).await?;
             let mut ids = Vec::with_capacity(idx.len());
-            for chunk in idx.chunks(MAX_IN_LIST) {
+            for chunk in statements {
                 ids.extend(insert_rows(&mut tx, jobs, chunk, step).await?);
             }
             tx.commit().await?;
@@ -585,6 +681,61 @@ fn tx_opts() -> TxOpts {
     opts
 }
 
+/// Bytes a job adds to an INSERT's packet, at most.
+fn row_bytes(job: &NewJob) -> u64 {
+    let text = |s: &Option<String>| s.as_deref().map_or(0, str::len);
+    (job.funcname.len()
+        + job.arg.len()
+        + text(&job.uniqkey)
+        + text(&job.coalesce)
+        + job.flag.as_str().len()) as u64
+        + ROW_OVERHEAD
+}
+
+/// Room for rows in one INSERT's packet under `max_packet`. Statements
+/// are kept within one protocol packet, so that they are sent whole and
+/// the limit is the packet's. The server refuses a packet of
+/// `max_allowed_packet` bytes itself, hence the `- 1`.
+fn statement_room(max_packet: u64) -> u64 {
+    max_packet
+        .saturating_sub(1)
+        .min(MAX_PAYLOAD)
+        .saturating_sub(STATEMENT_OVERHEAD)
+}
+
+/// Whether a job can be stored in a statement of its own under
+/// `max_packet`: its statement fits one packet, or the server takes the
+/// driver's long-data packets (`MAX_PAYLOAD + 1` bytes), in which each
+/// value travels on its own and none is over `MAX_PAYLOAD` (the columns'
+/// limits). So on a server at exactly 16 MiB, MariaDB's default, an arg
+/// a little under the MEDIUMBLOB's 16 MiB - 1 is the largest that fits:
+/// a larger one used to fail with "Packets out of sync" and a broken
+/// connection.
+fn fits_alone(job: &NewJob, max_packet: u64) -> bool {
+    row_bytes(job) <= statement_room(max_packet) || max_packet > MAX_PAYLOAD + 1
+}
+
+/// Splits rows into INSERT statements of at most [`MAX_IN_LIST`] rows
+/// whose packets fit `max_packet`; a row too large to share a packet goes
+/// alone. Order is kept.
+fn statements<'a>(jobs: &[NewJob], idx: &'a [usize], max_packet: u64) -> Vec<&'a [usize]> {
+    let room = statement_room(max_packet);
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (k, &i) in idx.iter().enumerate() {
+        let bytes = row_bytes(&jobs[i]);
+        if k > start && (k - start == MAX_IN_LIST || used + bytes > room) {
+            out.push(&idx[start..k]);
+            (start, used) = (k, 0);
+        }
+        used += bytes;
+    }
+    if start < idx.len() {
+        out.push(&idx[start..]);
+    }
+    out
+}
+
 /// One multi-row INSERT of keyless jobs; returns their ids.
 async fn insert_rows(
     q: &mut impl Queryable,
@@ -685,5 +836,57 @@ mod tests {
         assert_eq!(params.len(), 4);
         assert_eq!(params[3], Value::from(7u64));
         assert_eq!(in_list(&[5]).0, "?");
+    }
+
+    fn sized(arg: usize) -> NewJob {
+        NewJob::new("f", vec![b'a'; arg])
+    }
+
+    #[test]
+    fn rows_are_split_into_statements_that_fit_the_packet() {
+        let mib = 1024 * 1024;
+        let jobs: Vec<NewJob> = (0..10).map(|_| sized(300 * 1024)).collect();
+        let idx: Vec<usize> = (0..10).collect();
+        // 3 MiB of args: one statement under 16 MiB, several under 1 MiB.
+        assert_eq!(statements(&jobs, &idx, 16 * mib), vec![&idx[..]]);
+        let split = statements(&jobs, &idx, mib);
+        assert_eq!(split.len(), 4);
+        assert_eq!(split.concat(), idx, "every row once, in order");
+        for s in &split {
+            let bytes: u64 = s.iter().map(|&i| row_bytes(&jobs[i])).sum();
+            assert!(bytes + STATEMENT_OVERHEAD <= mib, "{bytes}");
+        }
+        // Never more than MAX_IN_LIST rows, however small.
+        let small: Vec<NewJob> = (0..2500).map(|_| sized(1)).collect();
+        let idx: Vec<usize> = (0..2500).collect();
+        let lens: Vec<usize> = statements(&small, &idx, 64 * mib)
+            .iter()
+            .map(|s| s.len())
+            .collect();
+        assert_eq!(lens, vec![1024, 1024, 452]);
+        // A row larger than a packet goes alone.
+        let jobs = vec![sized(10), sized(2 * mib as usize), sized(10)];
+        assert_eq!(statements(&jobs, &[0, 1, 2], mib).len(), 3);
+        assert!(statements(&jobs, &[], mib).is_empty());
+    }
+
+    #[test]
+    fn a_job_over_a_small_packet_limit_does_not_fit() {
+        let mib: u64 = 1024 * 1024;
+        let room = |max: u64| {
+            (max.min(MAX_PAYLOAD + 1) - 1 - STATEMENT_OVERHEAD - ROW_OVERHEAD) as usize
+                - "f".len()
+                - "shim".len()
+        };
+        assert!(fits_alone(&sized(room(mib)), mib));
+        assert!(!fits_alone(&sized(room(mib) + 1), mib));
+        // At exactly 16 MiB the statement must still fit one packet: the
+        // server refuses the driver's long-data packets of 16 MiB.
+        assert!(fits_alone(&sized(room(16 * mib)), 16 * mib));
+        assert!(!fits_alone(&sized(room(16 * mib) + 1), 16 * mib));
+        assert!(!fits_alone(&sized(crate::job::MAX_ARG_LEN), 16 * mib));
+        // Above it, a statement over a packet goes value by value: every
+        // job within the column limits fits.
+        assert!(fits_alone(&sized(crate::job::MAX_ARG_LEN), 64 * mib));
     }
 }

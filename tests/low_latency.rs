@@ -182,6 +182,35 @@ async fn injected_job_runs_on_a_plain_worker_and_its_row_is_gone() {
 }
 
 #[tokio::test]
+async fn quotes_sql_and_nul_reach_the_worker_byte_for_byte() {
+    // A NUL ends a field in the Gearman protocol: a unique key with one,
+    // given to gearmand, made the rest of the key the start of the
+    // workload, and the worker got a job JSON that was not JSON.
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let funcname = "ll_'\"; DROP TABLE job; --";
+    let worker = PlainWorker::start(&gearmand, funcname, Duration::ZERO, ok()).await;
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let hostile = "x'); DROP TABLE job; -- \0 % _ \\ \" \n";
+    let body = serde_json::json!({"funcname": funcname, "arg": hostile, "unique": hostile});
+    let Outcome::Complete(answer) = inject(&client, &body.to_string()).await else {
+        panic!("inject_jobs failed");
+    };
+    let r = answer_refs(&answer).unwrap()[0];
+    wait_until(
+        LIMIT,
+        "the job to run and its row to be deleted",
+        || async { worker.count() == 1 && db.count("1").await == 0 },
+    )
+    .await;
+    let job = worker.runs.lock().unwrap()[0].clone();
+    assert_eq!(job.jobid, r.jobid);
+    assert_eq!(job.funcname, funcname);
+    assert_eq!(job.arg, hostile.as_bytes());
+    assert_eq!(job.uniqkey.as_deref(), Some(hostile));
+}
+
+#[tokio::test]
 async fn the_answer_comes_after_the_commit() {
     // With no Controller and no worker, the row must be there when the
     // client hears back: the answer is the proof of a committed row.

@@ -401,24 +401,52 @@ pub fn run_bin(
     args: &[&str],
     limit: Duration,
 ) -> (std::process::ExitStatus, String, String) {
-    let mut child = bin(name)
-        .args(args)
+    let mut cmd = bin(name);
+    cmd.args(args);
+    run_command(cmd, limit)
+}
+
+/// Runs a prepared command to completion (bounded) and returns (status,
+/// stdout, stderr).
+pub fn run_command(
+    mut cmd: Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+    // Read both pipes while waiting, so that a chatty child (RUST_LOG=trace)
+    // never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+        buf
+    });
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
-            panic!("{name} {args:?} did not finish within {limit:?}");
+            panic!("{what} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    };
     (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     )
 }
