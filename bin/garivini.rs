@@ -63,6 +63,10 @@ struct Settings {
     /// up to --batch-run-sleep while none come).
     #[arg(long, default_value_t = queue_runner::DEFAULT_BUSY_RUN_SLEEP.as_secs_f64())]
     busy_run_sleep: f64,
+    /// QueueRunner: between rounds, seconds between cheap probes for a due
+    /// row (an indexed SELECT, no lock); a due row ends the pause (0 = off).
+    #[arg(long, default_value_t = queue_runner::DEFAULT_IDLE_POLL.as_secs_f64())]
+    idle_poll: f64,
     /// Most jobs of one function queued in gearmand before jobs are held
     /// back in the database (0 = no limit).
     #[arg(long, default_value_t = queue_runner::DEFAULT_QUEUE_WATERMARK_DEPTH)]
@@ -103,6 +107,7 @@ impl Settings {
             batch_start_size: self.batch_start_size,
             batch_run_sleep: sleep,
             busy_run_sleep: common::seconds("--busy-run-sleep", self.busy_run_sleep)?,
+            idle_poll: common::seconds("--idle-poll", self.idle_poll)?,
             queue_watermark_depth: self.queue_watermark_depth,
             watermark_pushback: self.watermark_pushback,
             no_worker_delay: self.no_worker_delay,

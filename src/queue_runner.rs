@@ -30,6 +30,11 @@ pub const DEFAULT_BATCH_MAX_SIZE: usize = 1000;
 pub const DEFAULT_BATCH_START_SIZE: usize = 50;
 /// Pause between rounds when the tables are idle.
 pub const DEFAULT_BATCH_RUN_SLEEP: Duration = Duration::from_secs(1);
+/// During a pause, how often the tables are probed for a due row (one
+/// indexed `SELECT 1 ... LIMIT 1` per database, no lock, no gearmand call):
+/// an idle QueueRunner notices new jobs within this, not within
+/// `batch_run_sleep`.
+pub const DEFAULT_IDLE_POLL: Duration = Duration::from_millis(100);
 /// Pause between rounds while jobs keep coming (but less than a full
 /// batch): new jobs wait for at most this long, and an idle table is
 /// still polled only every `batch_run_sleep`.
@@ -66,6 +71,9 @@ pub struct Config {
     /// Pause after a round that found jobs but not a full batch; the pause
     /// doubles from here up to `batch_run_sleep` while rounds find nothing.
     pub busy_run_sleep: Duration,
+    /// During a pause, probe for due rows this often and end the pause when
+    /// one is found (zero = never probe).
+    pub idle_poll: Duration,
     /// Queue depth per function above which rows are pushed back; 0 = off.
     pub queue_watermark_depth: u64,
     /// Push-back of rows over the watermark, seconds.
@@ -84,6 +92,7 @@ impl Default for Config {
             batch_start_size: DEFAULT_BATCH_START_SIZE,
             batch_run_sleep: DEFAULT_BATCH_RUN_SLEEP,
             busy_run_sleep: DEFAULT_BUSY_RUN_SLEEP,
+            idle_poll: DEFAULT_IDLE_POLL,
             queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
             watermark_pushback: DEFAULT_WATERMARK_PUSHBACK,
             no_worker_delay: DEFAULT_NO_WORKER_DELAY,
@@ -317,10 +326,33 @@ impl QueueRunner {
         Ok(())
     }
 
+    /// Sleeps until `until`; with `probe`, wakes every `idle_poll` to look
+    /// for a due row and returns as soon as there is one.
+    async fn pause_until(&self, until: Instant, probe: bool) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            if !probe {
+                tokio::time::sleep(until - now).await;
+                return;
+            }
+            tokio::time::sleep((until - now).min(self.config.idle_poll)).await;
+            for dbid in self.store.dbids() {
+                // A failed probe is no news: the next round will tell.
+                if let Ok(true) = self.store.any_due(dbid).await {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Runs rounds until `shutdown`. A round that dispatched a full batch
     /// is followed at once by the next. After a round that found jobs the
     /// pause is `busy_run_sleep`; it doubles while rounds find nothing, up
-    /// to `batch_run_sleep`; the round's own duration is subtracted.
+    /// to `batch_run_sleep`; the round's own duration is subtracted. A
+    /// pause ends early when a probe every `idle_poll` finds a due row.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let busy = self.config.busy_run_sleep.min(self.config.batch_run_sleep);
         let mut pause = self.config.batch_run_sleep;
@@ -331,14 +363,14 @@ impl QueueRunner {
         );
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            let (full, found) = match self.run_once().await {
+            let (full, found, failed) = match self.run_once().await {
                 Ok(stats) => {
                     if stats.claimed + stats.pushed_back + stats.given_back > 0 {
                         tracing::debug!(?stats, "queuerunner round");
                     }
-                    (stats.full, stats.claimed > 0)
+                    (stats.full, stats.claimed > 0, false)
                 }
-                Err(_) => (false, false),
+                Err(_) => (false, false, true),
             };
             if full {
                 tokio::task::yield_now().await;
@@ -349,9 +381,13 @@ impl QueueRunner {
             } else {
                 (pause * 2).min(self.config.batch_run_sleep)
             };
+            let until = started + pause;
+            // After a failed round the pause is waited out whole: probing
+            // would only bring the failure back sooner.
+            let probe = !failed && !self.config.idle_poll.is_zero();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(pause.saturating_sub(started.elapsed())) => {}
+                _ = self.pause_until(until, probe) => {}
             }
         }
         tracing::info!("queuerunner stopped");

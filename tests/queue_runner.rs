@@ -313,3 +313,34 @@ async fn run_returns_promptly_on_shutdown() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_queuerunner_notices_a_new_job_long_before_its_round_is_due() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let store = db.store().await;
+    let config = Config {
+        // Without the probe, a job inserted now would wait up to a minute.
+        batch_run_sleep: Duration::from_secs(60),
+        idle_poll: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let qr = QueueRunner::new(config, store.clone(), vec![gearmand.addr.clone()]).unwrap();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(qr.run(stop.clone()));
+    // Its first round found nothing: it is now in its minute-long pause.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Client::new(store)
+        .insert_job(NewJob::new("idle_probe", "x"))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the job to be queued in gearmand",
+        || async { gearmand.depth("idle_probe").await == 1 },
+    )
+    .await;
+    stop.cancel();
+    within(Duration::from_secs(5), "queuerunner stops", runner)
+        .await
+        .unwrap();
+}
