@@ -30,7 +30,7 @@ const FUNC: &str = "fault_job";
 const SHORT_LEASE: &str = "3";
 /// Lease of the runs without faults: far longer than the run, so a job run
 /// twice there would be a real double dispatch.
-const LONG_LEASE: &str = "120";
+const LONG_LEASE: &str = "600";
 const JOBS: u64 = 1500;
 const RATE: &str = "500";
 const DRAIN: Duration = Duration::from_secs(120);
@@ -532,6 +532,34 @@ async fn crash_mid_run(mode: Mode, what: &str) -> Report {
         .await
 }
 
+/// SIGTERMs `what` once a fifth of the jobs ran and starts it again, with a
+/// lease longer than the test may take: it must exit 0 after finishing what
+/// it holds, and no job may be left to wait for its lease.
+async fn graceful_stop_mid_run(mode: Mode, what: &str) -> Report {
+    let mut flow = Flow::start(Setup {
+        lease: LONG_LEASE,
+        ..Setup::new(mode)
+    })
+    .await;
+    flow.inject();
+    flow.wait_for_runs(JOBS as usize / 5).await;
+    let (in_flight, at) = (flow.in_flight().await, Instant::now());
+    let mut stopped = flow.member(what).proc.take().expect("running");
+    let status = tokio::task::spawn_blocking(move || stopped.terminate(Duration::from_secs(35)))
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "{what} exited with {status} after SIGTERM"
+    );
+    flow.member(what).start();
+    let report = flow
+        .finish(&format!("SIGTERM {what}, restart"), at, in_flight)
+        .await;
+    assert_eq!(report.duplicates, 0, "a job ran twice while its lease held");
+    report
+}
+
 async fn gearmand_dies_mid_run(mode: Mode) -> Report {
     let mut flow = Flow::start(Setup::new(mode)).await;
     flow.inject();
@@ -640,6 +668,26 @@ async fn low_latency_survives_the_database_going_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_latency_two_of_each_never_run_a_leased_job_twice() {
     two_of_each_while_leases_hold(Mode::LowLatency).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_queuerunner_leaves_no_job_waiting_for_a_lease() {
+    graceful_stop_mid_run(Mode::Throughput, "queuerunner0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_throughput_worker_leaves_no_job_waiting_for_a_lease() {
+    graceful_stop_mid_run(Mode::Throughput, "worker0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_injector_leaves_no_job_waiting_for_a_lease() {
+    graceful_stop_mid_run(Mode::LowLatency, "injector").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_controller_leaves_no_job_waiting_for_a_lease() {
+    graceful_stop_mid_run(Mode::LowLatency, "controller0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
