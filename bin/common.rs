@@ -105,6 +105,22 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Serves the metrics the library records (see `garivini::telemetry`) as
+/// Prometheus text on `http://ADDR/metrics`. Must be called within the
+/// runtime; fails (one line) if the address cannot be bound.
+pub fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+    let socket: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --metrics-addr {addr:?}: expected IP:PORT"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(socket)
+        .set_buckets(garivini::telemetry::BUCKETS)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(addr, "serving Prometheus metrics on /metrics");
+    Ok(())
+}
+
 /// Runs `main` on a Tokio runtime; an error is printed as one line on
 /// stderr and the process exits with status 1.
 pub fn run(main: impl Future<Output = anyhow::Result<()>>) {

@@ -47,6 +47,9 @@ enum Role {
 /// The roles' settings; each role reads the ones that concern it.
 #[derive(clap::Args, Debug)]
 struct Settings {
+    /// Serve Prometheus metrics on http://IP:PORT/metrics.
+    #[arg(long, value_name = "IP:PORT", env = "GARIVINI_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// Seconds a dispatched job is leased before it is due again.
     #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE)]
     lease: u32,
@@ -171,6 +174,9 @@ async fn run_roles(
         }
     }
     let gearmand = servers.gearmand()?;
+    if let Some(addr) = &settings.metrics_addr {
+        common::serve_metrics(addr)?;
+    }
     let store: Arc<Store> = servers.store().await?;
     let shutdown: CancellationToken = common::shutdown_on_signal();
     let mut tasks = tokio::task::JoinSet::new();

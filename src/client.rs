@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::job::{backoff, Job, NewJob, When};
 use crate::outage::Outage;
 use crate::store::{JobRef, Store};
+use crate::telemetry;
 
 /// After this many failures a job is parked as dead.
 pub const DEFAULT_MAX_ATTEMPTS: u8 = 25;
@@ -202,6 +203,7 @@ impl Client {
             Retry::In(secs) => When::In(secs),
         };
         self.store.reschedule(job_ref(job), when, failcount).await?;
+        telemetry::failed(retry == Retry::Dead);
         Ok(retry)
     }
 }
@@ -224,6 +226,9 @@ async fn flush(store: &Store, deferred: &Deferred, batch: Vec<Completion>) {
             .delete(dbid, &ids)
             .await
             .map_err(|e| (e.to_string(), e.is_connection_fault()));
+        if let Ok(deleted) = outcome {
+            telemetry::completed(deleted);
+        }
         let mut written = 0;
         for c in completions {
             match c.done {

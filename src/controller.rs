@@ -26,6 +26,7 @@ use crate::job::Job;
 use crate::outage::Outage;
 use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::store::JobRef;
+use crate::telemetry;
 
 /// Jobs run at once, per gearmand.
 pub const DEFAULT_CONCURRENCY: usize = 200;
@@ -170,6 +171,7 @@ impl Controller {
                 None => Ran::Unknown,
             };
         }
+        let started = Instant::now();
         let unique = gearman_unique(job.uniqkey.as_deref());
         let run = self
             .foreground
@@ -185,6 +187,7 @@ impl Controller {
                 }
             }
         };
+        telemetry::controller_job(started.elapsed());
         match &outcome {
             Ok(_) => self.lost.ended(),
             Err(err) => self.lost.failed(err),

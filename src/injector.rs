@@ -32,6 +32,7 @@ use crate::queue_runner::{
     DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
 };
 use crate::store::{JobRef, Store};
+use crate::telemetry;
 
 /// The Gearman function the Injector serves.
 pub const INJECT_JOBS: &str = "inject_jobs";
@@ -322,6 +323,7 @@ impl Injector {
     /// answer for the client, only after the rows are committed. Jobs due
     /// now are queued for dispatch (see [`Injector::run`]).
     pub async fn inject(&self, workload: &[u8]) -> Result<Bytes> {
+        let started = std::time::Instant::now();
         let mut request = parse_request(workload, self.config.max_batch)?;
         let due_now = request.jobs.iter().filter(|j| j.delay == 0).count() as u64;
         let mut room = self.depth.take(due_now, self.config.queue_watermark_depth);
@@ -348,6 +350,7 @@ impl Injector {
         self.inserts.send(pending).await.map_err(|_| stopped())?;
         let (jobs, refs) = answer.await.map_err(|_| stopped())?;
         let refs = refs?;
+        telemetry::injected(refs.len(), started.elapsed());
 
         let answer: Vec<Value> = refs
             .iter()
@@ -426,6 +429,7 @@ impl Injector {
                     match outcome {
                         Ok(answer) => WorkResult::Complete(answer),
                         Err(err) => {
+                            telemetry::inject_refused(err.is_connection_fault());
                             if !err.is_connection_fault() {
                                 tracing::warn!(error = %err, "inject_jobs refused");
                             }
@@ -496,6 +500,7 @@ async fn dispatch_loop(
             })
             .collect();
         let acked = submitter.submit(&submits).await;
+        telemetry::dispatched_by("injector", acked.iter().filter(|&&ok| ok).count());
         let mut failed: HashMap<u32, Vec<u64>> = HashMap::new();
         for (job, ok) in jobs.iter().zip(acked) {
             if !ok {

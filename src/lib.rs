@@ -26,6 +26,7 @@
 //! - [`error`]: the one error type.
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
 //!   outage, capped and jittered retries.
+//! - [`telemetry`]: the Prometheus metrics the roles record (the catalogue).
 //!
 //! Storing a job and, in a worker, completing it:
 //!
@@ -63,6 +64,7 @@ pub mod job;
 pub mod outage;
 pub mod queue_runner;
 pub mod store;
+pub mod telemetry;
 
 pub use client::{Client, Retry};
 pub use error::{Error, Result};

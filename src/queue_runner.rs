@@ -21,6 +21,7 @@ use crate::gearman::{function_status, gearman_unique, BackgroundJob, FunctionLoa
 use crate::job::{Flag, Job};
 use crate::outage::Outage;
 use crate::store::Store;
+use crate::telemetry;
 
 /// How long a dispatched row is leased before it is due again (seconds).
 pub const DEFAULT_LEASE: u32 = 1000;
@@ -53,6 +54,8 @@ pub const DEFAULT_WATERMARK_PUSHBACK: u32 = 1;
 pub const DEFAULT_NO_WORKER_DELAY: u32 = 30;
 /// How soon a row whose submit failed is due again (seconds).
 pub const DEFAULT_SUBMIT_RETRY_DELAY: u32 = 5;
+/// How often the due-rows gauge is counted (a bounded index scan).
+const DUE_ROWS_EVERY: Duration = Duration::from_secs(5);
 /// The function a Controller serves; `controller` rows are sent to it.
 pub const RUN_QUEUED_JOB: &str = "run_queued_job";
 
@@ -190,6 +193,8 @@ pub struct QueueRunner {
     batches: HashMap<u32, BatchSize>,
     db_outages: HashMap<u32, Outage>,
     status_outage: Outage,
+    /// When the due-rows gauge was last counted.
+    due_counted: Instant,
 }
 
 impl QueueRunner {
@@ -220,6 +225,9 @@ impl QueueRunner {
             batches,
             db_outages,
             status_outage: Outage::new("queuerunner cannot read gearmand queue depths"),
+            due_counted: Instant::now()
+                .checked_sub(DUE_ROWS_EVERY)
+                .unwrap_or_else(Instant::now),
         })
     }
 
@@ -231,6 +239,26 @@ impl QueueRunner {
     /// One round: one batch from each database. Errors of one database
     /// are logged (once per outage) and counted, and do not stop the others.
     pub async fn run_once(&mut self) -> Result<Stats> {
+        let started = Instant::now();
+        let stats = self.round().await?;
+        telemetry::claim_round(
+            stats.claimed,
+            stats.dispatched,
+            stats.pushed_back,
+            started.elapsed(),
+        );
+        if self.due_counted.elapsed() >= DUE_ROWS_EVERY {
+            self.due_counted = Instant::now();
+            for dbid in self.store.dbids() {
+                if let Ok(rows) = self.store.count_due(dbid, telemetry::DUE_ROWS_CAP).await {
+                    telemetry::due_rows(dbid, rows);
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn round(&mut self) -> Result<Stats> {
         let mut stats = Stats::default();
         let watermark = self.config.queue_watermark_depth;
         let mut room: Option<Room> = None;
@@ -243,6 +271,9 @@ impl QueueRunner {
                 return Err(err);
             }
             self.status_outage.ended();
+            for (function, l) in &load {
+                telemetry::queue_depth(function, l.queued);
+            }
             room = Some(Room::new(
                 watermark,
                 self.config.watermark_pushback,

@@ -17,6 +17,7 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::job::{Flag, Job, NewJob, When, NEVER};
 use crate::outage::Outage;
+use crate::telemetry;
 
 /// How long a database that failed is avoided for keyless inserts.
 pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
@@ -406,6 +407,7 @@ impl Store {
                 refs[i] = Some(JobRef { dbid, jobid });
             }
         }
+        telemetry::inserted(jobs.len());
         Ok(refs
             .into_iter()
             .map(|r| r.expect("every job placed"))
@@ -547,6 +549,24 @@ impl Store {
                 )
                 .await?;
             Ok(due.is_some())
+        })
+        .await
+    }
+
+    /// Rows of database `dbid` due now, counted up to `cap` (the scan of
+    /// the run_after index stops there).
+    pub async fn count_due(&self, dbid: u32, cap: u64) -> Result<u64> {
+        let db = self.db(dbid)?;
+        self.run(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let rows: Option<u64> = conn
+                .exec_first(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM job \
+                     WHERE run_after <= UNIX_TIMESTAMP() LIMIT ?) due",
+                    (cap,),
+                )
+                .await?;
+            Ok(rows.unwrap_or(0))
         })
         .await
     }

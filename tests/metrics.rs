@@ -1,0 +1,226 @@
+//! `--metrics-addr`: a role process serves what it did as Prometheus text,
+//! scraped here over HTTP after real jobs went through it. Needs
+//! scripts/services up.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{free_port, run_bin, wait_until, Gearmand, Proc, TestDb};
+use garivini::gearman::{ForegroundClient, Outcome};
+use garivini::injector::INJECT_JOBS;
+use garivini::{Client, NewJob};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// GET /metrics; every sample as "name{labels}" → value.
+fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
+    *m.get(name).unwrap_or_else(|| {
+        let mut names: Vec<_> = m.keys().collect();
+        names.sort();
+        panic!("no sample {name} in /metrics; there are: {names:?}")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let servers = ["--dsn", &db.url, "--gearmand", &gearmand.addr];
+    let with = |extra: &[&'static str]| [&servers[..], extra].concat();
+    let _roles = Proc::spawn(
+        "garivini",
+        &[
+            &servers[..],
+            &[
+                "workers",
+                "--roles",
+                "queuerunner,injector,controller",
+                "--batch-run-sleep",
+                "0.2",
+                "--max-attempts",
+                "1",
+                "--queue-watermark-depth",
+                "2",
+                "--metrics-addr",
+                &metrics,
+            ],
+        ]
+        .concat(),
+    );
+    let _tp = Proc::spawn(
+        "gv_consume",
+        &with(&["--mode", "throughput", "--funcname", "m_tp"]),
+    );
+    let _ll = Proc::spawn(
+        "gv_consume",
+        &with(&["--mode", "lowlatency", "--funcname", "m_ll"]),
+    );
+    let _fails = Proc::spawn(
+        "gv_consume",
+        &with(&[
+            "--mode",
+            "lowlatency",
+            "--funcname",
+            "m_fail",
+            "--exec",
+            "exit 1",
+        ]),
+    );
+    for f in ["m_tp", "m_ll", "m_fail", INJECT_JOBS] {
+        gearmand.wait_for_worker(f).await;
+    }
+
+    // Throughput mode: 20 jobs the QueueRunner claims and dispatches; 5 for
+    // a function nobody serves, held back by the watermark of 2.
+    let client = Client::new(db.store().await);
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|i| NewJob::new("m_tp", format!("{i}")))
+        .collect();
+    client.insert_jobs(&jobs).await.unwrap();
+    let held: Vec<NewJob> = (0..5)
+        .map(|i| NewJob::new("m_held", format!("{i}")))
+        .collect();
+    client.insert_jobs(&held).await.unwrap();
+    // Low latency: 10 jobs through inject_jobs, one that fails (and, with
+    // --max-attempts 1, is dead), and one request refused as invalid.
+    let (status, out, err) = run_bin(
+        "gv_inject",
+        &with(&[
+            "--mode",
+            "lowlatency",
+            "--funcname",
+            "m_ll",
+            "--count",
+            "10",
+        ]),
+        LIMIT,
+    );
+    assert!(status.success(), "gv_inject: {out}{err}");
+    let fg = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let answer = fg
+        .submit(
+            INJECT_JOBS,
+            "",
+            Bytes::from(r#"{"funcname":"m_fail","arg":"x"}"#),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answer, Outcome::Complete(_)), "{answer:?}");
+    let refused = fg
+        .submit(INJECT_JOBS, "", Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    assert!(!matches!(refused, Outcome::Complete(_)), "{refused:?}");
+
+    wait_until(LIMIT, "every servable job to finish", || async {
+        db.count("funcname <> 'm_held' AND run_after < 2147483647")
+            .await
+            == 0
+    })
+    .await;
+    // The counters move after the rows do; give them a moment.
+    let mut m = HashMap::new();
+    wait_until(LIMIT, "the metrics to show the finished jobs", || {
+        m = scrape(&metrics).unwrap_or_default();
+        let done = m
+            .get("garivini_jobs_completed_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 10.0
+            && m.get("garivini_jobs_dead_total").copied().unwrap_or(0.0) >= 1.0
+            && m.contains_key("garivini_due_rows{db=\"1\"}");
+        async move { done }
+    })
+    .await;
+
+    assert_eq!(get(&m, "garivini_jobs_injected_total"), 11.0);
+    assert_eq!(
+        get(&m, "garivini_jobs_inserted_total"),
+        11.0,
+        "rows stored by this process"
+    );
+    assert_eq!(
+        get(&m, "garivini_inject_refused_total{reason=\"invalid\"}"),
+        1.0
+    );
+    // Under the watermark of 2 the Injector dispatches what fits and leaves
+    // the rest due, for the QueueRunner.
+    let by_injector = get(&m, "garivini_jobs_dispatched_total{role=\"injector\"}");
+    let by_runner = get(&m, "garivini_jobs_dispatched_total{role=\"queuerunner\"}");
+    assert!(by_injector >= 1.0, "{by_injector}");
+    assert!(
+        by_injector + by_runner >= 20.0 + 2.0 + 11.0,
+        "{by_injector} + {by_runner}"
+    );
+    assert!(get(&m, "garivini_jobs_claimed_total") >= by_runner);
+    assert!(
+        get(&m, "garivini_jobs_pushed_back_total") >= 3.0,
+        "5 held, room for 2"
+    );
+    // The Controller deletes the low-latency rows; gv_consume deletes the
+    // throughput ones in its own process.
+    assert_eq!(get(&m, "garivini_jobs_completed_total"), 10.0);
+    assert_eq!(get(&m, "garivini_jobs_dead_total"), 1.0);
+    assert_eq!(get(&m, "garivini_inject_seconds_count"), 11.0);
+    assert!(get(&m, "garivini_inject_seconds_bucket{le=\"60\"}") >= 11.0);
+    assert_eq!(get(&m, "garivini_controller_job_seconds_count"), 11.0);
+    assert!(get(&m, "garivini_claim_round_seconds_count") >= 1.0);
+    assert_eq!(
+        get(&m, "garivini_gearmand_queue_depth{function=\"m_held\"}"),
+        2.0
+    );
+    assert!(get(&m, "garivini_due_rows{db=\"1\"}") >= 0.0);
+}
+
+#[tokio::test]
+async fn a_metrics_address_that_cannot_be_bound_is_refused_in_one_line() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, err) = run_bin(
+        "garivini",
+        &[
+            "--dsn",
+            &db.url,
+            "--gearmand",
+            &gearmand.addr,
+            "queuerunner",
+            "--metrics-addr",
+            &addr,
+        ],
+        LIMIT,
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
