@@ -1,11 +1,14 @@
 //! `garivini`: runs Garivini's roles, one per process or several in one.
 
 mod common;
+mod settings_file;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args as _, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use garivini::{client, controller, injector, queue_runner, Client, Store};
+use settings_file::{layered, Source};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -13,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     servers: common::Servers,
+    /// A TOML file holding any of the flags (keys are their long names):
+    /// top-level dsn and gearmand, then [roles] for every role and
+    /// [queuerunner], [injector], [controller] over it. Flags and the
+    /// environment win over the file.
+    #[arg(long, global = true, env = "GARIVINI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +44,16 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Checks --config FILE (with the flags and environment given) and
+    /// prints the settings each role would run with, passwords masked.
+    Check,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +63,21 @@ enum Role {
     Controller,
 }
 
+impl Role {
+    const ALL: [Role; 3] = [Role::Queuerunner, Role::Injector, Role::Controller];
+
+    /// Its name, as a subcommand and as a section of the config file.
+    fn name(self) -> &'static str {
+        match self {
+            Role::Queuerunner => "queuerunner",
+            Role::Injector => "injector",
+            Role::Controller => "controller",
+        }
+    }
+}
+
 /// The roles' settings; each role reads the ones that concern it.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct Settings {
     /// Serve Prometheus metrics on http://IP:PORT/metrics.
     #[arg(long, value_name = "IP:PORT", env = "GARIVINI_METRICS_ADDR")]
@@ -149,22 +181,19 @@ impl Settings {
 enum Planned {
     QueueRunner(queue_runner::Config),
     Injector(injector::Config),
-    Controller(controller::Config),
+    Controller(controller::Config, u8),
 }
 
-/// Starts `roles` on shared pools and runs them until a signal.
-async fn run_roles(
-    roles: &[Role],
-    settings: &Settings,
-    servers: &common::Servers,
-) -> anyhow::Result<()> {
+/// Starts `roles`, each with its settings, on shared pools and runs them
+/// until a signal.
+async fn run_roles(roles: &[(Role, Settings)], servers: &common::Servers) -> anyhow::Result<()> {
     // Every setting is checked before anything is connected to.
     let mut plan = Vec::new();
-    for role in roles {
+    for (role, settings) in roles {
         let planned = match role {
             Role::Queuerunner => Planned::QueueRunner(settings.queue_runner()?),
             Role::Injector => Planned::Injector(settings.injector()?),
-            Role::Controller => Planned::Controller(settings.controller()?),
+            Role::Controller => Planned::Controller(settings.controller()?, settings.max_attempts),
         };
         if !plan
             .iter()
@@ -174,7 +203,9 @@ async fn run_roles(
         }
     }
     let gearmand = servers.gearmand()?;
-    if let Some(addr) = &settings.metrics_addr {
+    // One exporter per process: the first role's address (the roles of a
+    // `workers` process share it).
+    if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {
         common::serve_metrics(addr)?;
     }
     let store: Arc<Store> = servers.store().await?;
@@ -189,8 +220,8 @@ async fn run_roles(
             Planned::Injector(config) => {
                 tasks.spawn(injector::Injector::new(config, store, gearmand)?.run(shutdown));
             }
-            Planned::Controller(config) => {
-                let client = Client::new(store).with_max_attempts(settings.max_attempts);
+            Planned::Controller(config, max_attempts) => {
+                let client = Client::new(store).with_max_attempts(max_attempts);
                 tasks.spawn(controller::Controller::new(config, client, gearmand)?.run(shutdown));
             }
         }
@@ -201,16 +232,149 @@ async fn run_roles(
     Ok(())
 }
 
+/// The connection flags and each role's settings, with the config file (if
+/// any) laid under what the command line and the environment gave.
+struct Effective {
+    file: Option<String>,
+    servers: (common::Servers, Sources),
+    roles: Vec<(Role, Settings, Sources)>,
+}
+
+/// Where each flag's value came from, by long name.
+type Sources = Vec<(String, Source)>;
+
+fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
+    let (roles, given): (Vec<Role>, Option<(&Settings, &ArgMatches)>) = match &cli.command {
+        Command::Queuerunner(s) | Command::Injector(s) | Command::Controller(s) => {
+            let role = match cli.command {
+                Command::Queuerunner(_) => Role::Queuerunner,
+                Command::Injector(_) => Role::Injector,
+                _ => Role::Controller,
+            };
+            (vec![role], Some((s, sub_matches(matches))))
+        }
+        Command::Workers { roles, settings } => {
+            (roles.clone(), Some((settings, sub_matches(matches))))
+        }
+        Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), None),
+    };
+    let Some(path) = &cli.config else {
+        let settings = match given {
+            Some((s, _)) => s.clone(),
+            None => Settings::from_arg_matches(
+                &Settings::augment_args(clap::Command::new("x")).get_matches_from(["x"]),
+            )?,
+        };
+        return Ok(Effective {
+            file: None,
+            servers: (cli.servers.clone(), Vec::new()),
+            roles: roles
+                .into_iter()
+                .map(|r| (r, settings.clone(), Vec::new()))
+                .collect(),
+        });
+    };
+    let file = settings_file::File::read(path)?;
+    let name = path.display().to_string();
+    let servers = layered::<common::Servers>(matches, &file.top(), &name)?;
+    let none = ArgMatches::default();
+    let mut per_role = Vec::new();
+    for role in roles {
+        let given = given.map_or(&none, |(_, m)| m);
+        let (settings, sources) = layered::<Settings>(given, &file.role(role.name()), &name)?;
+        per_role.push((role, settings, sources));
+    }
+    Ok(Effective {
+        file: Some(name),
+        servers,
+        roles: per_role,
+    })
+}
+
+fn sub_matches(matches: &ArgMatches) -> &ArgMatches {
+    matches.subcommand().map_or(matches, |(_, m)| m)
+}
+
+/// `garivini config check`: every role's settings checked and printed.
+fn check(e: &Effective) -> anyhow::Result<()> {
+    let (servers, sources) = &e.servers;
+    let source = |sources: &[(String, Source)], flag: &str| {
+        sources
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map_or("default", |(_, s)| match s {
+                Source::Flag => "flag",
+                Source::Env => "environment",
+                Source::File => "file",
+                Source::Default => "default",
+            })
+    };
+    let dbs = garivini::config::parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
+    let gearmand = servers.gearmand()?;
+    println!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
+    for db in &dbs {
+        println!(
+            "database {}: {} ({})",
+            db.dbid,
+            garivini::config::mask_dsn(&db.url),
+            source(sources, "dsn")
+        );
+    }
+    println!(
+        "gearmand: {} ({})",
+        gearmand.join(","),
+        source(sources, "gearmand")
+    );
+    for (role, settings, sources) in &e.roles {
+        match role {
+            Role::Queuerunner => settings.queue_runner().map(|_| ())?,
+            Role::Injector => settings.injector().map(|_| ())?,
+            Role::Controller => settings.controller().map(|_| ())?,
+        }
+        println!("[{}]", role.name());
+        let cmd = Settings::augment_args(clap::Command::new("x"));
+        let values = format!("{settings:?}");
+        for arg in cmd.get_arguments() {
+            let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+                continue;
+            };
+            println!(
+                "  {long} = {} ({})",
+                field(&values, id).unwrap_or_else(|| "-".into()),
+                source(sources, long)
+            );
+        }
+    }
+    println!("ok");
+    Ok(())
+}
+
+/// A field's value from a struct's Debug text ("name: value").
+fn field(debug: &str, name: &str) -> Option<String> {
+    let start = debug.find(&format!("{name}: "))? + name.len() + 2;
+    let rest = &debug[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    let value = rest[..end].trim();
+    let value = value
+        .strip_prefix("Some(")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or(value);
+    Some(match value {
+        "None" => "-".to_string(),
+        v => v.trim_matches('"').to_string(),
+    })
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     common::init_tracing();
     common::run(async move {
-        let (roles, settings) = match &cli.command {
-            Command::Queuerunner(s) => (vec![Role::Queuerunner], s),
-            Command::Injector(s) => (vec![Role::Injector], s),
-            Command::Controller(s) => (vec![Role::Controller], s),
-            Command::Workers { roles, settings } => (roles.clone(), settings),
-        };
-        run_roles(&roles, settings, &cli.servers).await
+        let e = effective(&cli, &matches)?;
+        if let Command::Config(ConfigCommand::Check) = cli.command {
+            return check(&e);
+        }
+        let roles: Vec<(Role, Settings)> = e.roles.into_iter().map(|(r, s, _)| (r, s)).collect();
+        run_roles(&roles, &e.servers.0).await
     });
 }

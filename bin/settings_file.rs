@@ -1,0 +1,210 @@
+//! `--config garivini.toml`: every flag of `garivini` in a file. Keys are
+//! the flags' long names; precedence is flags > environment > file >
+//! defaults. The file is laid over the flags by clap itself: its values
+//! become arguments placed before the ones given, so every value is parsed
+//! and checked exactly as the same flag would be.
+//!
+//! ```toml
+//! dsn = ["mysql://garivini:secret@db1/garivini", "mysql://garivini:secret@db2/garivini"]
+//! gearmand = ["gearmand1:4730", "gearmand2:4730"]
+//!
+//! [roles]          # every role
+//! lease = 600
+//! metrics-addr = "0.0.0.0:9101"
+//!
+//! [queuerunner]    # one role; over [roles]
+//! queue-watermark-depth = 2000
+//!
+//! [controller]
+//! concurrency = 400
+//! ```
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+
+/// The role sections a file may have, besides `[roles]`.
+pub const ROLE_SECTIONS: [&str; 3] = ["queuerunner", "injector", "controller"];
+
+/// A parsed configuration file.
+pub struct File {
+    path: String,
+    table: toml::Table,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+impl File {
+    pub fn read(path: &Path) -> anyhow::Result<File> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            anyhow!(
+                "config file {}: {}",
+                path.display(),
+                e.message().replace('\n', " ")
+            )
+        })?;
+        let file = File {
+            path: path.display().to_string(),
+            table,
+        };
+        for (key, value) in &file.table {
+            let section = key.as_str();
+            if section == "roles" || ROLE_SECTIONS.contains(&section) {
+                if !value.is_table() {
+                    bail!("config file {}: [{section}] must be a table", file.path);
+                }
+            } else if value.is_table() {
+                bail!(
+                    "config file {}: unknown section [{section}] (known: roles, {})",
+                    file.path,
+                    ROLE_SECTIONS.join(", ")
+                );
+            }
+        }
+        Ok(file)
+    }
+
+    /// The top-level keys (the connection flags).
+    pub fn top(&self) -> Vec<(&str, &toml::Value)> {
+        self.table
+            .iter()
+            .filter(|(_, v)| !v.is_table())
+            .map(|(k, v)| (k.as_str(), v))
+            .collect()
+    }
+
+    /// The keys for `role`: `[roles]`, then `[role]` over it.
+    pub fn role(&self, role: &str) -> Vec<(&str, &toml::Value)> {
+        let mut keys = Vec::new();
+        for section in ["roles", role] {
+            if let Some(toml::Value::Table(t)) = self.table.get(section) {
+                for (k, v) in t {
+                    keys.retain(|(old, _)| *old != k.as_str());
+                    keys.push((k.as_str(), v));
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// `T` (a set of flags) as given in `given`, with the file's `keys` for
+/// every flag given neither on the command line nor in the environment.
+/// Answers the value and where each flag came from (by long name).
+pub fn layered<T: Args + FromArgMatches>(
+    given: &ArgMatches,
+    keys: &[(&str, &toml::Value)],
+    file: &str,
+) -> anyhow::Result<(T, Vec<(String, Source)>)> {
+    let cmd =
+        T::augment_args(Command::new("garivini").no_binary_name(true)).args_override_self(true);
+    let mut argv: Vec<OsString> = Vec::new();
+    let mut from_file = Vec::new();
+    for (key, value) in keys {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key))
+            .ok_or_else(|| anyhow!("config file {file}: unknown setting {key:?}"))?;
+        let id = arg.get_id().as_str();
+        if explicit(given, id) {
+            continue;
+        }
+        let value = scalar(value).map_err(|e| anyhow!("config file {file}: {key}: {e}"))?;
+        // One token, so that a value starting with '-' is not taken for a flag.
+        argv.push(format!("--{key}={value}").into());
+        from_file.push(id.to_string());
+    }
+    // What was given comes after, so that it wins.
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long() else { continue };
+        if !explicit(given, id) {
+            continue;
+        }
+        if let Some(values) = given.get_raw(id) {
+            for v in values {
+                let mut token = OsString::from(format!("--{long}="));
+                token.push(v);
+                argv.push(token);
+            }
+        }
+    }
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(|e| anyhow!("config file {file}: {}", first_line(&e.to_string())))?;
+    let value =
+        T::from_arg_matches(&matches).map_err(|e| anyhow!("{}", first_line(&e.to_string())))?;
+    let sources = cmd
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?.to_string();
+            let id = arg.get_id().as_str();
+            let source = match source_of(given, id) {
+                Some(ValueSource::CommandLine) => Source::Flag,
+                Some(ValueSource::EnvVariable) => Source::Env,
+                _ if from_file.iter().any(|f| f == id) => Source::File,
+                _ => Source::Default,
+            };
+            Some((long, source))
+        })
+        .collect();
+    Ok((value, sources))
+}
+
+/// Where `id` got its value in `given`, if `given` knows it at all (a
+/// `workers` process's matches know its settings, a `config check` none).
+fn source_of(given: &ArgMatches, id: &str) -> Option<ValueSource> {
+    given
+        .ids()
+        .any(|i| i.as_str() == id)
+        .then(|| given.value_source(id))
+        .flatten()
+}
+
+/// Whether `id` was given on the command line or in the environment.
+fn explicit(given: &ArgMatches, id: &str) -> bool {
+    matches!(
+        source_of(given, id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// A TOML value as a flag's text: strings as they are, numbers and
+/// booleans as written, arrays of those joined with commas (the lists of
+/// databases and servers).
+fn scalar(value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(items) => Ok(items
+            .iter()
+            .map(scalar)
+            .collect::<Result<Vec<_>, _>>()?
+            .join(",")),
+        _ => Err("expected a string, a number, a boolean or a list of those".into()),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string()
+}

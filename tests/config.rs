@@ -1,0 +1,128 @@
+//! `--config garivini.toml`: roles run from a file, flags and the
+//! environment win over it, `garivini config check` shows the result with
+//! passwords masked, and a bad file is refused in one line. Needs
+//! scripts/services up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bin, run_bin, wait_until, Gearmand, Proc, TestDb};
+use garivini::{Client, NewJob};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn write(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("garivini.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn config_check_shows_each_setting_and_where_it_came_from_without_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        r#"
+dsn = ["mysql://gv:hunter2@db1:3306/garivini", "mysql://gv:hunter2@db2/garivini"]
+gearmand = ["from-file:4730"]
+
+[roles]
+lease = 600
+
+[queuerunner]
+queue-watermark-depth = 2000
+"#,
+    );
+    let out = bin("garivini")
+        .args(["--config", &file, "config", "check"])
+        .env("GARIVINI_GEARMAND", "from-env:4730")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+    for line in [
+        "database 1: mysql://gv:***@db1:3306/garivini (file)",
+        "database 2: mysql://gv:***@db2/garivini (file)",
+        // The environment wins over the file.
+        "gearmand: from-env:4730 (environment)",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let section = |role: &str| -> String {
+        let start = stdout.find(&format!("[{role}]")).expect("role section");
+        let rest = &stdout[start + 1..];
+        rest[..rest.find("\n[").unwrap_or(rest.len())].to_string()
+    };
+    let qr = section("queuerunner");
+    assert!(qr.contains("lease = 600 (file)"), "{qr}");
+    assert!(qr.contains("queue-watermark-depth = 2000 (file)"), "{qr}");
+    let inj = section("injector");
+    assert!(inj.contains("lease = 600 (file)"), "{inj}");
+    assert!(
+        inj.contains("queue-watermark-depth = 4000 (default)"),
+        "{inj}"
+    );
+}
+
+#[tokio::test]
+async fn a_role_runs_with_the_servers_and_settings_of_its_file_and_flags_win() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        &format!(
+            "dsn = \"{}\"\ngearmand = \"{}\"\n[queuerunner]\nqueue-watermark-depth = 1\nbatch-run-sleep = 0.1\n",
+            db.url, gearmand.addr
+        ),
+    );
+    // Nothing on the command line but the file, and a flag over it.
+    let _qr = Proc::spawn(
+        "garivini",
+        &[
+            "--config",
+            &file,
+            "queuerunner",
+            "--queue-watermark-depth",
+            "3",
+        ],
+    );
+    let client = Client::new(db.store().await);
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|i| NewJob::new("cfg_job", format!("{i}")))
+        .collect();
+    client.insert_jobs(&jobs).await.unwrap();
+    // The flag's watermark of 3 holds, not the file's 1.
+    wait_until(LIMIT, "3 jobs queued in the file's gearmand", || async {
+        gearmand.depth("cfg_job").await == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gearmand.depth("cfg_job").await, 3);
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_refused_in_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        ("[queuerunner]\nleese = 3\n", "unknown setting \"leese\""),
+        ("[queuerunnr]\nlease = 3\n", "unknown section [queuerunnr]"),
+        ("[roles]\nlease = -3\n", "invalid value '-3' for '--lease"),
+        ("lease = \n", "garivini.toml"),
+    ] {
+        let file = write(&dir, text);
+        let (status, out, err) =
+            run_bin("garivini", &["--config", &file, "config", "check"], LIMIT);
+        assert!(!status.success(), "{text:?} was accepted: {out}");
+        assert!(err.contains(says), "{text:?}: {err}");
+        assert!(
+            err.contains(&file),
+            "{text:?}: the error should name the file: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{text:?}: {err}");
+    }
+}
