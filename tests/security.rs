@@ -113,23 +113,7 @@ impl PasswordUser {
 
 impl Drop for PasswordUser {
     fn drop(&mut self) {
-        let (server, name) = (common::server_url(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let pool = mysql_async::Pool::new(server.as_str());
-                if let Ok(mut conn) = pool.get_conn().await {
-                    let _ = conn
-                        .query_drop(format!("DROP USER IF EXISTS '{name}'@'%'"))
-                        .await;
-                }
-                let _ = pool.disconnect().await;
-            });
-        })
-        .join();
+        common::cleanup_sql(format!("DROP USER IF EXISTS '{}'@'%'", self.name));
     }
 }
 

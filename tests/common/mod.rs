@@ -141,25 +141,29 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (server, name) = (server_url(), self.name.clone());
-        // Drop runs outside any runtime we may block: use a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let pool = mysql_async::Pool::new(server.as_str());
-                if let Ok(mut conn) = pool.get_conn().await {
-                    let _ = conn
-                        .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
-                        .await;
-                }
-                let _ = pool.disconnect().await;
-            });
-        })
-        .join();
+        cleanup_sql(format!("DROP DATABASE IF EXISTS {}", self.name));
     }
+}
+
+/// Runs one statement on the server, from a `Drop`, ignoring failure: a
+/// fixture's cleanup. Drop runs outside any runtime we may block, so this
+/// uses a thread and a runtime of its own.
+pub fn cleanup_sql(sql: String) {
+    let server = server_url();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = mysql_async::Pool::new(server.as_str());
+            if let Ok(mut conn) = pool.get_conn().await {
+                let _ = conn.query_drop(sql).await;
+            }
+            let _ = pool.disconnect().await;
+        });
+    })
+    .join();
 }
 
 /// The `DBID JOBID` lines that `gv_consume --record` wrote, in order (a job
