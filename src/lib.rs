@@ -26,6 +26,8 @@
 //! - [`error`]: the one error type.
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
 //!   outage, capped and jittered retries.
+//! - [`admin`]: operating it: the `garivini status` report and the
+//!   `garivini jobs` commands (list, show, retry, cancel).
 //!
 //! Storing a job and, in a worker, completing it:
 //!
@@ -52,6 +54,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 mod batch;
 pub mod client;
 pub mod config;
