@@ -1,5 +1,7 @@
-//! `garivini`: runs Garivini's roles, one per process or several in one.
+//! `garivini`: runs Garivini's roles, one per process or several in one;
+//! `garivini status` and `garivini jobs` operate a deployment.
 
+mod admin;
 mod common;
 
 use std::sync::Arc;
@@ -27,6 +29,15 @@ enum Command {
     /// Serves `run_queued_job`: runs stored jobs on their real workers and
     /// completes or fails their rows.
     Controller(Settings),
+    /// One screen per deployment: each database's rows per function (due,
+    /// in flight, scheduled, dead, failing, oldest due) and each gearmand's
+    /// queues. Exits 1, after the report, if a source could not be read.
+    Status(admin::StatusArgs),
+    /// Lists, shows, retries or cancels stored jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: admin::JobsCommand,
+    },
     /// Runs several roles in one process, sharing its database pools.
     Workers {
         /// The roles, comma separated.
@@ -204,6 +215,8 @@ fn main() {
             Command::Injector(s) => (vec![Role::Injector], s),
             Command::Controller(s) => (vec![Role::Controller], s),
             Command::Workers { roles, settings } => (roles.clone(), settings),
+            Command::Status(args) => return admin::status(args, &cli.servers).await,
+            Command::Jobs { command } => return admin::jobs(command, &cli.servers).await,
         };
         run_roles(&roles, settings, &cli.servers).await
     });
