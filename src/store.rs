@@ -106,15 +106,15 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// The WHERE condition; binds `now` and `now + lease` as `?`s.
-    fn condition(self) -> (&'static str, usize) {
+    /// The WHERE condition, whose `?`s [`Selection::params`] binds.
+    fn condition(self) -> &'static str {
         match self {
-            Selection::All => ("TRUE", 0),
-            Selection::Due => ("run_after <= ?", 1),
-            Selection::InFlight => ("run_after > ? AND run_after <= ?", 2),
-            Selection::Scheduled => ("run_after > ? AND run_after < 2147483647", 1),
-            Selection::Dead => ("run_after >= 2147483647", 0),
-            Selection::Failing => ("failcount > 0 AND run_after < 2147483647", 0),
+            Selection::All => "TRUE",
+            Selection::Due => "run_after <= ?",
+            Selection::InFlight => "run_after > ? AND run_after <= ?",
+            Selection::Scheduled => "run_after > ? AND run_after < 2147483647",
+            Selection::Dead => "run_after >= 2147483647",
+            Selection::Failing => "failcount > 0 AND run_after < 2147483647",
         }
     }
 
@@ -868,7 +868,7 @@ impl Store {
                 .query_first("SELECT UNIX_TIMESTAMP()")
                 .await?
                 .unwrap_or_default();
-            let (condition, _) = selection.condition();
+            let condition = selection.condition();
             let mut params = selection.params(now, lease);
             let by_func = match funcname {
                 Some(f) => {
@@ -878,7 +878,7 @@ impl Store {
                 None => "",
             };
             params.push(Value::from(limit as u64));
-            let rows: Vec<(u64, String, Option<Vec<u8>>, Option<String>, u32, Option<String>, String, u8, u64)> = conn
+            let rows: Vec<ListedRow> = conn
                 .exec(
                     format!(
                         "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
@@ -890,10 +890,12 @@ impl Store {
                 .await?;
             let listed = rows
                 .into_iter()
-                .map(|(jobid, funcname, arg, uniqkey, run_after, coalesce, flag, failcount, arg_len)| Listed {
-                    job: (jobid, funcname, arg, uniqkey, run_after, coalesce, flag, failcount)
-                        .into_job(dbid),
-                    arg_len,
+                .map(|(id, func, arg, key, run_after, coalesce, flag, fails, arg_len)| {
+                    let row = (id, func, arg, key, run_after, coalesce, flag, fails);
+                    Listed {
+                        job: row.into_job(dbid),
+                        arg_len,
+                    }
                 })
                 .collect();
             Ok((now, listed))
@@ -1080,6 +1082,19 @@ type JobRow = (
     Option<String>,
     String,
     u8,
+);
+
+/// A [`JobRow`] with its arg cut short, then the arg's full length.
+type ListedRow = (
+    u64,
+    String,
+    Option<Vec<u8>>,
+    Option<String>,
+    u32,
+    Option<String>,
+    String,
+    u8,
+    u64,
 );
 
 trait IntoJob {
