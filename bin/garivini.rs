@@ -1,5 +1,7 @@
-//! `garivini`: runs Garivini's roles, one per process or several in one.
+//! `garivini`: runs Garivini's roles, one per process or several in one;
+//! `garivini status` and `garivini jobs` operate a deployment.
 
+mod admin;
 mod common;
 mod settings_file;
 
@@ -36,6 +38,15 @@ enum Command {
     /// Serves `run_queued_job`: runs stored jobs on their real workers and
     /// completes or fails their rows.
     Controller(Settings),
+    /// One screen per deployment: each database's rows per function (due,
+    /// in flight, scheduled, dead, failing, oldest due) and each gearmand's
+    /// queues. Exits 1, after the report, if a source could not be read.
+    Status(admin::StatusArgs),
+    /// Lists, shows, retries or cancels stored jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: admin::JobsCommand,
+    },
     /// Runs several roles in one process, sharing its database pools.
     Workers {
         /// The roles, comma separated.
@@ -257,6 +268,7 @@ fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
             (roles.clone(), Some((settings, sub_matches(matches))))
         }
         Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), None),
+        Command::Status(_) | Command::Jobs { .. } => (Vec::new(), None),
     };
     let Some(path) = &cli.config else {
         let settings = match given {
@@ -371,8 +383,11 @@ fn main() {
     common::init_tracing();
     common::run(async move {
         let e = effective(&cli, &matches)?;
-        if let Command::Config(ConfigCommand::Check) = cli.command {
-            return check(&e);
+        match &cli.command {
+            Command::Config(ConfigCommand::Check) => return check(&e),
+            Command::Status(args) => return admin::status(args, &e.servers.0).await,
+            Command::Jobs { command } => return admin::jobs(command, &e.servers.0).await,
+            _ => {}
         }
         let roles: Vec<(Role, Settings)> = e.roles.into_iter().map(|(r, s, _)| (r, s)).collect();
         run_roles(&roles, &e.servers.0).await

@@ -43,6 +43,31 @@ pub enum Error {
         /// How many databases there are.
         configured: usize,
     },
+    /// A job id that is not `DBID:JOBID`.
+    #[error("invalid job id {id:?}: expected DBID:JOBID, e.g. 1:42")]
+    InvalidJobId {
+        /// The id as given.
+        id: String,
+    },
+    /// Jobs asked for by id that have no row (completed, cancelled, or
+    /// never stored).
+    #[error("no such job: {} (completed, cancelled, or never stored)", list(jobs))]
+    UnknownJobs {
+        /// The ids without a row.
+        jobs: Vec<crate::store::JobRef>,
+    },
+    /// Jobs refused because they are in flight: due again within the
+    /// lease, so a worker may be running them right now.
+    #[error(
+        "refused: {} in flight (due within the {lease} s lease: a worker may be running it); nothing was changed",
+        list(jobs)
+    )]
+    JobsInFlight {
+        /// The refused ids.
+        jobs: Vec<crate::store::JobRef>,
+        /// The lease window, in seconds.
+        lease: u32,
+    },
     /// A database operation failed.
     #[error("database {dbid} ({dsn}): {source}")]
     Db {
@@ -199,6 +224,14 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// Ids as `1:7, 1:8`.
+fn list(jobs: &[crate::store::JobRef]) -> String {
+    jobs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Short for `std::result::Result<T, garivini::Error>`.

@@ -204,6 +204,27 @@ pub struct FunctionLoad {
     pub workers: u64,
 }
 
+/// Jobs and workers per function on one server, from the admin `status`
+/// command, in the order the server lists them.
+pub async fn server_status(server: &str) -> Result<Vec<(String, FunctionLoad)>> {
+    let mut admin = gearman::admin::AdminClient::from_stream(connect_stream(server).await?);
+    let rows = tokio::time::timeout(REPLY_TIMEOUT, admin.status())
+        .await
+        .map_err(|_| gearman_err(server, gearman::GearmanError::Timeout))?
+        .map_err(|e| gearman_err(server, e))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let load = FunctionLoad {
+                queued: row.total,
+                running: row.running,
+                workers: row.worker_count,
+            };
+            (row.function, load)
+        })
+        .collect())
+}
+
 /// Jobs and workers per function, summed over `servers`, from the admin
 /// `status` command. A server that does not answer is left out and named
 /// in the error list.
@@ -211,20 +232,13 @@ pub async fn function_status(servers: &[String]) -> (HashMap<String, FunctionLoa
     let mut load: HashMap<String, FunctionLoad> = HashMap::new();
     let mut errors = Vec::new();
     for server in servers {
-        let status = async {
-            let mut admin = gearman::admin::AdminClient::from_stream(connect_stream(server).await?);
-            tokio::time::timeout(REPLY_TIMEOUT, admin.status())
-                .await
-                .map_err(|_| gearman_err(server, gearman::GearmanError::Timeout))?
-                .map_err(|e| gearman_err(server, e))
-        };
-        match status.await {
+        match server_status(server).await {
             Ok(rows) => {
-                for row in rows {
-                    let l = load.entry(row.function).or_default();
-                    l.queued += row.total;
+                for (function, row) in rows {
+                    let l = load.entry(function).or_default();
+                    l.queued += row.queued;
                     l.running += row.running;
-                    l.workers += row.worker_count;
+                    l.workers += row.workers;
                 }
             }
             Err(e) => errors.push(e),

@@ -27,6 +27,8 @@
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
 //!   outage, capped and jittered retries.
 //! - [`telemetry`]: the Prometheus metrics the roles record (the catalogue).
+//! - [`admin`]: operating it: the `garivini status` report and the
+//!   `garivini jobs` commands (list, show, retry, cancel).
 //!
 //! Storing a job and, in a worker, completing it:
 //!
@@ -53,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 mod batch;
 pub mod client;
 pub mod config;

@@ -55,6 +55,145 @@ pub struct JobRef {
     pub jobid: u64,
 }
 
+impl std::fmt::Display for JobRef {
+    /// `DBID:JOBID`, as the admin commands take it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dbid, self.jobid)
+    }
+}
+
+impl std::str::FromStr for JobRef {
+    type Err = Error;
+
+    /// Reads `DBID:JOBID` (`1:42`); anything else is an
+    /// [`Error::InvalidJobId`]. Whether the database is configured is
+    /// checked where the id is used.
+    fn from_str(id: &str) -> Result<JobRef> {
+        let parsed = id.split_once(':').and_then(|(dbid, jobid)| {
+            let dbid: u32 = dbid.parse().ok().filter(|&d| d > 0)?;
+            Some(JobRef {
+                dbid,
+                jobid: jobid.parse().ok()?,
+            })
+        });
+        parsed.ok_or_else(|| Error::InvalidJobId { id: id.to_string() })
+    }
+}
+
+/// Which rows a count or a listing means, relative to the database's now
+/// and a lease window of `lease` seconds. The four states partition the
+/// table; failing cuts across them.
+///
+/// There is no lease column: a row a QueueRunner, Injector or Controller
+/// has dispatched has `run_after = now + lease`, just as a row delayed by
+/// that long. So "in flight" is *run_after within the next `lease`
+/// seconds*: every leased row (while its lease holds) is in it, and so is
+/// any row delayed, backed off or pushed back by less than the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Every row.
+    All,
+    /// `run_after <= now`: waiting for a QueueRunner.
+    Due,
+    /// `now < run_after <= now + lease`: leased (or due again soon).
+    InFlight,
+    /// `now + lease < run_after < NEVER`: delayed beyond the lease.
+    Scheduled,
+    /// `run_after >= NEVER`: given up, kept for inspection.
+    Dead,
+    /// `failcount > 0` and not dead.
+    Failing,
+}
+
+impl Selection {
+    /// The WHERE condition, whose `?`s [`Selection::params`] binds.
+    fn condition(self) -> &'static str {
+        match self {
+            Selection::All => "TRUE",
+            Selection::Due => "run_after <= ?",
+            Selection::InFlight => "run_after > ? AND run_after <= ?",
+            Selection::Scheduled => "run_after > ? AND run_after < 2147483647",
+            Selection::Dead => "run_after >= 2147483647",
+            Selection::Failing => "failcount > 0 AND run_after < 2147483647",
+        }
+    }
+
+    fn params(self, now: u32, lease: u32) -> Vec<Value> {
+        let until = Value::from(u64::from(now) + u64::from(lease));
+        match self {
+            Selection::All | Selection::Dead | Selection::Failing => vec![],
+            Selection::Due => vec![Value::from(now)],
+            Selection::InFlight => vec![Value::from(now), until],
+            Selection::Scheduled => vec![until],
+        }
+    }
+
+    /// The state (not [`Selection::Failing`] or [`Selection::All`]) of a
+    /// row due at `run_after`, by the same bounds as the SQL.
+    pub fn state_of(run_after: u32, now: u32, lease: u32) -> Selection {
+        let (run_after, now) = (u64::from(run_after), u64::from(now));
+        if run_after >= u64::from(NEVER) {
+            Selection::Dead
+        } else if run_after <= now {
+            Selection::Due
+        } else if run_after <= now + u64::from(lease) {
+            Selection::InFlight
+        } else {
+            Selection::Scheduled
+        }
+    }
+}
+
+/// The rows of one function in one database, by state
+/// ([`Store::count_by_function`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionCounts {
+    /// The function.
+    pub funcname: String,
+    /// Rows due now.
+    pub due: u64,
+    /// Rows due within the lease window (leased, or due again soon).
+    pub in_flight: u64,
+    /// Rows due later than the lease window.
+    pub scheduled: u64,
+    /// Dead rows.
+    pub dead: u64,
+    /// Rows with failcount > 0 that are not dead.
+    pub failing: u64,
+    /// run_after of the oldest due row, if any is due.
+    pub oldest_due: Option<u32>,
+}
+
+/// A row as a listing shows it: the job with at most
+/// [`LISTED_ARG_BYTES`] of its arg, and the arg's full length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The row; `arg` holds its first bytes only.
+    pub job: Job,
+    /// Length of the whole arg, in bytes.
+    pub arg_len: u64,
+}
+
+/// Bytes of each arg a listing reads.
+pub const LISTED_ARG_BYTES: usize = 64;
+
+/// What a guarded change ([`Store::retry`], [`Store::cancel`]) found in
+/// one database. Either every asked-for row was changed, or none was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Rows changed (all that were asked for, or none).
+    pub changed: Vec<u64>,
+    /// Ids with no row: nothing was changed.
+    pub missing: Vec<u64>,
+    /// Rows in flight that the guard refused: nothing was changed.
+    pub in_flight: Vec<u64>,
+}
+
+/// Rows a chunked bulk retry changes per statement, so that no statement
+/// holds the locks of a whole function's dead rows at once.
+const RETRY_CHUNK: u64 = 10_000;
+
 /// What one claim took from a database.
 #[derive(Debug, Default)]
 pub struct Claim {
@@ -663,6 +802,283 @@ impl Store {
         .await
     }
 
+    // The admin operations below (status, jobs) go through `attempt`, not
+    // `run`: their caller reports a failure to the operator, so there is
+    // no outage to log, and a role's view of the database's health is not
+    // theirs to change.
+
+    /// The masked URL of database `dbid`, for reports.
+    pub fn masked_dsn(&self, dbid: u32) -> Result<String> {
+        Ok(self.db(dbid)?.cfg.masked())
+    }
+
+    /// The database's clock and, per function, its rows by state and the
+    /// oldest due row, with "in flight" meaning due within `lease` seconds
+    /// (see [`Selection`]). One statement over the
+    /// `funcname_run_after (funcname, run_after, failcount)` index, which
+    /// covers it: it reads index entries only, ~0.5 s per million rows.
+    /// Without that index (a table created before it) the answer is the
+    /// same, only slower. Takes no lock.
+    pub async fn count_by_function(
+        &self,
+        dbid: u32,
+        lease: u32,
+    ) -> Result<(u32, Vec<FunctionCounts>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now: u32 = conn
+                .query_first("SELECT UNIX_TIMESTAMP()")
+                .await?
+                .unwrap_or_default();
+            let until = u64::from(now) + u64::from(lease);
+            type Row = (String, u64, u64, u64, u64, u64, Option<u32>);
+            let rows: Vec<Row> = conn
+                .exec(
+                    "SELECT funcname, \
+                       CAST(SUM(run_after <= ?) AS UNSIGNED), \
+                       CAST(SUM(run_after > ? AND run_after <= ?) AS UNSIGNED), \
+                       CAST(SUM(run_after > ? AND run_after < 2147483647) AS UNSIGNED), \
+                       CAST(SUM(run_after >= 2147483647) AS UNSIGNED), \
+                       CAST(SUM(failcount > 0 AND run_after < 2147483647) AS UNSIGNED), \
+                       MIN(IF(run_after <= ?, run_after, NULL)) \
+                     FROM job GROUP BY funcname ORDER BY funcname",
+                    (now, now, until, until, now),
+                )
+                .await?;
+            let counts = rows
+                .into_iter()
+                .map(
+                    |(funcname, due, in_flight, scheduled, dead, failing, oldest_due)| {
+                        FunctionCounts {
+                            funcname,
+                            due,
+                            in_flight,
+                            scheduled,
+                            dead,
+                            failing,
+                            oldest_due,
+                        }
+                    },
+                )
+                .collect();
+            Ok((now, counts))
+        })
+        .await
+    }
+
+    /// The database's clock and up to `limit` rows of `selection` (of
+    /// `funcname` only, if given), soonest due first, with only the first
+    /// [`LISTED_ARG_BYTES`] of each arg. Takes no lock. Ordered by
+    /// run_after alone, so that with a funcname the
+    /// `funcname_run_after` index gives the order and the scan stops at
+    /// `limit`; rows due at the same second come in no set order.
+    pub async fn list(
+        &self,
+        dbid: u32,
+        funcname: Option<&str>,
+        selection: Selection,
+        lease: u32,
+        limit: usize,
+    ) -> Result<(u32, Vec<Listed>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now: u32 = conn
+                .query_first("SELECT UNIX_TIMESTAMP()")
+                .await?
+                .unwrap_or_default();
+            let condition = selection.condition();
+            let mut params = selection.params(now, lease);
+            let by_func = match funcname {
+                Some(f) => {
+                    params.push(Value::from(f));
+                    "AND funcname = ?"
+                }
+                None => "",
+            };
+            params.push(Value::from(limit as u64));
+            let rows: Vec<ListedRow> = conn
+                .exec(
+                    format!(
+                        "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
+                         `coalesce`, flag, failcount, COALESCE(LENGTH(arg), 0) \
+                         FROM job WHERE {condition} {by_func} ORDER BY run_after LIMIT ?"
+                    ),
+                    Params::Positional(params),
+                )
+                .await?;
+            let listed = rows
+                .into_iter()
+                .map(|(id, func, arg, key, run_after, coalesce, flag, fails, arg_len)| {
+                    let row = (id, func, arg, key, run_after, coalesce, flag, fails);
+                    Listed {
+                        job: row.into_job(dbid),
+                        arg_len,
+                    }
+                })
+                .collect();
+            Ok((now, listed))
+        })
+        .await
+    }
+
+    /// The database's clock and the rows of `jobids` that exist (in no
+    /// particular order). Takes no lock.
+    pub async fn get_many(&self, dbid: u32, jobids: &[u64]) -> Result<(u32, Vec<Job>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now: u32 = conn
+                .query_first("SELECT UNIX_TIMESTAMP()")
+                .await?
+                .unwrap_or_default();
+            let mut jobs = Vec::with_capacity(jobids.len());
+            for chunk in jobids.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                let rows: Vec<JobRow> = conn
+                    .exec(
+                        format!("SELECT {COLUMNS} FROM job WHERE jobid IN ({list})"),
+                        params,
+                    )
+                    .await?;
+                jobs.extend(rows.into_iter().map(|r| r.into_job(dbid)));
+            }
+            Ok((now, jobs))
+        })
+        .await
+    }
+
+    /// Makes rows of database `dbid` due now (`run_after` = the database's
+    /// now), and sets their failcount to 0 if `reset_failcount`.
+    ///
+    /// All or nothing, in one transaction holding the rows' locks: when an
+    /// id has no row, or `guard` is `Some(lease)` and a row is in flight
+    /// (due within `lease` seconds, see [`Selection`]), nothing changes
+    /// and the [`Change`] names them. A guard makes sure a row a worker may
+    /// be running is not dispatched a second time.
+    pub async fn retry(
+        &self,
+        dbid: u32,
+        jobids: &[u64],
+        reset_failcount: bool,
+        guard: Option<u32>,
+    ) -> Result<Change> {
+        let set = if reset_failcount {
+            "run_after = UNIX_TIMESTAMP(), failcount = 0"
+        } else {
+            "run_after = UNIX_TIMESTAMP()"
+        };
+        self.guarded_change(dbid, jobids, guard, &format!("UPDATE job SET {set}"))
+            .await
+    }
+
+    /// Deletes rows of database `dbid`, all or nothing, with the same
+    /// guard as [`Store::retry`]: an in-flight row may be running on a
+    /// worker right now, and deleting it does not stop that run.
+    pub async fn cancel(&self, dbid: u32, jobids: &[u64], guard: Option<u32>) -> Result<Change> {
+        self.guarded_change(dbid, jobids, guard, "DELETE FROM job")
+            .await
+    }
+
+    /// Locks the rows, checks them, then runs `statement` (`UPDATE job
+    /// SET ...` or `DELETE FROM job`) on them, in one transaction.
+    async fn guarded_change(
+        &self,
+        dbid: u32,
+        jobids: &[u64],
+        guard: Option<u32>,
+        statement: &str,
+    ) -> Result<Change> {
+        let db = self.db(dbid)?;
+        let mut wanted = jobids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let wanted = &wanted;
+        self.attempt(db, move || async move {
+            let mut tx = db.pool.start_transaction(tx_opts()).await?;
+            let now: u32 = tx
+                .query_first("SELECT UNIX_TIMESTAMP()")
+                .await?
+                .unwrap_or_default();
+            let mut found: HashMap<u64, u32> = HashMap::new();
+            for chunk in wanted.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                let rows: Vec<(u64, u32)> = tx
+                    .exec(
+                        format!(
+                            "SELECT jobid, run_after FROM job WHERE jobid IN ({list}) FOR UPDATE"
+                        ),
+                        params,
+                    )
+                    .await?;
+                found.extend(rows);
+            }
+            let mut change = Change::default();
+            for &id in wanted {
+                match found.get(&id) {
+                    None => change.missing.push(id),
+                    Some(&run_after) => {
+                        if let Some(lease) = guard {
+                            if Selection::state_of(run_after, now, lease) == Selection::InFlight {
+                                change.in_flight.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+            if !change.missing.is_empty() || !change.in_flight.is_empty() {
+                tx.rollback().await?;
+                return Ok(change);
+            }
+            for chunk in wanted.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                tx.exec_drop(format!("{statement} WHERE jobid IN ({list})"), params)
+                    .await?;
+            }
+            tx.commit().await?;
+            change.changed = wanted.clone();
+            Ok(change)
+        })
+        .await
+    }
+
+    /// Makes every dead row of `funcname` in database `dbid` due now
+    /// (failcount reset to 0 if `reset_failcount`); returns how many.
+    /// Runs in statements of at most 10,000 rows each, every one committed
+    /// on its own: rows made due early may already be running when a
+    /// later statement fails.
+    pub async fn retry_dead(
+        &self,
+        dbid: u32,
+        funcname: &str,
+        reset_failcount: bool,
+    ) -> Result<u64> {
+        let db = self.db(dbid)?;
+        let set = if reset_failcount {
+            "run_after = UNIX_TIMESTAMP(), failcount = 0"
+        } else {
+            "run_after = UNIX_TIMESTAMP()"
+        };
+        let sql = format!(
+            "UPDATE job SET {set} WHERE funcname = ? AND run_after >= 2147483647 LIMIT {RETRY_CHUNK}"
+        );
+        let mut total = 0;
+        loop {
+            let changed = self
+                .attempt(db, || async {
+                    let mut conn = db.pool.get_conn().await?;
+                    conn.exec_drop(sql.as_str(), (funcname,)).await?;
+                    Ok(conn.affected_rows())
+                })
+                .await?;
+            total += changed;
+            if changed < RETRY_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Closes every pool, waiting for connections in use to come back.
     pub async fn close(self) {
         for db in self.dbs {
@@ -686,6 +1102,19 @@ type JobRow = (
     Option<String>,
     String,
     u8,
+);
+
+/// A [`JobRow`] with its arg cut short, then the arg's full length.
+type ListedRow = (
+    u64,
+    String,
+    Option<Vec<u8>>,
+    Option<String>,
+    u32,
+    Option<String>,
+    String,
+    u8,
+    u64,
 );
 
 trait IntoJob {

@@ -155,13 +155,19 @@ pub fn cleanup_sql(sql: String) {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
+        // Bounded like every wait: a cleanup stuck behind another session's
+        // lock must not hang the suite (what it leaves is named).
+        let what = sql.clone();
+        let done = rt.block_on(tokio::time::timeout(Duration::from_secs(30), async {
             let pool = mysql_async::Pool::new(server.as_str());
             if let Ok(mut conn) = pool.get_conn().await {
                 let _ = conn.query_drop(sql).await;
             }
             let _ = pool.disconnect().await;
-        });
+        }));
+        if done.is_err() {
+            eprintln!("cleanup gave up after 30 s: {what}");
+        }
     })
     .join();
 }

@@ -1,0 +1,541 @@
+//! `garivini status` and `garivini jobs ...`: their flags, and the tables
+//! people read (`--json` prints the library's values as they are).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use garivini::admin::{self, Guard, ListQuery, Status};
+use garivini::config::parse_dsn_list;
+use garivini::store::Selection;
+use garivini::{queue_runner, Error, JobRef, Store};
+
+use crate::common::Servers;
+
+/// How long an admin command waits for one database statement.
+const ADMIN_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+const LEASE_HELP: &str = "Seconds of the roles' --lease. There is no lease column: a row due \
+within this many seconds counts as in flight (leased by a QueueRunner, Injector or Controller, \
+or delayed by less than the lease)";
+
+/// `garivini status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+    lease: u32,
+}
+
+/// `garivini jobs ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Lists rows, soonest due first.
+    List {
+        /// Only this function's rows.
+        #[arg(long)]
+        funcname: Option<String>,
+        #[command(flatten)]
+        state: StateFilter,
+        /// Most rows shown (1 to 10000).
+        #[arg(long, default_value_t = admin::DEFAULT_LIST_LIMIT)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        lease: u32,
+    },
+    /// Shows one row, its job JSON, and when it runs next.
+    Show {
+        /// DBID:JOBID, e.g. 1:42.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        lease: u32,
+    },
+    /// Makes rows due now: by id, or every dead row of a function.
+    ///
+    /// By id, all or nothing: refused if an id has no row, or if a row is
+    /// in flight (due within --lease seconds; a worker may be running it,
+    /// and it would run twice) unless --force.
+    Retry {
+        /// DBID:JOBID ids, e.g. 1:42 1:43.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<String>,
+        /// Every dead row of --funcname, in every database.
+        #[arg(long, requires = "funcname")]
+        dead: bool,
+        /// The function whose dead rows to retry (with --dead).
+        #[arg(long, requires = "dead")]
+        funcname: Option<String>,
+        /// Set failcount to 0 (default: keep it, so the backoff goes on
+        /// from where it was).
+        #[arg(long)]
+        reset_failcount: bool,
+        /// Retry rows in flight too.
+        #[arg(long, conflicts_with = "dead")]
+        force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        lease: u32,
+    },
+    /// Deletes rows, all or nothing.
+    ///
+    /// Refused if an id has no row, or if a row is in flight (due within
+    /// --lease seconds: a worker may be running it, and deleting the row
+    /// does not stop it) unless --force.
+    Cancel {
+        /// DBID:JOBID ids, e.g. 1:42 1:43.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Delete rows in flight too.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        lease: u32,
+    },
+}
+
+/// Which rows `jobs list` shows (at most one; default all).
+#[derive(clap::Args, Debug)]
+#[group(multiple = false)]
+pub struct StateFilter {
+    /// Rows due now.
+    #[arg(long)]
+    due: bool,
+    /// Rows due within --lease seconds (leased, or due again soon).
+    #[arg(long)]
+    in_flight: bool,
+    /// Rows due later than --lease seconds from now.
+    #[arg(long)]
+    scheduled: bool,
+    /// Dead rows (run_after = never).
+    #[arg(long)]
+    dead: bool,
+    /// Rows with failcount > 0 that are not dead.
+    #[arg(long)]
+    failing: bool,
+}
+
+impl StateFilter {
+    fn selection(&self) -> Selection {
+        match self {
+            StateFilter { due: true, .. } => Selection::Due,
+            StateFilter {
+                in_flight: true, ..
+            } => Selection::InFlight,
+            StateFilter {
+                scheduled: true, ..
+            } => Selection::Scheduled,
+            StateFilter { dead: true, .. } => Selection::Dead,
+            StateFilter { failing: true, .. } => Selection::Failing,
+            _ => Selection::All,
+        }
+    }
+}
+
+/// The pools, without the start-up check: `status` reports a database it
+/// cannot read in its own section rather than not at all.
+fn open_store(servers: &Servers) -> anyhow::Result<Store> {
+    let dbs = parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
+    Ok(Store::open(dbs)?.with_op_timeout(ADMIN_OP_TIMEOUT))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `garivini status`: exits 1 (after the report) when a database or
+/// gearmand could not be read.
+pub async fn status(args: &StatusArgs, servers: &Servers) -> anyhow::Result<()> {
+    let store = open_store(servers)?;
+    let gearmand = match &servers.gearmand {
+        Some(_) => servers.gearmand()?,
+        None => Vec::new(),
+    };
+    let status = admin::status(&store, &gearmand, args.lease).await;
+    store.close().await;
+    if args.json {
+        print_json(&status)?;
+    } else {
+        print!("{}", status_text(&status, servers.gearmand.is_none()));
+    }
+    let errors = status.errors();
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("; "));
+    }
+    Ok(())
+}
+
+fn status_text(status: &Status, no_gearmand: bool) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "in flight = due within the {} s lease (leased, or delayed by less); failing = failcount > 0, not dead",
+        status.lease
+    ));
+    for db in &status.databases {
+        line(String::new());
+        let clock = db.now.map_or(String::new(), |n| format!("  at {}", utc(n)));
+        line(format!("database {}  {}{clock}", db.dbid, db.dsn));
+        if let Some(err) = &db.error {
+            line(format!("  unreadable: {err}"));
+            continue;
+        }
+        if db.functions.is_empty() {
+            line("  no jobs".into());
+            continue;
+        }
+        let mut rows = vec![header(&[
+            "function",
+            "due",
+            "in flight",
+            "scheduled",
+            "dead",
+            "failing",
+            "oldest due",
+        ])];
+        let counts = |name: &str, c: &admin::Counts| {
+            vec![
+                name.to_string(),
+                c.due.to_string(),
+                c.in_flight.to_string(),
+                c.scheduled.to_string(),
+                c.dead.to_string(),
+                c.failing.to_string(),
+                c.oldest_due_secs.map_or("-".into(), age),
+            ]
+        };
+        for f in &db.functions {
+            rows.push(counts(&f.funcname, &f.counts));
+        }
+        if db.functions.len() > 1 {
+            rows.push(counts("(all)", &db.total));
+        }
+        for l in table(&rows, &[1, 2, 3, 4, 5, 6]) {
+            line(format!("  {l}"));
+        }
+    }
+    if no_gearmand {
+        line(String::new());
+        line("gearmand: none given (--gearmand or GARIVINI_GEARMAND)".into());
+    }
+    for g in &status.gearmand {
+        line(String::new());
+        line(format!("gearmand {}", g.server));
+        if let Some(err) = &g.error {
+            line(format!("  unreadable: {err}"));
+            continue;
+        }
+        if g.functions.is_empty() {
+            line("  no functions".into());
+            continue;
+        }
+        let mut rows = vec![header(&["function", "depth", "running", "workers"])];
+        for f in &g.functions {
+            rows.push(vec![
+                f.funcname.clone(),
+                f.depth.to_string(),
+                f.running.to_string(),
+                f.workers.to_string(),
+            ]);
+        }
+        for l in table(&rows, &[1, 2, 3]) {
+            line(format!("  {l}"));
+        }
+    }
+    out
+}
+
+/// Runs one `jobs` subcommand.
+pub async fn jobs(command: &JobsCommand, servers: &Servers) -> anyhow::Result<()> {
+    let store = servers.store().await?;
+    let outcome = run_jobs(command, &store).await;
+    outcome.map_err(|err| match err.downcast_ref::<Error>() {
+        Some(e @ Error::JobsInFlight { .. }) => {
+            anyhow::anyhow!("{e}; pass --force to do it anyway")
+        }
+        _ => err,
+    })
+}
+
+/// Parses every id before anything is read, so that a typo changes nothing.
+fn parse_ids(ids: &[String]) -> anyhow::Result<Vec<JobRef>> {
+    Ok(ids
+        .iter()
+        .map(|id| id.parse::<JobRef>())
+        .collect::<Result<_, _>>()?)
+}
+
+async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::List {
+            funcname,
+            state,
+            limit,
+            json,
+            lease,
+        } => {
+            let query = ListQuery {
+                funcname: funcname.clone(),
+                selection: state.selection(),
+                lease: *lease,
+                limit: *limit,
+            };
+            let jobs = admin::list(store, &query).await?;
+            if *json {
+                return print_json(&jobs);
+            }
+            if jobs.is_empty() {
+                println!("no jobs");
+                return Ok(());
+            }
+            let mut rows = vec![header(&[
+                "id", "function", "state", "next run", "fails", "uniqkey", "arg",
+            ])];
+            for j in &jobs {
+                rows.push(vec![
+                    j.id.clone(),
+                    j.funcname.clone(),
+                    j.state.as_str().into(),
+                    next_run(j.due_in_secs),
+                    j.failcount.to_string(),
+                    j.uniqkey.clone().unwrap_or_else(|| "-".into()),
+                    arg_text(j.arg_bytes, &j.arg_preview),
+                ]);
+            }
+            for l in table(&rows, &[4]) {
+                println!("{l}");
+            }
+            if jobs.len() == *limit {
+                println!("(first {limit}; --limit N for more)");
+            }
+            Ok(())
+        }
+        JobsCommand::Show { id, json, lease } => {
+            let id: JobRef = id.parse()?;
+            let shown = admin::show(store, id, *lease).await?;
+            if *json {
+                return print_json(&shown);
+            }
+            let text = |key: &str| match &shown.job[key] {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let run_after = shown.job["run_after"].as_u64().unwrap_or_default() as u32;
+            let when = match shown.due_in_secs {
+                None => "never (dead: `garivini jobs retry` makes it due)".to_string(),
+                Some(_) => format!("{} ({})", next_run(shown.due_in_secs), utc(run_after)),
+            };
+            println!("job {}", shown.id);
+            println!("  funcname   {}", text("funcname"));
+            println!("  state      {}", shown.state.as_str());
+            println!("  next run   {when}");
+            println!("  run_after  {run_after}");
+            println!(
+                "  failcount  {}{}",
+                text("failcount"),
+                if shown.failing { " (failing)" } else { "" }
+            );
+            println!("  flag       {}", text("flag"));
+            println!("  uniqkey    {}", text("uniqkey"));
+            println!("  coalesce   {}", text("coalesce"));
+            println!("  arg        {} bytes", shown.arg_bytes);
+            println!("job JSON (what a worker receives):");
+            println!("{}", shown.job_json);
+            Ok(())
+        }
+        JobsCommand::Retry {
+            ids,
+            dead,
+            funcname,
+            reset_failcount,
+            force,
+            json,
+            lease,
+        } => {
+            let failcount = if *reset_failcount { "reset" } else { "kept" };
+            if *dead {
+                let funcname = funcname.as_deref().context("--dead needs --funcname")?;
+                let per_db = admin::retry_dead(store, funcname, *reset_failcount).await?;
+                let total: u64 = per_db.iter().map(|(_, n)| n).sum();
+                if *json {
+                    let per_db: std::collections::BTreeMap<String, u64> =
+                        per_db.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+                    return print_json(&serde_json::json!({
+                        "funcname": funcname, "retried": total,
+                        "by_database": per_db, "failcount": failcount,
+                    }));
+                }
+                println!(
+                    "{total} dead {} of {funcname} made due now (failcount {failcount})",
+                    plural(total as usize, "job")
+                );
+                return Ok(());
+            }
+            let ids = parse_ids(ids)?;
+            let guard = Guard {
+                lease: *lease,
+                force: *force,
+            };
+            let done = admin::retry(store, &ids, *reset_failcount, guard).await?;
+            if *json {
+                return print_json(&serde_json::json!({
+                    "retried": done.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "failcount": failcount,
+                }));
+            }
+            println!(
+                "{} {} made due now (failcount {failcount}): {}",
+                done.len(),
+                plural(done.len(), "job"),
+                ids_text(&done)
+            );
+            Ok(())
+        }
+        JobsCommand::Cancel {
+            ids,
+            force,
+            json,
+            lease,
+        } => {
+            let ids = parse_ids(ids)?;
+            let guard = Guard {
+                lease: *lease,
+                force: *force,
+            };
+            let done = admin::cancel(store, &ids, guard).await?;
+            if *json {
+                return print_json(&serde_json::json!({
+                    "cancelled": done.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }));
+            }
+            println!(
+                "{} {} cancelled (deleted): {}",
+                done.len(),
+                plural(done.len(), "job"),
+                ids_text(&done)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+fn ids_text(ids: &[JobRef]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_uppercase()).collect()
+}
+
+/// Aligns columns: those in `right` (numbers, ages) to the right, the
+/// others to the left.
+fn table(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, s)| {
+                    if right.contains(&c) {
+                        format!("{s:>w$}", w = width[c])
+                    } else {
+                        format!("{s:<w$}", w = width[c])
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
+/// An arg as a listing shows it: its size and its first bytes.
+fn arg_text(bytes: u64, preview: &str) -> String {
+    let shown: String = preview
+        .chars()
+        .take(32)
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    let more = if (shown.len() as u64) < bytes {
+        "…"
+    } else {
+        ""
+    };
+    format!("{bytes} B {shown:?}{more}")
+}
+
+/// `12s ago`, `now`, `in 5m00s`, `never`.
+fn next_run(due_in: Option<i64>) -> String {
+    match due_in {
+        None => "never".into(),
+        Some(0) => "now".into(),
+        Some(s) if s < 0 => format!("{} ago", age(s.unsigned_abs())),
+        Some(s) => format!("in {}", age(s as u64)),
+    }
+}
+
+/// `45s`, `3m05s`, `2h10m`, `3d04h`.
+fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+/// Unix time as `2026-01-02 03:04:05 UTC` (civil date from days, after
+/// Howard Hinnant's algorithm).
+fn utc(unix: u32) -> String {
+    let (days, rem) = (i64::from(unix) / 86400, i64::from(unix) % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,586 @@
+//! Operating a deployment: the report behind `garivini status` and the job
+//! commands behind `garivini jobs` (list, show, retry, cancel). Everything
+//! here builds plain values that serialize to JSON; the binary formats
+//! them for people.
+//!
+//! "In flight" is an approximation, stated wherever it is shown: the table
+//! has no lease column (the original's schema), and a dispatched row is
+//! one whose `run_after` was moved to now + lease. So a row counts as in
+//! flight when it is due within the next `lease` seconds; a row delayed or
+//! backed off by less than the lease counts too. See
+//! [`Selection`](crate::store::Selection).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::job::{Job, NewJob};
+use crate::store::{Change, JobRef, Listed, Selection, Store};
+
+/// Rows `jobs list` shows unless told otherwise.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Most rows one `jobs list` shows.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Rows of one function (or of a whole database) by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Due now, waiting for a QueueRunner.
+    pub due: u64,
+    /// Due within the lease window: leased (dispatched), or due again soon.
+    pub in_flight: u64,
+    /// Due later than the lease window.
+    pub scheduled: u64,
+    /// Given up (run_after = never), kept for inspection.
+    pub dead: u64,
+    /// failcount > 0 and not dead (also counted in their state).
+    pub failing: u64,
+    /// Seconds since the oldest due row became due; `None` when none is.
+    pub oldest_due_secs: Option<u64>,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.due += other.due;
+        self.in_flight += other.in_flight;
+        self.scheduled += other.scheduled;
+        self.dead += other.dead;
+        self.failing += other.failing;
+        self.oldest_due_secs = self.oldest_due_secs.max(other.oldest_due_secs);
+    }
+}
+
+/// One function's rows in one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunctionStatus {
+    /// The function.
+    pub funcname: String,
+    /// Its rows by state.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// One database's part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    /// Database id.
+    pub dbid: u32,
+    /// Its URL, password masked.
+    pub dsn: String,
+    /// Its clock (unix time) when counted; `None` if it did not answer.
+    pub now: Option<u32>,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
+    /// Per function, by name.
+    pub functions: Vec<FunctionStatus>,
+    /// The sum over its functions.
+    pub total: Counts,
+}
+
+/// One function as one gearmand sees it (admin `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GearmandFunction {
+    /// The function.
+    pub funcname: String,
+    /// Jobs queued or running: the depth the watermark compares.
+    pub depth: u64,
+    /// Jobs running.
+    pub running: u64,
+    /// Workers registered.
+    pub workers: u64,
+}
+
+/// One gearmand's part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct GearmandStatus {
+    /// Its `host:port`.
+    pub server: String,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
+    /// Per function, by name.
+    pub functions: Vec<GearmandFunction>,
+}
+
+/// The whole deployment on one screen (`garivini status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The lease window that tells in flight from scheduled, in seconds.
+    pub lease: u32,
+    /// Each database, by id.
+    pub databases: Vec<DbStatus>,
+    /// Each gearmand, in the order configured.
+    pub gearmand: Vec<GearmandStatus>,
+}
+
+impl Status {
+    /// One line per database or gearmand that could not be read.
+    /// (Each names its database or server.)
+    pub fn errors(&self) -> Vec<String> {
+        let dbs = self.databases.iter().filter_map(|db| db.error.clone());
+        let servers = self.gearmand.iter().filter_map(|g| g.error.clone());
+        dbs.chain(servers).collect()
+    }
+}
+
+/// Reads every database and every gearmand at once. A source that fails
+/// is reported in its section (see [`Status::errors`]), not as an error:
+/// the rest of the screen is still worth having.
+pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
+    let dbs = futures::future::join_all(store.dbids().map(|dbid| db_status(store, dbid, lease)));
+    let servers = futures::future::join_all(gearmand.iter().map(|server| async move {
+        match crate::gearman::server_status(server).await {
+            Ok(rows) => {
+                let mut functions: Vec<GearmandFunction> = rows
+                    .into_iter()
+                    .map(|(funcname, load)| GearmandFunction {
+                        funcname,
+                        depth: load.queued,
+                        running: load.running,
+                        workers: load.workers,
+                    })
+                    .collect();
+                functions.sort_by(|a, b| a.funcname.cmp(&b.funcname));
+                GearmandStatus {
+                    server: server.clone(),
+                    error: None,
+                    functions,
+                }
+            }
+            Err(e) => GearmandStatus {
+                server: server.clone(),
+                error: Some(e.to_string()),
+                functions: Vec::new(),
+            },
+        }
+    }));
+    let (databases, gearmand) = futures::join!(dbs, servers);
+    Status {
+        lease,
+        databases,
+        gearmand,
+    }
+}
+
+async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
+    let dsn = store.masked_dsn(dbid).unwrap_or_default();
+    match store.count_by_function(dbid, lease).await {
+        Ok((now, rows)) => {
+            let functions: Vec<FunctionStatus> = rows
+                .into_iter()
+                .map(|c| FunctionStatus {
+                    funcname: c.funcname,
+                    counts: Counts {
+                        due: c.due,
+                        in_flight: c.in_flight,
+                        scheduled: c.scheduled,
+                        dead: c.dead,
+                        failing: c.failing,
+                        oldest_due_secs: c.oldest_due.map(|at| u64::from(now.saturating_sub(at))),
+                    },
+                })
+                .collect();
+            let mut total = Counts::default();
+            for f in &functions {
+                total.add(&f.counts);
+            }
+            DbStatus {
+                dbid,
+                dsn,
+                now: Some(now),
+                error: None,
+                functions,
+                total,
+            }
+        }
+        Err(e) => DbStatus {
+            dbid,
+            dsn,
+            now: None,
+            error: Some(e.to_string()),
+            functions: Vec::new(),
+            total: Counts::default(),
+        },
+    }
+}
+
+/// A row's state, as listings and `show` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Due now.
+    Due,
+    /// Due within the lease window (leased, or due again soon).
+    InFlight,
+    /// Due later than the lease window.
+    Scheduled,
+    /// Never runs again unless retried.
+    Dead,
+}
+
+impl JobState {
+    /// The state of a row due at `run_after`, at `now`, for a lease window
+    /// of `lease` seconds: the same bounds as the SQL of [`Selection`].
+    pub fn of(run_after: u32, now: u32, lease: u32) -> JobState {
+        match Selection::state_of(run_after, now, lease) {
+            Selection::Due => JobState::Due,
+            Selection::InFlight => JobState::InFlight,
+            Selection::Dead => JobState::Dead,
+            _ => JobState::Scheduled,
+        }
+    }
+
+    /// How people read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Due => "due",
+            JobState::InFlight => "in flight",
+            JobState::Scheduled => "scheduled",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// One row of a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedJob {
+    /// `DBID:JOBID`.
+    pub id: String,
+    /// Database id.
+    pub dbid: u32,
+    /// Row id.
+    pub jobid: u64,
+    /// The function.
+    pub funcname: String,
+    /// Its state.
+    pub state: JobState,
+    /// Unix time it is due (2147483647 = never).
+    pub run_after: u32,
+    /// Seconds until it is due (negative: overdue by that long); `None`
+    /// when dead.
+    pub due_in_secs: Option<i64>,
+    /// Failures so far.
+    pub failcount: u8,
+    /// Dedup key.
+    pub uniqkey: Option<String>,
+    /// `shim` or `controller`.
+    pub flag: crate::job::Flag,
+    /// Length of the arg, in bytes.
+    pub arg_bytes: u64,
+    /// The arg's first bytes, as text (invalid UTF-8 replaced).
+    pub arg_preview: String,
+}
+
+fn due_in(state: JobState, run_after: u32, now: u32) -> Option<i64> {
+    (state != JobState::Dead).then(|| i64::from(run_after) - i64::from(now))
+}
+
+impl ListedJob {
+    fn new(listed: Listed, now: u32, lease: u32) -> ListedJob {
+        let job = listed.job;
+        let state = JobState::of(job.run_after, now, lease);
+        ListedJob {
+            id: JobRef {
+                dbid: job.dbid,
+                jobid: job.jobid,
+            }
+            .to_string(),
+            dbid: job.dbid,
+            jobid: job.jobid,
+            state,
+            run_after: job.run_after,
+            due_in_secs: due_in(state, job.run_after, now),
+            failcount: job.failcount,
+            flag: job.flag,
+            arg_bytes: listed.arg_len,
+            arg_preview: String::from_utf8_lossy(&job.arg).into_owned(),
+            uniqkey: job.uniqkey,
+            funcname: job.funcname,
+        }
+    }
+}
+
+/// What `jobs list` asks for.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only this function's rows.
+    pub funcname: Option<String>,
+    /// Which rows.
+    pub selection: Selection,
+    /// The lease window, in seconds.
+    pub lease: u32,
+    /// Most rows shown, 1..=[`MAX_LIST_LIMIT`].
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// Refuses a limit out of range or a function name no row can have.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_LIST_LIMIT).contains(&self.limit) {
+            return Err(Error::InvalidConfig {
+                name: "--limit",
+                reason: format!("must be 1 to {MAX_LIST_LIMIT}, not {}", self.limit),
+            });
+        }
+        if let Some(f) = &self.funcname {
+            NewJob::new(f.as_str(), "").validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Up to `limit` rows over all databases, soonest due first (then by
+/// database and id).
+pub async fn list(store: &Store, query: &ListQuery) -> Result<Vec<ListedJob>> {
+    query.validate()?;
+    let mut all = Vec::new();
+    for dbid in store.dbids() {
+        let (now, rows) = store
+            .list(
+                dbid,
+                query.funcname.as_deref(),
+                query.selection,
+                query.lease,
+                query.limit,
+            )
+            .await?;
+        all.extend(
+            rows.into_iter()
+                .map(|r| ListedJob::new(r, now, query.lease)),
+        );
+    }
+    all.sort_by_key(|j| (j.run_after, j.dbid, j.jobid));
+    all.truncate(query.limit);
+    Ok(all)
+}
+
+/// One row in full (`jobs show`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    /// `DBID:JOBID`.
+    pub id: String,
+    /// Its state.
+    pub state: JobState,
+    /// Whether it has failed before (failcount > 0).
+    pub failing: bool,
+    /// The database's clock when read.
+    pub now: u32,
+    /// Seconds until it is due (negative: overdue); `None` when dead.
+    pub due_in_secs: Option<i64>,
+    /// Length of the arg, in bytes.
+    pub arg_bytes: usize,
+    /// The job JSON a worker receives for it.
+    pub job: serde_json::Value,
+    /// The same, byte for byte as a worker receives it (field order kept).
+    #[serde(skip)]
+    pub job_json: String,
+}
+
+/// Reads one row; [`Error::UnknownJobs`] when there is none.
+pub async fn show(store: &Store, id: JobRef, lease: u32) -> Result<Shown> {
+    let (now, jobs) = store.get_many(id.dbid, &[id.jobid]).await?;
+    let job: Job = jobs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::UnknownJobs { jobs: vec![id] })?;
+    let state = JobState::of(job.run_after, now, lease);
+    let json = job.to_json();
+    Ok(Shown {
+        id: id.to_string(),
+        state,
+        failing: job.failcount > 0 && state != JobState::Dead,
+        now,
+        due_in_secs: due_in(state, job.run_after, now),
+        arg_bytes: job.arg.len(),
+        job: serde_json::from_slice(&json).expect("the job JSON is JSON"),
+        job_json: String::from_utf8(json).expect("JSON is UTF-8"),
+    })
+}
+
+/// How a change by id treats rows in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    /// The lease window, in seconds.
+    pub lease: u32,
+    /// Change rows in flight too.
+    pub force: bool,
+}
+
+/// Ids by database, each database's ids sorted and once.
+fn by_db(ids: &[JobRef]) -> BTreeMap<u32, Vec<u64>> {
+    let mut map: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        map.entry(id.dbid).or_default().push(id.jobid);
+    }
+    for v in map.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    map
+}
+
+/// Checks, before anything changes, that every id has a row and (unless
+/// forced) none is in flight; refuses the whole command otherwise.
+async fn preflight(store: &Store, ids: &BTreeMap<u32, Vec<u64>>, guard: Guard) -> Result<()> {
+    let (mut missing, mut in_flight) = (Vec::new(), Vec::new());
+    for (&dbid, jobids) in ids {
+        let (now, rows) = store.get_many(dbid, jobids).await?;
+        let found: std::collections::HashMap<u64, u32> =
+            rows.iter().map(|j| (j.jobid, j.run_after)).collect();
+        for &jobid in jobids {
+            match found.get(&jobid) {
+                None => missing.push(JobRef { dbid, jobid }),
+                Some(&run_after)
+                    if !guard.force
+                        && JobState::of(run_after, now, guard.lease) == JobState::InFlight =>
+                {
+                    in_flight.push(JobRef { dbid, jobid })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::UnknownJobs { jobs: missing });
+    }
+    if !in_flight.is_empty() {
+        return Err(Error::JobsInFlight {
+            jobs: in_flight,
+            lease: guard.lease,
+        });
+    }
+    Ok(())
+}
+
+/// Turns a database's refusal (a row that changed between the check and
+/// the change) into the error the check would have given.
+fn refused(dbid: u32, change: Change, lease: u32) -> Result<Vec<JobRef>> {
+    let refs = |ids: Vec<u64>| -> Vec<JobRef> {
+        ids.into_iter()
+            .map(|jobid| JobRef { dbid, jobid })
+            .collect()
+    };
+    if !change.missing.is_empty() {
+        return Err(Error::UnknownJobs {
+            jobs: refs(change.missing),
+        });
+    }
+    if !change.in_flight.is_empty() {
+        return Err(Error::JobsInFlight {
+            jobs: refs(change.in_flight),
+            lease,
+        });
+    }
+    Ok(refs(change.changed))
+}
+
+/// Makes the rows due now (`jobs retry`), keeping their failcount unless
+/// `reset_failcount`. Refuses the whole command, changing nothing, when an
+/// id has no row or (unless forced) a row is in flight: a second dispatch
+/// of a row a worker is running would run it twice. Each database's rows
+/// change in one transaction; a row that changes state between the check
+/// and its database's turn fails the command there, and databases before
+/// it keep their change.
+pub async fn retry(
+    store: &Store,
+    ids: &[JobRef],
+    reset_failcount: bool,
+    guard: Guard,
+) -> Result<Vec<JobRef>> {
+    let ids = by_db(ids);
+    preflight(store, &ids, guard).await?;
+    let lock_guard = (!guard.force).then_some(guard.lease);
+    let mut done = Vec::new();
+    for (dbid, jobids) in ids {
+        let change = store
+            .retry(dbid, &jobids, reset_failcount, lock_guard)
+            .await?;
+        done.extend(refused(dbid, change, guard.lease)?);
+    }
+    Ok(done)
+}
+
+/// Deletes the rows (`jobs cancel`), with the same checks as [`retry`]:
+/// deleting an in-flight row does not stop a worker running it.
+pub async fn cancel(store: &Store, ids: &[JobRef], guard: Guard) -> Result<Vec<JobRef>> {
+    let ids = by_db(ids);
+    preflight(store, &ids, guard).await?;
+    let lock_guard = (!guard.force).then_some(guard.lease);
+    let mut done = Vec::new();
+    for (dbid, jobids) in ids {
+        let change = store.cancel(dbid, &jobids, lock_guard).await?;
+        done.extend(refused(dbid, change, guard.lease)?);
+    }
+    Ok(done)
+}
+
+/// Makes every dead row of `funcname` due now, in every database
+/// (`jobs retry --dead --funcname F`); returns how many per database id.
+pub async fn retry_dead(
+    store: &Store,
+    funcname: &str,
+    reset_failcount: bool,
+) -> Result<Vec<(u32, u64)>> {
+    NewJob::new(funcname, "").validate()?;
+    let mut out = Vec::new();
+    for dbid in store.dbids() {
+        out.push((
+            dbid,
+            store.retry_dead(dbid, funcname, reset_failcount).await?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_split_at_now_the_lease_and_never() {
+        let now = 1_000_000;
+        assert_eq!(JobState::of(now, now, 100), JobState::Due);
+        assert_eq!(JobState::of(now - 5, now, 100), JobState::Due);
+        assert_eq!(JobState::of(now + 1, now, 100), JobState::InFlight);
+        assert_eq!(JobState::of(now + 100, now, 100), JobState::InFlight);
+        assert_eq!(JobState::of(now + 101, now, 100), JobState::Scheduled);
+        assert_eq!(JobState::of(crate::job::NEVER, now, 100), JobState::Dead);
+        assert_eq!(JobState::of(u32::MAX, now, 100), JobState::Dead);
+    }
+
+    #[test]
+    fn job_ids_read_as_dbid_colon_jobid() {
+        let id: JobRef = "2:42".parse().unwrap();
+        assert_eq!((id.dbid, id.jobid), (2, 42));
+        assert_eq!(id.to_string(), "2:42");
+        for bad in ["42", "0:1", "1:", ":1", "1:x", "1:2:3", "-1:2", ""] {
+            let err = bad.parse::<JobRef>().unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidJobId { ref id } if id == bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_limit_or_funcname_is_refused() {
+        let q = |limit, funcname: Option<&str>| ListQuery {
+            funcname: funcname.map(str::to_string),
+            selection: Selection::All,
+            lease: 10,
+            limit,
+        };
+        assert!(q(1, Some("f")).validate().is_ok());
+        assert!(matches!(
+            q(0, None).validate(),
+            Err(Error::InvalidConfig {
+                name: "--limit",
+                ..
+            })
+        ));
+        assert!(matches!(
+            q(5, Some("")).validate(),
+            Err(Error::EmptyFuncname)
+        ));
+    }
+}

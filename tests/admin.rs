@@ -1,0 +1,473 @@
+//! `garivini status` and `garivini jobs list|show|retry|cancel`, run as the
+//! real binary against a fresh database on the real MariaDB and, where the
+//! gearmand side matters, a private gearmand with a real QueueRunner.
+//! Needs the services of `scripts/services up`.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use common::{run_bin, wait_until, Gearmand, Proc, TestDb};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const NEVER: u32 = 2_147_483_647;
+
+/// Rows as (funcname, run_after relative to now or NEVER, failcount), with
+/// ids 1, 2, ... in the order given.
+async fn seed(db: &TestDb, rows: &[(&str, Option<i64>, u8)]) {
+    for (i, (func, delay, failcount)) in rows.iter().enumerate() {
+        let run_after = match delay {
+            Some(d) => format!("UNIX_TIMESTAMP() + ({d})"),
+            None => NEVER.to_string(),
+        };
+        db.exec(&format!(
+            "INSERT INTO job (jobid, funcname, arg, run_after, failcount) \
+             VALUES ({}, '{func}', 'arg-{}', {run_after}, {failcount})",
+            i + 1,
+            i + 1
+        ))
+        .await;
+    }
+}
+
+/// The mix most tests use: for `resize` 2 due (one failing, 75 s
+/// overdue), 1 in flight (due in 600 s, under the 1000 s lease), 1
+/// scheduled (2 h), 1 dead; for `email` 1 due, 1 in flight and failing.
+async fn seed_mix(db: &TestDb) {
+    seed(
+        db,
+        &[
+            ("resize", Some(-75), 0),  // 1:1
+            ("resize", Some(-3), 2),   // 1:2
+            ("resize", Some(600), 0),  // 1:3
+            ("resize", Some(7200), 0), // 1:4
+            ("resize", None, 25),      // 1:5
+            ("email", Some(0), 0),     // 1:6
+            ("email", Some(30), 1),    // 1:7
+        ],
+    )
+    .await;
+}
+
+/// Runs `garivini --dsn <db> ARGS`; returns (exit code, stdout, stderr).
+fn garivini(dsn: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--dsn", dsn];
+    all.extend(args);
+    let (status, out, err) = run_bin("garivini", &all, LIMIT);
+    assert!(
+        !err.contains("panicked"),
+        "garivini {args:?} panicked: {err}"
+    );
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// Runs a command that must succeed and print JSON; returns it.
+fn json(dsn: &str, args: &[&str]) -> Value {
+    let (code, out, err) = garivini(dsn, args);
+    assert_eq!(code, 0, "garivini {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// Runs a command that must fail with exit code 1; returns its one line.
+fn fails(dsn: &str, args: &[&str]) -> String {
+    let (code, out, err) = garivini(dsn, args);
+    assert_eq!(code, 1, "garivini {args:?}: stdout {out}, stderr {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line of error, got:\n{err}");
+    lines[0].to_string()
+}
+
+fn ids(listing: &Value) -> Vec<String> {
+    listing
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn status_counts_due_in_flight_scheduled_dead_and_failing_rows_per_function() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let status = json(&db.url, &["status", "--json"]);
+    let dbs = status["databases"].as_array().unwrap();
+    assert_eq!(dbs.len(), 1);
+    assert_eq!(dbs[0]["error"], Value::Null);
+    let funcs = dbs[0]["functions"].as_array().unwrap();
+    let get = |name: &str| {
+        funcs
+            .iter()
+            .find(|f| f["funcname"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (resize, email) = (get("resize"), get("email"));
+    let counts = |f: &Value| {
+        ["due", "in_flight", "scheduled", "dead", "failing"].map(|k| f[k].as_u64().unwrap())
+    };
+    assert_eq!(counts(&resize), [2, 1, 1, 1, 1]);
+    assert_eq!(counts(&email), [1, 1, 0, 0, 1]);
+    let oldest = resize["oldest_due_secs"].as_u64().unwrap();
+    assert!((75..=80).contains(&oldest), "oldest due {oldest} s");
+    assert_eq!(counts(&dbs[0]["total"]), [3, 2, 1, 1, 2]);
+
+    // A shorter lease moves the row due in 600 s from in flight to scheduled.
+    let status = json(&db.url, &["status", "--json", "--lease", "60"]);
+    let resize = &status["databases"][0]["functions"][1];
+    assert_eq!(resize["funcname"], "resize");
+    assert_eq!(counts(resize), [2, 0, 2, 1, 1]);
+
+    // The table a person reads.
+    let (code, out, err) = garivini(&db.url, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("FUNCTION  DUE  IN FLIGHT  SCHEDULED  DEAD  FAILING  OLDEST DUE"),
+        "{out}"
+    );
+    let resize_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("resize"))
+        .unwrap();
+    let cells: Vec<&str> = resize_line.split_whitespace().collect();
+    assert_eq!(&cells[..6], ["resize", "2", "1", "1", "1", "1"], "{out}");
+    assert!(cells[6].starts_with("1m1"), "oldest due as 1m15s: {out}");
+}
+
+#[tokio::test]
+async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
+    let db = TestDb::new().await;
+    let gearmand = Gearmand::start();
+    seed(&db, &[("resize", Some(0), 0), ("resize", Some(-5), 0)]).await;
+    // A worker for another function: gearmand lists it with no jobs.
+    let mut worker = std::net::TcpStream::connect(&gearmand.addr).unwrap();
+    let name = b"thumbs";
+    let mut can_do = b"\0REQ".to_vec();
+    can_do.extend(1u32.to_be_bytes());
+    can_do.extend((name.len() as u32).to_be_bytes());
+    can_do.extend(name);
+    worker.write_all(&can_do).unwrap();
+    gearmand.wait_for_worker("thumbs").await;
+
+    let _runner = Proc::spawn(
+        "garivini",
+        &[
+            "--dsn",
+            &db.url,
+            "--gearmand",
+            &gearmand.addr,
+            "queuerunner",
+        ],
+    );
+    // No worker for resize: both jobs wait in gearmand, their rows leased.
+    wait_until(LIMIT, "the QueueRunner to dispatch both rows", || async {
+        gearmand.depth("resize").await == 2
+    })
+    .await;
+    let status = json(&db.url, &["--gearmand", &gearmand.addr, "status", "--json"]);
+    let resize = &status["databases"][0]["functions"][0];
+    assert_eq!(
+        (resize["due"].as_u64(), resize["in_flight"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert_eq!(resize["oldest_due_secs"], Value::Null);
+    let server = &status["gearmand"][0];
+    assert_eq!(server["server"], gearmand.addr.as_str());
+    assert_eq!(server["error"], Value::Null);
+    let funcs = server["functions"].as_array().unwrap();
+    let get = |name: &str| {
+        funcs
+            .iter()
+            .find(|f| f["funcname"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (r, t) = (get("resize"), get("thumbs"));
+    assert_eq!([&r["depth"], &r["running"], &r["workers"]], [2, 0, 0]);
+    assert_eq!([&t["depth"], &t["running"], &t["workers"]], [0, 0, 1]);
+
+    // What the README shows.
+    let (code, out, err) = garivini(&db.url, &["--gearmand", &gearmand.addr, "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("gearmand {}", gearmand.addr)),
+        "{out}"
+    );
+    assert!(out.contains("FUNCTION  DEPTH  RUNNING  WORKERS"), "{out}");
+    println!("{out}");
+}
+
+#[tokio::test]
+async fn status_reports_an_unreachable_database_exits_1_and_hides_its_password() {
+    let db = TestDb::new().await;
+    seed(&db, &[("resize", Some(0), 0)]).await;
+    let port = common::free_port();
+    let dsn = format!("{},mysql://u:hunter2@127.0.0.1:{port}/gone", db.url);
+    let (code, out, err) = garivini(&dsn, &["status"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("database 1"),
+        "the readable one is still shown: {out}"
+    );
+    assert!(out.contains("database 2  mysql://u:***@127.0.0.1"), "{out}");
+    assert!(out.contains("unreadable"), "{out}");
+    assert!(err.starts_with("error: database 2"), "{err}");
+    assert!(!out.contains("hunter2") && !err.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn list_filters_by_state_and_function_soonest_first() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let list = |extra: &[&str]| {
+        let mut args = vec!["jobs", "list", "--json"];
+        args.extend(extra);
+        ids(&json(&db.url, &args))
+    };
+    assert_eq!(list(&[]), ["1:1", "1:2", "1:6", "1:7", "1:3", "1:4", "1:5"]);
+    assert_eq!(list(&["--due"]), ["1:1", "1:2", "1:6"]);
+    assert_eq!(list(&["--in-flight"]), ["1:7", "1:3"]);
+    assert_eq!(list(&["--scheduled"]), ["1:4"]);
+    assert_eq!(list(&["--dead"]), ["1:5"]);
+    assert_eq!(list(&["--failing"]), ["1:2", "1:7"]);
+    assert_eq!(list(&["--funcname", "email"]), ["1:6", "1:7"]);
+    assert_eq!(
+        list(&["--funcname", "resize", "--due", "--limit", "1"]),
+        ["1:1"]
+    );
+    assert!(list(&["--funcname", "nosuch"]).is_empty());
+
+    let listing = json(&db.url, &["jobs", "list", "--json", "--dead"]);
+    let dead = &listing[0];
+    assert_eq!(dead["state"], "dead");
+    assert_eq!(dead["failcount"], 25);
+    assert_eq!(dead["due_in_secs"], Value::Null);
+    assert_eq!(dead["arg_preview"], "arg-5");
+
+    let (code, out, _) = garivini(&db.url, &["jobs", "list", "--failing"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID   FUNCTION  STATE"), "{out}");
+    // Due in 30 s when seeded; a slow machine may take a second or two.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("1:7"))
+        .expect("1:7 listed");
+    assert!(line.starts_with("1:7  email     in flight  in "), "{out}");
+    let secs: u32 = line
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&secs), "{out}");
+}
+
+#[tokio::test]
+async fn list_refuses_two_state_filters_a_zero_limit_and_a_bad_funcname() {
+    let db = TestDb::new().await;
+    let (code, _, err) = garivini(&db.url, &["jobs", "list", "--dead", "--due"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("'--due' cannot be used with '--dead'")
+            || err.contains("'--dead' cannot be used with '--due'"),
+        "{err}"
+    );
+    let err = fails(&db.url, &["jobs", "list", "--limit", "0"]);
+    assert_eq!(
+        err,
+        "error: invalid setting --limit: must be 1 to 10000, not 0"
+    );
+    let long = "f".repeat(201);
+    let err = fails(&db.url, &["jobs", "list", "--funcname", &long]);
+    assert!(
+        err.contains("funcname is 201 bytes, over the limit of 200"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn show_prints_the_row_its_job_json_and_when_it_runs_next() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let shown = json(&db.url, &["jobs", "show", "1:4", "--json"]);
+    assert_eq!(shown["id"], "1:4");
+    assert_eq!(shown["state"], "scheduled");
+    let due_in = shown["due_in_secs"].as_i64().unwrap();
+    assert!((7195..=7200).contains(&due_in), "{due_in}");
+    assert_eq!(shown["job"]["funcname"], "resize");
+    assert_eq!(shown["job"]["arg"], "arg-4");
+    assert_eq!(shown["job"]["dbid"], 1);
+
+    let (code, out, _) = garivini(&db.url, &["jobs", "show", "1:2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state      due"), "{out}");
+    assert!(out.contains("failcount  2 (failing)"), "{out}");
+    let next_run = out.lines().find(|l| l.contains("next run")).unwrap();
+    assert!(next_run.contains("s ago ("), "due 3 s before: {out}");
+    let json_line = out.lines().last().unwrap();
+    let job = garivini::Job::from_json(json_line.as_bytes()).expect("the job JSON");
+    assert_eq!(
+        (job.jobid, job.failcount, job.arg.as_slice()),
+        (2, 2, &b"arg-2"[..])
+    );
+
+    let (_, out, _) = garivini(&db.url, &["jobs", "show", "1:5"]);
+    assert!(out.contains("next run   never"), "{out}");
+}
+
+#[tokio::test]
+async fn show_of_an_unknown_id_says_so() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let err = fails(&db.url, &["jobs", "show", "1:99"]);
+    assert_eq!(
+        err,
+        "error: no such job: 1:99 (completed, cancelled, or never stored)"
+    );
+    let err = fails(&db.url, &["jobs", "show", "99"]);
+    assert_eq!(
+        err,
+        "error: invalid job id \"99\": expected DBID:JOBID, e.g. 1:42"
+    );
+    let err = fails(&db.url, &["jobs", "show", "2:1"]);
+    assert_eq!(err, "error: unknown database id 2 (configured: 1..=1)");
+}
+
+#[tokio::test]
+async fn retry_makes_rows_due_now_keeping_or_resetting_failcount() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let (code, out, err) = garivini(&db.url, &["jobs", "retry", "1:4", "1:5"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2 jobs made due now (failcount kept): 1:4 1:5");
+    let now = db.now().await;
+    let rows: Vec<(u64, u32, u8)> = db
+        .query("SELECT jobid, run_after, failcount FROM job WHERE jobid IN (4, 5) ORDER BY jobid")
+        .await;
+    for (id, run_after, _) in &rows {
+        assert!(*run_after <= now, "job {id} is due now");
+    }
+    assert_eq!((rows[0].2, rows[1].2), (0, 25), "failcount kept");
+
+    let out = json(
+        &db.url,
+        &["jobs", "retry", "1:2", "--reset-failcount", "--json"],
+    );
+    assert_eq!(out["retried"], serde_json::json!(["1:2"]));
+    assert_eq!(db.count("jobid = 2 AND failcount = 0").await, 1);
+}
+
+#[tokio::test]
+async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
+    let db = TestDb::new().await;
+    seed(
+        &db,
+        &[
+            ("resize", None, 25),
+            ("resize", None, 3),
+            ("email", None, 25),
+            ("resize", Some(7200), 1),
+        ],
+    )
+    .await;
+    let (code, out, err) = garivini(
+        &db.url,
+        &[
+            "jobs",
+            "retry",
+            "--dead",
+            "--funcname",
+            "resize",
+            "--reset-failcount",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "2 dead jobs of resize made due now (failcount reset)"
+    );
+    assert_eq!(
+        db.count("run_after <= UNIX_TIMESTAMP() AND failcount = 0")
+            .await,
+        2
+    );
+    assert_eq!(
+        db.count("funcname = 'email' AND run_after = 2147483647")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("jobid = 4 AND failcount = 1").await,
+        1,
+        "scheduled row untouched"
+    );
+
+    let (code, _, err) = garivini(&db.url, &["jobs", "retry", "--dead"]);
+    assert_eq!(code, 2, "--dead needs --funcname: {err}");
+    assert!(err.contains("--funcname"), "{err}");
+}
+
+#[tokio::test]
+async fn retry_refuses_an_in_flight_row_without_force() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let err = fails(&db.url, &["jobs", "retry", "1:1", "1:3"]);
+    assert_eq!(
+        err,
+        "error: refused: 1:3 in flight (due within the 1000 s lease: a worker may be running it); \
+         nothing was changed; pass --force to do it anyway"
+    );
+    assert_eq!(
+        db.count("jobid = 3 AND run_after > UNIX_TIMESTAMP()").await,
+        1
+    );
+    let out = json(
+        &db.url,
+        &["jobs", "retry", "1:1", "1:3", "--force", "--json"],
+    );
+    assert_eq!(out["retried"], serde_json::json!(["1:1", "1:3"]));
+    assert_eq!(
+        db.count("jobid = 3 AND run_after <= UNIX_TIMESTAMP()")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn cancel_deletes_rows_and_an_unknown_id_changes_nothing() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let err = fails(&db.url, &["jobs", "cancel", "1:1", "1:98", "1:99"]);
+    assert_eq!(
+        err,
+        "error: no such job: 1:98, 1:99 (completed, cancelled, or never stored)"
+    );
+    let err = fails(&db.url, &["jobs", "cancel", "1:1", "one"]);
+    assert!(err.starts_with("error: invalid job id \"one\""), "{err}");
+    assert_eq!(db.count("1").await, 7, "nothing deleted");
+
+    let (code, out, err) = garivini(&db.url, &["jobs", "cancel", "1:1", "1:5"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2 jobs cancelled (deleted): 1:1 1:5");
+    assert_eq!(db.count("jobid IN (1, 5)").await, 0);
+    assert_eq!(db.count("1").await, 5);
+}
+
+#[tokio::test]
+async fn cancel_refuses_an_in_flight_row_without_force() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let err = fails(&db.url, &["jobs", "cancel", "1:3", "1:4"]);
+    assert!(err.starts_with("error: refused: 1:3 in flight"), "{err}");
+    assert!(err.ends_with("pass --force to do it anyway"), "{err}");
+    assert_eq!(db.count("jobid IN (3, 4)").await, 2, "nothing deleted");
+    let out = json(
+        &db.url,
+        &["jobs", "cancel", "1:3", "1:4", "--force", "--json"],
+    );
+    assert_eq!(out["cancelled"], serde_json::json!(["1:3", "1:4"]));
+    assert_eq!(db.count("jobid IN (3, 4)").await, 0);
+}
