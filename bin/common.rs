@@ -40,10 +40,10 @@ pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<std::time::Duration> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Servers {
     /// Databases: mysql:// URLs, comma separated (ids 1..n in this order).
-    #[arg(long, env = "GARIVINI_DSN", hide_env_values = true)]
+    #[arg(long, env = "GARIVINI_DSN", hide_env_values = true, global = true)]
     pub dsn: Option<String>,
     /// gearmand servers: host:port, comma separated.
-    #[arg(long, env = "GARIVINI_GEARMAND")]
+    #[arg(long, env = "GARIVINI_GEARMAND", global = true)]
     pub gearmand: Option<String>,
 }
 

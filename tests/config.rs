@@ -126,3 +126,11 @@ async fn a_bad_config_file_is_refused_in_one_line_naming_it() {
         assert_eq!(err.trim().lines().count(), 1, "{text:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn connection_flags_work_after_the_subcommand_too() {
+    let db = TestDb::new().await;
+    let (status, out, err) = run_bin("garivini", &["status", "--dsn", &db.url], LIMIT);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("database 1"), "{out}");
+}
