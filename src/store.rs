@@ -634,10 +634,7 @@ impl Store {
             // claimer leased between our index read and our row lock can
             // come back with its new run_after. The locked row's current
             // run_after is what counts, so such rows are left alone.
-            let now: u32 = tx
-                .query_first("SELECT UNIX_TIMESTAMP()")
-                .await?
-                .unwrap_or_default();
+            let now = db_now(&mut tx).await?;
             let rows: Vec<JobRow> = tx
                 .exec(
                     format!(
@@ -827,10 +824,7 @@ impl Store {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            let now: u32 = conn
-                .query_first("SELECT UNIX_TIMESTAMP()")
-                .await?
-                .unwrap_or_default();
+            let now = db_now(&mut conn).await?;
             let until = u64::from(now) + u64::from(lease);
             type Row = (String, u64, u64, u64, u64, u64, Option<u32>);
             let rows: Vec<Row> = conn
@@ -884,10 +878,7 @@ impl Store {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            let now: u32 = conn
-                .query_first("SELECT UNIX_TIMESTAMP()")
-                .await?
-                .unwrap_or_default();
+            let now = db_now(&mut conn).await?;
             let condition = selection.condition();
             let mut params = selection.params(now, lease);
             let by_func = match funcname {
@@ -929,10 +920,7 @@ impl Store {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            let now: u32 = conn
-                .query_first("SELECT UNIX_TIMESTAMP()")
-                .await?
-                .unwrap_or_default();
+            let now = db_now(&mut conn).await?;
             let mut jobs = Vec::with_capacity(jobids.len());
             for chunk in jobids.chunks(MAX_IN_LIST) {
                 let (list, params) = in_list(chunk);
@@ -997,10 +985,7 @@ impl Store {
         let wanted = &wanted;
         self.attempt(db, move || async move {
             let mut tx = db.pool.start_transaction(tx_opts()).await?;
-            let now: u32 = tx
-                .query_first("SELECT UNIX_TIMESTAMP()")
-                .await?
-                .unwrap_or_default();
+            let now = db_now(&mut tx).await?;
             let mut found: HashMap<u64, u32> = HashMap::new();
             for chunk in wanted.chunks(MAX_IN_LIST) {
                 let (list, params) = in_list(chunk);
@@ -1234,6 +1219,14 @@ async fn insert_rows(
 
 /// One INSERT of a job with a unique key; on a duplicate key,
 /// LAST_INSERT_ID(jobid) makes it report the existing row's id.
+/// The database's clock, in seconds: the one every run_after is compared
+/// with, so that processes on several hosts agree.
+async fn db_now(q: &mut impl Queryable) -> mysql_async::Result<u32> {
+    Ok(q.query_first("SELECT UNIX_TIMESTAMP()")
+        .await?
+        .unwrap_or_default())
+}
+
 async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result<u64> {
     let result = q
         .exec_iter(
