@@ -1102,23 +1102,28 @@ impl Bench {
         }
     }
 
-    /// Scenario 3 (a) and (b): a bulk insert into an idle system, then the
-    /// time QueueRunner(s) and gv_consume take to drain it.
-    async fn tp_drain(&self, env: &mut Env, m: &mut Metrics) -> anyhow::Result<()> {
-        let n = self.opts.jobs;
-        let func = "gv_bench_tp";
-        let args = self.inject_args(
+    /// gv_inject's arguments for scenario 3's bulk insert of `--jobs` jobs.
+    fn bulk_insert_args(&self, env: &Env, func: &str) -> Vec<String> {
+        self.inject_args(
             env,
             Inject {
                 mode: "throughput",
                 func,
-                count: n,
+                count: self.opts.jobs,
                 batch: self.opts.insert_batch,
                 concurrency: self.opts.insert_concurrency,
                 rate: 0,
                 latency: None,
             },
-        );
+        )
+    }
+
+    /// Scenario 3 (a) and (b): a bulk insert into an idle system, then the
+    /// time QueueRunner(s) and gv_consume take to drain it.
+    async fn tp_drain(&self, env: &mut Env, m: &mut Metrics) -> anyhow::Result<()> {
+        let n = self.opts.jobs;
+        let func = "gv_bench_tp";
+        let args = self.bulk_insert_args(env, func);
         let mut inject = self.spawn(env, "gv_inject", &self.gv_inject, args)?;
         self.wait_exit(env, &mut inject, self.timeout()).await?;
         m.push((
@@ -1151,18 +1156,7 @@ impl Bench {
         self.start_queuerunners(env)?;
         self.wait_workers(env, func, 1).await?;
         self.wait_queuerunners(env).await?;
-        let args = self.inject_args(
-            env,
-            Inject {
-                mode: "throughput",
-                func,
-                count: n,
-                batch: self.opts.insert_batch,
-                concurrency: self.opts.insert_concurrency,
-                rate: 0,
-                latency: None,
-            },
-        );
+        let args = self.bulk_insert_args(env, func);
         self.inject_until_drained(env, m, args, n, "inserted", "insert_jobs_per_s")
             .await
     }
