@@ -8,9 +8,9 @@ mod settings_file;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{ArgMatches, Args as _, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use garivini::{client, controller, injector, queue_runner, Client, Store};
-use settings_file::{layered, Source};
+use settings_file::{layered, Setting, Source};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -247,57 +247,43 @@ async fn run_roles(roles: &[(Role, Settings)], servers: &common::Servers) -> any
 /// any) laid under what the command line and the environment gave.
 struct Effective {
     file: Option<String>,
-    servers: (common::Servers, Sources),
-    roles: Vec<(Role, Settings, Sources)>,
+    servers: (common::Servers, Vec<Setting>),
+    roles: Vec<(Role, Settings, Vec<Setting>)>,
 }
 
-/// Where each flag's value came from, by long name.
-type Sources = Vec<(String, Source)>;
-
 fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
-    let (roles, given): (Vec<Role>, Option<(&Settings, &ArgMatches)>) = match &cli.command {
-        Command::Queuerunner(s) | Command::Injector(s) | Command::Controller(s) => {
-            let role = match cli.command {
-                Command::Queuerunner(_) => Role::Queuerunner,
-                Command::Injector(_) => Role::Injector,
-                _ => Role::Controller,
-            };
-            (vec![role], Some((s, sub_matches(matches))))
-        }
-        Command::Workers { roles, settings } => {
-            (roles.clone(), Some((settings, sub_matches(matches))))
-        }
-        Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), None),
-        Command::Status(_) | Command::Jobs { .. } => (Vec::new(), None),
-    };
-    let Some(path) = &cli.config else {
-        let settings = match given {
-            Some((s, _)) => s.clone(),
-            None => Settings::from_arg_matches(
-                &Settings::augment_args(clap::Command::new("x")).get_matches_from(["x"]),
-            )?,
-        };
-        return Ok(Effective {
-            file: None,
-            servers: (cli.servers.clone(), Vec::new()),
-            roles: roles
-                .into_iter()
-                .map(|r| (r, settings.clone(), Vec::new()))
-                .collect(),
-        });
-    };
-    let file = settings_file::File::read(path)?;
-    let name = path.display().to_string();
-    let servers = layered::<common::Servers>(matches, &file.top(), &name)?;
     let none = ArgMatches::default();
+    let (roles, given): (Vec<Role>, &ArgMatches) = match &cli.command {
+        Command::Queuerunner(_) => (vec![Role::Queuerunner], sub_matches(matches)),
+        Command::Injector(_) => (vec![Role::Injector], sub_matches(matches)),
+        Command::Controller(_) => (vec![Role::Controller], sub_matches(matches)),
+        Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
+        Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), &none),
+        Command::Status(_) | Command::Jobs { .. } => (Vec::new(), &none),
+    };
+    let file = cli
+        .config
+        .as_deref()
+        .map(settings_file::File::read)
+        .transpose()?;
+    let name = cli.config.as_ref().map(|p| p.display().to_string());
+    let name_str = name.as_deref().unwrap_or_default();
+    let servers = layered::<common::Servers>(
+        matches,
+        &file.as_ref().map(|f| f.top()).unwrap_or_default(),
+        name_str,
+    )?;
     let mut per_role = Vec::new();
     for role in roles {
-        let given = given.map_or(&none, |(_, m)| m);
-        let (settings, sources) = layered::<Settings>(given, &file.role(role.name()), &name)?;
-        per_role.push((role, settings, sources));
+        let keys = file
+            .as_ref()
+            .map(|f| f.role(role.name()))
+            .unwrap_or_default();
+        let (settings, shown) = layered::<Settings>(given, &keys, name_str)?;
+        per_role.push((role, settings, shown));
     }
     Ok(Effective {
-        file: Some(name),
+        file: name,
         servers,
         roles: per_role,
     })
@@ -309,18 +295,14 @@ fn sub_matches(matches: &ArgMatches) -> &ArgMatches {
 
 /// `garivini config check`: every role's settings checked and printed.
 fn check(e: &Effective) -> anyhow::Result<()> {
-    let (servers, sources) = &e.servers;
-    let source = |sources: &[(String, Source)], flag: &str| {
-        sources
+    let source = |settings: &[Setting], flag: &str| {
+        settings
             .iter()
-            .find(|(f, _)| f == flag)
-            .map_or("default", |(_, s)| match s {
-                Source::Flag => "flag",
-                Source::Env => "environment",
-                Source::File => "file",
-                Source::Default => "default",
-            })
+            .find(|s| s.flag == flag)
+            .map_or(Source::Default, |s| s.source)
+            .name()
     };
+    let (servers, shown) = &e.servers;
     let dbs = garivini::config::parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
     let gearmand = servers.gearmand()?;
     println!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
@@ -329,52 +311,27 @@ fn check(e: &Effective) -> anyhow::Result<()> {
             "database {}: {} ({})",
             db.dbid,
             garivini::config::mask_dsn(&db.url),
-            source(sources, "dsn")
+            source(shown, "dsn")
         );
     }
     println!(
         "gearmand: {} ({})",
         gearmand.join(","),
-        source(sources, "gearmand")
+        source(shown, "gearmand")
     );
-    for (role, settings, sources) in &e.roles {
+    for (role, settings, shown) in &e.roles {
         match role {
             Role::Queuerunner => settings.queue_runner().map(|_| ())?,
             Role::Injector => settings.injector().map(|_| ())?,
             Role::Controller => settings.controller().map(|_| ())?,
         }
         println!("[{}]", role.name());
-        let cmd = Settings::augment_args(clap::Command::new("x"));
-        let values = format!("{settings:?}");
-        for arg in cmd.get_arguments() {
-            let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
-                continue;
-            };
-            println!(
-                "  {long} = {} ({})",
-                field(&values, id).unwrap_or_else(|| "-".into()),
-                source(sources, long)
-            );
+        for s in shown {
+            println!("  {} = {} ({})", s.flag, s.value, s.source.name());
         }
     }
     println!("ok");
     Ok(())
-}
-
-/// A field's value from a struct's Debug text ("name: value").
-fn field(debug: &str, name: &str) -> Option<String> {
-    let start = debug.find(&format!("{name}: "))? + name.len() + 2;
-    let rest = &debug[start..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    let value = rest[..end].trim();
-    let value = value
-        .strip_prefix("Some(")
-        .and_then(|v| v.strip_suffix(')'))
-        .unwrap_or(value);
-    Some(match value {
-        "None" => "-".to_string(),
-        v => v.trim_matches('"').to_string(),
-    })
 }
 
 fn main() {

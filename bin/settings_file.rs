@@ -35,6 +35,15 @@ pub struct File {
     table: toml::Table,
 }
 
+/// One flag's effective value and where it came from.
+pub struct Setting {
+    /// The flag's long name.
+    pub flag: String,
+    /// Its value as text ("-" when it has none).
+    pub value: String,
+    pub source: Source,
+}
+
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -42,6 +51,17 @@ pub enum Source {
     Env,
     File,
     Default,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Env => "environment",
+            Source::File => "file",
+            Source::Default => "default",
+        }
+    }
 }
 
 impl File {
@@ -101,13 +121,14 @@ impl File {
 }
 
 /// `T` (a set of flags) as given in `given`, with the file's `keys` for
-/// every flag given neither on the command line nor in the environment.
-/// Answers the value and where each flag came from (by long name).
+/// every flag given neither on the command line nor in the environment
+/// (no keys: just what was given). Answers the value and each flag's
+/// effective value and source.
 pub fn layered<T: Args + FromArgMatches>(
     given: &ArgMatches,
     keys: &[(&str, &toml::Value)],
     file: &str,
-) -> anyhow::Result<(T, Vec<(String, Source)>)> {
+) -> anyhow::Result<(T, Vec<Setting>)> {
     let cmd =
         T::augment_args(Command::new("garivini").no_binary_name(true)).args_override_self(true);
     let mut argv: Vec<OsString> = Vec::new();
@@ -147,10 +168,10 @@ pub fn layered<T: Args + FromArgMatches>(
         .map_err(|e| anyhow!("config file {file}: {}", first_line(&e.to_string())))?;
     let value =
         T::from_arg_matches(&matches).map_err(|e| anyhow!("{}", first_line(&e.to_string())))?;
-    let sources = cmd
+    let settings = cmd
         .get_arguments()
         .filter_map(|arg| {
-            let long = arg.get_long()?.to_string();
+            let flag = arg.get_long()?.to_string();
             let id = arg.get_id().as_str();
             let source = match source_of(given, id) {
                 Some(ValueSource::CommandLine) => Source::Flag,
@@ -158,10 +179,18 @@ pub fn layered<T: Args + FromArgMatches>(
                 _ if from_file.iter().any(|f| f == id) => Source::File,
                 _ => Source::Default,
             };
-            Some((long, source))
+            let value = matches.get_raw(id).map_or_else(
+                || "-".to_string(),
+                |v| v.map(|v| v.to_string_lossy()).collect::<Vec<_>>().join(","),
+            );
+            Some(Setting {
+                flag,
+                value,
+                source,
+            })
         })
         .collect();
-    Ok((value, sources))
+    Ok((value, settings))
 }
 
 /// Where `id` got its value in `given`, if `given` knows it at all (a
