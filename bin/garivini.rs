@@ -158,6 +158,7 @@ impl Settings {
             watermark_pushback: self.watermark_pushback,
             no_worker_delay: self.no_worker_delay,
             submit_retry_delay: self.submit_retry_delay,
+            report_due_rows: self.metrics_addr.is_some(),
         };
         config.validate()?;
         Ok(config)

@@ -85,6 +85,9 @@ pub struct Config {
     pub no_worker_delay: u32,
     /// Delay before a row whose submit failed is due again, seconds.
     pub submit_retry_delay: u32,
+    /// Count due rows for the `garivini_due_rows` gauge every few seconds
+    /// (a bounded index scan): worth it only when metrics are served.
+    pub report_due_rows: bool,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             watermark_pushback: DEFAULT_WATERMARK_PUSHBACK,
             no_worker_delay: DEFAULT_NO_WORKER_DELAY,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
+            report_due_rows: false,
         }
     }
 }
@@ -247,7 +251,7 @@ impl QueueRunner {
             stats.pushed_back,
             started.elapsed(),
         );
-        if self.due_counted.elapsed() >= DUE_ROWS_EVERY {
+        if self.config.report_due_rows && self.due_counted.elapsed() >= DUE_ROWS_EVERY {
             self.due_counted = Instant::now();
             for dbid in self.store.dbids() {
                 if let Ok(rows) = self.store.count_due(dbid, telemetry::DUE_ROWS_CAP).await {
