@@ -59,6 +59,24 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
 }
 
+/// The original Perl Garivini's job table, as its schema defines it: `flag`
+/// nullable, no charset given (the server's default applies), none of
+/// our indexes. Append a table option (` DEFAULT CHARSET=latin1`) to
+/// stand for an older server's default.
+pub const ORIGINAL_SCHEMA: &str = "CREATE TABLE job (
+    jobid      BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    funcname   VARCHAR(200) NOT NULL,
+    arg        MEDIUMBLOB,
+    uniqkey    VARCHAR(255) NULL,
+    run_after  INT UNSIGNED NOT NULL,
+    `coalesce` VARCHAR(255) NULL,
+    flag       ENUM('controller','shim') DEFAULT 'shim',
+    failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (jobid),
+    INDEX (run_after),
+    UNIQUE (funcname, uniqkey)
+) ENGINE=InnoDB";
+
 /// A database of its own with the job table, dropped on drop.
 pub struct TestDb {
     pub name: String,
@@ -67,12 +85,20 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database with the job table of schema.sql.
     pub async fn new() -> TestDb {
+        let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"))
+            .expect("schema.sql");
+        TestDb::with_schema(&schema).await
+    }
+
+    /// A database whose tables `schema` (one or more statements) creates:
+    /// the original Perl Garivini's table, say.
+    pub async fn with_schema(schema: &str) -> TestDb {
         let server = server_url();
         let name = format!("gv_test_{:016x}", rand::random::<u64>());
         let admin = mysql_async::Pool::new(server.as_str());
-        let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"))
-            .expect("schema.sql");
+        let schema = schema.to_string();
         let setup = async {
             let mut conn = admin.get_conn().await?;
             conn.query_drop(format!("CREATE DATABASE {name}")).await?;
