@@ -19,6 +19,8 @@ use crate::job::{Flag, Job, NewJob, When, NEVER};
 use crate::outage::Outage;
 use crate::telemetry;
 
+mod schema;
+
 /// How long a database that failed is avoided for keyless inserts.
 pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
 /// How long one database operation may take before it counts as failed.

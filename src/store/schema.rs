@@ -1,0 +1,1 @@
+//! Checking an existing `job` table against what the roles need.
