@@ -141,6 +141,11 @@ impl TestDb {
         conn.query(sql).await.expect(sql)
     }
 
+    /// A connection of the test's own, for statements with parameters.
+    pub async fn conn(&self) -> mysql_async::Conn {
+        self.pool.get_conn().await.expect("test connection")
+    }
+
     pub async fn exec(&self, sql: &str) {
         let mut conn = self.pool.get_conn().await.expect("test connection");
         conn.query_drop(sql).await.expect(sql)
@@ -184,13 +189,18 @@ pub fn cleanup_sql(sql: String) {
         // Bounded like every wait: a cleanup stuck behind another session's
         // lock must not hang the suite (what it leaves is named).
         let what = sql.clone();
-        let done = rt.block_on(tokio::time::timeout(Duration::from_secs(30), async {
-            let pool = mysql_async::Pool::new(server.as_str());
-            if let Ok(mut conn) = pool.get_conn().await {
-                let _ = conn.query_drop(sql).await;
-            }
-            let _ = pool.disconnect().await;
-        }));
+        // The timeout is made inside the runtime: made outside, its timer
+        // finds no reactor and the thread panics before any cleanup.
+        let done = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                let pool = mysql_async::Pool::new(server.as_str());
+                if let Ok(mut conn) = pool.get_conn().await {
+                    let _ = conn.query_drop(sql).await;
+                }
+                let _ = pool.disconnect().await;
+            })
+            .await
+        });
         if done.is_err() {
             eprintln!("cleanup gave up after 30 s: {what}");
         }
