@@ -6,6 +6,12 @@
 -- gearmand compares them; a case-insensitive collation would merge
 -- "Key" and "key" into one job.
 --
+-- flag is nullable, as in the original: its client binds NULL unless told
+-- otherwise, and NULL (or '') means shim. NOT NULL would make INSERT IGNORE
+-- store that NULL as 'controller', the enum's first value, and send a
+-- throughput job to run_queued_job. (`garivini schema check` finds and
+-- mends a table made by an older schema.sql.)
+--
 -- funcname_run_after covers `garivini status` (counts per function and
 -- state read index entries only: ~0.5 s per million rows instead of a
 -- scan of the rows) and `garivini jobs list --funcname`. A table created
@@ -18,7 +24,7 @@ CREATE TABLE IF NOT EXISTS job (
     uniqkey    VARCHAR(255)     NULL,
     run_after  INT UNSIGNED     NOT NULL,
     `coalesce` VARCHAR(255)     NULL,
-    flag       ENUM('controller','shim') NOT NULL DEFAULT 'shim',
+    flag       ENUM('controller','shim') NULL DEFAULT 'shim',
     failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
     PRIMARY KEY (jobid),
     INDEX run_after (run_after),

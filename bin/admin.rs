@@ -220,7 +220,7 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
             ]
         };
         for f in &db.functions {
-            rows.push(counts(&f.funcname, &f.counts));
+            rows.push(counts(&printable(&f.funcname), &f.counts));
         }
         if db.functions.len() > 1 {
             rows.push(counts("(all)", &db.total));
@@ -247,7 +247,7 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
         let mut rows = vec![header(&["function", "depth", "running", "workers"])];
         for f in &g.functions {
             rows.push(vec![
-                f.funcname.clone(),
+                printable(&f.funcname),
                 f.depth.to_string(),
                 f.running.to_string(),
                 f.workers.to_string(),
@@ -309,11 +309,11 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             for j in &jobs {
                 rows.push(vec![
                     j.id.clone(),
-                    j.funcname.clone(),
+                    printable(&j.funcname),
                     j.state.as_str().into(),
                     next_run(j.due_in_secs),
                     j.failcount.to_string(),
-                    j.uniqkey.clone().unwrap_or_else(|| "-".into()),
+                    j.uniqkey.as_deref().map_or_else(|| "-".into(), printable),
                     arg_text(j.arg_bytes, &j.arg_preview),
                 ]);
             }
@@ -333,7 +333,7 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             }
             let text = |key: &str| match &shown.job[key] {
                 serde_json::Value::Null => "-".to_string(),
-                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::String(s) => printable(s),
                 other => other.to_string(),
             };
             let run_after = shown.job["run_after"].as_u64().unwrap_or_default() as u32;
@@ -355,6 +355,9 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             println!("  uniqkey    {}", text("uniqkey"));
             println!("  coalesce   {}", text("coalesce"));
             println!("  arg        {} bytes", shown.arg_bytes);
+            if let Some(why) = &shown.unsendable {
+                println!("  cannot be dispatched: {why} (parked dead by a QueueRunner)");
+            }
             println!("job JSON (what a worker receives):");
             println!("{}", shown.job_json);
             Ok(())
@@ -433,6 +436,24 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Text from the table or gearmand as a terminal may show it: control
+/// characters (ESC, newline, ...) written as `\n`, `\t`, `\x1B`, so a
+/// function name or key cannot move the cursor, recolour the screen or
+/// fake a line of the report.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn plural(n: usize, word: &str) -> String {

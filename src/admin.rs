@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::job::{Job, NewJob};
+use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
 use crate::store::{Change, JobRef, Listed, Selection, Store};
 
 /// Rows `jobs list` shows unless told otherwise.
@@ -269,6 +269,10 @@ pub struct ListedJob {
     pub arg_bytes: u64,
     /// The arg's first bytes, as text (invalid UTF-8 replaced).
     pub arg_preview: String,
+    /// Why the row cannot be dispatched as it is, if it cannot (the first
+    /// claim that meets it parks it, dead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsendable: Option<String>,
 }
 
 fn due_in(state: JobState, run_after: u32, now: u32) -> Option<i64> {
@@ -294,6 +298,7 @@ impl ListedJob {
             flag: job.flag,
             arg_bytes: listed.arg_len,
             arg_preview: String::from_utf8_lossy(&job.arg).into_owned(),
+            unsendable: listed.unsendable,
             uniqkey: job.uniqkey,
             funcname: job.funcname,
         }
@@ -322,8 +327,17 @@ impl ListQuery {
                 reason: format!("must be 1 to {MAX_LIST_LIMIT}, not {}", self.limit),
             });
         }
-        if let Some(f) = &self.funcname {
-            NewJob::new(f.as_str(), "").validate()?;
+        // Any name a row can have: rows written by SQL are not held to
+        // what a new job may be named.
+        match &self.funcname {
+            Some(f) if f.is_empty() => return Err(Error::EmptyFuncname),
+            Some(f) if f.len() > MAX_FUNCNAME_LEN => {
+                return Err(Error::FuncnameTooLong {
+                    len: f.len(),
+                    max: MAX_FUNCNAME_LEN,
+                })
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -369,6 +383,9 @@ pub struct Shown {
     pub due_in_secs: Option<i64>,
     /// Length of the arg, in bytes.
     pub arg_bytes: usize,
+    /// Why the row cannot be dispatched as it is, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsendable: Option<String>,
     /// The job JSON a worker receives for it.
     pub job: serde_json::Value,
     /// The same, byte for byte as a worker receives it (field order kept).
@@ -392,6 +409,7 @@ pub async fn show(store: &Store, id: JobRef, lease: u32) -> Result<Shown> {
         now,
         due_in_secs: due_in(state, job.run_after, now),
         arg_bytes: job.arg.len(),
+        unsendable: unsendable_funcname(&job.funcname),
         job: serde_json::from_slice(&json).expect("the job JSON is JSON"),
         job_json: String::from_utf8(json).expect("JSON is UTF-8"),
     })

@@ -22,7 +22,7 @@ use crate::gearman::{
     function_status, gearman_unique, serve, ForegroundClient, Outcome, WorkResult,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::Job;
+use crate::job::{unsendable_funcname, Job, When};
 use crate::outage::Outage;
 use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::store::JobRef;
@@ -89,6 +89,9 @@ pub enum Ran {
     NoWorker,
     /// The workload was not a job JSON; nothing was run.
     NotAJob,
+    /// The job's function name cannot be sent to gearmand (see
+    /// [`unsendable_funcname`]): its row is parked, dead, and logged.
+    Parked,
 }
 
 /// Serves `run_queued_job`. See the module docs.
@@ -157,6 +160,23 @@ impl Controller {
             dbid: job.dbid,
             jobid: job.jobid,
         };
+        if let Some(reason) = unsendable_funcname(&job.funcname) {
+            // Only a foreign Injector or QueueRunner sends such a job (ours
+            // refuse or park it): submitting it would make gearmand's
+            // status unreadable for that function.
+            tracing::warn!(%reason, "parking a job whose function cannot be sent to gearmand: it stays in the table, dead");
+            let parked = self
+                .client
+                .store()
+                .reschedule(r, When::Never, job.failcount)
+                .await;
+            telemetry::parked(1);
+            return match self.row_update(parked, "cannot park a job whose function cannot be sent")
+            {
+                Some(_) => Ran::Parked,
+                None => Ran::Unknown,
+            };
+        }
         if !self.has_worker(&job.funcname).await {
             let released = self
                 .client

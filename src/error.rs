@@ -107,6 +107,15 @@ pub enum Error {
         /// Byte offset of the first NUL.
         at: usize,
     },
+    /// The function name holds whitespace or a control character, which
+    /// gearmand's line-based admin protocol cannot carry.
+    #[error("funcname has {what} at byte {at}: gearmand's admin protocol cannot carry whitespace or control characters")]
+    FuncnameHasBadChar {
+        /// Byte offset of the character.
+        at: usize,
+        /// The character, named ("a newline", "U+001B").
+        what: String,
+    },
     /// The unique key does not fit the `uniqkey` column.
     #[error("unique key is {len} bytes, over the limit of {max}")]
     UniqkeyTooLong {

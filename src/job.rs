@@ -42,13 +42,74 @@ impl Flag {
         }
     }
 
-    /// Reads the `flag` column; anything unknown is treated as `shim`, the
-    /// column's default, so a row is never stuck because of its flag.
-    pub fn from_column(value: &str) -> Flag {
+    /// Reads the `flag` column. NULL and '' mean `shim`, as in the
+    /// original (whose client binds NULL unless told otherwise), and so
+    /// does anything unknown, so a row is never stuck because of its flag.
+    pub fn from_column(value: Option<&[u8]>) -> Flag {
         match value {
-            "controller" => Flag::Controller,
+            Some(b"controller") => Flag::Controller,
             _ => Flag::Shim,
         }
+    }
+}
+
+/// What keeps a function name from being dispatched, if anything: a
+/// control character (newline, tab, ESC, ...). gearmand takes such a name,
+/// but its line-based admin protocol then prints a `status` line that no
+/// reader can parse, so no depth can be read for it (and, before readers
+/// skipped such lines, for any function of that server). Rows of the
+/// table are held to this; new jobs to the stricter [`check_funcname`].
+pub fn unsendable_funcname(funcname: &str) -> Option<String> {
+    if funcname.is_empty() {
+        return Some("funcname is empty".into());
+    }
+    let (at, c) = funcname.char_indices().find(|(_, c)| c.is_control())?;
+    Some(format!(
+        "funcname has {} at byte {at}: gearmand's admin protocol cannot carry it",
+        describe_char(c)
+    ))
+}
+
+/// Checks a new job's function name: not empty, at most
+/// [`MAX_FUNCNAME_LEN`] bytes, and no whitespace or control character
+/// (gearmand's admin protocol splits lines on them: `status` output and
+/// commands such as `drop function` cannot carry them).
+pub fn check_funcname(funcname: &str) -> Result<()> {
+    if funcname.is_empty() {
+        return Err(Error::EmptyFuncname);
+    }
+    if funcname.len() > MAX_FUNCNAME_LEN {
+        return Err(Error::FuncnameTooLong {
+            len: funcname.len(),
+            max: MAX_FUNCNAME_LEN,
+        });
+    }
+    if let Some(at) = funcname.find('\0') {
+        // Gearman separates a packet's fields with NUL: such a name
+        // would reach gearmand cut short, with the rest taken for the
+        // next field, and no worker could ever run the job.
+        return Err(Error::FuncnameHasNul { at });
+    }
+    match funcname
+        .char_indices()
+        .find(|(_, c)| c.is_control() || c.is_whitespace())
+    {
+        Some((at, c)) => Err(Error::FuncnameHasBadChar {
+            at,
+            what: describe_char(c),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A character as a message names it: "a newline", "a space", "U+001B".
+pub(crate) fn describe_char(c: char) -> String {
+    match c {
+        '\n' => "a newline".into(),
+        '\r' => "a carriage return".into(),
+        '\t' => "a tab".into(),
+        ' ' => "a space".into(),
+        other => format!("the character U+{:04X}", u32::from(other)),
     }
 }
 
@@ -103,21 +164,7 @@ impl NewJob {
     /// Checks the job against the table's column limits, so that bad input
     /// is refused with a clear error before it reaches the database.
     pub fn validate(&self) -> Result<()> {
-        if self.funcname.is_empty() {
-            return Err(Error::EmptyFuncname);
-        }
-        if self.funcname.len() > MAX_FUNCNAME_LEN {
-            return Err(Error::FuncnameTooLong {
-                len: self.funcname.len(),
-                max: MAX_FUNCNAME_LEN,
-            });
-        }
-        if let Some(at) = self.funcname.find('\0') {
-            // Gearman separates a packet's fields with NUL: such a name
-            // would reach gearmand cut short, with the rest taken for the
-            // next field, and no worker could ever run the job.
-            return Err(Error::FuncnameHasNul { at });
-        }
+        check_funcname(&self.funcname)?;
         for key in [&self.uniqkey, &self.coalesce].into_iter().flatten() {
             if key.len() > MAX_UNIQKEY_LEN {
                 return Err(Error::UniqkeyTooLong {
@@ -317,7 +364,7 @@ impl Job {
             uniqkey: f.text("uniqkey")?,
             coalesce: f.text("coalesce")?,
             run_after,
-            flag: Flag::from_column(f.text("flag")?.as_deref().unwrap_or("shim")),
+            flag: Flag::from_column(f.text("flag")?.as_deref().map(str::as_bytes)),
             failcount,
         })
     }

@@ -182,6 +182,9 @@ pub struct Stats {
     pub pushed_back: usize,
     /// Rows given back because their submit failed.
     pub given_back: usize,
+    /// Rows parked (made dead, logged) because they cannot be dispatched
+    /// as they are.
+    pub parked: usize,
     /// Databases that failed this round.
     pub db_errors: usize,
     /// Whether any database returned a full batch (more is likely waiting).
@@ -329,6 +332,7 @@ impl QueueRunner {
         stats.full |= claim.jobs.len() >= limit;
         stats.claimed += claim.jobs.len();
         stats.pushed_back += claim.pushed_back;
+        stats.parked += claim.parked.len();
         if claim.jobs.is_empty() {
             return Ok(());
         }

@@ -10,7 +10,10 @@
 //! (submitted to gearmand), `garivini_jobs_pushed_back_total` (held back by
 //! the watermark or for want of a worker), `garivini_jobs_completed_total`
 //! (rows deleted), `garivini_jobs_failed_total` (rescheduled after a
-//! failure), `garivini_jobs_dead_total` (parked after the last attempt).
+//! failure), `garivini_jobs_dead_total` (parked after the last attempt),
+//! `garivini_rows_parked_total` (rows made dead because they cannot be
+//! dispatched as they are: a function name that is not UTF-8 or holds a
+//! control character).
 //! Histograms (seconds): `garivini_inject_seconds` (request to commit),
 //! `garivini_claim_round_seconds`, `garivini_controller_job_seconds`.
 //! Gauges: `garivini_gearmand_queue_depth{function}` (summed over the
@@ -62,6 +65,12 @@ pub(crate) fn failed(dead: bool) {
         metrics::counter!("garivini_jobs_dead_total").increment(1);
     } else {
         metrics::counter!("garivini_jobs_failed_total").increment(1);
+    }
+}
+
+pub(crate) fn parked(n: usize) {
+    if n > 0 {
+        metrics::counter!("garivini_rows_parked_total").increment(n as u64);
     }
 }
 

@@ -188,7 +188,7 @@ async fn quotes_sql_and_nul_reach_the_worker_byte_for_byte() {
     // workload, and the worker got a job JSON that was not JSON.
     let (db, gearmand) = (TestDb::new().await, Gearmand::start());
     let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let funcname = "ll_'\"; DROP TABLE job; --";
+    let funcname = "ll_'\";DROP/**/TABLE/**/job;--";
     let worker = PlainWorker::start(&gearmand, funcname, Duration::ZERO, ok()).await;
     let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     let hostile = "x'); DROP TABLE job; -- \0 % _ \\ \" \n";

@@ -74,7 +74,15 @@ struct Sent {
 }
 
 fn sent() -> impl Strategy<Value = Sent> {
-    let name = any::<String>().prop_map(|s| at_most(s.replace('\0', ""), MAX_FUNCNAME_LEN));
+    // What a new job's name may hold: no NUL, whitespace or control
+    // character (gearmand's protocols cannot carry them).
+    let name = any::<String>().prop_map(|s| {
+        let s: String = s
+            .chars()
+            .filter(|c| !c.is_control() && !c.is_whitespace())
+            .collect();
+        at_most(s, MAX_FUNCNAME_LEN)
+    });
     let text = |max| any::<String>().prop_map(move |s| at_most(s, max));
     (
         name.prop_filter("a funcname", |s| !s.is_empty()),

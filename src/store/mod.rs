@@ -15,11 +15,14 @@ use rand::Rng;
 
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
-use crate::job::{Flag, Job, NewJob, When, NEVER};
+use crate::job::{Job, NewJob, When, NEVER};
 use crate::outage::Outage;
 use crate::telemetry;
 
-mod schema;
+mod rows;
+pub mod schema;
+
+use rows::{RawRow, COLUMNS};
 
 /// How long a database that failed is avoided for keyless inserts.
 pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
@@ -45,8 +48,6 @@ const STATEMENT_OVERHEAD: u64 = 64;
 /// for each of its five strings, 8 for the run_after integer, and its share
 /// of the null bitmap.
 const ROW_OVERHEAD: u64 = 80;
-
-const COLUMNS: &str = "jobid, funcname, arg, uniqkey, run_after, `coalesce`, flag, failcount";
 
 /// Where a stored job lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,6 +176,9 @@ pub struct Listed {
     pub job: Job,
     /// Length of the whole arg, in bytes.
     pub arg_len: u64,
+    /// Why the row cannot be dispatched as it is, if it cannot (such a
+    /// row is parked, dead, by the first claim that meets it).
+    pub unsendable: Option<String>,
 }
 
 /// Bytes of each arg a listing reads.
@@ -203,6 +207,12 @@ pub struct Claim {
     pub jobs: Vec<Job>,
     /// Rows that were due but refused by the caller, pushed back.
     pub pushed_back: usize,
+    /// Rows that cannot be dispatched as they are (a function name that is
+    /// not UTF-8 or has a control character, see
+    /// [`unsendable_funcname`](crate::job::unsendable_funcname)), with why:
+    /// made dead (run_after = never) so that they cannot hold up the rows
+    /// behind them, and logged.
+    pub parked: Vec<(u64, String)>,
 }
 
 impl Db {
@@ -253,11 +263,7 @@ impl Store {
         let dbs = dbs
             .into_iter()
             .map(|cfg| {
-                let opts =
-                    mysql_async::Opts::from_url(&cfg.url).map_err(|e| Error::InvalidDsn {
-                        dsn: cfg.masked(),
-                        reason: e.to_string(),
-                    })?;
+                let opts = crate::config::driver_opts(&cfg.url)?;
                 let client_max_packet = opts.max_allowed_packet().map(|n| n as u64);
                 let constraints = mysql_async::PoolConstraints::new(0, DEFAULT_POOL_SIZE)
                     .expect("0 <= pool size");
@@ -630,46 +636,63 @@ impl Store {
     ) -> Result<Claim> {
         let admit = &decide;
         let db = self.db(dbid)?;
-        self.run(db, move || async move {
-            let mut tx = db.pool.start_transaction(tx_opts()).await?;
-            // The read is at READ COMMITTED without gap locks: a row another
-            // claimer leased between our index read and our row lock can
-            // come back with its new run_after. The locked row's current
-            // run_after is what counts, so such rows are left alone.
-            let now = db_now(&mut tx).await?;
-            let rows: Vec<JobRow> = tx
-                .exec(
-                    format!(
-                        "SELECT {COLUMNS} FROM job WHERE run_after <= ? \
+        let claim = self
+            .run(db, move || async move {
+                let mut tx = db.pool.start_transaction(tx_opts()).await?;
+                // The read is at READ COMMITTED without gap locks: a row another
+                // claimer leased between our index read and our row lock can
+                // come back with its new run_after. The locked row's current
+                // run_after is what counts, so such rows are left alone.
+                let now = db_now(&mut tx).await?;
+                let rows: Vec<RawRow> = tx
+                    .exec(
+                        format!(
+                            "SELECT {COLUMNS} FROM job WHERE run_after <= ? \
                          ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
-                    ),
-                    (now, limit as u64),
-                )
-                .await?;
-            let due: Vec<Job> = rows
-                .into_iter()
-                .map(|r| r.into_job(dbid))
-                .filter(|job| job.run_after <= now)
-                .collect();
-            let decisions = admit(&due);
-            let mut claim = Claim::default();
-            let mut later: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
-            for (job, decision) in due.into_iter().zip(decisions) {
-                match decision {
-                    None => claim.jobs.push(job),
-                    Some(secs) => later.entry(secs).or_default().push(job.jobid),
+                        ),
+                        (now, limit as u64),
+                    )
+                    .await?;
+                let mut claim = Claim::default();
+                let mut due = Vec::with_capacity(rows.len());
+                for read in rows.into_iter().map(|r| r.read(dbid)) {
+                    match read.unsendable {
+                        _ if read.job.run_after > now => {}
+                        None => due.push(read.job),
+                        Some(reason) => claim.parked.push((read.job.jobid, reason)),
+                    }
                 }
-            }
-            let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
-            set_run_after_in(&mut tx, &leased, lease).await?;
-            for (secs, ids) in &later {
-                set_run_after_in(&mut tx, ids, *secs).await?;
-                claim.pushed_back += ids.len();
-            }
-            tx.commit().await?;
-            Ok(claim)
-        })
-        .await
+                let decisions = admit(&due);
+                let mut later: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+                for (job, decision) in due.into_iter().zip(decisions) {
+                    match decision {
+                        None => claim.jobs.push(job),
+                        Some(secs) => later.entry(secs).or_default().push(job.jobid),
+                    }
+                }
+                let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
+                set_run_after_in(&mut tx, &leased, lease).await?;
+                for (secs, ids) in &later {
+                    set_run_after_in(&mut tx, ids, *secs).await?;
+                    claim.pushed_back += ids.len();
+                }
+                let parked: Vec<u64> = claim.parked.iter().map(|(id, _)| *id).collect();
+                park_rows(&mut tx, &parked).await?;
+                tx.commit().await?;
+                Ok(claim)
+            })
+            .await?;
+        for (jobid, reason) in &claim.parked {
+            // Parked rows are dead now: never claimed again, so each is
+            // logged once, however often the claim runs.
+            tracing::warn!(
+                job = %JobRef { dbid, jobid: *jobid },
+                %reason,
+                "parked a row that cannot be dispatched: it stays in the table, dead (garivini jobs show / cancel)"
+            );
+        }
+        telemetry::parked(claim.parked.len());
+        Ok(claim)
     }
 
     /// Whether database `dbid` has a due row: one probe of the run_after
@@ -790,13 +813,13 @@ impl Store {
         let db = self.db(job.dbid)?;
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            let row: Option<JobRow> = conn
+            let row: Option<RawRow> = conn
                 .exec_first(
                     format!("SELECT {COLUMNS} FROM job WHERE jobid = ?"),
                     (job.jobid,),
                 )
                 .await?;
-            Ok(row.map(|r| r.into_job(job.dbid)))
+            Ok(row.map(|r| r.read(job.dbid).job))
         })
         .await
     }
@@ -828,8 +851,7 @@ impl Store {
             let mut conn = db.pool.get_conn().await?;
             let now = db_now(&mut conn).await?;
             let until = u64::from(now) + u64::from(lease);
-            type Row = (String, u64, u64, u64, u64, u64, Option<u32>);
-            let rows: Vec<Row> = conn
+            let rows: Vec<RawRow> = conn
                 .exec(
                     "SELECT funcname, \
                        CAST(SUM(run_after <= ?) AS UNSIGNED), \
@@ -844,19 +866,19 @@ impl Store {
                 .await?;
             let counts = rows
                 .into_iter()
-                .map(
-                    |(funcname, due, in_flight, scheduled, dead, failing, oldest_due)| {
-                        FunctionCounts {
-                            funcname,
-                            due,
-                            in_flight,
-                            scheduled,
-                            dead,
-                            failing,
-                            oldest_due,
-                        }
-                    },
-                )
+                .map(|row| {
+                    let (funcname, n) = row.name_and_numbers();
+                    let at = |i: usize| n.get(i).copied().flatten();
+                    FunctionCounts {
+                        funcname,
+                        due: at(0).unwrap_or(0),
+                        in_flight: at(1).unwrap_or(0),
+                        scheduled: at(2).unwrap_or(0),
+                        dead: at(3).unwrap_or(0),
+                        failing: at(4).unwrap_or(0),
+                        oldest_due: at(5).map(|t| t.min(u64::from(u32::MAX)) as u32),
+                    }
+                })
                 .collect();
             Ok((now, counts))
         })
@@ -891,7 +913,7 @@ impl Store {
                 None => "",
             };
             params.push(Value::from(limit as u64));
-            let rows: Vec<ListedRow> = conn
+            let rows: Vec<RawRow> = conn
                 .exec(
                     format!(
                         "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
@@ -903,11 +925,12 @@ impl Store {
                 .await?;
             let listed = rows
                 .into_iter()
-                .map(|(id, func, arg, key, run_after, coalesce, flag, fails, arg_len)| {
-                    let row = (id, func, arg, key, run_after, coalesce, flag, fails);
+                .map(|row| {
+                    let read = row.read(dbid);
                     Listed {
-                        job: row.into_job(dbid),
-                        arg_len,
+                        arg_len: read.extra.first().copied().unwrap_or(0),
+                        unsendable: read.unsendable,
+                        job: read.job,
                     }
                 })
                 .collect();
@@ -926,13 +949,13 @@ impl Store {
             let mut jobs = Vec::with_capacity(jobids.len());
             for chunk in jobids.chunks(MAX_IN_LIST) {
                 let (list, params) = in_list(chunk);
-                let rows: Vec<JobRow> = conn
+                let rows: Vec<RawRow> = conn
                     .exec(
                         format!("SELECT {COLUMNS} FROM job WHERE jobid IN ({list})"),
                         params,
                     )
                     .await?;
-                jobs.extend(rows.into_iter().map(|r| r.into_job(dbid)));
+                jobs.extend(rows.into_iter().map(|r| r.read(dbid).job));
             }
             Ok((now, jobs))
         })
@@ -1080,51 +1103,6 @@ fn is_lock_conflict(err: &mysql_async::Error) -> bool {
     matches!(err, mysql_async::Error::Server(e) if e.code == 1213 || e.code == 1205)
 }
 
-type JobRow = (
-    u64,
-    String,
-    Option<Vec<u8>>,
-    Option<String>,
-    u32,
-    Option<String>,
-    String,
-    u8,
-);
-
-/// A [`JobRow`] with its arg cut short, then the arg's full length.
-type ListedRow = (
-    u64,
-    String,
-    Option<Vec<u8>>,
-    Option<String>,
-    u32,
-    Option<String>,
-    String,
-    u8,
-    u64,
-);
-
-trait IntoJob {
-    fn into_job(self, dbid: u32) -> Job;
-}
-
-impl IntoJob for JobRow {
-    fn into_job(self, dbid: u32) -> Job {
-        let (jobid, funcname, arg, uniqkey, run_after, coalesce, flag, failcount) = self;
-        Job {
-            dbid,
-            jobid,
-            funcname,
-            arg: arg.unwrap_or_default(),
-            uniqkey,
-            coalesce,
-            run_after,
-            flag: Flag::from_column(&flag),
-            failcount,
-        }
-    }
-}
-
 /// Transactions here only take row locks. READ COMMITTED: the claim's
 /// `FOR UPDATE` then locks the rows it takes, not the gaps of the
 /// run_after range it scans, so inserts of new due rows (which land in
@@ -1248,6 +1226,20 @@ async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::
     let id = result.last_insert_id().unwrap_or_default();
     result.drop_result().await?;
     Ok(id)
+}
+
+/// Makes rows dead (run_after = never): rows no worker can be given.
+async fn park_rows(conn: &mut impl Queryable, jobids: &[u64]) -> mysql_async::Result<()> {
+    for chunk in jobids.chunks(MAX_IN_LIST) {
+        let (list, mut params) = in_list(chunk);
+        params.insert(0, Value::from(NEVER));
+        conn.exec_drop(
+            format!("UPDATE job SET run_after = ? WHERE jobid IN ({list})"),
+            Params::Positional(params),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn set_run_after_in(

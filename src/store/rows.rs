@@ -1,0 +1,278 @@
+//! Reading rows of the `job` table without ever failing on one.
+//!
+//! The driver's tuple conversions panic on a value of another type than
+//! asked for, and a table created by the original Perl Garivini allows
+//! more than ours: a NULL `flag` (its client binds NULL), a NULL `arg`,
+//! bytes that are not UTF-8 in a `VARBINARY` or binary-collated funcname
+//! or uniqkey, a signed or wider integer column. So every column is read
+//! as a plain value and converted here, leniently: a row always becomes a
+//! [`Job`], and what keeps it from being dispatched is said beside it
+//! ([`Read::unsendable`]), for the caller to park it with one log line.
+
+use mysql_async::prelude::FromRow;
+use mysql_async::{FromRowError, Row, Value};
+
+use crate::job::{unsendable_funcname, Flag, Job};
+
+/// The columns a [`RawRow`] reads, in its order.
+pub(super) const COLUMNS: &str =
+    "jobid, funcname, arg, uniqkey, run_after, `coalesce`, flag, failcount";
+
+/// One row as the server sent it, each column as a plain value; any
+/// columns after [`COLUMNS`] are kept in `extra` (a listing's arg length).
+pub(super) struct RawRow {
+    values: Vec<Value>,
+}
+
+impl FromRow for RawRow {
+    /// Never fails: conversion happens in [`RawRow::read`].
+    fn from_row_opt(row: Row) -> Result<Self, FromRowError> {
+        let values = row
+            .unwrap_raw()
+            .into_iter()
+            .map(|v| v.unwrap_or(Value::NULL))
+            .collect();
+        Ok(RawRow { values })
+    }
+}
+
+/// A row read into a job.
+#[derive(Debug)]
+pub(super) struct Read {
+    /// The row, with anything unreadable made readable: a funcname that is
+    /// not UTF-8 is shown with its bad bytes as `\xNN`.
+    pub job: Job,
+    /// Why the row cannot be dispatched as it is, if it cannot.
+    pub unsendable: Option<String>,
+    /// The values after the job's columns, as unsigned integers.
+    pub extra: Vec<u64>,
+}
+
+impl RawRow {
+    /// The job in database `dbid` that this row holds.
+    pub fn read(self, dbid: u32) -> Read {
+        let mut values = self.values.into_iter();
+        let mut next = || values.next().unwrap_or(Value::NULL);
+        let jobid = number(next()).unwrap_or(0).clamp(0, i128::from(u64::MAX)) as u64;
+        let (funcname, mut unsendable) = match bytes(next()) {
+            None => (String::new(), Some("funcname is NULL".to_string())),
+            Some(raw) => match String::from_utf8(raw) {
+                Ok(name) => {
+                    let why = unsendable_funcname(&name);
+                    (name, why)
+                }
+                Err(e) => (
+                    escape_bytes(e.as_bytes()),
+                    Some("funcname is not UTF-8: no worker can be named by it".to_string()),
+                ),
+            },
+        };
+        let arg = bytes(next()).unwrap_or_default();
+        let uniqkey = bytes(next()).map(lossy);
+        let run_after = clamp_u32(number(next()));
+        let coalesce = bytes(next()).map(lossy);
+        let flag = Flag::from_column(bytes(next()).as_deref());
+        let failcount = number(next()).unwrap_or(0).clamp(0, 255) as u8;
+        if jobid == 0 && unsendable.is_none() {
+            unsendable = Some("jobid is not a positive integer".into());
+        }
+        let extra = values.map(|v| clamp_u64(number(v))).collect();
+        Read {
+            job: Job {
+                dbid,
+                jobid,
+                funcname,
+                arg,
+                uniqkey,
+                coalesce,
+                run_after,
+                flag,
+                failcount,
+            },
+            unsendable,
+            extra,
+        }
+    }
+}
+
+impl RawRow {
+    /// A name column then numbers (a count by function): the name as text
+    /// for people ([`escape_bytes`]), each number `None` when NULL.
+    pub fn name_and_numbers(self) -> (String, Vec<Option<u64>>) {
+        let mut values = self.values.into_iter();
+        let name = bytes(values.next().unwrap_or(Value::NULL)).unwrap_or_default();
+        let numbers = values
+            .map(|v| number(v).map(|n| n.clamp(0, i128::from(u64::MAX)) as u64))
+            .collect();
+        (escape_bytes(&name), numbers)
+    }
+}
+
+/// A string column's bytes; numbers and dates as their text. `None` for NULL.
+fn bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(b),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        Value::UInt(n) => Some(n.to_string().into_bytes()),
+        other => Some(other.as_sql(true).into_bytes()),
+    }
+}
+
+/// An integer column, whatever its width and sign (text-protocol values
+/// come as digits). `None` for NULL or anything that is not a number.
+fn number(value: Value) -> Option<i128> {
+    match value {
+        Value::Int(n) => Some(i128::from(n)),
+        Value::UInt(n) => Some(i128::from(n)),
+        Value::Float(f) => Some(f as i128),
+        Value::Double(f) => Some(f as i128),
+        Value::Bytes(b) => std::str::from_utf8(&b).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn clamp_u32(n: Option<i128>) -> u32 {
+    n.unwrap_or(0).clamp(0, i128::from(u32::MAX)) as u32
+}
+
+fn clamp_u64(n: Option<i128>) -> u64 {
+    n.unwrap_or(0).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// Text for a key column: bytes that are not UTF-8 become U+FFFD. A key
+/// is carried to the worker for information only (completions go by
+/// jobid), so a lossy copy does no harm.
+fn lossy(raw: Vec<u8>) -> String {
+    match String::from_utf8(raw) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Bytes as text for people: valid UTF-8 as it is, every other byte as
+/// `\xNN`, so that two names that differ show differently.
+pub(crate) fn escape_bytes(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(values: Vec<Value>) -> Read {
+        RawRow { values }.read(1)
+    }
+
+    fn b(s: &[u8]) -> Value {
+        Value::Bytes(s.to_vec())
+    }
+
+    #[test]
+    fn any_row_the_original_table_allows_is_read() {
+        // flag NULL, arg NULL, failcount 255, run_after 0.
+        let r = row(vec![
+            Value::UInt(7),
+            b(b"resize"),
+            Value::NULL,
+            Value::NULL,
+            Value::UInt(0),
+            Value::NULL,
+            Value::NULL,
+            Value::UInt(255),
+        ]);
+        assert_eq!(r.unsendable, None);
+        assert_eq!((r.job.jobid, r.job.run_after, r.job.failcount), (7, 0, 255));
+        assert_eq!((r.job.flag, r.job.arg.len()), (Flag::Shim, 0));
+        // The text protocol's digits, an empty flag, a signed column.
+        let r = row(vec![
+            b(b"8"),
+            b(b"f"),
+            b(b"x"),
+            b(b"k"),
+            Value::Int(-5),
+            Value::NULL,
+            b(b""),
+            b(b"3"),
+        ]);
+        assert_eq!((r.job.jobid, r.job.run_after, r.job.failcount), (8, 0, 3));
+        assert_eq!(r.job.flag, Flag::Shim);
+        assert_eq!(
+            row(vec![
+                Value::UInt(1),
+                b(b"f"),
+                Value::NULL,
+                Value::NULL,
+                Value::UInt(1),
+                Value::NULL,
+                b(b"controller"),
+                Value::UInt(0)
+            ])
+            .job
+            .flag,
+            Flag::Controller
+        );
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_sent_says_why() {
+        let name = |raw: &[u8]| {
+            row(vec![
+                Value::UInt(1),
+                b(raw),
+                Value::NULL,
+                Value::NULL,
+                Value::UInt(1),
+            ])
+        };
+        let r = name(b"caf\xe9");
+        assert_eq!(r.job.funcname, "caf\\xE9");
+        assert!(r.unsendable.unwrap().contains("not UTF-8"));
+        let r = name(b"evil\nx");
+        assert_eq!(
+            r.unsendable.as_deref(),
+            Some("funcname has a newline at byte 4: gearmand's admin protocol cannot carry it")
+        );
+        assert!(name(b"a\x1b[31m").unsendable.unwrap().contains("U+001B"));
+        assert!(name(b"").unsendable.is_some());
+        // A space is carried by gearmand's status lines (tab separated):
+        // such a row, written by SQL, still runs.
+        assert_eq!(name(b"my func").unsendable, None);
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_are_read_lossily() {
+        let r = row(vec![
+            Value::UInt(1),
+            b(b"f"),
+            Value::NULL,
+            b(b"k\xff"),
+            Value::UInt(1),
+        ]);
+        assert_eq!(r.job.uniqkey.as_deref(), Some("k\u{fffd}"));
+        assert_eq!(r.unsendable, None);
+    }
+
+    #[test]
+    fn extra_columns_are_kept() {
+        let mut values = vec![
+            Value::UInt(1),
+            b(b"f"),
+            Value::NULL,
+            Value::NULL,
+            Value::UInt(1),
+            Value::NULL,
+            Value::NULL,
+            Value::UInt(0),
+        ];
+        values.push(Value::UInt(12));
+        assert_eq!(row(values).extra, vec![12]);
+    }
+}

@@ -1,0 +1,587 @@
+//! Drop-in for existing Perl Garivini deployments: the original table and
+//! the original client's exact statements against our roles, and rows or
+//! inputs that must never stop a role (a NULL flag, a function name that is
+//! not UTF-8 or holds a newline, failcount 255, a TLS DSN). Real MariaDB
+//! (a database per test, some with the original's table) and a private
+//! gearmand per test; needs scripts/services up.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{run_bin, wait_until, within, Gearmand, TestDb, ORIGINAL_SCHEMA};
+use garivini::gearman::{serve, Assignment, ForegroundClient, Outcome, WorkResult};
+use garivini::injector::{Injector, INJECT_JOBS};
+use garivini::job::NEVER;
+use garivini::queue_runner::{self, QueueRunner};
+use garivini::{controller, injector, Client, Flag, Job, NewJob, Retry};
+use mysql_async::prelude::Queryable;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The original client's `insert_job`, exactly: DBI binds `run_after` as
+/// the string 'UNIX_TIMESTAMP() + 0' (which MySQL turns into 0) and `flag`
+/// as NULL unless the caller passes one.
+const PERL_INSERT_JOB: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?)";
+/// The original client's `insert_jobs` for two jobs.
+const PERL_INSERT_JOBS: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)";
+/// The original worker's `complete_job`.
+const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
+
+async fn perl_insert_job(db: &TestDb, funcname: &str, arg: &str, uniqkey: Option<&str>) {
+    let mut conn = db.conn().await;
+    conn.exec_drop(
+        PERL_INSERT_JOB,
+        (
+            funcname,
+            "UNIX_TIMESTAMP() + 0",
+            uniqkey,
+            None::<String>,
+            arg,
+            None::<String>,
+        ),
+    )
+    .await
+    .expect("the original client's INSERT IGNORE");
+}
+
+/// A throughput-mode worker as the original's users write one: it reads
+/// the job JSON and deletes the row with the original's statement, on a
+/// connection of its own (no Garivini client). Records (function served,
+/// job) for every job it runs. Stopped on drop.
+struct PerlStyleWorker {
+    runs: Arc<Mutex<Vec<(String, Job)>>>,
+    stop: CancellationToken,
+}
+
+impl PerlStyleWorker {
+    async fn start(db: &TestDb, gearmand: &Gearmand, function: &str) -> PerlStyleWorker {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let pool = mysql_async::Pool::new(db.url.as_str());
+        let r = runs.clone();
+        tokio::spawn(serve(
+            vec![gearmand.addr.clone()],
+            function.to_string(),
+            4,
+            move |a: Assignment| {
+                let (r, pool) = (r.clone(), pool.clone());
+                async move {
+                    let job = Job::from_json(&a.data).expect("job JSON");
+                    let mut conn = pool.get_conn().await.expect("worker connection");
+                    conn.exec_drop(PERL_COMPLETE_JOB, (job.jobid,))
+                        .await
+                        .expect("the original's DELETE");
+                    r.lock().unwrap().push((a.function, job));
+                    WorkResult::Complete(Default::default())
+                }
+            },
+            stop.clone(),
+            Duration::from_secs(5),
+        ));
+        gearmand.wait_for_worker(function).await;
+        PerlStyleWorker { runs, stop }
+    }
+
+    fn runs(&self) -> Vec<(String, Job)> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for PerlStyleWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn runner(store: Arc<garivini::Store>, gearmand: &Gearmand) -> QueueRunner {
+    QueueRunner::new(
+        queue_runner::Config::default(),
+        store,
+        vec![gearmand.addr.clone()],
+    )
+    .unwrap()
+}
+
+/// Rounds of the QueueRunner until `done` (each bounded), failing on a
+/// round that errs: a row must never stop the role.
+async fn run_rounds_until<F, Fut>(qr: &mut QueueRunner, what: &str, mut done: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut parked = 0;
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        let stats = within(LIMIT, "a QueueRunner round", qr.run_once())
+            .await
+            .expect("a round never fails on a row");
+        parked += stats.parked;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    parked
+}
+
+/// The original client's inserts, our QueueRunner, the original worker's
+/// DELETE: every job runs under its own function, as a `shim` job, and
+/// the table ends empty.
+async fn perl_client_round_trip(schema: &str) {
+    let (db, gearmand) = (TestDb::with_schema(schema).await, Gearmand::start());
+    for i in 0..10 {
+        perl_insert_job(&db, "resize", &format!("img-{i}"), None).await;
+        perl_insert_job(&db, "thumb", &format!("th-{i}"), Some(&format!("k{i}"))).await;
+    }
+    // A second insert of the same (funcname, uniqkey) is ignored.
+    perl_insert_job(&db, "thumb", "again", Some("k0")).await;
+    let mut conn = db.conn().await;
+    let row = |f: &str, arg: &str| {
+        vec![
+            mysql_async::Value::from(f),
+            "UNIX_TIMESTAMP() + 0".into(),
+            mysql_async::Value::NULL,
+            mysql_async::Value::NULL,
+            arg.into(),
+            mysql_async::Value::NULL,
+        ]
+    };
+    conn.exec_drop(
+        PERL_INSERT_JOBS,
+        [row("resize", "many-1"), row("thumb", "many-2")].concat(),
+    )
+    .await
+    .expect("the original client's multi-row INSERT IGNORE");
+    drop(conn);
+    assert_eq!(db.count("TRUE").await, 22);
+    assert_eq!(
+        db.count("flag IS NULL AND run_after = 0").await,
+        22,
+        "the original's NULL flag is stored as NULL, its string run_after as 0"
+    );
+
+    let resize = PerlStyleWorker::start(&db, &gearmand, "resize").await;
+    let thumb = PerlStyleWorker::start(&db, &gearmand, "thumb").await;
+    let mut qr = runner(db.store().await, &gearmand);
+    run_rounds_until(&mut qr, "the table to empty", || async {
+        db.count("TRUE").await == 0
+    })
+    .await;
+    wait_until(LIMIT, "both workers' runs recorded", || async {
+        resize.runs().len() + thumb.runs().len() == 22
+    })
+    .await;
+    for (worker, function, n) in [(&resize, "resize", 11), (&thumb, "thumb", 11)] {
+        let runs = worker.runs();
+        assert_eq!(runs.len(), n, "{function}: {runs:?}");
+        for (served, job) in runs {
+            assert_eq!(served, function);
+            assert_eq!(job.funcname, function);
+            assert_eq!(job.flag, Flag::Shim, "NULL flag reaches the worker as shim");
+        }
+    }
+}
+
+#[tokio::test]
+async fn perl_client_jobs_run_under_their_own_function_on_the_original_table() {
+    perl_client_round_trip(ORIGINAL_SCHEMA).await;
+}
+
+#[tokio::test]
+async fn perl_client_jobs_run_under_their_own_function_on_a_latin1_original_table() {
+    perl_client_round_trip(&format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET=latin1")).await;
+}
+
+#[tokio::test]
+async fn perl_client_jobs_run_under_their_own_function_on_our_schema() {
+    let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"))
+        .expect("schema.sql");
+    perl_client_round_trip(&schema).await;
+}
+
+/// Injector and Controller in this process, stopped on drop.
+struct LowLatencyRoles {
+    stop: CancellationToken,
+}
+
+impl LowLatencyRoles {
+    async fn start(db: &TestDb, gearmand: &Gearmand) -> LowLatencyRoles {
+        let stop = CancellationToken::new();
+        let store = db.store().await;
+        let servers = vec![gearmand.addr.clone()];
+        let inj =
+            Injector::new(injector::Config::default(), store.clone(), servers.clone()).unwrap();
+        tokio::spawn(inj.run(stop.clone()));
+        let ctl =
+            controller::Controller::new(controller::Config::default(), Client::new(store), servers)
+                .unwrap();
+        tokio::spawn(ctl.run(stop.clone()));
+        gearmand.wait_for_worker(INJECT_JOBS).await;
+        LowLatencyRoles { stop }
+    }
+}
+
+impl Drop for LowLatencyRoles {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A plain Gearman worker (no database) that records the function and job
+/// of each run and completes it. Stopped on drop.
+struct PlainWorker {
+    runs: Arc<Mutex<Vec<(String, Job)>>>,
+    stop: CancellationToken,
+}
+
+impl PlainWorker {
+    async fn start(gearmand: &Gearmand, function: &str) -> PlainWorker {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let r = runs.clone();
+        tokio::spawn(serve(
+            vec![gearmand.addr.clone()],
+            function.to_string(),
+            8,
+            move |a: Assignment| {
+                let r = r.clone();
+                async move {
+                    let job = Job::from_json(&a.data).expect("job JSON");
+                    r.lock().unwrap().push((a.function, job));
+                    WorkResult::Complete(Default::default())
+                }
+            },
+            stop.clone(),
+            Duration::from_secs(5),
+        ));
+        gearmand.wait_for_worker(function).await;
+        PlainWorker { runs, stop }
+    }
+}
+
+impl Drop for PlainWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test]
+async fn inject_jobs_run_through_the_controller_on_the_original_table() {
+    let (db, gearmand) = (
+        TestDb::with_schema(ORIGINAL_SCHEMA).await,
+        Gearmand::start(),
+    );
+    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
+    let worker = PlainWorker::start(&gearmand, "resize").await;
+    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    for i in 0..10 {
+        let body = format!(r#"{{"funcname":"resize","arg":"img-{i}"}}"#);
+        let outcome = within(
+            LIMIT,
+            "inject_jobs answers",
+            client.submit(INJECT_JOBS, "", body.into()),
+        )
+        .await
+        .expect("inject_jobs");
+        assert!(matches!(outcome, Outcome::Complete(_)), "{outcome:?}");
+    }
+    wait_until(LIMIT, "ten runs and an empty table", || async {
+        worker.runs.lock().unwrap().len() == 10 && db.count("TRUE").await == 0
+    })
+    .await;
+    for (served, job) in worker.runs.lock().unwrap().iter() {
+        assert_eq!((served.as_str(), job.flag), ("resize", Flag::Controller));
+    }
+}
+
+/// The original table with a binary function name column, as a table
+/// created under a binary default charset has.
+fn varbinary_schema() -> String {
+    let schema = ORIGINAL_SCHEMA.replace(
+        "funcname   VARCHAR(200) NOT NULL",
+        "funcname   VARBINARY(200) NOT NULL",
+    );
+    assert_ne!(schema, ORIGINAL_SCHEMA);
+    schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
+    let (db, gearmand) = (
+        TestDb::with_schema(&varbinary_schema()).await,
+        Gearmand::start(),
+    );
+    // Rows any SQL client may write into the original table.
+    db.exec(
+        "INSERT IGNORE INTO job (funcname, arg, run_after, flag, failcount) VALUES \
+         ('odd', NULL, 0, NULL, 255), \
+         (X'6361666599', 'not utf-8', 0, NULL, 0), \
+         ('evil\\nx', 'newline', 0, NULL, 0), \
+         (CONCAT('esc', CHAR(27), '[31mred'), 'escape', 0, 'shim', 0), \
+         ('odd', 'empty flag', 0, '', 0), \
+         ('odd', 'plain', UNIX_TIMESTAMP(), 'shim', 3)",
+    )
+    .await;
+    let unsendable = "funcname <> 'odd'";
+    assert_eq!(db.count(unsendable).await, 3);
+    let worker = PerlStyleWorker::start(&db, &gearmand, "odd").await;
+    let mut qr = runner(db.store().await, &gearmand);
+    let parked = run_rounds_until(&mut qr, "the odd rows to run", || async {
+        db.count("funcname = 'odd'").await == 0
+    })
+    .await;
+    assert_eq!(parked, 3, "each unsendable row parked once");
+    assert_eq!(worker.runs().len(), 3);
+    assert_eq!(
+        db.count(&format!("{unsendable} AND run_after = {NEVER}"))
+            .await,
+        3,
+        "parked rows stay in the table, dead"
+    );
+    // The role goes on: a new row after the parked ones still runs, and
+    // the parked ones are not claimed again.
+    perl_insert_job(&db, "odd", "later", None).await;
+    let parked = run_rounds_until(&mut qr, "the later row to run", || async {
+        db.count("funcname = 'odd'").await == 0
+    })
+    .await;
+    assert_eq!(parked, 0);
+
+    // The admin commands read every row, and print names escaped.
+    let evil: Vec<u64> = db
+        .query("SELECT jobid FROM job WHERE funcname = 'evil\\nx'")
+        .await;
+    let evil = format!("1:{}", evil[0]);
+    for args in [
+        vec!["status"],
+        vec!["jobs", "list"],
+        vec!["jobs", "list", "--dead", "--json"],
+        vec!["jobs", "show", evil.as_str()],
+    ] {
+        let mut all = vec!["--dsn", db.url.as_str()];
+        all.extend(&args);
+        let (status, out, err) = run_bin("garivini", &all, LIMIT);
+        assert!(status.success(), "{args:?}: {status}\n{out}\n{err}");
+        assert!(!out.contains('\x1b'), "{args:?} printed a raw ESC:\n{out}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args[0] == "status" || args.len() == 2 {
+            assert!(
+                out.contains("evil\\nx"),
+                "{args:?}: the newline shown escaped\n{out}"
+            );
+            assert!(
+                out.contains("cafe\\x99"),
+                "{args:?}: bad bytes shown as \\xNN\n{out}"
+            );
+        }
+    }
+    let (_, out, _) = run_bin(
+        "garivini",
+        &["--dsn", db.url.as_str(), "jobs", "show", evil.as_str()],
+        LIMIT,
+    );
+    assert!(
+        out.contains("cannot be dispatched: funcname has a newline"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_at_failcount_255_makes_the_job_dead_without_overflow() {
+    let db = TestDb::with_schema(ORIGINAL_SCHEMA).await;
+    db.exec("INSERT INTO job (funcname, arg, run_after, flag, failcount) VALUES ('f', 'x', 0, NULL, 255)")
+        .await;
+    let store = db.store().await;
+    let client = Client::new(store.clone());
+    let jobid: Vec<u64> = db.query("SELECT jobid FROM job").await;
+    let job = store
+        .get(garivini::JobRef {
+            dbid: 1,
+            jobid: jobid[0],
+        })
+        .await
+        .unwrap()
+        .expect("the row");
+    assert_eq!((job.failcount, job.flag), (255, Flag::Shim));
+    let retry = within(LIMIT, "failed_job", client.failed_job(&job))
+        .await
+        .unwrap();
+    assert_eq!(retry, Retry::Dead);
+    assert_eq!(
+        db.count(&format!("run_after = {NEVER} AND failcount = 255"))
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_original_clients_reschedules_are_honoured_by_our_queue_runner() {
+    let (db, gearmand) = (
+        TestDb::with_schema(ORIGINAL_SCHEMA).await,
+        Gearmand::start(),
+    );
+    for i in 0..5 {
+        perl_insert_job(&db, "r", &format!("job-{i}"), None).await;
+    }
+    let ids: Vec<u64> = db.query("SELECT jobid FROM job ORDER BY jobid").await;
+    let now = db.now().await;
+    let mut conn = db.conn().await;
+    // reschedule_job: never, in N seconds, at a time; failed_job: failcount
+    // + 1, due in 2^failcount minutes.
+    let statements: [(&str, Vec<mysql_async::Value>); 4] = [
+        (
+            "UPDATE job SET run_after = 2147483647, failcount = ? WHERE jobid=?",
+            vec![1.into(), ids[0].into()],
+        ),
+        (
+            "UPDATE job SET run_after = UNIX_TIMESTAMP() + 3600, failcount = ? WHERE jobid=?",
+            vec![0.into(), ids[1].into()],
+        ),
+        (
+            "UPDATE job SET run_after = ?, failcount = ? WHERE jobid=?",
+            vec![(now - 10).into(), 2.into(), ids[2].into()],
+        ),
+        (
+            "UPDATE job SET run_after = UNIX_TIMESTAMP() + ?, failcount = ? WHERE jobid=?",
+            vec![(8 * 60).into(), 4.into(), ids[3].into()],
+        ),
+    ];
+    for (sql, params) in statements {
+        conn.exec_drop(sql, params).await.expect(sql);
+    }
+    drop(conn);
+    let worker = PerlStyleWorker::start(&db, &gearmand, "r").await;
+    let mut qr = runner(db.store().await, &gearmand);
+    run_rounds_until(&mut qr, "the due rows to run", || async {
+        worker.runs().len() == 2
+    })
+    .await;
+    // One more round: nothing else is due.
+    within(LIMIT, "a round", qr.run_once()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ran: Vec<(u64, u8)> = worker
+        .runs()
+        .iter()
+        .map(|(_, j)| (j.jobid, j.failcount))
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, vec![(ids[2], 2), (ids[4], 0)]);
+    let left: Vec<u64> = db.query("SELECT jobid FROM job ORDER BY jobid").await;
+    assert_eq!(left, vec![ids[0], ids[1], ids[3]]);
+}
+
+#[tokio::test]
+async fn a_function_name_gearmand_cannot_carry_is_refused_at_every_entrance() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let client = Client::new(db.store().await);
+    for name in ["evil\nx", "tab\there", "esc\x1b[31m", "two words"] {
+        let err = client
+            .insert_job(NewJob::new(name, "x"))
+            .await
+            .expect_err(name)
+            .to_string();
+        assert!(
+            err.starts_with("funcname has ") && !err.contains('\n'),
+            "{name:?}: {err}"
+        );
+    }
+    let (status, out, err) = run_bin(
+        "gv_inject",
+        &[
+            "--dsn",
+            db.url.as_str(),
+            "--gearmand",
+            gearmand.addr.as_str(),
+            "--funcname",
+            "evil\nx",
+            "--count",
+            "1",
+        ],
+        LIMIT,
+    );
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("funcname has a newline"), "{err}");
+
+    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
+    let worker = PlainWorker::start(&gearmand, "fine").await;
+    let fg = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let outcome = within(
+        LIMIT,
+        "inject_jobs answers",
+        fg.submit(INJECT_JOBS, "", r#"{"funcname":"evil\nx"}"#.into()),
+    )
+    .await
+    .unwrap();
+    match outcome {
+        Outcome::Fail(reason) => assert!(
+            String::from_utf8_lossy(&reason).contains("funcname has a newline"),
+            "{reason:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Nothing stored, and the next request is served.
+    let outcome = within(
+        LIMIT,
+        "inject_jobs answers",
+        fg.submit(INJECT_JOBS, "", r#"{"funcname":"fine"}"#.into()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Complete(_)), "{outcome:?}");
+    wait_until(LIMIT, "the fine job to run", || async {
+        worker.runs.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(db.count("funcname <> 'fine'").await, 0);
+}
+
+#[tokio::test]
+async fn a_controller_parks_a_job_whose_function_cannot_be_sent() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    // A row and its job JSON as a foreign Injector might send them.
+    db.exec("INSERT INTO job (funcname, arg, run_after, flag) VALUES ('evil\\nx', 'x', UNIX_TIMESTAMP() + 1000, 'controller')")
+        .await;
+    let jobid: Vec<u64> = db.query("SELECT jobid FROM job").await;
+    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
+    let json = serde_json::json!({"jobid": jobid[0], "dbid": 1, "funcname": "evil\nx", "arg": "x", "flag": "controller"});
+    let mut submitter = garivini::gearman::Submitter::new(vec![gearmand.addr.clone()]);
+    let acked = submitter
+        .submit(&[garivini::gearman::BackgroundJob {
+            function: garivini::queue_runner::RUN_QUEUED_JOB.into(),
+            unique: String::new(),
+            data: serde_json::to_vec(&json).unwrap().into(),
+        }])
+        .await;
+    assert_eq!(acked, vec![true]);
+    wait_until(LIMIT, "the row to be parked", || async {
+        db.count(&format!("run_after = {NEVER}")).await == 1
+    })
+    .await;
+    let depth = gearmand.depth("evil\nx").await;
+    assert_eq!(depth, 0, "never submitted to gearmand");
+}
+
+#[tokio::test]
+async fn a_tls_dsn_is_refused_with_one_line_by_every_binary() {
+    let dsn = "mysql://root@127.0.0.1:3306/garivini?require_ssl=true";
+    for (bin, args) in [
+        ("garivini", vec!["queuerunner"]),
+        ("garivini", vec!["status"]),
+        ("gv_inject", vec!["--funcname", "f", "--count", "1"]),
+        ("gv_consume", vec!["--funcname", "f"]),
+    ] {
+        let mut all = vec!["--dsn", dsn, "--gearmand", "127.0.0.1:1"];
+        all.extend(&args);
+        let (status, out, err) = run_bin(bin, &all, LIMIT);
+        assert_eq!(status.code(), Some(1), "{bin} {args:?}: {out}\n{err}");
+        assert!(!err.contains("panicked"), "{bin}: {err}");
+        let err = err.trim();
+        assert_eq!(err.lines().count(), 1, "{bin}: {err}");
+        assert!(
+            err.contains("TLS (require_ssl) is not supported"),
+            "{bin}: {err}"
+        );
+    }
+}
