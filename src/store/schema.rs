@@ -1,1 +1,1554 @@
 //! Checking an existing `job` table against what the roles need.
+//!
+//! Teams coming from the original Perl Garivini keep their table. This
+//! module reads a table's description from `information_schema` (COLUMNS,
+//! STATISTICS, TABLES), compares it with the table of schema.sql column by
+//! column and index by index ([`compare`], a pure function), and says for
+//! each difference whether the roles need it mended (with the statement
+//! that mends it) or it is only worth knowing (a note).
+//!
+//! The mends only add (a column, an index, the table) or loosen (a longer
+//! type, NULL allowed, a missing ENUM value, a default) — never drop, never
+//! make a column stricter — so that every statement of the original
+//! client keeps working: `INSERT IGNORE INTO job (funcname, run_after,
+//! uniqkey, coalesce, arg, flag) VALUES (...)` with flag NULL,
+//! `DELETE FROM job WHERE jobid=?` and `UPDATE job SET run_after=?,
+//! failcount=? WHERE jobid=?`.
+
+use mysql_async::prelude::Queryable;
+use serde::Serialize;
+
+use super::Store;
+use crate::error::{Error, Result};
+
+/// schema.sql: its CREATE TABLE makes a missing table.
+const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+/// Seconds an ALTER waits for the table's metadata lock before it gives
+/// up. The server's default is a day, and an ALTER waiting for a lock
+/// (behind a long transaction) blocks every statement on the table that
+/// comes after it: the roles would stall instead of the ALTER failing.
+const ALTER_LOCK_WAIT_SECS: u32 = 10;
+
+/// The largest `arg` the roles store (MEDIUMBLOB).
+const ARG_BYTES: u64 = 16_777_215;
+/// The flag values, in the order of schema.sql.
+const FLAG_VALUES: [&str; 2] = ["controller", "shim"];
+
+/// A `job` table as `information_schema` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Table {
+    /// `TABLE_TYPE`: `BASE TABLE` (or `SYSTEM VERSIONED`), `VIEW`, ...
+    pub kind: String,
+    /// `ENGINE`, e.g. `InnoDB`.
+    pub engine: Option<String>,
+    /// The table's default collation, e.g. `latin1_swedish_ci`.
+    pub collation: Option<String>,
+    /// Its columns, in order.
+    pub columns: Vec<Column>,
+    /// Its indexes.
+    pub indexes: Vec<Index>,
+}
+
+/// One column, as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Column {
+    /// `COLUMN_NAME`.
+    pub name: String,
+    /// `DATA_TYPE`, lower case: `varchar`, `int`, `enum`, ...
+    pub data_type: String,
+    /// `COLUMN_TYPE`: `varchar(200)`, `int(10) unsigned`, `enum('a','b')`.
+    pub column_type: String,
+    /// `IS_NULLABLE = 'YES'`.
+    pub nullable: bool,
+    /// `COLUMN_DEFAULT`, unquoted; `None` for no default or NULL.
+    pub default: Option<String>,
+    /// `CHARACTER_MAXIMUM_LENGTH`: characters of a text type, bytes of a
+    /// binary one.
+    pub max_length: Option<u64>,
+    /// `CHARACTER_SET_NAME` (text types only).
+    pub charset: Option<String>,
+    /// `COLLATION_NAME` (text types only).
+    pub collation: Option<String>,
+    /// `EXTRA`: `auto_increment`, `VIRTUAL GENERATED`, ...
+    pub extra: String,
+    /// `COLUMN_COMMENT` (kept by a MODIFY).
+    pub comment: String,
+}
+
+/// One index, from the rows of `information_schema.STATISTICS`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Index {
+    /// `INDEX_NAME` (`PRIMARY` for the primary key).
+    pub name: String,
+    /// `NON_UNIQUE = 0`.
+    pub unique: bool,
+    /// Its columns in order; a prefix as `uniqkey(100)`, an expression as
+    /// `(expression)`.
+    pub columns: Vec<String>,
+}
+
+/// Whether a difference has to be mended for the roles to work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The roles (or the original client) go wrong until it is mended.
+    Needs,
+    /// Different from schema.sql but fine as it is: worth knowing.
+    Note,
+}
+
+/// One difference between a table and schema.sql's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Needs mending, or a note.
+    pub kind: Kind,
+    /// What differs and what that does, in one sentence.
+    pub message: String,
+    /// The statement that mends it (`ALTER TABLE job ...` or schema.sql's
+    /// `CREATE TABLE`), without the final `;`. `None` for a note, and for
+    /// a need that no safe statement mends (it is for a person to do).
+    pub mend: Option<String>,
+}
+
+impl Finding {
+    fn needs(message: String, mend: Option<String>) -> Finding {
+        Finding {
+            kind: Kind::Needs,
+            message,
+            mend,
+        }
+    }
+
+    fn note(message: String) -> Finding {
+        Finding {
+            kind: Kind::Note,
+            message,
+            mend: None,
+        }
+    }
+}
+
+/// What [`Store::check_schema`] found in one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaReport {
+    /// The database id.
+    pub dbid: u32,
+    /// Its URL, password masked.
+    pub dsn: String,
+    /// The differences: needs first, in the order their mends must run,
+    /// then notes. Empty when the table is schema.sql's.
+    pub findings: Vec<Finding>,
+}
+
+impl SchemaReport {
+    /// The findings that need mending.
+    pub fn needs(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.kind == Kind::Needs)
+    }
+
+    /// Whether anything needs mending.
+    pub fn needs_mending(&self) -> bool {
+        self.needs().next().is_some()
+    }
+
+    /// The statements that mend the table, in the order to run them.
+    pub fn mends(&self) -> impl Iterator<Item = &str> {
+        self.needs().filter_map(|f| f.mend.as_deref())
+    }
+}
+
+/// What [`Store::apply_schema`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The statements that ran, in order.
+    pub statements: Vec<String>,
+    /// The statement that failed, and why; those after it did not run.
+    pub failed: Option<(String, Error)>,
+}
+
+impl Store {
+    /// Reads the `job` table of database `dbid` from `information_schema`;
+    /// `None` when there is no such table.
+    pub async fn describe_job_table(&self, dbid: u32) -> Result<Option<Table>> {
+        let db = self.db(dbid)?;
+        self.attempt(db, || async {
+            let mut conn = db.pool.get_conn().await?;
+            read_table(&mut conn).await
+        })
+        .await
+    }
+
+    /// Compares the `job` table of database `dbid` with schema.sql's.
+    pub async fn check_schema(&self, dbid: u32) -> Result<SchemaReport> {
+        let table = self.describe_job_table(dbid).await?;
+        let db = self.db(dbid)?;
+        Ok(SchemaReport {
+            dbid,
+            dsn: db.cfg.masked(),
+            findings: compare(table.as_ref()),
+        })
+    }
+
+    /// Runs the mends of `report` on its database, in order, stopping at
+    /// the first that fails.
+    ///
+    /// Each waits at most 10 s for the table's metadata lock (then fails
+    /// rather than block the roles behind it), but is not otherwise timed:
+    /// adding an index to a large table takes a while. The ALTERs are
+    /// InnoDB's online ones where the server has them: the roles keep
+    /// running meanwhile.
+    pub async fn apply_schema(&self, report: &SchemaReport) -> Applied {
+        let mut applied = Applied {
+            statements: Vec::new(),
+            failed: None,
+        };
+        for statement in report.mends() {
+            match self.run_mend(report.dbid, statement).await {
+                Ok(()) => applied.statements.push(statement.to_string()),
+                Err(err) => {
+                    applied.failed = Some((statement.to_string(), err));
+                    break;
+                }
+            }
+        }
+        applied
+    }
+
+    async fn run_mend(&self, dbid: u32, statement: &str) -> Result<()> {
+        let db = self.db(dbid)?;
+        let wrap = |source| Error::Db {
+            dbid,
+            dsn: db.cfg.masked(),
+            source,
+        };
+        let connect = async {
+            let mut conn = db.pool.get_conn().await?;
+            conn.query_drop(format!(
+                "SET SESSION lock_wait_timeout = {ALTER_LOCK_WAIT_SECS}"
+            ))
+            .await?;
+            Ok(conn)
+        };
+        let mut conn = match tokio::time::timeout(self.op_timeout, connect).await {
+            Ok(conn) => conn.map_err(wrap)?,
+            Err(_) => {
+                return Err(Error::DbTimeout {
+                    dbid,
+                    dsn: db.cfg.masked(),
+                    timeout: self.op_timeout,
+                })
+            }
+        };
+        let outcome = conn.query_drop(statement).await;
+        // Pooled connections keep their session: put the setting back.
+        let restored = conn
+            .query_drop("SET SESSION lock_wait_timeout = DEFAULT")
+            .await;
+        outcome.and(restored).map_err(wrap)
+    }
+}
+
+/// A row of `information_schema`, every value as text (`None` for NULL).
+/// Never fails to convert, unlike the driver's tuples, which panic on a
+/// value of another type than asked for.
+struct Texts(Vec<Option<String>>);
+
+impl mysql_async::prelude::FromRow for Texts {
+    fn from_row_opt(row: mysql_async::Row) -> Result<Self, mysql_async::FromRowError> {
+        use mysql_async::Value;
+        let values = row
+            .unwrap_raw()
+            .into_iter()
+            .map(|v| match v.unwrap_or(Value::NULL) {
+                Value::NULL => None,
+                Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                Value::Int(n) => Some(n.to_string()),
+                Value::UInt(n) => Some(n.to_string()),
+                other => Some(other.as_sql(true)),
+            })
+            .collect();
+        Ok(Texts(values))
+    }
+}
+
+impl Texts {
+    fn get(&self, i: usize) -> Option<String> {
+        self.0.get(i).cloned().flatten()
+    }
+
+    fn text(&self, i: usize) -> String {
+        self.get(i).unwrap_or_default()
+    }
+
+    fn number(&self, i: usize) -> Option<u64> {
+        self.get(i).and_then(|s| s.trim().parse().ok())
+    }
+}
+
+/// Reads the description of the `job` table of the connection's database.
+async fn read_table(conn: &mut impl Queryable) -> mysql_async::Result<Option<Table>> {
+    let tables: Vec<Texts> = conn
+        .query(
+            "SELECT TABLE_TYPE, ENGINE, TABLE_COLLATION FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job'",
+        )
+        .await?;
+    let Some(table) = tables.into_iter().next() else {
+        return Ok(None);
+    };
+    let rows: Vec<Texts> = conn
+        .query(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, \
+             CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, EXTRA, COLUMN_COMMENT \
+             FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' ORDER BY ORDINAL_POSITION",
+        )
+        .await?;
+    let columns = rows
+        .iter()
+        .map(|r| Column {
+            name: r.text(0),
+            data_type: r.text(1),
+            column_type: r.text(2),
+            nullable: r.text(3).eq_ignore_ascii_case("YES"),
+            default: r.get(4).and_then(|d| unquote_default(&d)),
+            max_length: r.number(5),
+            charset: r.get(6),
+            collation: r.get(7),
+            extra: r.text(8),
+            comment: r.text(9),
+        })
+        .collect();
+    let parts: Vec<Texts> = conn
+        .query(
+            "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        )
+        .await?;
+    let mut indexes: Vec<Index> = Vec::new();
+    for r in &parts {
+        let name = r.text(0);
+        let part = match (r.get(2), r.number(3)) {
+            (Some(c), Some(n)) => format!("{c}({n})"),
+            (Some(c), None) => c,
+            (None, _) => "(expression)".to_string(),
+        };
+        match indexes.last_mut() {
+            Some(last) if last.name == name => last.columns.push(part),
+            _ => indexes.push(Index {
+                name,
+                unique: r.number(1) == Some(0),
+                columns: vec![part],
+            }),
+        }
+    }
+    Ok(Some(Table {
+        kind: table.text(0),
+        engine: table.get(1),
+        collation: table.get(2),
+        columns,
+        indexes,
+    }))
+}
+
+/// A `COLUMN_DEFAULT` as its value. MariaDB quotes a string literal
+/// (`'shim'`) and writes a NULL default as `NULL`; MySQL writes the value
+/// bare (and a NULL default as SQL NULL).
+fn unquote_default(raw: &str) -> Option<String> {
+    if raw.eq_ignore_ascii_case("NULL") {
+        return None;
+    }
+    match raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        Some(inner) => Some(inner.replace("''", "'")),
+        None => Some(raw.to_string()),
+    }
+}
+
+/// A string as an SQL literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A column name as our statements write it (`coalesce` is a function's
+/// name: always in backquotes).
+fn ident(name: &str) -> String {
+    if name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && name != "coalesce" {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('`', "``"))
+    }
+}
+
+/// schema.sql's CREATE TABLE statement, without the final `;`.
+pub fn create_table_sql() -> &'static str {
+    let start = SCHEMA_SQL
+        .find("\nCREATE TABLE")
+        .expect("schema.sql has a CREATE TABLE")
+        + 1;
+    SCHEMA_SQL[start..].trim().trim_end_matches(';').trim_end()
+}
+
+/// What a column's type is, as far as the roles care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Family {
+    /// An integer of so many bytes.
+    Int { bytes: u8, unsigned: bool },
+    /// CHAR, VARCHAR or a TEXT, of so many characters.
+    Text { len: u64 },
+    /// BINARY, VARBINARY or a BLOB, of so many bytes.
+    Binary { len: u64 },
+    /// An ENUM of these values.
+    Enum(Vec<String>),
+    /// Anything else.
+    Other,
+}
+
+impl Column {
+    fn family(&self) -> Family {
+        let len = self.max_length.unwrap_or(0);
+        let unsigned = self.column_type.to_ascii_lowercase().contains("unsigned");
+        match self.data_type.as_str() {
+            "tinyint" => Family::Int { bytes: 1, unsigned },
+            "smallint" => Family::Int { bytes: 2, unsigned },
+            "mediumint" => Family::Int { bytes: 3, unsigned },
+            "int" | "integer" => Family::Int { bytes: 4, unsigned },
+            "bigint" => Family::Int { bytes: 8, unsigned },
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
+                Family::Text { len }
+            }
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+                Family::Binary { len }
+            }
+            "enum" => Family::Enum(enum_values(&self.column_type)),
+            _ => Family::Other,
+        }
+    }
+
+    fn auto_increment(&self) -> bool {
+        self.extra.to_ascii_lowercase().contains("auto_increment")
+    }
+
+    fn generated(&self) -> bool {
+        self.extra.to_ascii_lowercase().contains("generated")
+    }
+}
+
+/// The values of `enum('a','b''c')`.
+fn enum_values(column_type: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let Some(open) = column_type.find('(') else {
+        return values;
+    };
+    let mut chars = column_type[open + 1..].chars().peekable();
+    let mut current: Option<String> = None;
+    while let Some(c) = chars.next() {
+        match (&mut current, c) {
+            (None, '\'') => current = Some(String::new()),
+            (None, _) => {}
+            (Some(v), '\'') if chars.peek() == Some(&'\'') => {
+                chars.next();
+                v.push('\'');
+            }
+            (Some(v), '\\') => {
+                if let Some(n) = chars.next() {
+                    v.push(n);
+                }
+            }
+            (Some(_), '\'') => values.push(current.take().unwrap_or_default()),
+            (Some(v), c) => v.push(c),
+        }
+    }
+    values
+}
+
+/// A MODIFY of one column: its current definition, with what has to
+/// change changed and everything else (charset, default, comment) kept.
+struct Modify<'a> {
+    table: &'a Table,
+    col: &'a Column,
+    ty: Option<String>,
+    nullable: Option<bool>,
+    default: Option<Option<String>>,
+    auto_increment: bool,
+    why: Vec<String>,
+}
+
+impl<'a> Modify<'a> {
+    fn new(table: &'a Table, col: &'a Column) -> Modify<'a> {
+        Modify {
+            table,
+            col,
+            ty: None,
+            nullable: None,
+            default: None,
+            auto_increment: col.auto_increment(),
+            why: Vec::new(),
+        }
+    }
+
+    fn sql(&self) -> String {
+        let col = self.col;
+        let mut sql = format!(
+            "ALTER TABLE job MODIFY {} {}",
+            ident(&col.name),
+            self.ty.as_deref().unwrap_or(&col.column_type)
+        );
+        // Without a charset a MODIFY takes the table's; keep the column's.
+        if let (Some(charset), Some(collation)) = (&col.charset, &col.collation) {
+            if self.table.collation.as_ref() != Some(collation) {
+                sql.push_str(&format!(" CHARACTER SET {charset} COLLATE {collation}"));
+            }
+        }
+        let nullable = self.nullable.unwrap_or(col.nullable);
+        sql.push_str(if nullable { " NULL" } else { " NOT NULL" });
+        let default = self.default.clone().unwrap_or_else(|| col.default.clone());
+        if let Some(value) = default {
+            sql.push_str(&format!(" DEFAULT {}", quote(&value)));
+        }
+        if self.auto_increment {
+            sql.push_str(" AUTO_INCREMENT");
+        }
+        if !col.comment.is_empty() {
+            sql.push_str(&format!(" COMMENT {}", quote(&col.comment)));
+        }
+        sql
+    }
+
+    fn finding(self) -> Option<Finding> {
+        if self.why.is_empty() {
+            return None;
+        }
+        Some(Finding::needs(self.why.join("; "), Some(self.sql())))
+    }
+}
+
+/// The findings, in groups whose mends run in this order.
+#[derive(Default)]
+struct Findings {
+    /// The table as a whole (engine).
+    table: Vec<Finding>,
+    /// Missing columns.
+    add_columns: Vec<Finding>,
+    /// The primary key.
+    primary: Vec<Finding>,
+    /// Columns to change.
+    modify: Vec<Finding>,
+    /// Missing indexes.
+    add_indexes: Vec<Finding>,
+    /// Needs with no statement to mend them.
+    by_hand: Vec<Finding>,
+    notes: Vec<Finding>,
+}
+
+impl Findings {
+    fn note(&mut self, message: String) {
+        self.notes.push(Finding::note(message));
+    }
+
+    fn by_hand(&mut self, message: String) {
+        self.by_hand.push(Finding::needs(message, None));
+    }
+
+    fn add_column(&mut self, name: &str, definition: &str, why: &str) {
+        self.add_columns.push(Finding::needs(
+            format!("column {name} is missing: {why}"),
+            Some(format!("ALTER TABLE job ADD COLUMN {definition}")),
+        ));
+    }
+
+    fn modify(&mut self, m: Modify<'_>) {
+        self.modify.extend(m.finding());
+    }
+
+    fn into_vec(self) -> Vec<Finding> {
+        [
+            self.table,
+            self.add_columns,
+            self.primary,
+            self.modify,
+            self.add_indexes,
+            self.by_hand,
+            self.notes,
+        ]
+        .concat()
+    }
+}
+
+/// Compares a `job` table (`None`: there is none) with schema.sql's and
+/// says what differs: needs first, in the order their mends must run,
+/// then notes.
+pub fn compare(table: Option<&Table>) -> Vec<Finding> {
+    let Some(t) = table else {
+        return vec![Finding::needs(
+            "table job is missing: create it as schema.sql does".to_string(),
+            Some(create_table_sql().to_string()),
+        )];
+    };
+    let mut f = Findings::default();
+    if !matches!(
+        t.kind.to_ascii_uppercase().as_str(),
+        "BASE TABLE" | "SYSTEM VERSIONED"
+    ) {
+        f.by_hand(format!(
+            "job is a {}, not a table: check the table it stands for",
+            t.kind
+        ));
+        return f.into_vec();
+    }
+    if let Some(engine) = &t.engine {
+        if !engine.eq_ignore_ascii_case("InnoDB") {
+            f.table.push(Finding::needs(
+                format!(
+                    "engine is {engine}: the roles need transactions and row locks (claims lock \
+                     rows with FOR UPDATE SKIP LOCKED), so a job could run twice at once"
+                ),
+                Some("ALTER TABLE job ENGINE=InnoDB".to_string()),
+            ));
+        }
+    }
+    check_jobid(&mut f, t);
+    check_funcname(&mut f, t);
+    check_arg(&mut f, t);
+    check_key_column(&mut f, t, "uniqkey");
+    check_run_after(&mut f, t);
+    check_key_column(&mut f, t, "coalesce");
+    check_flag(&mut f, t);
+    check_failcount(&mut f, t);
+    check_extra_columns(&mut f, t);
+    check_indexes(&mut f, t);
+    check_charset(&mut f, t);
+    f.into_vec()
+}
+
+fn column<'a>(t: &'a Table, name: &str) -> Option<&'a Column> {
+    t.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
+fn primary(t: &Table) -> Option<&Index> {
+    t.indexes.iter().find(|i| i.name == "PRIMARY")
+}
+
+fn cols(columns: &[String]) -> String {
+    columns.join(", ")
+}
+
+fn check_jobid(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "jobid") else {
+        match primary(t) {
+            None => f.add_column(
+                "jobid",
+                "jobid BIGINT UNSIGNED NOT NULL AUTO_INCREMENT FIRST, ADD PRIMARY KEY (jobid)",
+                "every statement names a job by its jobid",
+            ),
+            Some(pk) => f.by_hand(format!(
+                "column jobid is missing and the primary key is on ({}): make jobid BIGINT \
+                 UNSIGNED NOT NULL AUTO_INCREMENT the primary key by hand",
+                cols(&pk.columns)
+            )),
+        }
+        return;
+    };
+    match col.family() {
+        Family::Int { bytes, unsigned } => {
+            if (bytes, unsigned) != (8, true) {
+                f.note(format!(
+                    "jobid is {} (schema.sql: BIGINT UNSIGNED): readable, with fewer ids",
+                    col.column_type
+                ));
+            }
+            if !col.auto_increment() {
+                let mut m = Modify::new(t, col);
+                m.auto_increment = true;
+                m.nullable = Some(false);
+                m.why.push(
+                    "jobid is not AUTO_INCREMENT: our INSERTs and the original's give no jobid"
+                        .to_string(),
+                );
+                f.modify(m);
+            }
+        }
+        _ => f.by_hand(format!(
+            "jobid is {} (schema.sql: BIGINT UNSIGNED NOT NULL AUTO_INCREMENT): change it by hand",
+            col.column_type
+        )),
+    }
+}
+
+/// A text column's kind of string and its length in schema.sql.
+fn widen(col: &Column, want: u64) -> Option<String> {
+    match col.family() {
+        Family::Text { len } if len < want => Some(format!("VARCHAR({want})")),
+        Family::Binary { len } if len < want => Some(format!("VARBINARY({want})")),
+        _ => None,
+    }
+}
+
+fn check_funcname(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "funcname") else {
+        f.add_column(
+            "funcname",
+            "funcname VARCHAR(200) NOT NULL",
+            "every job names its function",
+        );
+        return;
+    };
+    match col.family() {
+        Family::Text { .. } | Family::Binary { .. } => {
+            let mut m = Modify::new(t, col);
+            if let Some(ty) = widen(col, 200) {
+                m.why.push(format!(
+                    "funcname is {}: function names of up to 200 bytes are refused",
+                    col.column_type
+                ));
+                m.ty = Some(ty);
+            } else if col.data_type == "varbinary" && col.max_length == Some(200) {
+                f.note(
+                    "funcname is varbinary(200) (schema.sql: VARCHAR(200)): compared byte for \
+                     byte, as gearmand compares names; no change needed"
+                        .to_string(),
+                );
+            } else if !(col.data_type == "varchar" && col.max_length == Some(200)) {
+                f.note(format!(
+                    "funcname is {} (schema.sql: VARCHAR(200)): wider, readable",
+                    col.column_type
+                ));
+            }
+            if col.nullable {
+                f.note(
+                    "funcname is nullable (schema.sql: NOT NULL): harmless, every INSERT gives it"
+                        .to_string(),
+                );
+            }
+            f.modify(m);
+        }
+        _ => f.by_hand(format!(
+            "funcname is {} (schema.sql: VARCHAR(200) NOT NULL): change it by hand",
+            col.column_type
+        )),
+    }
+}
+
+fn check_arg(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "arg") else {
+        f.add_column("arg", "arg MEDIUMBLOB", "it holds every job's payload");
+        return;
+    };
+    let mut m = Modify::new(t, col);
+    match col.family() {
+        Family::Binary { len } if len < ARG_BYTES => {
+            m.why.push(format!(
+                "arg is {}: args of up to 16 MiB - 1 (MEDIUMBLOB) are refused",
+                col.column_type
+            ));
+            m.ty = Some("MEDIUMBLOB".to_string());
+        }
+        Family::Binary { len } if len > ARG_BYTES => f.note(format!(
+            "arg is {} (schema.sql: MEDIUMBLOB): wider, readable",
+            col.column_type
+        )),
+        Family::Binary { .. } => {}
+        Family::Text { len } => {
+            f.note(format!(
+                "arg is {} (schema.sql: MEDIUMBLOB): an arg that is not valid {} text is refused \
+                 or changed",
+                col.column_type,
+                col.charset.as_deref().unwrap_or("character set")
+            ));
+            if len < ARG_BYTES {
+                m.why.push(format!(
+                    "arg is {}: args of up to 16 MiB - 1 are refused",
+                    col.column_type
+                ));
+                m.ty = Some("MEDIUMTEXT".to_string());
+            }
+        }
+        _ => f.by_hand(format!(
+            "arg is {} (schema.sql: MEDIUMBLOB): change it by hand",
+            col.column_type
+        )),
+    }
+    if !col.nullable {
+        f.note("arg is NOT NULL (schema.sql: NULL): harmless, every INSERT gives it".to_string());
+    }
+    f.modify(m);
+}
+
+/// `uniqkey` and `coalesce`: VARCHAR(255) NULL, and both clients store
+/// NULL in them.
+fn check_key_column(f: &mut Findings, t: &Table, name: &str) {
+    let Some(col) = column(t, name) else {
+        f.add_column(
+            name,
+            &format!("{} VARCHAR(255) NULL", ident(name)),
+            "every INSERT names it",
+        );
+        return;
+    };
+    match col.family() {
+        Family::Text { .. } | Family::Binary { .. } => {
+            let mut m = Modify::new(t, col);
+            if let Some(ty) = widen(col, 255) {
+                m.why.push(format!(
+                    "{name} is {}: values of up to 255 bytes are refused",
+                    col.column_type
+                ));
+                m.ty = Some(ty);
+            } else if !(col.data_type == "varchar" && col.max_length == Some(255)) {
+                f.note(format!(
+                    "{name} is {} (schema.sql: VARCHAR(255)): wider, readable",
+                    col.column_type
+                ));
+            }
+            if !col.nullable {
+                m.why.push(if name == "uniqkey" {
+                    "uniqkey is NOT NULL: a job without a key is stored with '' (the original \
+                     client's INSERT IGNORE) or refused (ours), and UNIQUE (funcname, uniqkey) \
+                     keeps one keyless job per function"
+                        .to_string()
+                } else {
+                    format!("{name} is NOT NULL: our INSERTs store NULL in it and are refused")
+                });
+                m.nullable = Some(true);
+            }
+            f.modify(m);
+        }
+        _ => f.by_hand(format!(
+            "{name} is {} (schema.sql: VARCHAR(255) NULL): change it by hand",
+            col.column_type
+        )),
+    }
+}
+
+fn check_run_after(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "run_after") else {
+        f.add_column(
+            "run_after",
+            "run_after INT UNSIGNED NOT NULL",
+            "it says when each job is due (existing rows become due now)",
+        );
+        return;
+    };
+    match col.family() {
+        Family::Int { bytes, .. } if bytes < 4 => {
+            let mut m = Modify::new(t, col);
+            m.why.push(format!(
+                "run_after is {}: it cannot hold a unix time",
+                col.column_type
+            ));
+            m.ty = Some("INT UNSIGNED".to_string());
+            f.modify(m);
+        }
+        Family::Int {
+            bytes: 4,
+            unsigned: false,
+        } => f.note(format!(
+            "run_after is {} (signed; schema.sql: INT UNSIGNED): holds times up to 2147483647, \
+             which is `never` (dead), so readable until 2038",
+            col.column_type
+        )),
+        Family::Int { bytes: 4, .. } => {}
+        Family::Int { .. } => f.note(format!(
+            "run_after is {} (schema.sql: INT UNSIGNED): wider, readable",
+            col.column_type
+        )),
+        _ => f.by_hand(format!(
+            "run_after is {} (schema.sql: INT UNSIGNED NOT NULL, a unix time): change it by hand",
+            col.column_type
+        )),
+    }
+    if col.nullable {
+        f.note(
+            "run_after is nullable (schema.sql: NOT NULL): harmless while every INSERT gives it; \
+             a row with NULL would never run"
+                .to_string(),
+        );
+    }
+}
+
+fn check_flag(f: &mut Findings, t: &Table) {
+    let target = "ENUM('controller','shim') NULL DEFAULT 'shim'";
+    let Some(col) = column(t, "flag") else {
+        f.add_column(
+            "flag",
+            &format!("flag {target}"),
+            "low-latency jobs are told from throughput ones by it (existing rows get 'shim')",
+        );
+        return;
+    };
+    match col.family() {
+        Family::Enum(values) => {
+            let mut m = Modify::new(t, col);
+            let missing: Vec<&str> = FLAG_VALUES
+                .into_iter()
+                .filter(|v| !values.iter().any(|have| have == v))
+                .collect();
+            let extra: Vec<&String> = values
+                .iter()
+                .filter(|v| !FLAG_VALUES.contains(&v.as_str()))
+                .collect();
+            for value in &missing {
+                m.why.push(format!(
+                    "flag's ENUM lacks '{value}': {}",
+                    if *value == "shim" {
+                        "throughput jobs cannot be stored"
+                    } else {
+                        "low-latency jobs cannot be stored"
+                    }
+                ));
+            }
+            if !col.nullable {
+                let first = values.first().map_or("", String::as_str);
+                let mut why = format!(
+                    "flag is NOT NULL: the original client's NULL flag would be stored as '{first}'"
+                );
+                if first != "shim" {
+                    why.push_str(" and a throughput job would go to the wrong function");
+                }
+                m.why.push(why);
+            }
+            match col.default.as_deref() {
+                Some("shim") => {}
+                Some(other) => m.why.push(format!(
+                    "flag defaults to '{other}': a row inserted without a flag would go to the \
+                     wrong function"
+                )),
+                None if !col.nullable => m
+                    .why
+                    .push("flag has no default: INSERTs without a flag are refused".into()),
+                None => f.note(
+                    "flag defaults to NULL (schema.sql: 'shim'): NULL means shim, harmless"
+                        .to_string(),
+                ),
+            }
+            if !extra.is_empty() {
+                let list: Vec<String> = extra.iter().map(|v| quote(v)).collect();
+                f.note(format!(
+                    "flag's ENUM has {} besides 'controller' and 'shim': kept",
+                    list.join(", ")
+                ));
+            }
+            if !m.why.is_empty() {
+                // Every value stays: a MODIFY that dropped one would blank
+                // the rows holding it.
+                let all: Vec<String> = FLAG_VALUES
+                    .iter()
+                    .map(|v| quote(v))
+                    .chain(extra.iter().map(|v| quote(v)))
+                    .collect();
+                m.ty = Some(format!("ENUM({})", all.join(",")));
+                m.nullable = Some(true);
+                m.default = Some(Some("shim".to_string()));
+            }
+            f.modify(m);
+        }
+        Family::Text { len } if len >= 10 => f.note(format!(
+            "flag is {} (schema.sql: {target}): readable",
+            col.column_type
+        )),
+        _ => f.by_hand(format!(
+            "flag is {} (schema.sql: {target}): change it by hand",
+            col.column_type
+        )),
+    }
+}
+
+fn check_failcount(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "failcount") else {
+        f.add_column(
+            "failcount",
+            "failcount TINYINT UNSIGNED NOT NULL DEFAULT 0",
+            "the retry backoff counts failures in it",
+        );
+        return;
+    };
+    match col.family() {
+        Family::Int { bytes, unsigned } => {
+            if bytes == 1 && !unsigned {
+                f.note(format!(
+                    "failcount is {} (signed; schema.sql: TINYINT UNSIGNED): holds up to 127 \
+                     failures",
+                    col.column_type
+                ));
+            } else if bytes > 1 {
+                f.note(format!(
+                    "failcount is {} (schema.sql: TINYINT UNSIGNED): wider, readable",
+                    col.column_type
+                ));
+            }
+            let zero = col
+                .default
+                .as_deref()
+                .and_then(|d| d.trim().parse::<i64>().ok())
+                == Some(0);
+            if !zero {
+                let mut m = Modify::new(t, col);
+                m.why.push(match &col.default {
+                    None if col.nullable => {
+                        "failcount defaults to NULL: new rows would have no failure count".into()
+                    }
+                    None => "failcount has no default: INSERTs that leave it out (every client's) \
+                             are refused"
+                        .into(),
+                    Some(d) => format!(
+                        "failcount defaults to {d}: new rows would count failures they never had"
+                    ),
+                });
+                m.default = Some(Some("0".to_string()));
+                f.modify(m);
+            }
+            if col.nullable {
+                f.note(
+                    "failcount is nullable (schema.sql: NOT NULL): harmless, every statement \
+                     gives it or its default"
+                        .to_string(),
+                );
+            }
+        }
+        _ => f.by_hand(format!(
+            "failcount is {} (schema.sql: TINYINT UNSIGNED NOT NULL DEFAULT 0): change it by hand",
+            col.column_type
+        )),
+    }
+}
+
+const CONTRACT_COLUMNS: [&str; 8] = [
+    "jobid",
+    "funcname",
+    "arg",
+    "uniqkey",
+    "run_after",
+    "coalesce",
+    "flag",
+    "failcount",
+];
+
+fn check_extra_columns(f: &mut Findings, t: &Table) {
+    for col in &t.columns {
+        if CONTRACT_COLUMNS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(&col.name))
+        {
+            continue;
+        }
+        if !col.nullable && col.default.is_none() && !col.auto_increment() && !col.generated() {
+            f.by_hand(format!(
+                "column {} ({}) is NOT NULL without a default: INSERTs that leave it out (every \
+                 client's) are refused in strict mode; give it a default by hand",
+                col.name, col.column_type
+            ));
+        } else {
+            f.note(format!(
+                "column {} ({}) is not in schema.sql: kept, and left to its default by every INSERT",
+                col.name, col.column_type
+            ));
+        }
+    }
+}
+
+/// The indexes the roles need: name, unique, columns, and why.
+const WANTED_INDEXES: [(&str, bool, &[&str], &str); 3] = [
+    (
+        "run_after",
+        false,
+        &["run_after"],
+        "every claim of due rows scans the table",
+    ),
+    (
+        "funcname_uniqkey",
+        true,
+        &["funcname", "uniqkey"],
+        "jobs with the same unique key are stored twice (adding it fails while such duplicates \
+         exist)",
+    ),
+    (
+        "funcname_run_after",
+        false,
+        &["funcname", "run_after", "failcount"],
+        "`garivini status` and `garivini jobs list --funcname` scan the table instead of the index",
+    ),
+];
+
+fn same_columns(have: &[String], want: &[&str]) -> bool {
+    have.len() == want.len()
+        && have
+            .iter()
+            .zip(want)
+            .all(|(h, w)| h.eq_ignore_ascii_case(w))
+}
+
+fn check_indexes(f: &mut Findings, t: &Table) {
+    let mut used = vec![false; t.indexes.len()];
+    // PRIMARY (jobid).
+    match t.indexes.iter().position(|i| i.name == "PRIMARY") {
+        Some(k) if same_columns(&t.indexes[k].columns, &["jobid"]) => used[k] = true,
+        Some(k) => {
+            used[k] = true;
+            f.by_hand(format!(
+                "the primary key is ({}), not (jobid): change it by hand",
+                cols(&t.indexes[k].columns)
+            ));
+        }
+        // A missing jobid column gets its primary key with it.
+        None if column(t, "jobid").is_none() => {}
+        None => f.primary.push(Finding::needs(
+            "there is no primary key: jobid must be one".to_string(),
+            Some("ALTER TABLE job ADD PRIMARY KEY (jobid)".to_string()),
+        )),
+    }
+    for (name, unique, want, why) in WANTED_INDEXES {
+        // A unique index is the same constraint whatever its columns'
+        // order; a plain one serves when it starts with the columns.
+        let serves = |i: &Index| {
+            if unique {
+                let mut have: Vec<String> =
+                    i.columns.iter().map(|c| c.to_ascii_lowercase()).collect();
+                have.sort();
+                let mut want: Vec<&str> = want.to_vec();
+                want.sort();
+                i.unique && same_columns(&have, &want)
+            } else {
+                i.columns.len() >= want.len() && same_columns(&i.columns[..want.len()], want)
+            }
+        };
+        let found: Vec<usize> = (0..t.indexes.len())
+            .filter(|&k| serves(&t.indexes[k]))
+            .collect();
+        if found.is_empty() {
+            let mut index_name = name.to_string();
+            let mut n = 2;
+            while t
+                .indexes
+                .iter()
+                .any(|i| i.name.eq_ignore_ascii_case(&index_name))
+            {
+                index_name = format!("{name}_{n}");
+                n += 1;
+            }
+            let what = if unique { "UNIQUE" } else { "INDEX" };
+            let list = want.join(", ");
+            let kind = if unique { "UNIQUE index" } else { "index" };
+            f.add_indexes.push(Finding::needs(
+                format!("{kind} {name} ({list}) is missing: {why}"),
+                Some(format!("ALTER TABLE job ADD {what} {index_name} ({list})")),
+            ));
+        }
+        for k in found {
+            used[k] = true;
+        }
+    }
+    for (k, i) in t.indexes.iter().enumerate() {
+        if used[k] {
+            continue;
+        }
+        if i.unique {
+            f.note(format!(
+                "UNIQUE {} ({}) is not in schema.sql: kept; an INSERT that repeats its columns \
+                 is refused or merged with the existing row",
+                i.name,
+                cols(&i.columns)
+            ));
+        } else {
+            f.note(format!(
+                "index {} ({}) is not in schema.sql: kept",
+                i.name,
+                cols(&i.columns)
+            ));
+        }
+    }
+}
+
+/// The charset of a collation: the name up to its first `_`
+/// (`latin1_swedish_ci` is latin1's).
+fn charset_of(collation: &str) -> &str {
+    collation.split('_').next().unwrap_or(collation)
+}
+
+fn is_binary_collation(collation: &str) -> bool {
+    collation == "binary" || collation.ends_with("_bin")
+}
+
+/// One note at most: text that utf8mb4 holds and the table does not, or
+/// keys compared without case.
+fn check_charset(f: &mut Findings, t: &Table) {
+    let text: Vec<&Column> = ["funcname", "uniqkey", "coalesce"]
+        .iter()
+        .filter_map(|n| column(t, n))
+        .filter(|c| c.charset.is_some())
+        .collect();
+    let table_charset = t.collation.as_deref().map(charset_of);
+    let mut charsets: Vec<&str> = text
+        .iter()
+        .filter_map(|c| c.charset.as_deref())
+        .chain(table_charset)
+        .filter(|cs| *cs != "utf8mb4")
+        .collect();
+    charsets.dedup();
+    let ci: Vec<&str> = text
+        .iter()
+        .filter(|c| c.name != "coalesce")
+        .filter_map(|c| c.collation.as_deref())
+        .filter(|c| !is_binary_collation(c))
+        .collect();
+    let case = ci.first().map(|collation| {
+        format!(
+            "collation {collation} compares function names and unique keys without case, so \
+             'Key' and 'key' are one job"
+        )
+    });
+    if let Some(charset) = charsets.first() {
+        let whose = if table_charset == Some(charset) {
+            format!("table charset {charset}")
+        } else {
+            let names: Vec<&str> = text
+                .iter()
+                .filter(|c| c.charset.as_deref() == Some(charset))
+                .map(|c| c.name.as_str())
+                .collect();
+            format!("charset {charset} of {}", names.join(", "))
+        };
+        let mut message = format!(
+            "{whose}: a function name or key with characters outside {charset} \
+             is refused (strict sql_mode) or stored with '?' in their place"
+        );
+        if let Some(case) = case {
+            message.push_str(&format!("; {case}"));
+        }
+        f.note(format!(
+            "{message} (schema.sql: utf8mb4_bin); no change needed"
+        ));
+    } else if let Some(case) = case {
+        f.note(format!(
+            "{case} (schema.sql: utf8mb4_bin); no change needed"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, column_type: &str, nullable: bool, default: Option<&str>) -> Column {
+        let data_type = column_type.split(['(', ' ']).next().unwrap().to_string();
+        let max_length = match data_type.as_str() {
+            "varchar" | "varbinary" | "char" | "binary" => column_type
+                .split(['(', ')'])
+                .nth(1)
+                .and_then(|n| n.parse().ok()),
+            "tinyblob" | "tinytext" => Some(255),
+            "blob" | "text" => Some(65_535),
+            "mediumblob" | "mediumtext" => Some(ARG_BYTES),
+            "longblob" | "longtext" => Some(4_294_967_295),
+            "enum" => Some(10),
+            _ => None,
+        };
+        let text = matches!(
+            data_type.as_str(),
+            "varchar" | "char" | "enum" | "text" | "mediumtext"
+        );
+        Column {
+            name: name.into(),
+            data_type,
+            column_type: column_type.into(),
+            nullable,
+            default: default.map(String::from),
+            max_length,
+            charset: text.then(|| "utf8mb4".into()),
+            collation: text.then(|| "utf8mb4_bin".into()),
+            extra: if name == "jobid" {
+                "auto_increment".into()
+            } else {
+                String::new()
+            },
+            comment: String::new(),
+        }
+    }
+
+    fn index(name: &str, unique: bool, columns: &[&str]) -> Index {
+        Index {
+            name: name.into(),
+            unique,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// The table schema.sql makes.
+    fn ours() -> Table {
+        Table {
+            kind: "BASE TABLE".into(),
+            engine: Some("InnoDB".into()),
+            collation: Some("utf8mb4_bin".into()),
+            columns: vec![
+                col("jobid", "bigint(20) unsigned", false, None),
+                col("funcname", "varchar(200)", false, None),
+                col("arg", "mediumblob", true, None),
+                col("uniqkey", "varchar(255)", true, None),
+                col("run_after", "int(10) unsigned", false, None),
+                col("coalesce", "varchar(255)", true, None),
+                col("flag", "enum('controller','shim')", true, Some("shim")),
+                col("failcount", "tinyint(3) unsigned", false, Some("0")),
+            ],
+            indexes: vec![
+                index("PRIMARY", true, &["jobid"]),
+                index("run_after", false, &["run_after"]),
+                index("funcname_uniqkey", true, &["funcname", "uniqkey"]),
+                index(
+                    "funcname_run_after",
+                    false,
+                    &["funcname", "run_after", "failcount"],
+                ),
+            ],
+        }
+    }
+
+    /// The original Perl Garivini's table, on a server whose default
+    /// collation is `collation`.
+    fn original(collation: &str) -> Table {
+        let mut t = ours();
+        t.collation = Some(collation.into());
+        for c in &mut t.columns {
+            if c.charset.is_some() {
+                c.charset = Some(charset_of(collation).into());
+                c.collation = Some(collation.into());
+            }
+        }
+        t.indexes = vec![
+            index("PRIMARY", true, &["jobid"]),
+            index("run_after", false, &["run_after"]),
+            index("funcname", true, &["funcname", "uniqkey"]),
+        ];
+        t
+    }
+
+    fn column_mut<'a>(t: &'a mut Table, name: &str) -> &'a mut Column {
+        t.columns.iter_mut().find(|c| c.name == name).unwrap()
+    }
+
+    fn needs(findings: &[Finding]) -> Vec<&Finding> {
+        findings.iter().filter(|f| f.kind == Kind::Needs).collect()
+    }
+
+    fn notes(findings: &[Finding]) -> Vec<&str> {
+        findings
+            .iter()
+            .filter(|f| f.kind == Kind::Note)
+            .map(|f| f.message.as_str())
+            .collect()
+    }
+
+    fn mends(findings: &[Finding]) -> Vec<&str> {
+        findings.iter().filter_map(|f| f.mend.as_deref()).collect()
+    }
+
+    #[test]
+    fn schema_sql_table_is_ok() {
+        assert_eq!(compare(Some(&ours())), vec![]);
+    }
+
+    #[test]
+    fn the_original_table_needs_only_the_status_index() {
+        let findings = compare(Some(&original("latin1_swedish_ci")));
+        assert_eq!(
+            mends(&findings),
+            vec!["ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)"]
+        );
+        assert_eq!(needs(&findings).len(), 1);
+        let notes = notes(&findings);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("table charset latin1: "),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("'?'") && notes[0].contains("without case"));
+        // Its unnamed UNIQUE (named `funcname` by the server) is ours.
+        assert!(!findings.iter().any(|f| f.message.contains("UNIQUE")));
+    }
+
+    #[test]
+    fn a_case_insensitive_utf8mb4_table_gets_the_collation_note_only() {
+        let findings = compare(Some(&original("utf8mb4_general_ci")));
+        assert_eq!(needs(&findings).len(), 1);
+        let notes = notes(&findings);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with("collation utf8mb4_general_ci compares"));
+    }
+
+    #[test]
+    fn a_not_null_flag_is_made_nullable() {
+        let mut t = ours();
+        column_mut(&mut t, "flag").nullable = false;
+        let findings = compare(Some(&t));
+        assert_eq!(findings.len(), 1);
+        assert_eq!(
+            findings[0].message,
+            "flag is NOT NULL: the original client's NULL flag would be stored as 'controller' \
+             and a throughput job would go to the wrong function"
+        );
+        assert_eq!(
+            findings[0].mend.as_deref(),
+            Some("ALTER TABLE job MODIFY flag ENUM('controller','shim') NULL DEFAULT 'shim'")
+        );
+    }
+
+    #[test]
+    fn a_flag_enum_missing_a_value_keeps_its_other_values() {
+        let mut t = ours();
+        let flag = column_mut(&mut t, "flag");
+        flag.column_type = "enum('shim','legacy')".into();
+        let findings = compare(Some(&t));
+        assert_eq!(
+            mends(&findings),
+            vec!["ALTER TABLE job MODIFY flag ENUM('controller','shim','legacy') NULL DEFAULT 'shim'"]
+        );
+        assert!(findings[0].message.contains("lacks 'controller'"));
+        assert!(notes(&findings)[0].contains("'legacy'"));
+    }
+
+    #[test]
+    fn missing_columns_and_indexes_are_added_never_dropped() {
+        let mut t = ours();
+        t.columns
+            .retain(|c| c.name != "coalesce" && c.name != "failcount");
+        t.columns.push(col("note", "varchar(20)", true, None));
+        t.indexes.retain(|i| i.name != "run_after");
+        t.indexes.push(index("by_note", false, &["note"]));
+        let findings = compare(Some(&t));
+        assert_eq!(
+            mends(&findings),
+            vec![
+                "ALTER TABLE job ADD COLUMN `coalesce` VARCHAR(255) NULL",
+                "ALTER TABLE job ADD COLUMN failcount TINYINT UNSIGNED NOT NULL DEFAULT 0",
+                "ALTER TABLE job ADD INDEX run_after (run_after)",
+            ]
+        );
+        assert_eq!(notes(&findings).len(), 2, "{findings:?}");
+        assert!(!mends(&findings).iter().any(|m| m.contains("DROP")));
+    }
+
+    #[test]
+    fn a_missing_table_is_created_as_schema_sql_does() {
+        let findings = compare(None);
+        assert_eq!(findings.len(), 1);
+        let mend = findings[0].mend.as_deref().unwrap();
+        assert!(mend.starts_with("CREATE TABLE"), "{mend}");
+        assert!(mend.ends_with("COLLATE=utf8mb4_bin"), "{mend}");
+    }
+
+    #[test]
+    fn readable_differences_are_notes() {
+        let mut t = ours();
+        column_mut(&mut t, "run_after").column_type = "int(11)".into();
+        let f = column_mut(&mut t, "funcname");
+        f.data_type = "varbinary".into();
+        f.column_type = "varbinary(200)".into();
+        f.charset = None;
+        f.collation = None;
+        let u = column_mut(&mut t, "uniqkey");
+        u.column_type = "varchar(500)".into();
+        u.max_length = Some(500);
+        let findings = compare(Some(&t));
+        assert_eq!(needs(&findings), Vec::<&Finding>::new());
+        let notes = notes(&findings);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes
+            .iter()
+            .any(|n| n.starts_with("run_after is int(11) (signed")));
+        assert!(notes
+            .iter()
+            .any(|n| n.starts_with("funcname is varbinary(200)")));
+        assert!(notes
+            .iter()
+            .any(|n| n.starts_with("uniqkey is varchar(500)")));
+    }
+
+    #[test]
+    fn narrow_or_strict_columns_are_loosened_keeping_their_charset() {
+        let mut t = original("utf8mb4_bin");
+        let u = column_mut(&mut t, "uniqkey");
+        u.column_type = "varchar(64)".into();
+        u.max_length = Some(64);
+        u.nullable = false;
+        u.charset = Some("latin1".into());
+        u.collation = Some("latin1_bin".into());
+        t.indexes.push(index(
+            "funcname_run_after",
+            false,
+            &["funcname", "run_after", "failcount"],
+        ));
+        let findings = compare(Some(&t));
+        assert_eq!(
+            mends(&findings),
+            vec![
+                "ALTER TABLE job MODIFY uniqkey VARCHAR(255) CHARACTER SET latin1 COLLATE \
+                 latin1_bin NULL"
+            ]
+        );
+        assert!(findings[0].message.contains("values of up to 255 bytes"));
+        assert!(findings[0].message.contains("one keyless job per function"));
+    }
+
+    #[test]
+    fn indexes_are_compared_by_columns_not_names() {
+        let mut t = ours();
+        t.indexes = vec![
+            index("PRIMARY", true, &["jobid"]),
+            // Taken names: what is added gets another.
+            index("run_after", false, &["failcount"]),
+            index("due", false, &["run_after", "funcname"]),
+            index("k", true, &["uniqkey", "funcname"]),
+            index("funcname_run_after", false, &["funcname"]),
+        ];
+        let findings = compare(Some(&t));
+        assert_eq!(
+            mends(&findings),
+            vec!["ALTER TABLE job ADD INDEX funcname_run_after_2 (funcname, run_after, failcount)"]
+        );
+        assert_eq!(notes(&findings).len(), 2, "{findings:?}");
+    }
+
+    #[test]
+    fn missing_defaults_and_keys_are_needs() {
+        let mut t = ours();
+        column_mut(&mut t, "failcount").default = None;
+        column_mut(&mut t, "jobid").extra = String::new();
+        t.indexes.retain(|i| i.name != "PRIMARY");
+        t.engine = Some("MyISAM".into());
+        let findings = compare(Some(&t));
+        assert_eq!(
+            mends(&findings),
+            vec![
+                "ALTER TABLE job ENGINE=InnoDB",
+                "ALTER TABLE job ADD PRIMARY KEY (jobid)",
+                "ALTER TABLE job MODIFY jobid bigint(20) unsigned NOT NULL AUTO_INCREMENT",
+                "ALTER TABLE job MODIFY failcount tinyint(3) unsigned NOT NULL DEFAULT '0'",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_no_statement_mends_is_a_need_without_one() {
+        let mut t = ours();
+        let r = column_mut(&mut t, "run_after");
+        r.data_type = "datetime".into();
+        r.column_type = "datetime".into();
+        t.columns.push(col("owner", "int(11)", false, None));
+        let findings = compare(Some(&t));
+        let needs = needs(&findings);
+        assert_eq!(needs.len(), 2, "{findings:?}");
+        assert!(needs.iter().all(|f| f.mend.is_none()));
+    }
+
+    #[test]
+    fn defaults_and_enum_values_are_read_from_either_server() {
+        assert_eq!(unquote_default("'shim'").as_deref(), Some("shim"));
+        assert_eq!(unquote_default("shim").as_deref(), Some("shim"));
+        assert_eq!(unquote_default("'it''s'").as_deref(), Some("it's"));
+        assert_eq!(unquote_default("NULL"), None);
+        assert_eq!(unquote_default("0").as_deref(), Some("0"));
+        assert_eq!(
+            enum_values("enum('controller','shim','it''s')"),
+            vec!["controller", "shim", "it's"]
+        );
+    }
+}
