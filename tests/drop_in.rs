@@ -21,31 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The original client's `insert_job`, exactly: DBI binds `run_after` as
-/// the string 'UNIX_TIMESTAMP() + 0' (which MySQL turns into 0) and `flag`
-/// as NULL unless the caller passes one.
-const PERL_INSERT_JOB: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?)";
 /// The original client's `insert_jobs` for two jobs.
 const PERL_INSERT_JOBS: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)";
 /// The original worker's `complete_job`.
 const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
-
-async fn perl_insert_job(db: &TestDb, funcname: &str, arg: &str, uniqkey: Option<&str>) {
-    let mut conn = db.conn().await;
-    conn.exec_drop(
-        PERL_INSERT_JOB,
-        (
-            funcname,
-            "UNIX_TIMESTAMP() + 0",
-            uniqkey,
-            None::<String>,
-            arg,
-            None::<String>,
-        ),
-    )
-    .await
-    .expect("the original client's INSERT IGNORE");
-}
 
 /// A throughput-mode worker as the original's users write one: it reads
 /// the job JSON and deletes the row with the original's statement, on a
@@ -131,11 +110,13 @@ where
 async fn perl_client_round_trip(schema: &str) {
     let (db, gearmand) = (TestDb::with_schema(schema).await, Gearmand::start());
     for i in 0..10 {
-        perl_insert_job(&db, "resize", &format!("img-{i}"), None).await;
-        perl_insert_job(&db, "thumb", &format!("th-{i}"), Some(&format!("k{i}"))).await;
+        db.perl_insert_job("resize", &format!("img-{i}"), None)
+            .await;
+        db.perl_insert_job("thumb", &format!("th-{i}"), Some(&format!("k{i}")))
+            .await;
     }
     // A second insert of the same (funcname, uniqkey) is ignored.
-    perl_insert_job(&db, "thumb", "again", Some("k0")).await;
+    db.perl_insert_job("thumb", "again", Some("k0")).await;
     let mut conn = db.conn().await;
     let row = |f: &str, arg: &str| {
         vec![
@@ -341,7 +322,7 @@ async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
     );
     // The role goes on: a new row after the parked ones still runs, and
     // the parked ones are not claimed again.
-    perl_insert_job(&db, "odd", "later", None).await;
+    db.perl_insert_job("odd", "later", None).await;
     let parked = run_rounds_until(&mut qr, "the later row to run", || async {
         db.count("funcname = 'odd'").await == 0
     })
@@ -422,7 +403,7 @@ async fn the_original_clients_reschedules_are_honoured_by_our_queue_runner() {
         Gearmand::start(),
     );
     for i in 0..5 {
-        perl_insert_job(&db, "r", &format!("job-{i}"), None).await;
+        db.perl_insert_job("r", &format!("job-{i}"), None).await;
     }
     let ids: Vec<u64> = db.query("SELECT jobid FROM job ORDER BY jobid").await;
     let now = db.now().await;

@@ -17,7 +17,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// The original client's `insert_job`, exactly: DBI binds run_after as the
 /// string 'UNIX_TIMESTAMP() + 0' and flag as NULL.
-const PERL_INSERT_JOB: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?)";
 /// The original worker's `complete_job`.
 const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
 /// The original worker's reschedule after a failure.
@@ -70,34 +69,11 @@ async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(
     within(LIMIT, sql, db.query(sql)).await
 }
 
-/// The original client's insert of one keyless job with flag NULL;
-/// returns its jobid.
-async fn perl_insert(db: &TestDb, funcname: &str, uniqkey: Option<&str>) -> u64 {
-    within(LIMIT, "the original client's INSERT IGNORE", async {
-        let mut conn = db.conn().await;
-        conn.exec_drop(
-            PERL_INSERT_JOB,
-            (
-                funcname,
-                "UNIX_TIMESTAMP() + 0",
-                uniqkey,
-                None::<String>,
-                "x",
-                None::<String>,
-            ),
-        )
-        .await
-        .expect("the original client's INSERT IGNORE");
-        conn.last_insert_id().unwrap_or_default()
-    })
-    .await
-}
-
 /// The original's statements on a mended table: INSERT IGNORE with flag
 /// NULL stores NULL and dedups by (funcname, uniqkey) only, UPDATE
 /// reschedules, DELETE completes.
 async fn original_statements_work(db: &TestDb) {
-    let id = perl_insert(db, "f", None).await;
+    let id = db.perl_insert_job("f", "x", None).await;
     assert!(id > 0, "a row was stored");
     assert_eq!(
         query::<Option<u8>>(
@@ -109,9 +85,9 @@ async fn original_statements_work(db: &TestDb) {
         "the original client's NULL flag is stored as NULL"
     );
     // Keyless jobs are all kept; a repeated key is not stored twice.
-    perl_insert(db, "f", None).await;
-    perl_insert(db, "f", Some("k")).await;
-    perl_insert(db, "f", Some("k")).await;
+    db.perl_insert_job("f", "x", None).await;
+    db.perl_insert_job("f", "x", Some("k")).await;
+    db.perl_insert_job("f", "x", Some("k")).await;
     assert_eq!(
         query::<u64>(db, "SELECT COUNT(*) FROM job WHERE funcname = 'f'").await,
         vec![3]
@@ -199,7 +175,7 @@ async fn the_original_table_needs_the_status_index_only_and_apply_adds_it() {
 async fn a_not_null_flag_from_our_old_schema_is_made_nullable() {
     let db = TestDb::with_schema(&old_schema()).await;
     // What goes wrong: the original client's NULL flag becomes 'controller'.
-    let id = perl_insert(&db, "wrong", None).await;
+    let id = db.perl_insert_job("wrong", "x", None).await;
     assert_eq!(
         query::<String>(&db, &format!("SELECT flag FROM job WHERE jobid = {id}")).await,
         vec!["controller".to_string()]

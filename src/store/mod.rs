@@ -671,13 +671,13 @@ impl Store {
                     }
                 }
                 let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
-                set_run_after_in(&mut tx, &leased, lease).await?;
+                set_run_after(&mut tx, &leased, Due::In(lease)).await?;
                 for (secs, ids) in &later {
-                    set_run_after_in(&mut tx, ids, *secs).await?;
+                    set_run_after(&mut tx, ids, Due::In(*secs)).await?;
                     claim.pushed_back += ids.len();
                 }
                 let parked: Vec<u64> = claim.parked.iter().map(|(id, _)| *id).collect();
-                park_rows(&mut tx, &parked).await?;
+                set_run_after(&mut tx, &parked, Due::Never).await?;
                 tx.commit().await?;
                 Ok(claim)
             })
@@ -738,7 +738,7 @@ impl Store {
         let db = self.db(dbid)?;
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            set_run_after_in(&mut conn, jobids, delay).await
+            set_run_after(&mut conn, jobids, Due::In(delay)).await
         })
         .await
     }
@@ -749,7 +749,7 @@ impl Store {
         let db = self.db(job.dbid)?;
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
-            set_run_after_in(&mut conn, &[job.jobid], lease).await?;
+            set_run_after(&mut conn, &[job.jobid], Due::In(lease)).await?;
             Ok(conn.affected_rows() > 0)
         })
         .await
@@ -1228,30 +1228,29 @@ async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::
     Ok(id)
 }
 
-/// Makes rows dead (run_after = never): rows no worker can be given.
-async fn park_rows(conn: &mut impl Queryable, jobids: &[u64]) -> mysql_async::Result<()> {
-    for chunk in jobids.chunks(MAX_IN_LIST) {
-        let (list, mut params) = in_list(chunk);
-        params.insert(0, Value::from(NEVER));
-        conn.exec_drop(
-            format!("UPDATE job SET run_after = ? WHERE jobid IN ({list})"),
-            Params::Positional(params),
-        )
-        .await?;
-    }
-    Ok(())
+/// When [`set_run_after`] makes rows due.
+#[derive(Clone, Copy)]
+enum Due {
+    /// This many seconds from the database's now.
+    In(u32),
+    /// Never: dead (rows no worker can be given).
+    Never,
 }
 
-async fn set_run_after_in(
+async fn set_run_after(
     conn: &mut impl Queryable,
     jobids: &[u64],
-    delay: u32,
+    due: Due,
 ) -> mysql_async::Result<()> {
+    let (expr, value) = match due {
+        Due::In(delay) => ("UNIX_TIMESTAMP() + ?", delay),
+        Due::Never => ("?", NEVER),
+    };
     for chunk in jobids.chunks(MAX_IN_LIST) {
         let (list, mut params) = in_list(chunk);
-        params.insert(0, Value::from(delay));
+        params.insert(0, Value::from(value));
         conn.exec_drop(
-            format!("UPDATE job SET run_after = UNIX_TIMESTAMP() + ? WHERE jobid IN ({list})"),
+            format!("UPDATE job SET run_after = {expr} WHERE jobid IN ({list})"),
             Params::Positional(params),
         )
         .await?;

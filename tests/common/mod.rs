@@ -77,6 +77,10 @@ pub const ORIGINAL_SCHEMA: &str = "CREATE TABLE job (
     UNIQUE (funcname, uniqkey)
 ) ENGINE=InnoDB";
 
+/// The original Perl client's `insert_job` statement (see
+/// [`TestDb::perl_insert_job`]).
+pub const PERL_INSERT_JOB: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?)";
+
 /// A database of its own with the job table, dropped on drop.
 pub struct TestDb {
     pub name: String,
@@ -144,6 +148,36 @@ impl TestDb {
     /// A connection of the test's own, for statements with parameters.
     pub async fn conn(&self) -> mysql_async::Conn {
         self.pool.get_conn().await.expect("test connection")
+    }
+
+    /// The original Perl client's `insert_job`, exactly: DBI binds
+    /// `run_after` as the string 'UNIX_TIMESTAMP() + 0' (which MySQL turns
+    /// into 0) and `flag` as NULL unless the caller passes one. Returns
+    /// the row's id (0 when INSERT IGNORE stored nothing).
+    pub async fn perl_insert_job(&self, funcname: &str, arg: &str, uniqkey: Option<&str>) -> u64 {
+        let insert = async {
+            let mut conn = self.conn().await;
+            conn.exec_drop(
+                PERL_INSERT_JOB,
+                (
+                    funcname,
+                    "UNIX_TIMESTAMP() + 0",
+                    uniqkey,
+                    None::<String>,
+                    arg,
+                    None::<String>,
+                ),
+            )
+            .await
+            .expect("the original client's INSERT IGNORE");
+            conn.last_insert_id().unwrap_or_default()
+        };
+        within(
+            Duration::from_secs(20),
+            "the original client's INSERT IGNORE",
+            insert,
+        )
+        .await
     }
 
     pub async fn exec(&self, sql: &str) {
