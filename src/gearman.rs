@@ -4,21 +4,46 @@
 //! Built on the `gearman` crate's codec and packet types, over sockets we
 //! open ourselves with TCP_NODELAY. The crate 0.2.0 never sets it, and its
 //! request/response traffic then stalls ~40 ms per exchange (Nagle against
-//! delayed ACK: 45 jobs/s instead of thousands); this module is the one
-//! place that works around it. Its admin client is used as it is, on a
-//! socket of ours.
+//! delayed ACK: 45 jobs/s instead of thousands). Two more of the crate's
+//! limits are worked around here, and only here:
+//!
+//! - Its admin client's `status` fails the whole reply on one line it
+//!   cannot parse, and on a function name that is not UTF-8. gearmand
+//!   prints each function as `NAME\tTOTAL\tRUNNING\tWORKERS\n` with the
+//!   name as it is, and takes any bytes but NUL in a name, so one client's
+//!   name with a newline or a tab (or a row inserted by SQL and dispatched
+//!   by us) made every `status` of that gearmand fail, and the QueueRunner
+//!   then dispatched nothing to it until it restarted. [`server_status`]
+//!   reads the reply itself; see `StatusParser` for how it reads such
+//!   names back.
+//! - Its codec fails a connection on a packet over 64 MiB, which gearmand
+//!   itself accepts; gearmand then hands the job to the next worker
+//!   connection, which fails the same way, forever. Worker connections use
+//!   `WorkerCodec`, which reads such a packet through without keeping it,
+//!   and the worker refuses the job (WORK_WARNING, WORK_FAIL).
+//!
+//! What gearmand 1.1.20 does with function names (observed): it accepts
+//! any bytes but NUL (the protocol's separator) from a raw client,
+//! including the empty name and names of several KiB (4096 bytes went,
+//! 8192 closed the connection; libgearman clients such as the `gearman`
+//! CLI refuse names over 512 bytes, and the empty one). In `status`,
+//! space, `\r`, ESC and bytes that are not UTF-8 come out raw on their
+//! line; a tab adds fields to the line; a newline splits it in two (`a\nb`
+//! is printed `a` and `b\t1\t0\t0`), and a name holding `\n.\n` prints
+//! the reply's own end marker.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use gearman::protocol::{GearmanCodec, Packet, PacketType};
+use gearman::protocol::{GearmanCodec, Packet, PacketType, HEADER_LEN, REQ_MAGIC, RES_MAGIC};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -70,6 +95,170 @@ async fn recv(conn: &mut Conn, server: &str) -> Result<Packet> {
 
 fn req(ptype: PacketType, args: Vec<Bytes>) -> Packet {
     Packet::request(ptype, args)
+}
+
+/// Largest packet a connection reads whole, as the crate's codec: 64 MiB.
+/// gearmand takes larger ones; a worker connection refuses such a job
+/// (see `WorkerCodec`) rather than lose the connection over it.
+pub const MAX_PACKET: u32 = 64 * 1024 * 1024;
+
+/// Most bytes kept of a packet over [`MAX_PACKET`]: enough for its
+/// leading fields (handle, function, unique id; gearmand takes function
+/// names of a few KiB).
+const MAX_OVERSIZED_HEAD: usize = 16 * 1024;
+
+/// What a worker connection reads.
+#[derive(Debug)]
+enum WorkerFrame {
+    /// A packet of at most [`MAX_PACKET`] bytes.
+    Packet(Packet),
+    /// A packet over [`MAX_PACKET`], read through and thrown away but for
+    /// its leading fields.
+    Oversized(Oversized),
+}
+
+/// What is kept of a packet over [`MAX_PACKET`].
+#[derive(Debug)]
+struct Oversized {
+    ptype: PacketType,
+    /// Its declared payload length.
+    len: u32,
+    /// Its leading NUL-ended fields, as many as were found in the first
+    /// [`MAX_OVERSIZED_HEAD`] bytes, up to all but the last (the data).
+    fields: Vec<Bytes>,
+}
+
+impl Oversized {
+    /// The size of its last field (a job's workload), when all the fields
+    /// before it were found.
+    fn data_len(&self) -> Option<u64> {
+        let before = self.ptype.arg_count().checked_sub(1)?;
+        (self.fields.len() == before).then(|| {
+            let head: usize = self.fields.iter().map(Bytes::len).sum::<usize>() + before;
+            u64::from(self.len).saturating_sub(head as u64)
+        })
+    }
+
+    /// Why the job is refused, in one line for the client.
+    fn refusal(&self) -> String {
+        let limit = MAX_PACKET;
+        match self.data_len() {
+            Some(data) if data > u64::from(limit) => {
+                format!("request of {data} bytes is over the limit of {limit} bytes")
+            }
+            Some(data) => format!(
+                "request of {data} bytes is over the limit of {limit} bytes with its handle, function and unique id ({} bytes)",
+                self.len
+            ),
+            None => format!(
+                "request packet of {} bytes is over the limit of {limit} bytes",
+                self.len
+            ),
+        }
+    }
+}
+
+/// A packet over [`MAX_PACKET`] being read through.
+#[derive(Debug)]
+struct Skipping {
+    ptype: PacketType,
+    len: u32,
+    /// Payload bytes still to come.
+    left: usize,
+    /// The payload's first bytes, up to the last wanted NUL.
+    head: Vec<u8>,
+    /// NULs wanted in `head` (the fields before the data).
+    wanted: usize,
+    /// NULs in `head` so far.
+    nuls: usize,
+}
+
+/// The codec of worker connections: the crate's [`GearmanCodec`], but a
+/// packet over [`MAX_PACKET`] is read through as it streams in and thrown
+/// away, but for its leading fields, and yields a
+/// [`WorkerFrame::Oversized`]; memory stays bounded and the connection
+/// stays up. Any other decode error fails the connection as before.
+struct WorkerCodec {
+    inner: GearmanCodec,
+    skipping: Option<Skipping>,
+}
+
+impl Default for WorkerCodec {
+    fn default() -> Self {
+        WorkerCodec {
+            inner: GearmanCodec::with_max_payload_size(MAX_PACKET),
+            skipping: None,
+        }
+    }
+}
+
+impl Decoder for WorkerCodec {
+    type Item = WorkerFrame;
+    type Error = gearman::GearmanError;
+
+    fn decode(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> std::result::Result<Option<WorkerFrame>, Self::Error> {
+        if self.skipping.is_none() {
+            if src.len() < HEADER_LEN {
+                return Ok(None);
+            }
+            let word = |at: usize| u32::from_be_bytes(src[at..at + 4].try_into().expect("4 bytes"));
+            let len = word(8);
+            if len <= MAX_PACKET {
+                return Ok(self.inner.decode(src)?.map(WorkerFrame::Packet));
+            }
+            let magic: [u8; 4] = src[0..4].try_into().expect("4 bytes");
+            if magic != RES_MAGIC && magic != REQ_MAGIC {
+                return Err(gearman::GearmanError::BadMagic(magic));
+            }
+            let ptype = PacketType::try_from(word(4))?;
+            src.advance(HEADER_LEN);
+            self.skipping = Some(Skipping {
+                ptype,
+                len,
+                left: len as usize,
+                head: Vec::new(),
+                wanted: ptype.arg_count().saturating_sub(1),
+                nuls: 0,
+            });
+        }
+        let s = self.skipping.as_mut().expect("skipping");
+        let take = s.left.min(src.len());
+        for &b in &src[..take] {
+            if s.nuls == s.wanted || s.head.len() == MAX_OVERSIZED_HEAD {
+                break;
+            }
+            s.head.push(b);
+            s.nuls += usize::from(b == 0);
+        }
+        src.advance(take);
+        s.left -= take;
+        if s.left > 0 {
+            return Ok(None);
+        }
+        let s = self.skipping.take().expect("skipping");
+        let fields = s
+            .head
+            .split(|&b| b == 0)
+            .take(s.nuls)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Ok(Some(WorkerFrame::Oversized(Oversized {
+            ptype: s.ptype,
+            len: s.len,
+            fields,
+        })))
+    }
+}
+
+impl Encoder<Packet> for WorkerCodec {
+    type Error = gearman::GearmanError;
+
+    fn encode(&mut self, pkt: Packet, dst: &mut BytesMut) -> std::result::Result<(), Self::Error> {
+        self.inner.encode(pkt, dst)
+    }
 }
 
 /// The Gearman unique id for a job's unique key: the key itself, or none
@@ -204,25 +393,222 @@ pub struct FunctionLoad {
     pub workers: u64,
 }
 
+/// Most bytes of one `status` reply we read (some 200,000 functions):
+/// past it the server counts as failed.
+pub const MAX_STATUS_REPLY: usize = 16 * 1024 * 1024;
+
+/// How long a `.` line that ends what has come so far, but may be a line
+/// of a function name (a line of a name is still open), is waited on.
+const STATUS_GRACE: Duration = Duration::from_millis(250);
+
 /// Jobs and workers per function on one server, from the admin `status`
 /// command, in the order the server lists them.
+///
+/// Read and parsed here, not by the crate's admin client (see the module
+/// docs): a line that does not parse is skipped, not the whole reply. A
+/// name with a tab or a newline is read back whole; one that is not UTF-8
+/// is kept, its bad bytes replaced by U+FFFD. Each such line is logged
+/// once per process, at warn, escaped.
 pub async fn server_status(server: &str) -> Result<Vec<(String, FunctionLoad)>> {
-    let mut admin = gearman::admin::AdminClient::from_stream(connect_stream(server).await?);
-    let rows = tokio::time::timeout(REPLY_TIMEOUT, admin.status())
-        .await
-        .map_err(|_| gearman_err(server, gearman::GearmanError::Timeout))?
-        .map_err(|e| gearman_err(server, e))?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let load = FunctionLoad {
-                queued: row.total,
-                running: row.running,
-                workers: row.worker_count,
-            };
-            (row.function, load)
-        })
-        .collect())
+    let mut stream = connect_stream(server).await?;
+    let reply = tokio::time::timeout(REPLY_TIMEOUT, async {
+        stream
+            .write_all(b"status\r\n")
+            .await
+            .map_err(|e| io_err(server, e))?;
+        read_status(&mut stream, server).await
+    })
+    .await
+    .map_err(|_| gearman_err(server, gearman::GearmanError::Timeout))??;
+    for (note, line) in &reply.notes {
+        if first_sighting(server, line) {
+            tracing::warn!(gearmand = %server, line = %line.escape_ascii(), "{}", note.message());
+        }
+    }
+    Ok(reply.rows)
+}
+
+/// Reads a `status` reply up to its end: a `.` line that nothing follows.
+/// gearmand writes the reply at once and we sent one command, so a `.`
+/// line with more bytes behind it (read, or already in the socket) is a
+/// line of a function name. So is one while a name is open, when more
+/// comes within [`STATUS_GRACE`].
+///
+/// What this cannot tell: a name that starts with `.\n` (no name open
+/// before it), whose `.` line is the last of a TCP segment, ends the
+/// reply early; the functions after it are missing from that one reply.
+/// No end marker of our own would do better: gearmand 1.1 echoes an
+/// unknown command's name (`ERR UNKNOWN_COMMAND
+/// Unknown+server+command<name>`, which a random name would make
+/// unforgeable), but older servers do not, and a client that half-closes
+/// after `status` mostly gets no reply at all.
+async fn read_status(stream: &mut TcpStream, server: &str) -> Result<StatusReply> {
+    const CHUNK: usize = 64 * 1024;
+    let io = |e| io_err(server, e);
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut parser = StatusParser::default();
+    let mut pos = 0;
+    loop {
+        while let Some(n) = buf[pos..].iter().position(|&b| b == b'\n') {
+            let (line, next) = (pos..pos + n, pos + n + 1);
+            if matches!(&buf[line.clone()], b"." | b".\r") && next == buf.len() {
+                buf.reserve(CHUNK);
+                let more = match stream.try_read_buf(&mut buf) {
+                    Ok(n) => n > 0,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                    Err(e) => return Err(io(e)),
+                };
+                let more = more
+                    || (parser.is_open()
+                        && matches!(
+                            tokio::time::timeout(STATUS_GRACE, stream.read_buf(&mut buf)).await,
+                            Ok(Ok(1..))
+                        ));
+                if !more {
+                    return Ok(parser.finish());
+                }
+            }
+            parser.line(&buf[line]);
+            pos = next;
+        }
+        if buf.len() > MAX_STATUS_REPLY {
+            return Err(Error::GearmanProtocol {
+                server: server.to_string(),
+                what: format!("status reply of more than {MAX_STATUS_REPLY} bytes"),
+            });
+        }
+        buf.reserve(CHUNK);
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err(gearman_err(server, gearman::GearmanError::ConnectionClosed));
+        }
+    }
+}
+
+/// Something odd in a `status` reply, worth one warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusNote {
+    /// Lines that are no function's: skipped.
+    Skipped,
+    /// A function name with a newline, read back across its lines.
+    Joined,
+    /// A function name that is not UTF-8, kept lossily.
+    NotUtf8,
+}
+
+impl StatusNote {
+    fn message(self) -> &'static str {
+        match self {
+            StatusNote::Skipped => "gearmand status: skipping a line that cannot be parsed (a function name with a tab or newline?)",
+            StatusNote::Joined => "gearmand status: a function name with a newline, read back across its lines (other admin tools may misread it)",
+            StatusNote::NotUtf8 => "gearmand status: a function name that is not UTF-8, reported with U+FFFD for its bad bytes",
+        }
+    }
+}
+
+/// A parsed `status` reply.
+#[derive(Debug, Default)]
+struct StatusReply {
+    rows: Vec<(String, FunctionLoad)>,
+    /// What was odd, with the line (or name) it was about.
+    notes: Vec<(StatusNote, Vec<u8>)>,
+}
+
+/// Reads the lines of a `status` reply, `NAME\tTOTAL\tRUNNING\tWORKERS`.
+///
+/// The three counts are the last three fields, so a tab in the name is
+/// read back whole. gearmand prints a name as it is, so a name with a
+/// newline takes several lines, and only the last one ends with counts:
+/// a line without counts opens a name, which the next line with counts
+/// closes. Lines still open at the end are skipped. (A name that holds a
+/// whole line with counts, as `a\t1\t2\t3\nb`, is read as two functions:
+/// the reply cannot tell them apart.)
+#[derive(Debug, Default)]
+struct StatusParser {
+    reply: StatusReply,
+    /// The lines of a name with a newline read so far, joined by `\n`.
+    open: Option<Vec<u8>>,
+}
+
+impl StatusParser {
+    /// Whether lines of a name are waiting for the line with its counts.
+    fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// One line, without its `\n`.
+    fn line(&mut self, line: &[u8]) {
+        let notes = &mut self.reply.notes;
+        let Some((name, load)) = split_counts(line) else {
+            match &mut self.open {
+                Some(open) => {
+                    open.push(b'\n');
+                    open.extend_from_slice(line);
+                }
+                None => self.open = Some(line.to_vec()),
+            }
+            return;
+        };
+        let name = match self.open.take() {
+            Some(mut open) => {
+                open.push(b'\n');
+                open.extend_from_slice(name);
+                notes.push((StatusNote::Joined, open.clone()));
+                open
+            }
+            None => name.to_vec(),
+        };
+        let name = String::from_utf8(name).unwrap_or_else(|e| {
+            let bytes = e.into_bytes();
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            notes.push((StatusNote::NotUtf8, bytes));
+            lossy
+        });
+        self.reply.rows.push((name, load));
+    }
+
+    fn finish(mut self) -> StatusReply {
+        if let Some(open) = self.open.take() {
+            self.reply.notes.push((StatusNote::Skipped, open));
+        }
+        self.reply
+    }
+}
+
+/// `NAME\tTOTAL\tRUNNING\tWORKERS` into the name and the counts.
+fn split_counts(line: &[u8]) -> Option<(&[u8], FunctionLoad)> {
+    fn count(field: &[u8]) -> Option<u64> {
+        if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(field).ok()?.parse().ok()
+    }
+    let mut fields = line.rsplitn(4, |&b| b == b'\t');
+    let last = fields.next()?;
+    let workers = count(last.strip_suffix(b"\r").unwrap_or(last))?;
+    let running = count(fields.next()?)?;
+    let queued = count(fields.next()?)?;
+    let name = fields.next()?;
+    let load = FunctionLoad {
+        queued,
+        running,
+        workers,
+    };
+    Some((name, load))
+}
+
+/// Distinct odd `status` lines remembered so that each is logged once per
+/// process; past this many (any client can make more) no more are logged.
+const MAX_LOGGED_STATUS_LINES: usize = 1000;
+
+/// Whether `line` of `server` is seen for the first time in this process.
+fn first_sighting(server: &str, line: &[u8]) -> bool {
+    type Seen = std::sync::Mutex<std::collections::HashSet<(String, Vec<u8>)>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    seen.len() < MAX_LOGGED_STATUS_LINES && seen.insert((server.to_string(), line.to_vec()))
 }
 
 /// Jobs and workers per function, summed over `servers`, from the admin
@@ -381,7 +767,7 @@ where
     async fn run(&self, outage: &Outage) -> Result<()> {
         let server = self.server;
         let err = |e| gearman_err(server, e);
-        let mut conn = connect(server).await?;
+        let mut conn = Framed::new(connect_stream(server).await?, WorkerCodec::default());
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Vec<Packet>>(self.slots);
         let mut running = 0usize;
         let mut grabbing = false;
@@ -425,7 +811,15 @@ where
                 pkt = conn.next() => {
                     let pkt = match pkt {
                         None => return Err(err(gearman::GearmanError::ConnectionClosed)),
-                        Some(pkt) => pkt.map_err(err)?,
+                        Some(frame) => match frame.map_err(err)? {
+                            WorkerFrame::Packet(pkt) => pkt,
+                            WorkerFrame::Oversized(big) => {
+                                if self.refuse(big, &mut conn, outage).await? {
+                                    grabbing = false;
+                                }
+                                continue;
+                            }
+                        },
                     };
                     match pkt.ptype {
                         PacketType::JobAssignUniq if pkt.args.len() == 4 => {
@@ -455,6 +849,53 @@ where
                 }
             }
         }
+    }
+
+    /// Answers a packet over [`MAX_PACKET`]: a job is refused as
+    /// [`WorkResult::FailWith`] would (WORK_WARNING with the reason, then
+    /// WORK_FAIL); anything else is ignored. Returns whether it was a job
+    /// (the answer to our grab); Err for a job without a handle.
+    async fn refuse(
+        &self,
+        big: Oversized,
+        conn: &mut Framed<TcpStream, WorkerCodec>,
+        outage: &Outage,
+    ) -> Result<bool> {
+        let server = self.server;
+        let assignment = matches!(
+            big.ptype,
+            PacketType::JobAssign | PacketType::JobAssignUniq | PacketType::JobAssignAll
+        );
+        if !assignment {
+            tracing::warn!(gearmand = %server, packet = ?big.ptype, bytes = big.len, "ignoring a packet over the size limit");
+            return Ok(false);
+        }
+        // Without its handle the job cannot be answered: malformed, as any
+        // packet the codec refuses, and so is the connection.
+        let Some(handle) = big.fields.first().filter(|h| !h.is_empty()).cloned() else {
+            return Err(Error::GearmanProtocol {
+                server: server.to_string(),
+                what: format!("{:?} of {} bytes without a handle", big.ptype, big.len),
+            });
+        };
+        outage.ended();
+        let reason = big.refusal();
+        tracing::warn!(
+            gearmand = %server,
+            function = %big.fields.get(1).map_or(&b""[..], |f| f).escape_ascii(),
+            bytes = big.len,
+            "refusing a job over the size limit: {reason}"
+        );
+        for pkt in [
+            req(
+                PacketType::WorkWarning,
+                vec![handle.clone(), Bytes::from(reason)],
+            ),
+            req(PacketType::WorkFail, vec![handle]),
+        ] {
+            conn.feed(pkt).await.map_err(|e| gearman_err(server, e))?;
+        }
+        Ok(true)
     }
 
     /// Runs one job in a task of its own; its answer comes back on `done`.
@@ -716,5 +1157,168 @@ mod tests {
             "",
             "a NUL would end the field"
         );
+    }
+
+    fn parse(reply: &[u8]) -> StatusReply {
+        let mut parser = StatusParser::default();
+        for line in reply.split(|&b| b == b'\n') {
+            parser.line(line);
+        }
+        parser.finish()
+    }
+
+    fn load(queued: u64, running: u64, workers: u64) -> FunctionLoad {
+        FunctionLoad {
+            queued,
+            running,
+            workers,
+        }
+    }
+
+    #[test]
+    fn status_names_with_tabs_newlines_and_odd_bytes_are_read_back() {
+        // As gearmand 1.1.20 printed them (the end marker taken off).
+        let reply = parse(
+            b"ta\tb\t1\t0\t0\nesc\x1b[31mred\t1\t0\t0\nevil\nx\t2\t1\t0\nsp ace\t1\t0\t0\n\
+              bad\xff\xfe\t1\t0\t0\n.\t1\t0\t0\nnormal\t3\t2\t5\ncr\rx\t1\t0\t0\n\t1\t0\t0\n\
+              crlf\r\nz\t1\t0\t0\na\n.\nb\t0\t0\t1",
+        );
+        let names: Vec<&str> = reply.rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ta\tb",
+                "esc\x1b[31mred",
+                "evil\nx",
+                "sp ace",
+                "bad\u{fffd}\u{fffd}",
+                ".",
+                "normal",
+                "cr\rx",
+                "",
+                "crlf\r\nz",
+                "a\n.\nb"
+            ]
+        );
+        assert_eq!(reply.rows[2].1, load(2, 1, 0));
+        assert_eq!(reply.rows[6].1, load(3, 2, 5));
+        assert_eq!(reply.rows[10].1, load(0, 0, 1));
+        assert_eq!(
+            reply.notes,
+            [
+                (StatusNote::Joined, b"evil\nx".to_vec()),
+                (StatusNote::NotUtf8, b"bad\xff\xfe".to_vec()),
+                (StatusNote::Joined, b"crlf\r\nz".to_vec()),
+                (StatusNote::Joined, b"a\n.\nb".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_lines_that_are_no_function_are_skipped_and_noted() {
+        let reply = parse(b"good\t1\t0\t0\nno counts\nnot\ta\tnumber\nlast\t1\t2");
+        assert_eq!(reply.rows, [("good".to_string(), load(1, 0, 0))]);
+        assert_eq!(
+            reply.notes,
+            [(
+                StatusNote::Skipped,
+                b"no counts\nnot\ta\tnumber\nlast\t1\t2".to_vec()
+            )]
+        );
+        assert_eq!(
+            split_counts(b"f\t1\t2\t3\r"),
+            Some((&b"f"[..], load(1, 2, 3)))
+        );
+        assert_eq!(split_counts(b"f\t1\t-2\t3"), None);
+        assert_eq!(split_counts(b"f\t1\t\t3"), None);
+        assert_eq!(split_counts(b"\t1\t2"), None);
+    }
+
+    #[test]
+    fn an_odd_status_line_is_logged_once_per_server() {
+        let line = b"unit-test\nline".as_slice();
+        assert!(first_sighting("h:1", line));
+        assert!(!first_sighting("h:1", line));
+        assert!(first_sighting("h:2", line));
+    }
+
+    /// A JOB_ASSIGN_UNIQ header and its leading fields, for `data_len`
+    /// bytes of workload.
+    fn assign_head(data_len: usize) -> Vec<u8> {
+        let fields = b"H:vm:1\0inject_jobs\0\0";
+        let mut pkt = RES_MAGIC.to_vec();
+        pkt.extend(31u32.to_be_bytes());
+        pkt.extend(((fields.len() + data_len) as u32).to_be_bytes());
+        pkt.extend(fields);
+        pkt
+    }
+
+    #[test]
+    fn a_packet_over_the_limit_is_read_through_and_the_next_one_decodes() {
+        let data_len = MAX_PACKET as usize + 10;
+        let mut codec = WorkerCodec::default();
+        let mut src = BytesMut::from(&assign_head(data_len)[..]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        // The workload streams in; nothing of it is kept.
+        let chunk = vec![b'a'; 1024 * 1024];
+        let mut left = data_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            src.extend_from_slice(&chunk[..n]);
+            left -= n;
+            if left > 0 {
+                assert!(codec.decode(&mut src).unwrap().is_none());
+                assert!(src.is_empty(), "consumed as it comes");
+            }
+        }
+        // The next packet behind it, in the same read.
+        let mut noop = RES_MAGIC.to_vec();
+        noop.extend(6u32.to_be_bytes());
+        noop.extend(0u32.to_be_bytes());
+        src.extend_from_slice(&noop);
+        let Some(WorkerFrame::Oversized(big)) = codec.decode(&mut src).unwrap() else {
+            panic!("an oversized frame");
+        };
+        assert_eq!(big.ptype, PacketType::JobAssignUniq);
+        assert_eq!(big.fields, [&b"H:vm:1"[..], b"inject_jobs", b""]);
+        assert_eq!(big.data_len(), Some(data_len as u64));
+        assert_eq!(
+            big.refusal(),
+            format!("request of {data_len} bytes is over the limit of 67108864 bytes")
+        );
+        let Some(WorkerFrame::Packet(pkt)) = codec.decode(&mut src).unwrap() else {
+            panic!("a packet");
+        };
+        assert_eq!(pkt.ptype, PacketType::Noop);
+        assert!(src.is_empty());
+    }
+
+    #[test]
+    fn packets_within_the_limit_decode_as_the_crate_decodes_them() {
+        let mut codec = WorkerCodec::default();
+        let mut pkt = assign_head(4);
+        pkt.extend(b"data");
+        let mut src = BytesMut::from(&pkt[..]);
+        let Some(WorkerFrame::Packet(pkt)) = codec.decode(&mut src).unwrap() else {
+            panic!("a packet");
+        };
+        assert_eq!(pkt.ptype, PacketType::JobAssignUniq);
+        assert_eq!(pkt.args[3], &b"data"[..]);
+        // A workload just under the limit, with the fields over it.
+        let big = Oversized {
+            ptype: PacketType::JobAssignUniq,
+            len: MAX_PACKET + 5,
+            fields: vec![
+                Bytes::from_static(b"H:vm:1"),
+                Bytes::from_static(b"f"),
+                Bytes::new(),
+            ],
+        };
+        assert_eq!(
+            big.refusal(),
+            "request of 67108859 bytes is over the limit of 67108864 bytes with its handle, function and unique id (67108869 bytes)"
+        );
+        let mut bad = BytesMut::from(&b"\0XYZ\0\0\0\x1f\x7f\xff\xff\xff"[..]);
+        assert!(codec.decode(&mut bad).is_err(), "bad magic still fails");
     }
 }
