@@ -318,8 +318,12 @@ async fn sql_quotes_and_nul_in_every_field_are_stored_byte_for_byte() {
     let client = Client::new(store.clone());
     let role = InjectorRole::start(&gearmand, store.clone(), 1000).await;
     for (i, s) in hostile.iter().enumerate() {
-        // A funcname cannot hold NUL (Gearman could not carry it).
-        let funcname = s.replace('\0', "0");
+        // A funcname cannot hold NUL (Gearman could not carry it), nor
+        // whitespace or a control character (its admin protocol could not).
+        let funcname: String = s
+            .chars()
+            .map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c })
+            .collect();
         let job = NewJob {
             coalesce: Some(s.to_string()),
             ..NewJob::new(&funcname, *s).unique(*s)
@@ -344,7 +348,7 @@ async fn sql_quotes_and_nul_in_every_field_are_stored_byte_for_byte() {
     }
     // The same bytes, read by the server itself rather than our reader.
     let hex: Vec<String> = db
-        .query("SELECT HEX(arg) FROM job WHERE funcname = 'x''); DROP TABLE job; --'")
+        .query("SELECT HEX(arg) FROM job WHERE funcname = 'x'');_DROP_TABLE_job;_--'")
         .await;
     assert_eq!(hex, vec!["7827293B2044524F50205441424C45206A6F623B202D2D"]);
     assert_eq!(
