@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use garivini::admin::{self, Guard, ListQuery, Status};
 use garivini::config::parse_dsn_list;
 use garivini::store::Selection;
-use garivini::{queue_runner, Error, JobRef, Store};
+use garivini::{names, Error, JobRef, Store};
 
 use crate::common::Servers;
 
@@ -24,7 +24,7 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+    #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
     lease: u32,
 }
 
@@ -44,7 +44,7 @@ pub enum JobsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
         lease: u32,
     },
     /// Shows one row, its job JSON, and when it runs next.
@@ -54,7 +54,7 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
         lease: u32,
     },
     /// Makes rows due now: by id, or every dead row of a function.
@@ -82,7 +82,7 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
         lease: u32,
     },
     /// Deletes rows, all or nothing.
@@ -100,7 +100,7 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE, help = LEASE_HELP)]
+        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
         lease: u32,
     },
 }

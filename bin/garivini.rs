@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use garivini::store::schema::{Applied, Kind, SchemaReport};
-use garivini::{client, controller, injector, queue_runner, Client, Store};
+use garivini::{client, controller, injector, names, queue_runner, Client, Store};
 use settings_file::{layered, Setting, Source};
 use tokio_util::sync::CancellationToken;
 
@@ -126,7 +126,7 @@ struct Settings {
     #[arg(long, value_name = "IP:PORT", env = "GARIVINI_METRICS_ADDR")]
     metrics_addr: Option<String>,
     /// Seconds a dispatched job is leased before it is due again.
-    #[arg(long, default_value_t = queue_runner::DEFAULT_LEASE)]
+    #[arg(long, default_value_t = names::DEFAULT_LEASE)]
     lease: u32,
     /// QueueRunner: largest batch claimed from one database per round.
     #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_MAX_SIZE)]
@@ -147,17 +147,17 @@ struct Settings {
     idle_poll: f64,
     /// Most jobs of one function queued in gearmand before jobs are held
     /// back in the database (0 = no limit).
-    #[arg(long, default_value_t = queue_runner::DEFAULT_QUEUE_WATERMARK_DEPTH)]
+    #[arg(long, default_value_t = names::DEFAULT_QUEUE_WATERMARK_DEPTH)]
     queue_watermark_depth: u64,
     /// QueueRunner: seconds a row over the watermark is pushed back.
     #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
     watermark_pushback: u32,
     /// Seconds a low-latency job whose function has no worker waits in the
     /// database before it is tried again.
-    #[arg(long, default_value_t = queue_runner::DEFAULT_NO_WORKER_DELAY)]
+    #[arg(long, default_value_t = names::DEFAULT_NO_WORKER_DELAY)]
     no_worker_delay: u32,
     /// Seconds before a job whose submit to gearmand failed is due again.
-    #[arg(long, default_value_t = queue_runner::DEFAULT_SUBMIT_RETRY_DELAY)]
+    #[arg(long, default_value_t = names::DEFAULT_SUBMIT_RETRY_DELAY)]
     submit_retry_delay: u32,
     /// Injector: most jobs in one inject_jobs array.
     #[arg(long, default_value_t = injector::DEFAULT_MAX_BATCH)]

@@ -35,8 +35,7 @@ use clap::Parser;
 use garivini::gearman::{
     serve, BackgroundJob, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT, MAX_GEARMAN_UNIQUE,
 };
-use garivini::injector::INJECT_JOBS;
-use garivini::queue_runner::RUN_QUEUED_JOB;
+use garivini::names::{INJECT_JOBS, RUN_QUEUED_JOB};
 use mysql_async::prelude::Queryable as _;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use clap::Parser;
 use common::Mode;
 use garivini::gearman::{ForegroundClient, Outcome};
-use garivini::injector::{answer_refs, INJECT_JOBS};
+use garivini::injector::answer_refs;
+use garivini::names::INJECT_JOBS;
 use garivini::{Client, JobRef, NewJob};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::job::JobRef;
 use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
-use crate::store::{Change, JobRef, Listed, Selection, Store};
+use crate::store::{Change, Listed, Selection, Store};
 
 /// Rows `jobs list` shows unless told otherwise.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
@@ -284,11 +285,7 @@ impl ListedJob {
         let job = listed.job;
         let state = JobState::of(job.run_after, now, lease);
         ListedJob {
-            id: JobRef {
-                dbid: job.dbid,
-                jobid: job.jobid,
-            }
-            .to_string(),
+            id: JobRef::from(&job).to_string(),
             dbid: job.dbid,
             jobid: job.jobid,
             state,

@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::batch;
 use crate::error::{Error, Result};
-use crate::job::{backoff, Job, NewJob, When};
+use crate::job::{backoff, Job, JobRef, NewJob, When};
 use crate::outage::Outage;
-use crate::store::{JobRef, Store};
+use crate::store::Store;
 use crate::telemetry;
 
 /// After this many failures a job is parked as dead.
@@ -128,10 +128,7 @@ impl Client {
     /// Marks a job done: deletes its row. Answers only after the delete is
     /// committed; it may share its DELETE with other completions.
     pub async fn complete_job(&self, job: &Job) -> Result<()> {
-        let job = JobRef {
-            dbid: job.dbid,
-            jobid: job.jobid,
-        };
+        let job = JobRef::from(job);
         let (done, answer) = oneshot::channel();
         let lost = || Error::CompletionLost { job };
         self.completions
@@ -158,7 +155,7 @@ impl Client {
     /// its lease, so at least once still holds. Failures are logged, once
     /// per outage. Call [`Client::flush_completions`] before exiting.
     pub async fn complete_job_deferred(&self, job: &Job) -> Result<()> {
-        let job = job_ref(job);
+        let job = JobRef::from(job);
         self.deferred.pending.fetch_add(1, Ordering::SeqCst);
         let queued = self.completions.send(Completion { job, done: None }).await;
         if queued.is_err() {
@@ -183,7 +180,7 @@ impl Client {
     /// Sets when a job runs again, keeping its failcount.
     pub async fn reschedule_job(&self, job: &Job, when: When) -> Result<()> {
         self.store
-            .reschedule(job_ref(job), when, job.failcount)
+            .reschedule(JobRef::from(job), when, job.failcount)
             .await?;
         Ok(())
     }
@@ -202,16 +199,11 @@ impl Client {
             Retry::Dead => When::Never,
             Retry::In(secs) => When::In(secs),
         };
-        self.store.reschedule(job_ref(job), when, failcount).await?;
+        self.store
+            .reschedule(JobRef::from(job), when, failcount)
+            .await?;
         telemetry::failed(retry == Retry::Dead);
         Ok(retry)
-    }
-}
-
-fn job_ref(job: &Job) -> JobRef {
-    JobRef {
-        dbid: job.dbid,
-        jobid: job.jobid,
     }
 }
 

@@ -22,10 +22,9 @@ use crate::gearman::{
     function_status, gearman_unique, serve, ForegroundClient, Outcome, WorkResult,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::{unsendable_funcname, Job, When};
+use crate::job::{unsendable_funcname, Job, JobRef, When};
+use crate::names::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::outage::Outage;
-use crate::queue_runner::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
-use crate::store::JobRef;
 use crate::telemetry;
 
 /// Jobs run at once, per gearmand.
@@ -156,10 +155,7 @@ impl Controller {
     }
 
     async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
-        let r = JobRef {
-            dbid: job.dbid,
-            jobid: job.jobid,
-        };
+        let r = JobRef::from(&job);
         if let Some(reason) = unsendable_funcname(&job.funcname) {
             // Only a foreign Injector or QueueRunner sends such a job (ours
             // refuse or park it): submitting it would make gearmand's

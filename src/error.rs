@@ -54,7 +54,7 @@ pub enum Error {
     #[error("no such job: {} (completed, cancelled, or never stored)", list(jobs))]
     UnknownJobs {
         /// The ids without a row.
-        jobs: Vec<crate::store::JobRef>,
+        jobs: Vec<crate::job::JobRef>,
     },
     /// Jobs refused because they are in flight: due again within the
     /// lease, so a worker may be running them right now.
@@ -64,7 +64,7 @@ pub enum Error {
     )]
     JobsInFlight {
         /// The refused ids.
-        jobs: Vec<crate::store::JobRef>,
+        jobs: Vec<crate::job::JobRef>,
         /// The lease window, in seconds.
         lease: u32,
     },
@@ -156,7 +156,7 @@ pub enum Error {
     #[error("completing job {}:{} failed: {reason}", job.dbid, job.jobid)]
     CompletionFailed {
         /// The job.
-        job: crate::store::JobRef,
+        job: crate::job::JobRef,
         /// Why.
         reason: String,
         /// Whether the database was unreachable (not the statement refused).
@@ -166,7 +166,7 @@ pub enum Error {
     #[error("completing job {}:{} was not confirmed: the client is shutting down", job.dbid, job.jobid)]
     CompletionLost {
         /// The job.
-        job: crate::store::JobRef,
+        job: crate::job::JobRef,
     },
     /// An `inject_jobs` request that cannot be stored.
     #[error("invalid inject_jobs request: {reason}")]
@@ -236,7 +236,7 @@ impl Error {
 }
 
 /// Ids as `1:7, 1:8`.
-fn list(jobs: &[crate::store::JobRef]) -> String {
+fn list(jobs: &[crate::job::JobRef]) -> String {
     jobs.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()

@@ -26,16 +26,15 @@ use crate::gearman::{
     gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::{Flag, Job, NewJob, MAX_DELAY};
-use crate::outage::Outage;
-use crate::queue_runner::{
-    DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
+use crate::job::{Flag, Job, JobRef, NewJob, MAX_DELAY};
+use crate::names::{
+    DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, INJECT_JOBS,
+    RUN_QUEUED_JOB,
 };
-use crate::store::{JobRef, Store};
+use crate::outage::Outage;
+use crate::store::Store;
 use crate::telemetry;
 
-/// The Gearman function the Injector serves.
-pub const INJECT_JOBS: &str = "inject_jobs";
 /// Most jobs in one `inject_jobs` array.
 pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// Requests handled at once, per gearmand.

@@ -212,6 +212,49 @@ pub struct Job {
     pub failcount: u8,
 }
 
+/// Where a stored job lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobRef {
+    /// Database id.
+    pub dbid: u32,
+    /// Row id in that database.
+    pub jobid: u64,
+}
+
+impl std::fmt::Display for JobRef {
+    /// `DBID:JOBID`, as the admin commands take it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dbid, self.jobid)
+    }
+}
+
+impl std::str::FromStr for JobRef {
+    type Err = Error;
+
+    /// Reads `DBID:JOBID` (`1:42`); anything else is an
+    /// [`Error::InvalidJobId`]. Whether the database is configured is
+    /// checked where the id is used.
+    fn from_str(id: &str) -> Result<JobRef> {
+        let parsed = id.split_once(':').and_then(|(dbid, jobid)| {
+            let dbid: u32 = dbid.parse().ok().filter(|&d| d > 0)?;
+            Some(JobRef {
+                dbid,
+                jobid: jobid.parse().ok()?,
+            })
+        });
+        parsed.ok_or_else(|| Error::InvalidJobId { id: id.to_string() })
+    }
+}
+
+impl From<&Job> for JobRef {
+    fn from(job: &Job) -> JobRef {
+        JobRef {
+            dbid: job.dbid,
+            jobid: job.jobid,
+        }
+    }
+}
+
 /// The job JSON as written: borrowed fields, so encoding allocates only the
 /// output buffer.
 #[derive(Serialize)]

@@ -22,6 +22,8 @@
 //!   dispatch to a Controller.
 //! - [`controller`]: low-latency mode's `run_queued_job` worker: runs the
 //!   real function in the foreground and completes or fails the row.
+//! - [`names`]: the contract's Gearman function names and the defaults
+//!   several roles share (a leaf: anything may import it).
 //! - [`config`]: parsing of the database and gearmand lists.
 //! - [`error`]: the one error type.
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
@@ -64,6 +66,7 @@ pub mod error;
 pub mod gearman;
 pub mod injector;
 pub mod job;
+pub mod names;
 pub mod outage;
 pub mod queue_runner;
 pub mod store;
@@ -71,5 +74,5 @@ pub mod telemetry;
 
 pub use client::{Client, Retry};
 pub use error::{Error, Result};
-pub use job::{Flag, Job, NewJob, When};
-pub use store::{JobRef, Store};
+pub use job::{Flag, Job, JobRef, NewJob, When};
+pub use store::Store;

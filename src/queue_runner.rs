@@ -19,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::gearman::{function_status, gearman_unique, BackgroundJob, FunctionLoad, Submitter};
 use crate::job::{Flag, Job};
+use crate::names::{
+    dispatch_function, DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_QUEUE_WATERMARK_DEPTH,
+    DEFAULT_SUBMIT_RETRY_DELAY,
+};
 use crate::outage::Outage;
 use crate::store::Store;
 use crate::telemetry;
 
-/// How long a dispatched row is leased before it is due again (seconds).
-pub const DEFAULT_LEASE: u32 = 1000;
 /// Largest batch claimed from one database in one round.
 pub const DEFAULT_BATCH_MAX_SIZE: usize = 1000;
 /// First batch size (grows while batches come back full).
@@ -40,24 +42,14 @@ pub const DEFAULT_IDLE_POLL: Duration = Duration::from_millis(100);
 /// batch): new jobs wait for at most this long, and an idle table is
 /// still polled only every `batch_run_sleep`.
 pub const DEFAULT_BUSY_RUN_SLEEP: Duration = Duration::from_millis(50);
-/// Most jobs of one function queued in gearmand before rows are pushed
-/// back (0 = no limit).
-pub const DEFAULT_QUEUE_WATERMARK_DEPTH: u64 = 4000;
 /// How far a row over the watermark is pushed back (seconds). The original
 /// pushed back by 60 s; a burst larger than the watermark then drained at
 /// 4000 jobs a minute whatever the workers' speed (measured: 110 jobs/s end
 /// to end). One second puts the row behind the rows already due, and the
 /// QueueRunner sends it as soon as gearmand's queue has room.
 pub const DEFAULT_WATERMARK_PUSHBACK: u32 = 1;
-/// How far a `controller` row whose function has no worker is pushed back
-/// (seconds): no worker usually means none for a while.
-pub const DEFAULT_NO_WORKER_DELAY: u32 = 30;
-/// How soon a row whose submit failed is due again (seconds).
-pub const DEFAULT_SUBMIT_RETRY_DELAY: u32 = 5;
 /// How often the due-rows gauge is counted (a bounded index scan).
 const DUE_ROWS_EVERY: Duration = Duration::from_secs(5);
-/// The function a Controller serves; `controller` rows are sent to it.
-pub const RUN_QUEUED_JOB: &str = "run_queued_job";
 
 /// QueueRunner settings.
 #[derive(Debug, Clone)]
@@ -506,18 +498,10 @@ impl Room {
     }
 }
 
-/// The Gearman function a row is sent to: its own for `shim` rows, the
-/// Controller's for `controller` rows.
-pub fn dispatch_function(flag: Flag, funcname: &str) -> &str {
-    match flag {
-        Flag::Shim => funcname,
-        Flag::Controller => RUN_QUEUED_JOB,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::RUN_QUEUED_JOB;
 
     #[test]
     fn batch_grows_by_a_tenth_of_max_while_full() {
@@ -608,15 +592,6 @@ mod tests {
             job("idle", Flag::Shim),
         ];
         assert_eq!(room.admit(&due), vec![Some(30), Some(30), None]);
-    }
-
-    #[test]
-    fn controller_rows_go_to_run_queued_job() {
-        assert_eq!(dispatch_function(Flag::Shim, "resize"), "resize");
-        assert_eq!(
-            dispatch_function(Flag::Controller, "resize"),
-            RUN_QUEUED_JOB
-        );
     }
 
     #[test]

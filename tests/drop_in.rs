@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use common::{run_bin, wait_until, within, Gearmand, TestDb, ORIGINAL_SCHEMA};
 use garivini::gearman::{serve, Assignment, ForegroundClient, Outcome, WorkResult};
-use garivini::injector::{Injector, INJECT_JOBS};
+use garivini::injector::Injector;
 use garivini::job::NEVER;
+use garivini::names::INJECT_JOBS;
 use garivini::queue_runner::{self, QueueRunner};
 use garivini::{controller, injector, Client, Flag, Job, NewJob, Retry};
 use mysql_async::prelude::Queryable;
@@ -530,7 +531,7 @@ async fn a_controller_parks_a_job_whose_function_cannot_be_sent() {
     let mut submitter = garivini::gearman::Submitter::new(vec![gearmand.addr.clone()]);
     let acked = submitter
         .submit(&[garivini::gearman::BackgroundJob {
-            function: garivini::queue_runner::RUN_QUEUED_JOB.into(),
+            function: garivini::names::RUN_QUEUED_JOB.into(),
             unique: String::new(),
             data: serde_json::to_vec(&json).unwrap().into(),
         }])

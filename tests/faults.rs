@@ -333,7 +333,7 @@ impl Flow {
         flow.gearmand.wait_for_worker(FUNC).await;
         if flow.mode == Mode::LowLatency {
             flow.gearmand
-                .wait_for_worker(garivini::injector::INJECT_JOBS)
+                .wait_for_worker(garivini::names::INJECT_JOBS)
                 .await;
         }
         flow

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use common::{within, Gearmand, TestDb};
 use garivini::gearman::{queue_depths, server_status, FunctionLoad, MAX_WORKER_CONNECTIONS};
-use garivini::injector::{answer_refs, Injector, INJECT_JOBS};
-use garivini::queue_runner::{QueueRunner, RUN_QUEUED_JOB};
+use garivini::injector::{answer_refs, Injector};
+use garivini::names::{INJECT_JOBS, RUN_QUEUED_JOB};
+use garivini::queue_runner::QueueRunner;
 use garivini::{injector, queue_runner, Client, Flag, NewJob};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use common::{within, Gearmand, TestDb};
 use garivini::config::parse_dsn_list;
 use garivini::gearman::{ForegroundClient, Outcome};
-use garivini::injector::{answer_refs, Injector, INJECT_JOBS};
+use garivini::injector::{answer_refs, Injector};
 use garivini::job::{MAX_ARG_LEN, MAX_FUNCNAME_LEN};
+use garivini::names::INJECT_JOBS;
 use garivini::{injector, Client, Error, Job, NewJob, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -322,7 +323,13 @@ async fn sql_quotes_and_nul_in_every_field_are_stored_byte_for_byte() {
         // whitespace or a control character (its admin protocol could not).
         let funcname: String = s
             .chars()
-            .map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c })
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
         let job = NewJob {
             coalesce: Some(s.to_string()),

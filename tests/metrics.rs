@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{free_port, run_bin, wait_until, Gearmand, Proc, TestDb};
 use garivini::gearman::{ForegroundClient, Outcome};
-use garivini::injector::INJECT_JOBS;
+use garivini::names::INJECT_JOBS;
 use garivini::{Client, NewJob};
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{wait_until, within, Gearmand, TestDb};
 use garivini::gearman::{serve, Assignment, WorkResult};
-use garivini::queue_runner::{Config, QueueRunner, RUN_QUEUED_JOB};
+use garivini::names::RUN_QUEUED_JOB;
+use garivini::queue_runner::{Config, QueueRunner};
 use garivini::{Client, Flag, Job, NewJob};
 use tokio_util::sync::CancellationToken;
 

@@ -15,6 +15,7 @@ use rand::Rng;
 
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
+pub use crate::job::JobRef;
 use crate::job::{Job, NewJob, When, NEVER};
 use crate::outage::Outage;
 use crate::telemetry;
@@ -48,40 +49,6 @@ const STATEMENT_OVERHEAD: u64 = 64;
 /// for each of its five strings, 8 for the run_after integer, and its share
 /// of the null bitmap.
 const ROW_OVERHEAD: u64 = 80;
-
-/// Where a stored job lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct JobRef {
-    /// Database id.
-    pub dbid: u32,
-    /// Row id in that database.
-    pub jobid: u64,
-}
-
-impl std::fmt::Display for JobRef {
-    /// `DBID:JOBID`, as the admin commands take it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.dbid, self.jobid)
-    }
-}
-
-impl std::str::FromStr for JobRef {
-    type Err = Error;
-
-    /// Reads `DBID:JOBID` (`1:42`); anything else is an
-    /// [`Error::InvalidJobId`]. Whether the database is configured is
-    /// checked where the id is used.
-    fn from_str(id: &str) -> Result<JobRef> {
-        let parsed = id.split_once(':').and_then(|(dbid, jobid)| {
-            let dbid: u32 = dbid.parse().ok().filter(|&d| d > 0)?;
-            Some(JobRef {
-                dbid,
-                jobid: jobid.parse().ok()?,
-            })
-        });
-        parsed.ok_or_else(|| Error::InvalidJobId { id: id.to_string() })
-    }
-}
 
 /// Which rows a count or a listing means, relative to the database's now
 /// and a lease window of `lease` seconds. The four states partition the

@@ -1,0 +1,48 @@
+//! Names and defaults that several parts share, in one leaf that anything
+//! may import: the Gearman function names of the contract (other programs
+//! and the Perl original depend on them), and the settings the roles must
+//! agree on.
+
+use crate::job::Flag;
+
+/// The function the Injector serves: a JSON job (or an array of them) in,
+/// `{"jobid":N,"dbid":N}` out, once committed.
+pub const INJECT_JOBS: &str = "inject_jobs";
+/// The function a Controller serves; `controller` rows are sent to it.
+pub const RUN_QUEUED_JOB: &str = "run_queued_job";
+
+/// How long a dispatched row is leased before it is due again (seconds).
+/// Every role that leases (QueueRunner, Injector, Controller) and the admin
+/// commands, which tell in-flight rows by it, default to this.
+pub const DEFAULT_LEASE: u32 = 1000;
+/// Most jobs of one function queued in gearmand before rows are held back
+/// (0 = no limit): the QueueRunner's and the Injector's watermark.
+pub const DEFAULT_QUEUE_WATERMARK_DEPTH: u64 = 4000;
+/// How far a `controller` row whose function has no worker is pushed back
+/// (seconds): no worker usually means none for a while.
+pub const DEFAULT_NO_WORKER_DELAY: u32 = 30;
+/// How soon a row whose submit failed is due again (seconds).
+pub const DEFAULT_SUBMIT_RETRY_DELAY: u32 = 5;
+
+/// The Gearman function a row is sent to: its own for `shim` rows, the
+/// Controller's for `controller` rows.
+pub fn dispatch_function(flag: Flag, funcname: &str) -> &str {
+    match flag {
+        Flag::Shim => funcname,
+        Flag::Controller => RUN_QUEUED_JOB,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_rows_go_to_run_queued_job() {
+        assert_eq!(dispatch_function(Flag::Shim, "resize"), "resize");
+        assert_eq!(
+            dispatch_function(Flag::Controller, "resize"),
+            RUN_QUEUED_JOB
+        );
+    }
+}
