@@ -17,50 +17,13 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::job::JobRef;
 use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
-use crate::store::{Change, Listed, Selection, Store};
+use crate::store::{Change, Listed, Store};
+pub use crate::store::{Counts, FunctionStatus, JobState, ListQuery};
 
 /// Rows `jobs list` shows unless told otherwise.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 /// Most rows one `jobs list` shows.
 pub const MAX_LIST_LIMIT: usize = 10_000;
-
-/// Rows of one function (or of a whole database) by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Due now, waiting for a QueueRunner.
-    pub due: u64,
-    /// Due within the lease window: leased (dispatched), or due again soon.
-    pub in_flight: u64,
-    /// Due later than the lease window.
-    pub scheduled: u64,
-    /// Given up (run_after = never), kept for inspection.
-    pub dead: u64,
-    /// failcount > 0 and not dead (also counted in their state).
-    pub failing: u64,
-    /// Seconds since the oldest due row became due; `None` when none is.
-    pub oldest_due_secs: Option<u64>,
-}
-
-impl Counts {
-    fn add(&mut self, other: &Counts) {
-        self.due += other.due;
-        self.in_flight += other.in_flight;
-        self.scheduled += other.scheduled;
-        self.dead += other.dead;
-        self.failing += other.failing;
-        self.oldest_due_secs = self.oldest_due_secs.max(other.oldest_due_secs);
-    }
-}
-
-/// One function's rows in one database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FunctionStatus {
-    /// The function.
-    pub funcname: String,
-    /// Its rows by state.
-    #[serde(flatten)]
-    pub counts: Counts,
-}
 
 /// One database's part of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -166,21 +129,7 @@ pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
 async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
     let dsn = store.masked_dsn(dbid).unwrap_or_default();
     match store.count_by_function(dbid, lease).await {
-        Ok((now, rows)) => {
-            let functions: Vec<FunctionStatus> = rows
-                .into_iter()
-                .map(|c| FunctionStatus {
-                    funcname: c.funcname,
-                    counts: Counts {
-                        due: c.due,
-                        in_flight: c.in_flight,
-                        scheduled: c.scheduled,
-                        dead: c.dead,
-                        failing: c.failing,
-                        oldest_due_secs: c.oldest_due.map(|at| u64::from(now.saturating_sub(at))),
-                    },
-                })
-                .collect();
+        Ok((now, functions)) => {
             let mut total = Counts::default();
             for f in &functions {
                 total.add(&f.counts);
@@ -202,43 +151,6 @@ async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
             functions: Vec::new(),
             total: Counts::default(),
         },
-    }
-}
-
-/// A row's state, as listings and `show` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Due now.
-    Due,
-    /// Due within the lease window (leased, or due again soon).
-    InFlight,
-    /// Due later than the lease window.
-    Scheduled,
-    /// Never runs again unless retried.
-    Dead,
-}
-
-impl JobState {
-    /// The state of a row due at `run_after`, at `now`, for a lease window
-    /// of `lease` seconds: the same bounds as the SQL of [`Selection`].
-    pub fn of(run_after: u32, now: u32, lease: u32) -> JobState {
-        match Selection::state_of(run_after, now, lease) {
-            Selection::Due => JobState::Due,
-            Selection::InFlight => JobState::InFlight,
-            Selection::Dead => JobState::Dead,
-            _ => JobState::Scheduled,
-        }
-    }
-
-    /// How people read it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Due => "due",
-            JobState::InFlight => "in flight",
-            JobState::Scheduled => "scheduled",
-            JobState::Dead => "dead",
-        }
     }
 }
 
@@ -302,25 +214,12 @@ impl ListedJob {
     }
 }
 
-/// What `jobs list` asks for.
-#[derive(Debug, Clone)]
-pub struct ListQuery {
-    /// Only this function's rows.
-    pub funcname: Option<String>,
-    /// Which rows.
-    pub selection: Selection,
-    /// The lease window, in seconds.
-    pub lease: u32,
-    /// Most rows shown, 1..=[`MAX_LIST_LIMIT`].
-    pub limit: usize,
-}
-
 impl ListQuery {
     /// Refuses a limit out of range or a function name no row can have.
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_LIST_LIMIT).contains(&self.limit) {
             return Err(Error::InvalidConfig {
-                name: "--limit",
+                name: "limit",
                 reason: format!("must be 1 to {MAX_LIST_LIMIT}, not {}", self.limit),
             });
         }
@@ -346,15 +245,7 @@ pub async fn list(store: &Store, query: &ListQuery) -> Result<Vec<ListedJob>> {
     query.validate()?;
     let mut all = Vec::new();
     for dbid in store.dbids() {
-        let (now, rows) = store
-            .list(
-                dbid,
-                query.funcname.as_deref(),
-                query.selection,
-                query.lease,
-                query.limit,
-            )
-            .await?;
+        let (now, rows) = store.list(dbid, query).await?;
         all.extend(
             rows.into_iter()
                 .map(|r| ListedJob::new(r, now, query.lease)),
@@ -550,6 +441,7 @@ pub async fn retry_dead(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Selection;
 
     #[test]
     fn states_split_at_now_the_lease_and_never() {
@@ -589,7 +481,7 @@ mod tests {
         assert!(matches!(
             q(0, None).validate(),
             Err(Error::InvalidConfig {
-                name: "--limit",
+                name: "limit",
                 ..
             })
         ));

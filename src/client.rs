@@ -185,6 +185,13 @@ impl Client {
         Ok(())
     }
 
+    /// Keeps a running job's row leased for `lease` more seconds, so that
+    /// it is not dispatched again while it runs. Returns whether the row
+    /// still exists (false: completed or cancelled meanwhile).
+    pub async fn extend_lease(&self, job: &Job, lease: u32) -> Result<bool> {
+        self.store.extend_lease(JobRef::from(job), lease).await
+    }
+
     /// Records a failed run: failcount + 1, and the job runs again after
     /// the original's backoff (2^failcount minutes, at most a day), or is
     /// parked dead once it has failed `max_attempts` times.

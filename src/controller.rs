@@ -22,7 +22,7 @@ use crate::gearman::{
     function_status, gearman_unique, serve, ForegroundClient, Outcome, WorkResult,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::{unsendable_funcname, Job, JobRef, When};
+use crate::job::{unsendable_funcname, Job, When};
 use crate::names::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
 use crate::outage::Outage;
 use crate::telemetry;
@@ -62,12 +62,12 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.lease < 2 {
             return Err(Error::invalid_config(
-                "--lease",
+                "lease",
                 "must be at least 2 seconds (it is renewed every half lease)",
             ));
         }
         if self.concurrency == 0 {
-            return Err(Error::invalid_config("--concurrency", "must be at least 1"));
+            return Err(Error::invalid_config("concurrency", "must be at least 1"));
         }
         Ok(())
     }
@@ -155,17 +155,12 @@ impl Controller {
     }
 
     async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
-        let r = JobRef::from(&job);
         if let Some(reason) = unsendable_funcname(&job.funcname) {
             // Only a foreign Injector or QueueRunner sends such a job (ours
             // refuse or park it): submitting it would make gearmand's
             // status unreadable for that function.
             tracing::warn!(%reason, "parking a job whose function cannot be sent to gearmand: it stays in the table, dead");
-            let parked = self
-                .client
-                .store()
-                .reschedule(r, When::Never, job.failcount)
-                .await;
+            let parked = self.client.reschedule_job(&job, When::Never).await;
             telemetry::parked(1);
             return match self.row_update(parked, "cannot park a job whose function cannot be sent")
             {
@@ -176,8 +171,7 @@ impl Controller {
         if !self.has_worker(&job.funcname).await {
             let released = self
                 .client
-                .store()
-                .release(r.dbid, &[r.jobid], self.config.no_worker_delay)
+                .reschedule_job(&job, When::In(self.config.no_worker_delay))
                 .await;
             return match self.row_update(
                 released,
@@ -198,7 +192,7 @@ impl Controller {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = tokio::time::sleep(beat) => {
-                    let extended = self.client.store().extend_lease(r, self.config.lease).await;
+                    let extended = self.client.extend_lease(&job, self.config.lease).await;
                     self.row_update(extended, "cannot extend the lease of a running job");
                 }
             }

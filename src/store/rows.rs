@@ -9,7 +9,7 @@
 //! [`Job`], and what keeps it from being dispatched is said beside it
 //! ([`Read::unsendable`]), for the caller to park it with one log line.
 
-use mysql_async::prelude::FromRow;
+use mysql_async::prelude::{FromRow, Queryable};
 use mysql_async::{FromRowError, Row, Value};
 
 use crate::job::{unsendable_funcname, Flag, Job};
@@ -163,9 +163,50 @@ pub(crate) fn escape_bytes(raw: &[u8]) -> String {
     out
 }
 
+/// Most ids in one `IN (...)` list, and most rows in one INSERT.
+pub(super) const MAX_IN_LIST: usize = 1024;
+
+/// The database's clock, in seconds: the one every run_after is compared
+/// with, so that processes on several hosts agree.
+pub(super) async fn db_now(q: &mut impl Queryable) -> mysql_async::Result<u32> {
+    Ok(q.query_first("SELECT UNIX_TIMESTAMP()")
+        .await?
+        .unwrap_or_default())
+}
+
+/// Placeholders for an `IN (...)` list of `ids`, padded to the next power
+/// of two with the first id repeated, so that a handful of statement
+/// shapes serve every batch size and stay in the prepared statement cache.
+pub(super) fn in_list(ids: &[u64]) -> (String, Vec<Value>) {
+    let n = ids.len().max(1).next_power_of_two();
+    let mut params: Vec<Value> = ids.iter().map(|&id| Value::from(id)).collect();
+    params.resize(n, Value::from(ids.first().copied().unwrap_or(0)));
+    (repeat_placeholders("?", n), params)
+}
+
+pub(super) fn repeat_placeholders(one: &str, n: usize) -> String {
+    let mut s = String::with_capacity((one.len() + 2) * n);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(one);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_list_pads_to_a_power_of_two_with_a_real_id() {
+        let (sql, params) = in_list(&[7, 8, 9]);
+        assert_eq!(sql, "?, ?, ?, ?");
+        assert_eq!(params.len(), 4);
+        assert_eq!(params[3], Value::from(7u64));
+        assert_eq!(in_list(&[5]).0, "?");
+    }
 
     fn row(values: Vec<Value>) -> Read {
         RawRow { values }.read(1)

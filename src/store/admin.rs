@@ -1,0 +1,455 @@
+//! What the admin commands (`garivini status`, `garivini jobs`) read and
+//! change: counts by function and state, listings, guarded retries and
+//! cancels.
+
+use std::collections::HashMap;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Value};
+
+use super::rows::{db_now, in_list, RawRow, COLUMNS, MAX_IN_LIST};
+use super::{tx_opts, Store};
+use crate::error::Result;
+use serde::Serialize;
+
+use crate::job::{Job, NEVER};
+
+/// Which rows a count or a listing means, relative to the database's now
+/// and a lease window of `lease` seconds. The four states partition the
+/// table; failing cuts across them.
+///
+/// There is no lease column: a row a QueueRunner, Injector or Controller
+/// has dispatched has `run_after = now + lease`, just as a row delayed by
+/// that long. So "in flight" is *run_after within the next `lease`
+/// seconds*: every leased row (while its lease holds) is in it, and so is
+/// any row delayed, backed off or pushed back by less than the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Every row.
+    All,
+    /// `run_after <= now`: waiting for a QueueRunner.
+    Due,
+    /// `now < run_after <= now + lease`: leased (or due again soon).
+    InFlight,
+    /// `now + lease < run_after < NEVER`: delayed beyond the lease.
+    Scheduled,
+    /// `run_after >= NEVER`: given up, kept for inspection.
+    Dead,
+    /// `failcount > 0` and not dead.
+    Failing,
+}
+
+impl Selection {
+    /// The WHERE condition, whose `?`s [`Selection::params`] binds.
+    fn condition(self) -> String {
+        match self {
+            Selection::All => "TRUE".into(),
+            Selection::Due => "run_after <= ?".into(),
+            Selection::InFlight => "run_after > ? AND run_after <= ?".into(),
+            Selection::Scheduled => format!("run_after > ? AND run_after < {NEVER}"),
+            Selection::Dead => format!("run_after >= {NEVER}"),
+            Selection::Failing => format!("failcount > 0 AND run_after < {NEVER}"),
+        }
+    }
+
+    fn params(self, now: u32, lease: u32) -> Vec<Value> {
+        let until = Value::from(u64::from(now) + u64::from(lease));
+        match self {
+            Selection::All | Selection::Dead | Selection::Failing => vec![],
+            Selection::Due => vec![Value::from(now)],
+            Selection::InFlight => vec![Value::from(now), until],
+            Selection::Scheduled => vec![until],
+        }
+    }
+}
+
+/// A row's state, as listings and `show` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Due now.
+    Due,
+    /// Due within the lease window (leased, or due again soon).
+    InFlight,
+    /// Due later than the lease window.
+    Scheduled,
+    /// Never runs again unless retried.
+    Dead,
+}
+
+impl JobState {
+    /// The state of a row due at `run_after`, at `now`, for a lease window
+    /// of `lease` seconds: the same bounds as the SQL of [`Selection`].
+    pub fn of(run_after: u32, now: u32, lease: u32) -> JobState {
+        let (run_after, now) = (u64::from(run_after), u64::from(now));
+        if run_after >= u64::from(NEVER) {
+            JobState::Dead
+        } else if run_after <= now {
+            JobState::Due
+        } else if run_after <= now + u64::from(lease) {
+            JobState::InFlight
+        } else {
+            JobState::Scheduled
+        }
+    }
+
+    /// How people read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Due => "due",
+            JobState::InFlight => "in flight",
+            JobState::Scheduled => "scheduled",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// Rows of one function (or of a whole database) by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Due now, waiting for a QueueRunner.
+    pub due: u64,
+    /// Due within the lease window: leased (dispatched), or due again soon.
+    pub in_flight: u64,
+    /// Due later than the lease window.
+    pub scheduled: u64,
+    /// Given up (run_after = never), kept for inspection.
+    pub dead: u64,
+    /// failcount > 0 and not dead (also counted in their state).
+    pub failing: u64,
+    /// Seconds since the oldest due row became due; `None` when none is.
+    pub oldest_due_secs: Option<u64>,
+}
+
+impl Counts {
+    /// Adds another function's (or database's) counts to these.
+    pub fn add(&mut self, other: &Counts) {
+        self.due += other.due;
+        self.in_flight += other.in_flight;
+        self.scheduled += other.scheduled;
+        self.dead += other.dead;
+        self.failing += other.failing;
+        self.oldest_due_secs = self.oldest_due_secs.max(other.oldest_due_secs);
+    }
+}
+
+/// One function's rows in one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunctionStatus {
+    /// The function.
+    pub funcname: String,
+    /// Its rows by state.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// What `jobs list` asks for.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only this function's rows.
+    pub funcname: Option<String>,
+    /// Which rows.
+    pub selection: Selection,
+    /// The lease window, in seconds.
+    pub lease: u32,
+    /// Most rows shown, 1..=[`crate::admin::MAX_LIST_LIMIT`].
+    pub limit: usize,
+}
+
+/// A row as a listing shows it: the job with at most
+/// [`LISTED_ARG_BYTES`] of its arg, and the arg's full length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The row; `arg` holds its first bytes only.
+    pub job: Job,
+    /// Length of the whole arg, in bytes.
+    pub arg_len: u64,
+    /// Why the row cannot be dispatched as it is, if it cannot (such a
+    /// row is parked, dead, by the first claim that meets it).
+    pub unsendable: Option<String>,
+}
+
+/// Bytes of each arg a listing reads.
+pub const LISTED_ARG_BYTES: usize = 64;
+
+/// What a guarded change ([`Store::retry`], [`Store::cancel`]) found in
+/// one database. Either every asked-for row was changed, or none was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Rows changed (all that were asked for, or none).
+    pub changed: Vec<u64>,
+    /// Ids with no row: nothing was changed.
+    pub missing: Vec<u64>,
+    /// Rows in flight that the guard refused: nothing was changed.
+    pub in_flight: Vec<u64>,
+}
+
+/// Rows a chunked bulk retry changes per statement, so that no statement
+/// holds the locks of a whole function's dead rows at once.
+const RETRY_CHUNK: u64 = 10_000;
+
+impl Store {
+    // The admin operations below (status, jobs) go through `attempt`, not
+    // `run`: their caller reports a failure to the operator, so there is
+    // no outage to log, and a role's view of the database's health is not
+    // theirs to change.
+
+    /// The masked URL of database `dbid`, for reports.
+    pub fn masked_dsn(&self, dbid: u32) -> Result<String> {
+        Ok(self.db(dbid)?.cfg.masked())
+    }
+
+    /// The database's clock and, per function, its rows by state and the
+    /// oldest due row, with "in flight" meaning due within `lease` seconds
+    /// (see [`Selection`]). One statement over the
+    /// `funcname_run_after (funcname, run_after, failcount)` index, which
+    /// covers it: it reads index entries only, ~0.5 s per million rows.
+    /// Without that index (a table created before it) the answer is the
+    /// same, only slower. Takes no lock.
+    pub async fn count_by_function(
+        &self,
+        dbid: u32,
+        lease: u32,
+    ) -> Result<(u32, Vec<FunctionStatus>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now = db_now(&mut conn).await?;
+            let until = u64::from(now) + u64::from(lease);
+            let rows: Vec<RawRow> = conn
+                .exec(
+                    format!(
+                        "SELECT funcname, \
+                           CAST(SUM(run_after <= ?) AS UNSIGNED), \
+                           CAST(SUM(run_after > ? AND run_after <= ?) AS UNSIGNED), \
+                           CAST(SUM(run_after > ? AND run_after < {NEVER}) AS UNSIGNED), \
+                           CAST(SUM(run_after >= {NEVER}) AS UNSIGNED), \
+                           CAST(SUM(failcount > 0 AND run_after < {NEVER}) AS UNSIGNED), \
+                           MIN(IF(run_after <= ?, run_after, NULL)) \
+                         FROM job GROUP BY funcname ORDER BY funcname"
+                    ),
+                    (now, now, until, until, now),
+                )
+                .await?;
+            let counts = rows
+                .into_iter()
+                .map(|row| {
+                    let (funcname, n) = row.name_and_numbers();
+                    let at = |i: usize| n.get(i).copied().flatten();
+                    let oldest_due = at(5).map(|t| u64::from(now).saturating_sub(t));
+                    FunctionStatus {
+                        funcname,
+                        counts: Counts {
+                            due: at(0).unwrap_or(0),
+                            in_flight: at(1).unwrap_or(0),
+                            scheduled: at(2).unwrap_or(0),
+                            dead: at(3).unwrap_or(0),
+                            failing: at(4).unwrap_or(0),
+                            oldest_due_secs: oldest_due,
+                        },
+                    }
+                })
+                .collect();
+            Ok((now, counts))
+        })
+        .await
+    }
+
+    /// The database's clock and up to `query.limit` rows of its selection
+    /// (of its function only, if it names one), soonest due first, with only the first
+    /// [`LISTED_ARG_BYTES`] of each arg. Takes no lock. Ordered by
+    /// run_after alone, so that with a funcname the
+    /// `funcname_run_after` index gives the order and the scan stops at
+    /// `limit`; rows due at the same second come in no set order.
+    pub async fn list(&self, dbid: u32, query: &ListQuery) -> Result<(u32, Vec<Listed>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now = db_now(&mut conn).await?;
+            let condition = query.selection.condition();
+            let mut params = query.selection.params(now, query.lease);
+            let by_func = match query.funcname.as_deref() {
+                Some(f) => {
+                    params.push(Value::from(f));
+                    "AND funcname = ?"
+                }
+                None => "",
+            };
+            params.push(Value::from(query.limit as u64));
+            let rows: Vec<RawRow> = conn
+                .exec(
+                    format!(
+                        "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
+                         `coalesce`, flag, failcount, COALESCE(LENGTH(arg), 0) \
+                         FROM job WHERE {condition} {by_func} ORDER BY run_after LIMIT ?"
+                    ),
+                    Params::Positional(params),
+                )
+                .await?;
+            let listed = rows
+                .into_iter()
+                .map(|row| {
+                    let read = row.read(dbid);
+                    Listed {
+                        arg_len: read.extra.first().copied().unwrap_or(0),
+                        unsendable: read.unsendable,
+                        job: read.job,
+                    }
+                })
+                .collect();
+            Ok((now, listed))
+        })
+        .await
+    }
+
+    /// The database's clock and the rows of `jobids` that exist (in no
+    /// particular order). Takes no lock.
+    pub async fn get_many(&self, dbid: u32, jobids: &[u64]) -> Result<(u32, Vec<Job>)> {
+        let db = self.db(dbid)?;
+        self.attempt(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            let now = db_now(&mut conn).await?;
+            let mut jobs = Vec::with_capacity(jobids.len());
+            for chunk in jobids.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                let rows: Vec<RawRow> = conn
+                    .exec(
+                        format!("SELECT {COLUMNS} FROM job WHERE jobid IN ({list})"),
+                        params,
+                    )
+                    .await?;
+                jobs.extend(rows.into_iter().map(|r| r.read(dbid).job));
+            }
+            Ok((now, jobs))
+        })
+        .await
+    }
+
+    /// Makes rows of database `dbid` due now (`run_after` = the database's
+    /// now), and sets their failcount to 0 if `reset_failcount`.
+    ///
+    /// All or nothing, in one transaction holding the rows' locks: when an
+    /// id has no row, or `guard` is `Some(lease)` and a row is in flight
+    /// (due within `lease` seconds, see [`Selection`]), nothing changes
+    /// and the [`Change`] names them. A guard makes sure a row a worker may
+    /// be running is not dispatched a second time.
+    pub async fn retry(
+        &self,
+        dbid: u32,
+        jobids: &[u64],
+        reset_failcount: bool,
+        guard: Option<u32>,
+    ) -> Result<Change> {
+        let set = if reset_failcount {
+            "run_after = UNIX_TIMESTAMP(), failcount = 0"
+        } else {
+            "run_after = UNIX_TIMESTAMP()"
+        };
+        self.guarded_change(dbid, jobids, guard, &format!("UPDATE job SET {set}"))
+            .await
+    }
+
+    /// Deletes rows of database `dbid`, all or nothing, with the same
+    /// guard as [`Store::retry`]: an in-flight row may be running on a
+    /// worker right now, and deleting it does not stop that run.
+    pub async fn cancel(&self, dbid: u32, jobids: &[u64], guard: Option<u32>) -> Result<Change> {
+        self.guarded_change(dbid, jobids, guard, "DELETE FROM job")
+            .await
+    }
+
+    /// Locks the rows, checks them, then runs `statement` (`UPDATE job
+    /// SET ...` or `DELETE FROM job`) on them, in one transaction.
+    async fn guarded_change(
+        &self,
+        dbid: u32,
+        jobids: &[u64],
+        guard: Option<u32>,
+        statement: &str,
+    ) -> Result<Change> {
+        let db = self.db(dbid)?;
+        let mut wanted = jobids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let wanted = &wanted;
+        self.attempt(db, move || async move {
+            let mut tx = db.pool.start_transaction(tx_opts()).await?;
+            let now = db_now(&mut tx).await?;
+            let mut found: HashMap<u64, u32> = HashMap::new();
+            for chunk in wanted.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                let rows: Vec<(u64, u32)> = tx
+                    .exec(
+                        format!(
+                            "SELECT jobid, run_after FROM job WHERE jobid IN ({list}) FOR UPDATE"
+                        ),
+                        params,
+                    )
+                    .await?;
+                found.extend(rows);
+            }
+            let mut change = Change::default();
+            for &id in wanted {
+                match found.get(&id) {
+                    None => change.missing.push(id),
+                    Some(&run_after) => {
+                        if let Some(lease) = guard {
+                            if JobState::of(run_after, now, lease) == JobState::InFlight {
+                                change.in_flight.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+            if !change.missing.is_empty() || !change.in_flight.is_empty() {
+                tx.rollback().await?;
+                return Ok(change);
+            }
+            for chunk in wanted.chunks(MAX_IN_LIST) {
+                let (list, params) = in_list(chunk);
+                tx.exec_drop(format!("{statement} WHERE jobid IN ({list})"), params)
+                    .await?;
+            }
+            tx.commit().await?;
+            change.changed = wanted.clone();
+            Ok(change)
+        })
+        .await
+    }
+
+    /// Makes every dead row of `funcname` in database `dbid` due now
+    /// (failcount reset to 0 if `reset_failcount`); returns how many.
+    /// Runs in statements of at most 10,000 rows each, every one committed
+    /// on its own: rows made due early may already be running when a
+    /// later statement fails.
+    pub async fn retry_dead(
+        &self,
+        dbid: u32,
+        funcname: &str,
+        reset_failcount: bool,
+    ) -> Result<u64> {
+        let db = self.db(dbid)?;
+        let set = if reset_failcount {
+            "run_after = UNIX_TIMESTAMP(), failcount = 0"
+        } else {
+            "run_after = UNIX_TIMESTAMP()"
+        };
+        let sql = format!(
+            "UPDATE job SET {set} WHERE funcname = ? AND run_after >= {NEVER} LIMIT {RETRY_CHUNK}"
+        );
+        let mut total = 0;
+        loop {
+            let changed = self
+                .attempt(db, || async {
+                    let mut conn = db.pool.get_conn().await?;
+                    conn.exec_drop(sql.as_str(), (funcname,)).await?;
+                    Ok(conn.affected_rows())
+                })
+                .await?;
+            total += changed;
+            if changed < RETRY_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
