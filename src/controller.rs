@@ -9,7 +9,7 @@
 //! job is never dispatched a second time while it is still running.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -99,9 +99,10 @@ pub struct Controller {
     client: Client,
     gearmand: Vec<String>,
     foreground: ForegroundClient,
-    /// When gearmand's status was read, and the functions it showed with
-    /// workers.
-    served: Mutex<(Instant, HashSet<String>)>,
+    /// gearmand's functions with workers, as last read (`None` inside: no
+    /// server answered), and when. An async lock, held across the read:
+    /// one read in flight, whatever the number of jobs asking.
+    served: tokio::sync::Mutex<(Instant, Option<HashSet<String>>)>,
     /// Row updates failing because the database is away: one warning per
     /// outage, not one per job.
     rows: Outage,
@@ -111,6 +112,8 @@ pub struct Controller {
 
 /// How long a status read from gearmand is trusted.
 const STATUS_MAX_AGE: Duration = Duration::from_millis(500);
+/// How long it is trusted to say a function has no worker.
+const NO_WORKER_MAX_AGE: Duration = Duration::from_millis(100);
 
 impl Controller {
     /// A Controller finishing rows through `client` and running jobs on
@@ -125,11 +128,11 @@ impl Controller {
             config,
             client,
             gearmand,
-            served: Mutex::new((
+            served: tokio::sync::Mutex::new((
                 Instant::now()
                     .checked_sub(STATUS_MAX_AGE)
                     .unwrap_or_else(Instant::now),
-                HashSet::new(),
+                None,
             )),
             rows: Outage::new(
                 "controller cannot update job rows; they run again after their lease",
@@ -243,28 +246,34 @@ impl Controller {
     }
 
     /// Whether gearmand has a worker for `function`, from its `status`.
-    /// When in doubt (gearmand does not answer), yes: the job is tried.
-    /// A status younger than [`STATUS_MAX_AGE`] that shows a worker is
-    /// taken as it is; otherwise it is read afresh.
+    /// When in doubt (no gearmand answers), yes: the job is tried.
+    ///
+    /// A reading younger than [`STATUS_MAX_AGE`] answers yes, one younger
+    /// than [`NO_WORKER_MAX_AGE`] no; an older one is read afresh by the
+    /// first job that asks, while the others wait for it: 200 jobs of a
+    /// function with no worker cost one status read, not 200.
     async fn has_worker(&self, function: &str) -> bool {
-        {
-            let served = self.served.lock().unwrap();
-            if served.0.elapsed() < STATUS_MAX_AGE && served.1.contains(function) {
-                return true;
-            }
+        let mut served = self.served.lock().await;
+        let has =
+            |served: &Option<HashSet<String>>| served.as_ref().is_none_or(|s| s.contains(function));
+        // A "no" is trusted for less long: a worker that registers now
+        // should get its jobs at once, not after the no-worker delay.
+        let max_age = if has(&served.1) {
+            STATUS_MAX_AGE
+        } else {
+            NO_WORKER_MAX_AGE
+        };
+        if served.0.elapsed() >= max_age {
+            let (load, errors) = function_status(&self.gearmand).await;
+            let known = (errors.len() < self.gearmand.len()).then(|| {
+                load.into_iter()
+                    .filter(|(_, l)| l.workers > 0)
+                    .map(|(f, _)| f)
+                    .collect()
+            });
+            *served = (Instant::now(), known);
         }
-        let (load, errors) = function_status(&self.gearmand).await;
-        if errors.len() == self.gearmand.len() {
-            return true;
-        }
-        let served: HashSet<String> = load
-            .into_iter()
-            .filter(|(_, l)| l.workers > 0)
-            .map(|(f, _)| f)
-            .collect();
-        let has = served.contains(function);
-        *self.served.lock().unwrap() = (Instant::now(), served);
-        has
+        has(&served.1)
     }
 
     /// Serves `run_queued_job` until `shutdown`, then finishes the jobs in

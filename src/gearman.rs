@@ -790,7 +790,11 @@ where
                 grabbing = true;
             }
             conn.flush().await.map_err(err)?;
-            if stopping && running == 0 && !grabbing {
+            // A grab still unanswered is no reason to stay: a job gearmand
+            // assigns to a connection that closes goes back to its queue.
+            // (Waiting for the answer held a stopping role for the whole
+            // shutdown timeout when gearmand hung.)
+            if stopping && running == 0 {
                 return Ok(());
             }
             tokio::select! {
@@ -964,6 +968,8 @@ struct Submit {
 pub struct ForegroundClient {
     lanes: Arc<Vec<mpsc::Sender<Submit>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Cancels the lanes' reconnect pauses once the last clone is dropped.
+    _stop: Arc<tokio_util::sync::DropGuard>,
 }
 
 /// Foreground submits queued per connection before callers wait.
@@ -972,17 +978,19 @@ const FOREGROUND_QUEUE: usize = 1024;
 impl ForegroundClient {
     /// A client for `servers`. Must be called within a Tokio runtime.
     pub fn new(servers: Vec<String>) -> ForegroundClient {
+        let stop = CancellationToken::new();
         let lanes = servers
             .into_iter()
             .map(|server| {
                 let (tx, rx) = mpsc::channel(FOREGROUND_QUEUE);
-                tokio::spawn(foreground_lane(server, rx));
+                tokio::spawn(foreground_lane(server, rx, stop.clone()));
                 tx
             })
             .collect();
         ForegroundClient {
             lanes: Arc::new(lanes),
             next: Default::default(),
+            _stop: Arc::new(stop.drop_guard()),
         }
     }
 
@@ -1009,7 +1017,7 @@ impl ForegroundClient {
 /// One server's connection for foreground jobs: submits go out as they
 /// come; JOB_CREATED answers arrive in submit order and tie each waiter to
 /// its handle; WORK_* packets then end the job with that handle.
-async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
+async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>, stop: CancellationToken) {
     let outage = Outage::new("gearmand unreachable for foreground jobs");
     while let Some(first) = rx.recv().await {
         let mut conn = match connect_foreground(&server).await {
@@ -1024,7 +1032,12 @@ async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>) {
                         gearman::GearmanError::NoServersAvailable,
                     )));
                 }
-                tokio::time::sleep(outage.delay()).await;
+                // A pause before the next connect, which ends with the
+                // client: submits wait for it in the channel.
+                tokio::select! {
+                    _ = tokio::time::sleep(outage.delay()) => {}
+                    _ = stop.cancelled() => return,
+                }
                 continue;
             }
         };

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -81,17 +81,14 @@ impl Config {
     /// Checks the settings' ranges.
     pub fn validate(&self) -> Result<()> {
         if self.lease == 0 {
-            return Err(Error::invalid_config(
-                "--lease",
-                "must be at least 1 second",
-            ));
+            return Err(Error::invalid_config("lease", "must be at least 1 second"));
         }
         if self.max_batch == 0 {
-            return Err(Error::invalid_config("--max-batch", "must be at least 1"));
+            return Err(Error::invalid_config("max_batch", "must be at least 1"));
         }
         if self.concurrency == 0 {
             return Err(Error::invalid_config(
-                "--inject-concurrency",
+                "inject_concurrency",
                 "must be at least 1",
             ));
         }
@@ -215,6 +212,15 @@ impl Depth {
         taken
     }
 
+    /// Returns `n` places taken for jobs that were not dispatched after all.
+    fn give_back(&self, n: u64) {
+        let _ = self
+            .since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                Some(since.saturating_sub(n))
+            });
+    }
+
     fn set(&self, depth: u64) {
         self.read.store(depth, Ordering::Relaxed);
         self.since.store(0, Ordering::Relaxed);
@@ -325,7 +331,8 @@ impl Injector {
         let started = std::time::Instant::now();
         let mut request = parse_request(workload, self.config.max_batch)?;
         let due_now = request.jobs.iter().filter(|j| j.delay == 0).count() as u64;
-        let mut room = self.depth.take(due_now, self.config.queue_watermark_depth);
+        let taken = self.depth.take(due_now, self.config.queue_watermark_depth);
+        let mut room = taken;
         let mut dispatch = Vec::with_capacity(request.jobs.len());
         for job in &mut request.jobs {
             let now = job.delay == 0 && room > 0;
@@ -346,9 +353,19 @@ impl Injector {
             jobs: request.jobs,
             reply,
         };
-        self.inserts.send(pending).await.map_err(|_| stopped())?;
-        let (jobs, refs) = answer.await.map_err(|_| stopped())?;
-        let refs = refs?;
+        let stored = match self.inserts.send(pending).await {
+            Ok(()) => answer.await.map_err(|_| stopped()),
+            Err(_) => Err(stopped()),
+        };
+        let (jobs, refs) = match stored.and_then(|(jobs, refs)| Ok((jobs, refs?))) {
+            Ok(stored) => stored,
+            Err(err) => {
+                // Nothing is dispatched: the places under the watermark
+                // go back to the requests that follow.
+                self.depth.give_back(taken);
+                return Err(err);
+            }
+        };
         telemetry::injected(refs.len(), started.elapsed());
 
         let answer: Vec<Value> = refs
@@ -360,10 +377,6 @@ impl Injector {
         } else {
             answer.into_iter().next().expect("one job")
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as u32;
         for ((job, r), go) in jobs.into_iter().zip(refs).zip(dispatch) {
             if go {
                 let job = Job {
@@ -373,7 +386,7 @@ impl Injector {
                     arg: job.arg,
                     uniqkey: job.uniqkey,
                     coalesce: job.coalesce,
-                    run_after: now,
+                    run_after: self.store.clock(r.dbid).await,
                     flag: Flag::Controller,
                     failcount: 0,
                 };
@@ -402,12 +415,14 @@ impl Injector {
         };
         tracing::info!(lease = self.config.lease, "injector started");
         let served = CancellationToken::new();
-        let dispatcher = tokio::spawn(dispatch_loop(
+        let give_up = CancellationToken::new();
+        let mut dispatcher = tokio::spawn(dispatch_loop(
             rx,
             self.store.clone(),
             Submitter::new(self.gearmand.clone()),
             self.config.submit_retry_delay,
             served.clone(),
+            give_up.clone(),
         ));
         let depth_stop = CancellationToken::new();
         let refresher = tokio::spawn(refresh_depth(
@@ -444,14 +459,27 @@ impl Injector {
         depth_stop.cancel();
         let _ = refresher.await;
         served.cancel();
-        let _ = dispatcher.await;
+        // What is queued is dispatched, for at most the shutdown timeout
+        // (a gearmand that accepts and never answers would hold us for its
+        // reply timeout per batch); then it is given back to the
+        // QueueRunner instead.
+        if tokio::time::timeout(self.config.shutdown_timeout, &mut dispatcher)
+            .await
+            .is_err()
+        {
+            give_up.cancel();
+            let _ = dispatcher.await;
+        }
         tracing::info!("injector stopped");
     }
 }
 
 async fn refresh_depth(gearmand: Vec<String>, depth: Arc<Depth>, stop: CancellationToken) {
     loop {
-        let (depths, errors) = queue_depths(&gearmand).await;
+        let (depths, errors) = tokio::select! {
+            depths = queue_depths(&gearmand) => depths,
+            _ = stop.cancelled() => return,
+        };
         if errors.len() < gearmand.len() {
             depth.set(depths.get(RUN_QUEUED_JOB).copied().unwrap_or(0));
         }
@@ -466,13 +494,15 @@ async fn refresh_depth(gearmand: Vec<String>, depth: Arc<Depth>, stop: Cancellat
 /// submit failed back to the QueueRunner (due again shortly).
 ///
 /// Once `served` is cancelled (no request is in hand any more) it
-/// dispatches what is queued and returns.
+/// dispatches what is queued and returns; once `give_up` is, it gives
+/// back what it has not dispatched yet.
 async fn dispatch_loop(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<Store>,
     mut submitter: Submitter,
     retry_delay: u32,
     served: CancellationToken,
+    give_up: CancellationToken,
 ) {
     loop {
         let first = tokio::select! {
@@ -498,7 +528,10 @@ async fn dispatch_loop(
                 data: Bytes::from(job.to_json()),
             })
             .collect();
-        let acked = submitter.submit(&submits).await;
+        let acked = tokio::select! {
+            acked = submitter.submit(&submits) => acked,
+            _ = give_up.cancelled() => vec![false; submits.len()],
+        };
         telemetry::dispatched_by("injector", acked.iter().filter(|&&ok| ok).count());
         let mut failed: HashMap<u32, Vec<u64>> = HashMap::new();
         for (job, ok) in jobs.iter().zip(acked) {
@@ -530,8 +563,10 @@ pub fn answer_refs(answer: &[u8]) -> Result<Vec<JobRef>> {
                     .and_then(Value::as_u64)
                     .ok_or_else(|| bad(format!("answer lacks {k}")))
             };
+            let dbid = n("dbid")?;
             Ok(JobRef {
-                dbid: n("dbid")? as u32,
+                dbid: u32::try_from(dbid)
+                    .map_err(|_| bad(format!("dbid {dbid} is out of range")))?,
                 jobid: n("jobid")?,
             })
         })

@@ -104,20 +104,17 @@ impl Config {
     /// Checks the settings' ranges.
     pub fn validate(&self) -> Result<()> {
         if self.lease == 0 {
-            return Err(Error::invalid_config(
-                "--lease",
-                "must be at least 1 second",
-            ));
+            return Err(Error::invalid_config("lease", "must be at least 1 second"));
         }
         if self.batch_max_size == 0 || self.batch_max_size > 100_000 {
             return Err(Error::invalid_config(
-                "--batch-max-size",
+                "batch_max_size",
                 "must be between 1 and 100000",
             ));
         }
         if self.batch_start_size == 0 {
             return Err(Error::invalid_config(
-                "--batch-start-size",
+                "batch_start_size",
                 "must be at least 1",
             ));
         }
@@ -194,6 +191,22 @@ pub struct QueueRunner {
     status_outage: Outage,
     /// When the due-rows gauge was last counted.
     due_counted: Instant,
+    /// Ends a round's waits on gearmand early ([`QueueRunner::run`]'s
+    /// token; never cancelled for a bare [`QueueRunner::run_once`]).
+    shutdown: CancellationToken,
+}
+
+/// How a round went, for the pause after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// A database gave a full batch: more is likely waiting, go again now.
+    Full,
+    /// Jobs were found, fewer than a batch.
+    Found,
+    /// Nothing was due.
+    Idle,
+    /// The round failed (no gearmand answered): wait the pause out whole.
+    Failed,
 }
 
 impl QueueRunner {
@@ -227,6 +240,7 @@ impl QueueRunner {
             due_counted: Instant::now()
                 .checked_sub(DUE_ROWS_EVERY)
                 .unwrap_or_else(Instant::now),
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -262,7 +276,12 @@ impl QueueRunner {
         let watermark = self.config.queue_watermark_depth;
         let mut room: Option<Room> = None;
         if watermark > 0 {
-            let (load, errors) = function_status(&self.gearmand).await;
+            // Raced against shutdown: a gearmand that accepts and never
+            // answers would hold a stopping role for the reply timeout.
+            let (load, errors) = tokio::select! {
+                status = function_status(&self.gearmand) => status,
+                _ = self.shutdown.cancelled() => return Ok(stats),
+            };
             if errors.len() == self.gearmand.len() {
                 // No server to send to: claiming now would only churn rows.
                 let err = errors.into_iter().next().expect("at least one server");
@@ -282,6 +301,9 @@ impl QueueRunner {
         }
         let dbids: Vec<u32> = self.store.dbids().collect();
         for dbid in dbids {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             match self.run_db(dbid, &mut room, &mut stats).await {
                 Ok(()) => self.db_outages.get_mut(&dbid).expect("known db").ended(),
                 Err(err) => {
@@ -296,6 +318,7 @@ impl QueueRunner {
         Ok(stats)
     }
 
+    #[tracing::instrument(skip(self, room, stats), fields(db.id = dbid), err(level = "debug"))]
     async fn run_db(
         &mut self,
         dbid: u32,
@@ -338,7 +361,12 @@ impl QueueRunner {
                 data: Bytes::from(job.to_json()),
             })
             .collect();
-        let acked = self.submitter.submit(&submits).await;
+        // On shutdown, what gearmand has not acknowledged yet is given
+        // back below rather than left to wait out its lease.
+        let acked = tokio::select! {
+            acked = self.submitter.submit(&submits) => acked,
+            _ = self.shutdown.cancelled() => vec![false; submits.len()],
+        };
         let failed: Vec<u64> = claim
             .jobs
             .iter()
@@ -385,6 +413,7 @@ impl QueueRunner {
     /// to `batch_run_sleep`; the round's own duration is subtracted. A
     /// pause ends early when a probe every `idle_poll` finds a due row.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
         let busy = self.config.busy_run_sleep.min(self.config.batch_run_sleep);
         let mut pause = self.config.batch_run_sleep;
         tracing::info!(
@@ -394,28 +423,31 @@ impl QueueRunner {
         );
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            let (full, found, failed) = match self.run_once().await {
+            let round = match self.run_once().await {
                 Ok(stats) => {
                     if stats.claimed + stats.pushed_back + stats.given_back > 0 {
                         tracing::debug!(?stats, "queuerunner round");
                     }
-                    (stats.full, stats.claimed > 0, false)
+                    match stats {
+                        Stats { full: true, .. } => Round::Full,
+                        Stats { claimed: 1.., .. } => Round::Found,
+                        _ => Round::Idle,
+                    }
                 }
-                Err(_) => (false, false, true),
+                Err(_) => Round::Failed,
             };
-            if full {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            pause = if found {
-                busy
-            } else {
-                (pause * 2).min(self.config.batch_run_sleep)
+            pause = match round {
+                Round::Full => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Round::Found => busy,
+                Round::Idle | Round::Failed => (pause * 2).min(self.config.batch_run_sleep),
             };
             let until = started + pause;
             // After a failed round the pause is waited out whole: probing
             // would only bring the failure back sooner.
-            let probe = !failed && !self.config.idle_poll.is_zero();
+            let probe = round != Round::Failed && !self.config.idle_poll.is_zero();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.pause_until(until, probe) => {}
@@ -602,10 +634,7 @@ mod tests {
         };
         assert!(matches!(
             c.validate(),
-            Err(Error::InvalidConfig {
-                name: "--lease",
-                ..
-            })
+            Err(Error::InvalidConfig { name: "lease", .. })
         ));
         assert!(Config::default().validate().is_ok());
     }

@@ -79,6 +79,8 @@ struct Db {
     max_packet: std::sync::atomic::AtomicU64,
     /// The URL's `max_allowed_packet`, if it sets one.
     client_max_packet: Option<u64>,
+    /// The database's clock as last read, and when ([`Store::clock`]).
+    clock: Mutex<Option<(Instant, u32)>>,
 }
 
 /// The job tables of all configured databases.
@@ -134,6 +136,7 @@ impl Store {
                     id_step: Default::default(),
                     max_packet: Default::default(),
                     client_max_packet,
+                    clock: Mutex::new(None),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -183,6 +186,39 @@ impl Store {
             })
             .await?;
         Ok(db.set_max_packet(server))
+    }
+
+    /// The database's clock (unix seconds), where a time must be stamped
+    /// without a statement of its own: read from the server at most once a
+    /// minute, and moved on by the host's monotonic clock in between, so
+    /// that it agrees with the database's `UNIX_TIMESTAMP()` to a second
+    /// whatever the host's wall clock says. Falls back to the host's clock
+    /// only while the database cannot be read.
+    pub async fn clock(&self, dbid: u32) -> u32 {
+        let Ok(db) = self.db(dbid) else {
+            return host_clock();
+        };
+        let known = *db.clock.lock().unwrap();
+        if let Some((at, secs)) = known {
+            if at.elapsed() < CLOCK_REREAD {
+                return secs.saturating_add(at.elapsed().as_secs() as u32);
+            }
+        }
+        let read = self
+            .run(db, || async {
+                let mut conn = db.pool.get_conn().await?;
+                rows::db_now(&mut conn).await
+            })
+            .await;
+        match read {
+            Ok(secs) => {
+                *db.clock.lock().unwrap() = Some((Instant::now(), secs));
+                secs
+            }
+            Err(_) => known.map_or_else(host_clock, |(at, secs)| {
+                secs.saturating_add(at.elapsed().as_secs() as u32)
+            }),
+        }
     }
 
     /// Sets how long one operation may take (default [`DEFAULT_OP_TIMEOUT`]).
@@ -312,6 +348,16 @@ impl Store {
             let _ = db.pool.disconnect().await;
         }
     }
+}
+
+/// How long [`Store::clock`] trusts its last reading of a database's clock.
+const CLOCK_REREAD: Duration = Duration::from_secs(60);
+
+fn host_clock() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as u32
 }
 
 /// Deadlock (1213) or lock wait timeout (1205): the server rolled the

@@ -1,0 +1,94 @@
+//! Shutdown with a gearmand that accepts connections and never answers:
+//! SIGTERM must still end every role promptly (well inside its shutdown
+//! timeout), and rows a QueueRunner claimed but could not hand over are
+//! given back, not left to wait out their lease. Real MariaDB (a database
+//! per test), the real binaries; the "gearmand" is a listener of the
+//! test's own. Needs scripts/services up.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Proc, TestDb};
+
+/// A server that accepts every connection and never says a word: a hung
+/// gearmand. Its connections are held until the test ends.
+struct Silent {
+    addr: String,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => held.push(c),
+                    Err(_) => return,
+                }
+            }
+        });
+        Silent { addr }
+    }
+}
+
+/// Well under the roles' 30 s reply timeout and shutdown timeout: a role
+/// that waits on the silent server before it stops takes longer.
+const STOP_WITHIN: Duration = Duration::from_secs(8);
+
+fn stops_promptly(role: &str, extra: &[&str], db: &TestDb, gearmand: &Silent) {
+    let mut args = vec![role, "--dsn", db.url.as_str(), "--gearmand", gearmand.addr.as_str()];
+    args.extend(extra);
+    let mut proc = Proc::spawn("garivini", &args);
+    // Long enough for the role to be inside its first wait on gearmand.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(proc.running(), "{role} died before SIGTERM");
+    let start = Instant::now();
+    let status = proc.terminate(STOP_WITHIN);
+    assert!(status.success(), "{role}: {status}");
+    eprintln!("{role} stopped {:?} after SIGTERM", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_stops_promptly_with_gearmand_hung() {
+    let (db, gearmand) = (TestDb::new().await, Silent::start());
+    for role in ["queuerunner", "injector", "controller"] {
+        tokio::task::block_in_place(|| stops_promptly(role, &[], &db, &gearmand));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_claimed_for_a_hung_gearmand_are_given_back_at_shutdown() {
+    let (db, gearmand) = (TestDb::new().await, Silent::start());
+    db.exec("INSERT INTO job (funcname, arg, run_after) VALUES ('f', 'x', 0)")
+        .await;
+    // No watermark: no status read, straight to the submit that hangs.
+    let args = [
+        "queuerunner",
+        "--dsn",
+        db.url.as_str(),
+        "--gearmand",
+        gearmand.addr.as_str(),
+        "--queue-watermark-depth",
+        "0",
+        "--lease",
+        "600",
+    ];
+    let mut proc = Proc::spawn("garivini", &args);
+    wait_until(Duration::from_secs(10), "the row to be claimed (leased)", || async {
+        db.count("run_after > UNIX_TIMESTAMP() + 300").await == 1
+    })
+    .await;
+    let status = tokio::task::block_in_place(|| proc.terminate(STOP_WITHIN));
+    assert!(status.success(), "{status}");
+    let now = db.now().await;
+    let run_after: Vec<u32> = db.query("SELECT run_after FROM job").await;
+    assert!(
+        run_after[0] < now + 60,
+        "given back (due within the submit retry delay), not left leased for 600 s: run_after {} at {now}",
+        run_after[0]
+    );
+}
