@@ -7,6 +7,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY bin bin
+# Workspace members: cargo loads their manifests to build any of it.
+COPY bench bench
+COPY testkit testkit
 RUN cargo build --release --locked --bin garivini --bin gv_inject --bin gv_consume
 
 FROM debian:bookworm-slim AS garivini

@@ -4,7 +4,16 @@
 //! in low-latency mode it only answers gearmand, and the Controller
 //! finishes the row.
 
-mod common;
+#[path = "common/example.rs"]
+mod example;
+#[path = "common/seconds.rs"]
+mod seconds;
+#[path = "common/servers.rs"]
+mod servers;
+#[path = "common/signal.rs"]
+mod signal;
+#[path = "common/terminal.rs"]
+mod terminal;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use common::Mode;
+use example::Mode;
 use garivini::gearman::{serve, Assignment, WorkResult};
 use garivini::outage::Outage;
 use garivini::{Client, Job};
@@ -25,7 +34,7 @@ use tokio::io::AsyncWriteExt as _;
 #[command(version, about = "Garivini example worker")]
 struct Cli {
     #[command(flatten)]
-    servers: common::Servers,
+    servers: servers::Servers,
     /// How jobs are finished.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
     mode: Mode,
@@ -93,7 +102,7 @@ struct Worker {
 
 impl Worker {
     async fn handle(&self, assignment: Assignment) -> WorkResult {
-        let started = common::unix_micros();
+        let started = example::unix_micros();
         let job = match Job::from_json(&assignment.data) {
             Ok(job) => job,
             Err(err) => {
@@ -183,8 +192,8 @@ async fn run_command(cmd: &str, arg: &[u8]) -> bool {
 
 fn main() {
     let cli = Cli::parse();
-    common::init_tracing();
-    common::run(async move {
+    terminal::init_tracing();
+    terminal::run(async move {
         let gearmand = cli.servers.gearmand()?;
         let client = match cli.mode {
             Mode::Throughput => {
@@ -204,7 +213,7 @@ fn main() {
                 "cannot finish rows: database unreachable; the jobs run again after their lease",
             ),
         });
-        let shutdown = common::shutdown_on_signal();
+        let shutdown = signal::shutdown_on_signal();
         let reporter = tokio::spawn(report(worker.clone(), shutdown.clone()));
         let w = worker.clone();
         serve(
@@ -216,11 +225,11 @@ fn main() {
                 async move { w.handle(a).await }
             },
             shutdown,
-            common::seconds("--shutdown-timeout", cli.shutdown_timeout)?,
+            seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?,
         )
         .await;
         if let Some(client) = &client {
-            let limit = common::seconds("--shutdown-timeout", cli.shutdown_timeout)?;
+            let limit = seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?;
             if tokio::time::timeout(limit, client.flush_completions())
                 .await
                 .is_err()

@@ -8,7 +8,12 @@
 //! gv_consume, gv_inject also reports the latency from submit to worker
 //! start.
 
-mod common;
+#[path = "common/example.rs"]
+mod example;
+#[path = "common/servers.rs"]
+mod servers;
+#[path = "common/terminal.rs"]
+mod terminal;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use common::Mode;
+use example::Mode;
 use garivini::gearman::{ForegroundClient, Outcome};
 use garivini::injector::answer_refs;
 use garivini::names::INJECT_JOBS;
@@ -29,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[command(version, about = "Garivini example client and load generator")]
 struct Cli {
     #[command(flatten)]
-    servers: common::Servers,
+    servers: servers::Servers,
     /// How jobs are submitted.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
     mode: Mode,
@@ -77,7 +82,7 @@ struct Cli {
 
 impl Cli {
     fn job(&self, seq: u64) -> NewJob {
-        let mut arg = format!("{seq} {} ", common::unix_micros()).into_bytes();
+        let mut arg = format!("{seq} {} ", example::unix_micros()).into_bytes();
         if arg.len() < self.arg_size {
             arg.resize(self.arg_size, b'x');
         }
@@ -138,8 +143,8 @@ impl Sink {
 
 fn main() {
     let cli = Cli::parse();
-    common::init_tracing();
-    common::run(async move {
+    terminal::init_tracing();
+    terminal::run(async move {
         if cli.batch == 0 || cli.concurrency == 0 {
             anyhow::bail!("invalid setting: --batch and --concurrency must be at least 1");
         }

@@ -480,10 +480,7 @@ mod tests {
         assert!(q(1, Some("f")).validate().is_ok());
         assert!(matches!(
             q(0, None).validate(),
-            Err(Error::InvalidConfig {
-                name: "limit",
-                ..
-            })
+            Err(Error::InvalidConfig { name: "limit", .. })
         ));
         assert!(matches!(
             q(5, Some("")).validate(),

@@ -16,10 +16,10 @@ pub enum Error {
         reason: String,
     },
     /// No database was configured.
-    #[error("no database given: set GARIVINI_DSN or pass --dsn (mysql://user:pass@host:port/db)")]
+    #[error("no database configured (expected mysql://user:pass@host:port/db)")]
     NoDatabase,
     /// No gearmand was configured.
-    #[error("no gearmand given: set GARIVINI_GEARMAND or pass --gearmand (host:port)")]
+    #[error("no gearmand configured (expected host:port)")]
     NoGearmand,
     /// A gearmand address that is not `host:port`.
     #[error("invalid gearmand address {addr:?}: expected host:port")]
@@ -30,7 +30,8 @@ pub enum Error {
     /// A setting out of its range.
     #[error("invalid setting {name}: {reason}")]
     InvalidConfig {
-        /// The setting's name (as its flag).
+        /// The setting's name (`lease`, `inject_concurrency`); the
+        /// binaries show it as the flag that sets it.
         name: &'static str,
         /// Why it is refused.
         reason: String,

@@ -22,6 +22,7 @@
 //!   dispatch to a Controller.
 //! - [`controller`]: low-latency mode's `run_queued_job` worker: runs the
 //!   real function in the foreground and completes or fails the row.
+//! - [`roles`]: runs roles on shared pools until a shutdown token fires.
 //! - [`names`]: the contract's Gearman function names and the defaults
 //!   several roles share (a leaf: anything may import it).
 //! - [`config`]: parsing of the database and gearmand lists.
@@ -69,6 +70,7 @@ pub mod job;
 pub mod names;
 pub mod outage;
 pub mod queue_runner;
+pub mod roles;
 pub mod store;
 pub mod telemetry;
 

@@ -3,16 +3,14 @@
 //! gearmand side matters, a private gearmand with a real QueueRunner.
 //! Needs the services of `scripts/services up`.
 
-mod common;
-
 use std::io::Write as _;
 use std::time::Duration;
 
-use common::{run_bin, wait_until, Gearmand, Proc, TestDb};
+use garivini::job::NEVER;
 use serde_json::Value;
+use testkit::{run_garivini, with_servers, Gearmand, Proc, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(30);
-const NEVER: u32 = 2_147_483_647;
 
 /// Rows as (funcname, run_after relative to now or NEVER, failcount), with
 /// ids 1, 2, ... in the order given.
@@ -32,51 +30,51 @@ async fn seed(db: &TestDb, rows: &[(&str, Option<i64>, u8)]) {
     }
 }
 
-/// The mix most tests use: for `resize` 2 due (one failing, 75 s
-/// overdue), 1 in flight (due in 600 s, under the 1000 s lease), 1
-/// scheduled (2 h), 1 dead; for `email` 1 due, 1 in flight and failing.
-async fn seed_mix(db: &TestDb) {
-    seed(
-        db,
-        &[
-            ("resize", Some(-75), 0),  // 1:1
-            ("resize", Some(-3), 2),   // 1:2
-            ("resize", Some(600), 0),  // 1:3
-            ("resize", Some(7200), 0), // 1:4
-            ("resize", None, 25),      // 1:5
-            ("email", Some(0), 0),     // 1:6
-            ("email", Some(30), 1),    // 1:7
-        ],
-    )
-    .await;
+/// A new database holding `rows` (see [`seed`]).
+async fn seeded(rows: &[(&str, Option<i64>, u8)]) -> TestDb {
+    let db = TestDb::new().await;
+    seed(&db, rows).await;
+    db
 }
 
-/// Runs `garivini --dsn <db> ARGS`; returns (exit code, stdout, stderr).
-fn garivini(dsn: &str, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["--dsn", dsn];
-    all.extend(args);
-    let (status, out, err) = run_bin("garivini", &all, LIMIT);
-    assert!(
-        !err.contains("panicked"),
-        "garivini {args:?} panicked: {err}"
-    );
-    (status.code().unwrap_or(-1), out, err)
+/// A new database with the mix most tests use: for `resize` 2 due (one
+/// failing, 75 s overdue), 1 in flight (due in 600 s, under the 1000 s
+/// lease), 1 scheduled (2 h), 1 dead; for `email` 1 due, 1 in flight and
+/// failing.
+async fn mix() -> TestDb {
+    seeded(&[
+        ("resize", Some(-75), 0),  // 1:1
+        ("resize", Some(-3), 2),   // 1:2
+        ("resize", Some(600), 0),  // 1:3
+        ("resize", Some(7200), 0), // 1:4
+        ("resize", None, 25),      // 1:5
+        ("email", Some(0), 0),     // 1:6
+        ("email", Some(30), 1),    // 1:7
+    ])
+    .await
 }
 
 /// Runs a command that must succeed and print JSON; returns it.
-fn json(dsn: &str, args: &[&str]) -> Value {
-    let (code, out, err) = garivini(dsn, args);
+async fn json(dsn: &str, args: &[&str]) -> Value {
+    let (code, out, err) = run_garivini(dsn, args).await;
     assert_eq!(code, 0, "garivini {args:?}: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
 }
 
 /// Runs a command that must fail with exit code 1; returns its one line.
-fn fails(dsn: &str, args: &[&str]) -> String {
-    let (code, out, err) = garivini(dsn, args);
+async fn fails(dsn: &str, args: &[&str]) -> String {
+    let (code, out, err) = run_garivini(dsn, args).await;
     assert_eq!(code, 1, "garivini {args:?}: stdout {out}, stderr {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line of error, got:\n{err}");
     lines[0].to_string()
+}
+
+/// The entry of `list` whose funcname is `name`.
+fn named<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter()
+        .find(|f| f["funcname"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:?}"))
 }
 
 fn ids(listing: &Value) -> Vec<String> {
@@ -90,38 +88,30 @@ fn ids(listing: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn status_counts_due_in_flight_scheduled_dead_and_failing_rows_per_function() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let status = json(&db.url, &["status", "--json"]);
+    let db = mix().await;
+    let status = json(&db.url, &["status", "--json"]).await;
     let dbs = status["databases"].as_array().unwrap();
     assert_eq!(dbs.len(), 1);
     assert_eq!(dbs[0]["error"], Value::Null);
     let funcs = dbs[0]["functions"].as_array().unwrap();
-    let get = |name: &str| {
-        funcs
-            .iter()
-            .find(|f| f["funcname"] == name)
-            .unwrap()
-            .clone()
-    };
-    let (resize, email) = (get("resize"), get("email"));
+    let (resize, email) = (named(funcs, "resize"), named(funcs, "email"));
     let counts = |f: &Value| {
         ["due", "in_flight", "scheduled", "dead", "failing"].map(|k| f[k].as_u64().unwrap())
     };
-    assert_eq!(counts(&resize), [2, 1, 1, 1, 1]);
-    assert_eq!(counts(&email), [1, 1, 0, 0, 1]);
+    assert_eq!(counts(resize), [2, 1, 1, 1, 1]);
+    assert_eq!(counts(email), [1, 1, 0, 0, 1]);
     let oldest = resize["oldest_due_secs"].as_u64().unwrap();
     assert!((75..=80).contains(&oldest), "oldest due {oldest} s");
     assert_eq!(counts(&dbs[0]["total"]), [3, 2, 1, 1, 2]);
 
     // A shorter lease moves the row due in 600 s from in flight to scheduled.
-    let status = json(&db.url, &["status", "--json", "--lease", "60"]);
+    let status = json(&db.url, &["status", "--json", "--lease", "60"]).await;
     let resize = &status["databases"][0]["functions"][1];
     assert_eq!(resize["funcname"], "resize");
     assert_eq!(counts(resize), [2, 0, 2, 1, 1]);
 
     // The table a person reads.
-    let (code, out, err) = garivini(&db.url, &["status"]);
+    let (code, out, err) = run_garivini(&db.url, &["status"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("FUNCTION  DUE  IN FLIGHT  SCHEDULED  DEAD  FAILING  OLDEST DUE"),
@@ -138,9 +128,10 @@ async fn status_counts_due_in_flight_scheduled_dead_and_failing_rows_per_functio
 
 #[tokio::test]
 async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
-    let db = TestDb::new().await;
-    let gearmand = Gearmand::start();
-    seed(&db, &[("resize", Some(0), 0), ("resize", Some(-5), 0)]).await;
+    let (db, gearmand) = (
+        seeded(&[("resize", Some(0), 0), ("resize", Some(-5), 0)]).await,
+        Gearmand::start().await,
+    );
     // A worker for another function: gearmand lists it with no jobs.
     let mut worker = std::net::TcpStream::connect(&gearmand.addr).unwrap();
     let name = b"thumbs";
@@ -151,22 +142,12 @@ async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
     worker.write_all(&can_do).unwrap();
     gearmand.wait_for_worker("thumbs").await;
 
-    let _runner = Proc::spawn(
-        "garivini",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "queuerunner",
-        ],
-    );
+    let _runner = Proc::spawn("garivini", &with_servers(&db, &gearmand, &["queuerunner"]));
     // No worker for resize: both jobs wait in gearmand, their rows leased.
-    wait_until(LIMIT, "the QueueRunner to dispatch both rows", || async {
-        gearmand.depth("resize").await == 2
-    })
-    .await;
-    let status = json(&db.url, &["--gearmand", &gearmand.addr, "status", "--json"]);
+    gearmand
+        .wait_for_depth(LIMIT, "the QueueRunner to dispatch both rows", "resize", 2)
+        .await;
+    let status = json(&db.url, &["--gearmand", &gearmand.addr, "status", "--json"]).await;
     let resize = &status["databases"][0]["functions"][0];
     assert_eq!(
         (resize["due"].as_u64(), resize["in_flight"].as_u64()),
@@ -177,19 +158,12 @@ async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
     assert_eq!(server["server"], gearmand.addr.as_str());
     assert_eq!(server["error"], Value::Null);
     let funcs = server["functions"].as_array().unwrap();
-    let get = |name: &str| {
-        funcs
-            .iter()
-            .find(|f| f["funcname"] == name)
-            .unwrap()
-            .clone()
-    };
-    let (r, t) = (get("resize"), get("thumbs"));
+    let (r, t) = (named(funcs, "resize"), named(funcs, "thumbs"));
     assert_eq!([&r["depth"], &r["running"], &r["workers"]], [2, 0, 0]);
     assert_eq!([&t["depth"], &t["running"], &t["workers"]], [0, 0, 1]);
 
     // What the README shows.
-    let (code, out, err) = garivini(&db.url, &["--gearmand", &gearmand.addr, "status"]);
+    let (code, out, err) = run_garivini(&db.url, &["--gearmand", &gearmand.addr, "status"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("gearmand {}", gearmand.addr)),
@@ -201,11 +175,10 @@ async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
 
 #[tokio::test]
 async fn status_reports_an_unreachable_database_exits_1_and_hides_its_password() {
-    let db = TestDb::new().await;
-    seed(&db, &[("resize", Some(0), 0)]).await;
-    let port = common::free_port();
+    let db = seeded(&[("resize", Some(0), 0)]).await;
+    let port = testkit::free_port();
     let dsn = format!("{},mysql://u:hunter2@127.0.0.1:{port}/gone", db.url);
-    let (code, out, err) = garivini(&dsn, &["status"]);
+    let (code, out, err) = run_garivini(&dsn, &["status"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("database 1"),
@@ -219,34 +192,36 @@ async fn status_reports_an_unreachable_database_exits_1_and_hides_its_password()
 
 #[tokio::test]
 async fn list_filters_by_state_and_function_soonest_first() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let list = |extra: &[&str]| {
+    let db = mix().await;
+    let list = async |extra: &[&str]| {
         let mut args = vec!["jobs", "list", "--json"];
         args.extend(extra);
-        ids(&json(&db.url, &args))
+        ids(&json(&db.url, &args).await)
     };
-    assert_eq!(list(&[]), ["1:1", "1:2", "1:6", "1:7", "1:3", "1:4", "1:5"]);
-    assert_eq!(list(&["--due"]), ["1:1", "1:2", "1:6"]);
-    assert_eq!(list(&["--in-flight"]), ["1:7", "1:3"]);
-    assert_eq!(list(&["--scheduled"]), ["1:4"]);
-    assert_eq!(list(&["--dead"]), ["1:5"]);
-    assert_eq!(list(&["--failing"]), ["1:2", "1:7"]);
-    assert_eq!(list(&["--funcname", "email"]), ["1:6", "1:7"]);
     assert_eq!(
-        list(&["--funcname", "resize", "--due", "--limit", "1"]),
+        list(&[]).await,
+        ["1:1", "1:2", "1:6", "1:7", "1:3", "1:4", "1:5"]
+    );
+    assert_eq!(list(&["--due"]).await, ["1:1", "1:2", "1:6"]);
+    assert_eq!(list(&["--in-flight"]).await, ["1:7", "1:3"]);
+    assert_eq!(list(&["--scheduled"]).await, ["1:4"]);
+    assert_eq!(list(&["--dead"]).await, ["1:5"]);
+    assert_eq!(list(&["--failing"]).await, ["1:2", "1:7"]);
+    assert_eq!(list(&["--funcname", "email"]).await, ["1:6", "1:7"]);
+    assert_eq!(
+        list(&["--funcname", "resize", "--due", "--limit", "1"]).await,
         ["1:1"]
     );
-    assert!(list(&["--funcname", "nosuch"]).is_empty());
+    assert!(list(&["--funcname", "nosuch"]).await.is_empty());
 
-    let listing = json(&db.url, &["jobs", "list", "--json", "--dead"]);
+    let listing = json(&db.url, &["jobs", "list", "--json", "--dead"]).await;
     let dead = &listing[0];
     assert_eq!(dead["state"], "dead");
     assert_eq!(dead["failcount"], 25);
     assert_eq!(dead["due_in_secs"], Value::Null);
     assert_eq!(dead["arg_preview"], "arg-5");
 
-    let (code, out, _) = garivini(&db.url, &["jobs", "list", "--failing"]);
+    let (code, out, _) = run_garivini(&db.url, &["jobs", "list", "--failing"]).await;
     assert_eq!(code, 0);
     assert!(out.starts_with("ID   FUNCTION  STATE"), "{out}");
     // Due in 30 s when seeded; a slow machine may take a second or two.
@@ -268,20 +243,20 @@ async fn list_filters_by_state_and_function_soonest_first() {
 #[tokio::test]
 async fn list_refuses_two_state_filters_a_zero_limit_and_a_bad_funcname() {
     let db = TestDb::new().await;
-    let (code, _, err) = garivini(&db.url, &["jobs", "list", "--dead", "--due"]);
+    let (code, _, err) = run_garivini(&db.url, &["jobs", "list", "--dead", "--due"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("'--due' cannot be used with '--dead'")
             || err.contains("'--dead' cannot be used with '--due'"),
         "{err}"
     );
-    let err = fails(&db.url, &["jobs", "list", "--limit", "0"]);
+    let err = fails(&db.url, &["jobs", "list", "--limit", "0"]).await;
     assert_eq!(
         err,
         "error: invalid setting --limit: must be 1 to 10000, not 0"
     );
     let long = "f".repeat(201);
-    let err = fails(&db.url, &["jobs", "list", "--funcname", &long]);
+    let err = fails(&db.url, &["jobs", "list", "--funcname", &long]).await;
     assert!(
         err.contains("funcname is 201 bytes, over the limit of 200"),
         "{err}"
@@ -290,9 +265,8 @@ async fn list_refuses_two_state_filters_a_zero_limit_and_a_bad_funcname() {
 
 #[tokio::test]
 async fn show_prints_the_row_its_job_json_and_when_it_runs_next() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let shown = json(&db.url, &["jobs", "show", "1:4", "--json"]);
+    let db = mix().await;
+    let shown = json(&db.url, &["jobs", "show", "1:4", "--json"]).await;
     assert_eq!(shown["id"], "1:4");
     assert_eq!(shown["state"], "scheduled");
     let due_in = shown["due_in_secs"].as_i64().unwrap();
@@ -301,7 +275,7 @@ async fn show_prints_the_row_its_job_json_and_when_it_runs_next() {
     assert_eq!(shown["job"]["arg"], "arg-4");
     assert_eq!(shown["job"]["dbid"], 1);
 
-    let (code, out, _) = garivini(&db.url, &["jobs", "show", "1:2"]);
+    let (code, out, _) = run_garivini(&db.url, &["jobs", "show", "1:2"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("state      due"), "{out}");
     assert!(out.contains("failcount  2 (failing)"), "{out}");
@@ -314,33 +288,31 @@ async fn show_prints_the_row_its_job_json_and_when_it_runs_next() {
         (2, 2, &b"arg-2"[..])
     );
 
-    let (_, out, _) = garivini(&db.url, &["jobs", "show", "1:5"]);
+    let (_, out, _) = run_garivini(&db.url, &["jobs", "show", "1:5"]).await;
     assert!(out.contains("next run   never"), "{out}");
 }
 
 #[tokio::test]
 async fn show_of_an_unknown_id_says_so() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let err = fails(&db.url, &["jobs", "show", "1:99"]);
+    let db = mix().await;
+    let err = fails(&db.url, &["jobs", "show", "1:99"]).await;
     assert_eq!(
         err,
         "error: no such job: 1:99 (completed, cancelled, or never stored)"
     );
-    let err = fails(&db.url, &["jobs", "show", "99"]);
+    let err = fails(&db.url, &["jobs", "show", "99"]).await;
     assert_eq!(
         err,
         "error: invalid job id \"99\": expected DBID:JOBID, e.g. 1:42"
     );
-    let err = fails(&db.url, &["jobs", "show", "2:1"]);
+    let err = fails(&db.url, &["jobs", "show", "2:1"]).await;
     assert_eq!(err, "error: unknown database id 2 (configured: 1..=1)");
 }
 
 #[tokio::test]
 async fn retry_makes_rows_due_now_keeping_or_resetting_failcount() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let (code, out, err) = garivini(&db.url, &["jobs", "retry", "1:4", "1:5"]);
+    let db = mix().await;
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "retry", "1:4", "1:5"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "2 jobs made due now (failcount kept): 1:4 1:5");
     let now = db.now().await;
@@ -355,25 +327,22 @@ async fn retry_makes_rows_due_now_keeping_or_resetting_failcount() {
     let out = json(
         &db.url,
         &["jobs", "retry", "1:2", "--reset-failcount", "--json"],
-    );
+    )
+    .await;
     assert_eq!(out["retried"], serde_json::json!(["1:2"]));
     assert_eq!(db.count("jobid = 2 AND failcount = 0").await, 1);
 }
 
 #[tokio::test]
 async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
-    let db = TestDb::new().await;
-    seed(
-        &db,
-        &[
-            ("resize", None, 25),
-            ("resize", None, 3),
-            ("email", None, 25),
-            ("resize", Some(7200), 1),
-        ],
-    )
+    let db = seeded(&[
+        ("resize", None, 25),
+        ("resize", None, 3),
+        ("email", None, 25),
+        ("resize", Some(7200), 1),
+    ])
     .await;
-    let (code, out, err) = garivini(
+    let (code, out, err) = run_garivini(
         &db.url,
         &[
             "jobs",
@@ -383,7 +352,8 @@ async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
             "resize",
             "--reset-failcount",
         ],
-    );
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim(),
@@ -405,16 +375,15 @@ async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
         "scheduled row untouched"
     );
 
-    let (code, _, err) = garivini(&db.url, &["jobs", "retry", "--dead"]);
+    let (code, _, err) = run_garivini(&db.url, &["jobs", "retry", "--dead"]).await;
     assert_eq!(code, 2, "--dead needs --funcname: {err}");
     assert!(err.contains("--funcname"), "{err}");
 }
 
 #[tokio::test]
 async fn retry_refuses_an_in_flight_row_without_force() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let err = fails(&db.url, &["jobs", "retry", "1:1", "1:3"]);
+    let db = mix().await;
+    let err = fails(&db.url, &["jobs", "retry", "1:1", "1:3"]).await;
     assert_eq!(
         err,
         "error: refused: 1:3 in flight (due within the 1000 s lease: a worker may be running it); \
@@ -427,7 +396,8 @@ async fn retry_refuses_an_in_flight_row_without_force() {
     let out = json(
         &db.url,
         &["jobs", "retry", "1:1", "1:3", "--force", "--json"],
-    );
+    )
+    .await;
     assert_eq!(out["retried"], serde_json::json!(["1:1", "1:3"]));
     assert_eq!(
         db.count("jobid = 3 AND run_after <= UNIX_TIMESTAMP()")
@@ -438,18 +408,17 @@ async fn retry_refuses_an_in_flight_row_without_force() {
 
 #[tokio::test]
 async fn cancel_deletes_rows_and_an_unknown_id_changes_nothing() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let err = fails(&db.url, &["jobs", "cancel", "1:1", "1:98", "1:99"]);
+    let db = mix().await;
+    let err = fails(&db.url, &["jobs", "cancel", "1:1", "1:98", "1:99"]).await;
     assert_eq!(
         err,
         "error: no such job: 1:98, 1:99 (completed, cancelled, or never stored)"
     );
-    let err = fails(&db.url, &["jobs", "cancel", "1:1", "one"]);
+    let err = fails(&db.url, &["jobs", "cancel", "1:1", "one"]).await;
     assert!(err.starts_with("error: invalid job id \"one\""), "{err}");
     assert_eq!(db.count("1").await, 7, "nothing deleted");
 
-    let (code, out, err) = garivini(&db.url, &["jobs", "cancel", "1:1", "1:5"]);
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "cancel", "1:1", "1:5"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "2 jobs cancelled (deleted): 1:1 1:5");
     assert_eq!(db.count("jobid IN (1, 5)").await, 0);
@@ -458,16 +427,66 @@ async fn cancel_deletes_rows_and_an_unknown_id_changes_nothing() {
 
 #[tokio::test]
 async fn cancel_refuses_an_in_flight_row_without_force() {
-    let db = TestDb::new().await;
-    seed_mix(&db).await;
-    let err = fails(&db.url, &["jobs", "cancel", "1:3", "1:4"]);
+    let db = mix().await;
+    let err = fails(&db.url, &["jobs", "cancel", "1:3", "1:4"]).await;
     assert!(err.starts_with("error: refused: 1:3 in flight"), "{err}");
     assert!(err.ends_with("pass --force to do it anyway"), "{err}");
     assert_eq!(db.count("jobid IN (3, 4)").await, 2, "nothing deleted");
     let out = json(
         &db.url,
         &["jobs", "cancel", "1:3", "1:4", "--force", "--json"],
-    );
+    )
+    .await;
     assert_eq!(out["cancelled"], serde_json::json!(["1:3", "1:4"]));
     assert_eq!(db.count("jobid IN (3, 4)").await, 0);
+}
+
+#[tokio::test]
+async fn status_and_jobs_count_in_flight_by_the_longest_lease_of_the_config_file() {
+    let db = seeded(&[
+        ("resize", Some(2000), 0), // 1:1
+        ("resize", Some(4000), 0), // 1:2
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garivini.toml");
+    let with_file = async |text: &str, args: &[&str]| -> Value {
+        std::fs::write(&path, text).unwrap();
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend(args);
+        json(&db.url, &all).await
+    };
+    let in_flight_and_scheduled = |status: &Value| {
+        let resize = &status["databases"][0]["functions"][0];
+        assert_eq!(resize["funcname"], "resize");
+        [&resize["in_flight"], &resize["scheduled"]].map(|n| n.as_u64().unwrap())
+    };
+
+    // No file: the default 1000 s lease, both rows scheduled.
+    let status = json(&db.url, &["status", "--json"]).await;
+    assert_eq!(in_flight_and_scheduled(&status), [0, 2]);
+
+    // [roles] lease = 3600: the row due in 2000 s may be running.
+    let roles = "[roles]\nlease = 3600\n";
+    let status = with_file(roles, &["status", "--json"]).await;
+    assert_eq!(status["lease"], 3600);
+    assert_eq!(in_flight_and_scheduled(&status), [1, 1]);
+    let listed = with_file(roles, &["jobs", "list", "--in-flight", "--json"]).await;
+    assert_eq!(ids(&listed), ["1:1"]);
+    std::fs::write(&path, roles).unwrap();
+    let err = fails(
+        &db.url,
+        &["--config", path.to_str().unwrap(), "jobs", "retry", "1:1"],
+    )
+    .await;
+    assert!(err.contains("due within the 3600 s lease"), "{err}");
+
+    // A role's own section over [roles]: the longest lease of any role.
+    let controller = "[roles]\nlease = 3600\n[controller]\nlease = 5000\n";
+    let status = with_file(controller, &["status", "--json"]).await;
+    assert_eq!(in_flight_and_scheduled(&status), [2, 0]);
+
+    // --lease wins over the file.
+    let status = with_file(controller, &["status", "--json", "--lease", "1000"]).await;
+    assert_eq!(in_flight_and_scheduled(&status), [0, 2]);
 }

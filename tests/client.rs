@@ -2,15 +2,13 @@
 //! completion, failure backoff, dead jobs, shards. Needs MariaDB
 //! (scripts/services up); each test has a database of its own.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{within, TestDb};
 use garivini::config::parse_dsn_list;
 use garivini::job::{backoff, NEVER};
 use garivini::{Client, Error, Flag, Job, JobRef, NewJob, Retry, Store, When};
+use testkit::{within, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -301,7 +299,7 @@ async fn a_unique_key_always_goes_to_the_same_shard() {
 #[tokio::test]
 async fn keyless_inserts_avoid_a_database_that_is_down() {
     let db = TestDb::new().await;
-    let dead = format!("mysql://root@127.0.0.1:{}/nothing", common::free_port());
+    let dead = format!("mysql://root@127.0.0.1:{}/nothing", testkit::free_port());
     let dsn = format!("{dead},{}", db.url);
     let store = Store::open(parse_dsn_list(&dsn).unwrap())
         .unwrap()
@@ -320,7 +318,7 @@ async fn keyless_inserts_avoid_a_database_that_is_down() {
 async fn connect_fails_clearly_when_the_database_is_unreachable() {
     let url = format!(
         "mysql://user:s3cret@127.0.0.1:{}/garivini",
-        common::free_port()
+        testkit::free_port()
     );
     let err = within(
         LIMIT,

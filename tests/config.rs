@@ -3,12 +3,10 @@
 //! passwords masked, and a bad file is refused in one line. Needs
 //! scripts/services up.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{bin, run_bin, wait_until, Gearmand, Proc, TestDb};
-use garivini::{Client, NewJob};
+use garivini::Client;
+use testkit::{bin, insert_numbered, run_bin, run_command, Gearmand, Proc, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -34,16 +32,12 @@ lease = 600
 queue-watermark-depth = 2000
 "#,
     );
-    let out = bin("garivini")
+    let mut check = bin("garivini");
+    check
         .args(["--config", &file, "config", "check"])
-        .env("GARIVINI_GEARMAND", "from-env:4730")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
+        .env("GARIVINI_GEARMAND", "from-env:4730");
+    let (status, stdout, stderr) = run_command(check, LIMIT).await;
+    assert!(status.success(), "{stdout}{stderr}");
     assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
     for line in [
         "database 1: mysql://gv:***@db1:3306/garivini (file)",
@@ -71,7 +65,7 @@ queue-watermark-depth = 2000
 
 #[tokio::test]
 async fn a_role_runs_with_the_servers_and_settings_of_its_file_and_flags_win() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         &dir,
@@ -92,15 +86,11 @@ async fn a_role_runs_with_the_servers_and_settings_of_its_file_and_flags_win() {
         ],
     );
     let client = Client::new(db.store().await);
-    let jobs: Vec<NewJob> = (0..5)
-        .map(|i| NewJob::new("cfg_job", format!("{i}")))
-        .collect();
-    client.insert_jobs(&jobs).await.unwrap();
+    insert_numbered(&client, "cfg_job", "", 5).await;
     // The flag's watermark of 3 holds, not the file's 1.
-    wait_until(LIMIT, "3 jobs queued in the file's gearmand", || async {
-        gearmand.depth("cfg_job").await == 3
-    })
-    .await;
+    gearmand
+        .wait_for_depth(LIMIT, "3 jobs queued in the file's gearmand", "cfg_job", 3)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gearmand.depth("cfg_job").await, 3);
 }
@@ -116,7 +106,7 @@ async fn a_bad_config_file_is_refused_in_one_line_naming_it() {
     ] {
         let file = write(&dir, text);
         let (status, out, err) =
-            run_bin("garivini", &["--config", &file, "config", "check"], LIMIT);
+            run_bin("garivini", &["--config", &file, "config", "check"], LIMIT).await;
         assert!(!status.success(), "{text:?} was accepted: {out}");
         assert!(err.contains(says), "{text:?}: {err}");
         assert!(
@@ -130,7 +120,7 @@ async fn a_bad_config_file_is_refused_in_one_line_naming_it() {
 #[tokio::test]
 async fn connection_flags_work_after_the_subcommand_too() {
     let db = TestDb::new().await;
-    let (status, out, err) = run_bin("garivini", &["status", "--dsn", &db.url], LIMIT);
+    let (status, out, err) = run_bin("garivini", &["status", "--dsn", &db.url], LIMIT).await;
     assert!(status.success(), "{out}{err}");
     assert!(out.contains("database 1"), "{out}");
 }

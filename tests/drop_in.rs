@@ -5,84 +5,45 @@
 //! (a database per test, some with the original's table) and a private
 //! gearmand per test; needs scripts/services up.
 
-mod common;
-
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{run_bin, wait_until, within, Gearmand, TestDb, ORIGINAL_SCHEMA};
-use garivini::gearman::{serve, Assignment, ForegroundClient, Outcome, WorkResult};
-use garivini::injector::Injector;
+use garivini::gearman::Outcome;
 use garivini::job::NEVER;
-use garivini::names::INJECT_JOBS;
 use garivini::queue_runner::{self, QueueRunner};
-use garivini::{controller, injector, Client, Flag, Job, NewJob, Retry};
+use garivini::{Client, Flag, Job, NewJob, Retry};
 use mysql_async::prelude::Queryable;
-use tokio_util::sync::CancellationToken;
+use testkit::{
+    queue_runner, round, run_bin, run_garivini, wait_until, with_servers, within, Gearmand,
+    InjectClient, Roles, TestDb, Worker, ORIGINAL_SCHEMA, SCHEMA,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The original client's `insert_jobs` for two jobs.
 const PERL_INSERT_JOBS: &str = "INSERT IGNORE INTO job (funcname, run_after, uniqkey, coalesce, arg, flag) VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)";
-/// The original worker's `complete_job`.
-const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
 
 /// A throughput-mode worker as the original's users write one: it reads
 /// the job JSON and deletes the row with the original's statement, on a
-/// connection of its own (no Garivini client). Records (function served,
-/// job) for every job it runs. Stopped on drop.
-struct PerlStyleWorker {
-    runs: Arc<Mutex<Vec<(String, Job)>>>,
-    stop: CancellationToken,
+/// connection of its own (no Garivini client).
+async fn perl_style_worker(db: &TestDb, gearmand: &Gearmand, function: &str) -> Worker {
+    Worker::serving(function)
+        .deleting_like_the_original(db)
+        .start(gearmand)
+        .await
 }
 
-impl PerlStyleWorker {
-    async fn start(db: &TestDb, gearmand: &Gearmand, function: &str) -> PerlStyleWorker {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let pool = mysql_async::Pool::new(db.url.as_str());
-        let r = runs.clone();
-        tokio::spawn(serve(
-            vec![gearmand.addr.clone()],
-            function.to_string(),
-            4,
-            move |a: Assignment| {
-                let (r, pool) = (r.clone(), pool.clone());
-                async move {
-                    let job = Job::from_json(&a.data).expect("job JSON");
-                    let mut conn = pool.get_conn().await.expect("worker connection");
-                    conn.exec_drop(PERL_COMPLETE_JOB, (job.jobid,))
-                        .await
-                        .expect("the original's DELETE");
-                    r.lock().unwrap().push((a.function, job));
-                    WorkResult::Complete(Default::default())
-                }
-            },
-            stop.clone(),
-            Duration::from_secs(5),
-        ));
-        gearmand.wait_for_worker(function).await;
-        PerlStyleWorker { runs, stop }
-    }
-
-    fn runs(&self) -> Vec<(String, Job)> {
-        self.runs.lock().unwrap().clone()
-    }
-}
-
-impl Drop for PerlStyleWorker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// (function served, job) of every job `worker` ran.
+fn runs(worker: &Worker) -> Vec<(String, Job)> {
+    worker
+        .runs()
+        .into_iter()
+        .map(|r| (r.function, r.job))
+        .collect()
 }
 
 fn runner(store: Arc<garivini::Store>, gearmand: &Gearmand) -> QueueRunner {
-    QueueRunner::new(
-        queue_runner::Config::default(),
-        store,
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap()
+    queue_runner(queue_runner::Config::default(), store, gearmand)
 }
 
 /// Rounds of the QueueRunner until `done` (each bounded), failing on a
@@ -96,9 +57,7 @@ where
     let start = std::time::Instant::now();
     while !done().await {
         assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        let stats = within(LIMIT, "a QueueRunner round", qr.run_once())
-            .await
-            .expect("a round never fails on a row");
+        let stats = round(qr).await.expect("a round never fails on a row");
         parked += stats.parked;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -109,7 +68,7 @@ where
 /// DELETE: every job runs under its own function, as a `shim` job, and
 /// the table ends empty.
 async fn perl_client_round_trip(schema: &str) {
-    let (db, gearmand) = (TestDb::with_schema(schema).await, Gearmand::start());
+    let (db, gearmand) = (TestDb::with_schema(schema).await, Gearmand::start().await);
     for i in 0..10 {
         db.perl_insert_job("resize", &format!("img-{i}"), None)
             .await;
@@ -143,8 +102,8 @@ async fn perl_client_round_trip(schema: &str) {
         "the original's NULL flag is stored as NULL, its string run_after as 0"
     );
 
-    let resize = PerlStyleWorker::start(&db, &gearmand, "resize").await;
-    let thumb = PerlStyleWorker::start(&db, &gearmand, "thumb").await;
+    let resize = perl_style_worker(&db, &gearmand, "resize").await;
+    let thumb = perl_style_worker(&db, &gearmand, "thumb").await;
     let mut qr = runner(db.store().await, &gearmand);
     run_rounds_until(&mut qr, "the table to empty", || async {
         db.count("TRUE").await == 0
@@ -155,7 +114,7 @@ async fn perl_client_round_trip(schema: &str) {
     })
     .await;
     for (worker, function, n) in [(&resize, "resize", 11), (&thumb, "thumb", 11)] {
-        let runs = worker.runs();
+        let runs = runs(worker);
         assert_eq!(runs.len(), n, "{function}: {runs:?}");
         for (served, job) in runs {
             assert_eq!(served, function);
@@ -177,102 +136,28 @@ async fn perl_client_jobs_run_under_their_own_function_on_a_latin1_original_tabl
 
 #[tokio::test]
 async fn perl_client_jobs_run_under_their_own_function_on_our_schema() {
-    let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"))
-        .expect("schema.sql");
-    perl_client_round_trip(&schema).await;
-}
-
-/// Injector and Controller in this process, stopped on drop.
-struct LowLatencyRoles {
-    stop: CancellationToken,
-}
-
-impl LowLatencyRoles {
-    async fn start(db: &TestDb, gearmand: &Gearmand) -> LowLatencyRoles {
-        let stop = CancellationToken::new();
-        let store = db.store().await;
-        let servers = vec![gearmand.addr.clone()];
-        let inj =
-            Injector::new(injector::Config::default(), store.clone(), servers.clone()).unwrap();
-        tokio::spawn(inj.run(stop.clone()));
-        let ctl =
-            controller::Controller::new(controller::Config::default(), Client::new(store), servers)
-                .unwrap();
-        tokio::spawn(ctl.run(stop.clone()));
-        gearmand.wait_for_worker(INJECT_JOBS).await;
-        LowLatencyRoles { stop }
-    }
-}
-
-impl Drop for LowLatencyRoles {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// A plain Gearman worker (no database) that records the function and job
-/// of each run and completes it. Stopped on drop.
-struct PlainWorker {
-    runs: Arc<Mutex<Vec<(String, Job)>>>,
-    stop: CancellationToken,
-}
-
-impl PlainWorker {
-    async fn start(gearmand: &Gearmand, function: &str) -> PlainWorker {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let r = runs.clone();
-        tokio::spawn(serve(
-            vec![gearmand.addr.clone()],
-            function.to_string(),
-            8,
-            move |a: Assignment| {
-                let r = r.clone();
-                async move {
-                    let job = Job::from_json(&a.data).expect("job JSON");
-                    r.lock().unwrap().push((a.function, job));
-                    WorkResult::Complete(Default::default())
-                }
-            },
-            stop.clone(),
-            Duration::from_secs(5),
-        ));
-        gearmand.wait_for_worker(function).await;
-        PlainWorker { runs, stop }
-    }
-}
-
-impl Drop for PlainWorker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    perl_client_round_trip(SCHEMA).await;
 }
 
 #[tokio::test]
 async fn inject_jobs_run_through_the_controller_on_the_original_table() {
     let (db, gearmand) = (
         TestDb::with_schema(ORIGINAL_SCHEMA).await,
-        Gearmand::start(),
+        Gearmand::start().await,
     );
-    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
-    let worker = PlainWorker::start(&gearmand, "resize").await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let _roles = Roles::low_latency(db.store().await, &gearmand).await;
+    let worker = Worker::plain(&gearmand, "resize").await;
+    let client = InjectClient::new(&gearmand);
     for i in 0..10 {
         let body = format!(r#"{{"funcname":"resize","arg":"img-{i}"}}"#);
-        let outcome = within(
-            LIMIT,
-            "inject_jobs answers",
-            client.submit(INJECT_JOBS, "", body.into()),
-        )
-        .await
-        .expect("inject_jobs");
+        let outcome = client.submit(body).await;
         assert!(matches!(outcome, Outcome::Complete(_)), "{outcome:?}");
     }
     wait_until(LIMIT, "ten runs and an empty table", || async {
-        worker.runs.lock().unwrap().len() == 10 && db.count("TRUE").await == 0
+        worker.count() == 10 && db.count("TRUE").await == 0
     })
     .await;
-    for (served, job) in worker.runs.lock().unwrap().iter() {
+    for (served, job) in runs(&worker) {
         assert_eq!((served.as_str(), job.flag), ("resize", Flag::Controller));
     }
 }
@@ -281,8 +166,8 @@ async fn inject_jobs_run_through_the_controller_on_the_original_table() {
 /// created under a binary default charset has.
 fn varbinary_schema() -> String {
     let schema = ORIGINAL_SCHEMA.replace(
-        "funcname   VARCHAR(200) NOT NULL",
-        "funcname   VARBINARY(200) NOT NULL",
+        "`funcname`    VARCHAR(200) NOT NULL",
+        "`funcname`    VARBINARY(200) NOT NULL",
     );
     assert_ne!(schema, ORIGINAL_SCHEMA);
     schema
@@ -292,7 +177,7 @@ fn varbinary_schema() -> String {
 async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
     let (db, gearmand) = (
         TestDb::with_schema(&varbinary_schema()).await,
-        Gearmand::start(),
+        Gearmand::start().await,
     );
     // Rows any SQL client may write into the original table.
     db.exec(
@@ -307,7 +192,7 @@ async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
     .await;
     let unsendable = "funcname <> 'odd'";
     assert_eq!(db.count(unsendable).await, 3);
-    let worker = PerlStyleWorker::start(&db, &gearmand, "odd").await;
+    let worker = perl_style_worker(&db, &gearmand, "odd").await;
     let mut qr = runner(db.store().await, &gearmand);
     let parked = run_rounds_until(&mut qr, "the odd rows to run", || async {
         db.count("funcname = 'odd'").await == 0
@@ -341,10 +226,8 @@ async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
         vec!["jobs", "list", "--dead", "--json"],
         vec!["jobs", "show", evil.as_str()],
     ] {
-        let mut all = vec!["--dsn", db.url.as_str()];
-        all.extend(&args);
-        let (status, out, err) = run_bin("garivini", &all, LIMIT);
-        assert!(status.success(), "{args:?}: {status}\n{out}\n{err}");
+        let (code, out, err) = run_garivini(&db.url, &args).await;
+        assert_eq!(code, 0, "{args:?}\n{out}\n{err}");
         assert!(!out.contains('\x1b'), "{args:?} printed a raw ESC:\n{out}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         if args[0] == "status" || args.len() == 2 {
@@ -358,11 +241,7 @@ async fn odd_rows_are_run_or_parked_and_never_stop_a_role() {
             );
         }
     }
-    let (_, out, _) = run_bin(
-        "garivini",
-        &["--dsn", db.url.as_str(), "jobs", "show", evil.as_str()],
-        LIMIT,
-    );
+    let (_, out, _) = run_garivini(&db.url, &["jobs", "show", &evil]).await;
     assert!(
         out.contains("cannot be dispatched: funcname has a newline"),
         "{out}"
@@ -401,7 +280,7 @@ async fn a_failure_at_failcount_255_makes_the_job_dead_without_overflow() {
 async fn the_original_clients_reschedules_are_honoured_by_our_queue_runner() {
     let (db, gearmand) = (
         TestDb::with_schema(ORIGINAL_SCHEMA).await,
-        Gearmand::start(),
+        Gearmand::start().await,
     );
     for i in 0..5 {
         db.perl_insert_job("r", &format!("job-{i}"), None).await;
@@ -433,19 +312,19 @@ async fn the_original_clients_reschedules_are_honoured_by_our_queue_runner() {
         conn.exec_drop(sql, params).await.expect(sql);
     }
     drop(conn);
-    let worker = PerlStyleWorker::start(&db, &gearmand, "r").await;
+    let worker = perl_style_worker(&db, &gearmand, "r").await;
     let mut qr = runner(db.store().await, &gearmand);
     run_rounds_until(&mut qr, "the due rows to run", || async {
         worker.runs().len() == 2
     })
     .await;
     // One more round: nothing else is due.
-    within(LIMIT, "a round", qr.run_once()).await.unwrap();
+    round(&mut qr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ran: Vec<(u64, u8)> = worker
-        .runs()
+        .jobs()
         .iter()
-        .map(|(_, j)| (j.jobid, j.failcount))
+        .map(|j| (j.jobid, j.failcount))
         .collect();
     ran.sort_unstable();
     assert_eq!(ran, vec![(ids[2], 2), (ids[4], 0)]);
@@ -455,7 +334,7 @@ async fn the_original_clients_reschedules_are_honoured_by_our_queue_runner() {
 
 #[tokio::test]
 async fn a_function_name_gearmand_cannot_carry_is_refused_at_every_entrance() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let client = Client::new(db.store().await);
     for name in ["evil\nx", "tab\there", "esc\x1b[31m", "two words"] {
         let err = client
@@ -468,34 +347,16 @@ async fn a_function_name_gearmand_cannot_carry_is_refused_at_every_entrance() {
             "{name:?}: {err}"
         );
     }
-    let (status, out, err) = run_bin(
-        "gv_inject",
-        &[
-            "--dsn",
-            db.url.as_str(),
-            "--gearmand",
-            gearmand.addr.as_str(),
-            "--funcname",
-            "evil\nx",
-            "--count",
-            "1",
-        ],
-        LIMIT,
-    );
+    let args = with_servers(&db, &gearmand, &["--funcname", "evil\nx", "--count", "1"]);
+    let (status, out, err) = run_bin("gv_inject", &args, LIMIT).await;
     assert_eq!(status.code(), Some(1), "{out}\n{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("funcname has a newline"), "{err}");
 
-    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
-    let worker = PlainWorker::start(&gearmand, "fine").await;
-    let fg = ForegroundClient::new(vec![gearmand.addr.clone()]);
-    let outcome = within(
-        LIMIT,
-        "inject_jobs answers",
-        fg.submit(INJECT_JOBS, "", r#"{"funcname":"evil\nx"}"#.into()),
-    )
-    .await
-    .unwrap();
+    let _roles = Roles::low_latency(db.store().await, &gearmand).await;
+    let worker = Worker::plain(&gearmand, "fine").await;
+    let fg = InjectClient::new(&gearmand);
+    let outcome = fg.submit(r#"{"funcname":"evil\nx"}"#).await;
     match outcome {
         Outcome::Fail(reason) => assert!(
             String::from_utf8_lossy(&reason).contains("funcname has a newline"),
@@ -504,16 +365,10 @@ async fn a_function_name_gearmand_cannot_carry_is_refused_at_every_entrance() {
         other => panic!("{other:?}"),
     }
     // Nothing stored, and the next request is served.
-    let outcome = within(
-        LIMIT,
-        "inject_jobs answers",
-        fg.submit(INJECT_JOBS, "", r#"{"funcname":"fine"}"#.into()),
-    )
-    .await
-    .unwrap();
+    let outcome = fg.submit(r#"{"funcname":"fine"}"#).await;
     assert!(matches!(outcome, Outcome::Complete(_)), "{outcome:?}");
     wait_until(LIMIT, "the fine job to run", || async {
-        worker.runs.lock().unwrap().len() == 1
+        worker.count() == 1
     })
     .await;
     assert_eq!(db.count("funcname <> 'fine'").await, 0);
@@ -521,25 +376,27 @@ async fn a_function_name_gearmand_cannot_carry_is_refused_at_every_entrance() {
 
 #[tokio::test]
 async fn a_controller_parks_a_job_whose_function_cannot_be_sent() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     // A row and its job JSON as a foreign Injector might send them.
     db.exec("INSERT INTO job (funcname, arg, run_after, flag) VALUES ('evil\\nx', 'x', UNIX_TIMESTAMP() + 1000, 'controller')")
         .await;
     let jobid: Vec<u64> = db.query("SELECT jobid FROM job").await;
-    let _roles = LowLatencyRoles::start(&db, &gearmand).await;
+    let _roles = Roles::low_latency(db.store().await, &gearmand).await;
     let json = serde_json::json!({"jobid": jobid[0], "dbid": 1, "funcname": "evil\nx", "arg": "x", "flag": "controller"});
-    let mut submitter = garivini::gearman::Submitter::new(vec![gearmand.addr.clone()]);
-    let acked = submitter
-        .submit(&[garivini::gearman::BackgroundJob {
-            function: garivini::names::RUN_QUEUED_JOB.into(),
-            unique: String::new(),
-            data: serde_json::to_vec(&json).unwrap().into(),
-        }])
-        .await;
+    let mut submitter = garivini::gearman::Submitter::new(gearmand.servers());
+    let job = garivini::gearman::BackgroundJob {
+        function: garivini::names::RUN_QUEUED_JOB.into(),
+        unique: String::new(),
+        data: serde_json::to_vec(&json).unwrap().into(),
+    };
+    let acked = within(LIMIT, "gearmand takes the job", submitter.submit(&[job])).await;
     assert_eq!(acked, vec![true]);
-    wait_until(LIMIT, "the row to be parked", || async {
-        db.count(&format!("run_after = {NEVER}")).await == 1
-    })
+    db.wait_for_count(
+        LIMIT,
+        "the row to be parked",
+        &format!("run_after = {NEVER}"),
+        1,
+    )
     .await;
     let depth = gearmand.depth("evil\nx").await;
     assert_eq!(depth, 0, "never submitted to gearmand");
@@ -556,7 +413,7 @@ async fn a_tls_dsn_is_refused_with_one_line_by_every_binary() {
     ] {
         let mut all = vec!["--dsn", dsn, "--gearmand", "127.0.0.1:1"];
         all.extend(&args);
-        let (status, out, err) = run_bin(bin, &all, LIMIT);
+        let (status, out, err) = run_bin(bin, &all, LIMIT).await;
         assert_eq!(status.code(), Some(1), "{bin} {args:?}: {out}\n{err}");
         assert!(!err.contains("panicked"), "{bin}: {err}");
         let err = err.trim();

@@ -2,25 +2,16 @@
 //! processes: gv_inject → MariaDB → garivini queuerunner → gearmand →
 //! gv_consume → DELETE. Needs scripts/services up.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{recorded_runs, run_bin, wait_until, Gearmand, Proc, TestDb};
+use testkit::{recorded_runs, run_bin, wait_until, with_servers, Gearmand, Proc, TestDb};
 
 const DRAIN: Duration = Duration::from_secs(180);
 
 /// A `garivini queuerunner` on `db` and `gearmand`, polling every 0.2 s.
 fn queuerunner(db: &TestDb, gearmand: &Gearmand, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--dsn",
-        &db.url,
-        "--gearmand",
-        &gearmand.addr,
-        "queuerunner",
-    ];
-    args.extend(["--batch-run-sleep", "0.2"]);
+    let mut args = with_servers(db, gearmand, &["queuerunner", "--batch-run-sleep", "0.2"]);
     args.extend(extra);
     Proc::spawn("garivini", &args)
 }
@@ -29,7 +20,7 @@ fn queuerunner(db: &TestDb, gearmand: &Gearmand, extra: &[&str]) -> Proc {
 /// gv_consume workers until the table is empty, and checks that every
 /// committed job ran, none twice (the default lease holds throughout).
 async fn flow(count: u64, runners: usize, consumers: usize) {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     let func = "e2e_work";
     let count_arg = count.to_string();
@@ -48,7 +39,8 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
             "500",
         ],
         Duration::from_secs(120),
-    );
+    )
+    .await;
     assert!(status.success(), "gv_inject failed: {stderr}");
     assert!(
         stdout.starts_with(&format!("inserted {count} jobs in ")),
@@ -66,26 +58,21 @@ async fn flow(count: u64, runners: usize, consumers: usize) {
         .map(|i| dir.path().join(format!("run{i}.log")))
         .collect();
     for record in &records {
+        let args = [
+            "--mode",
+            "throughput",
+            "--funcname",
+            func,
+            "--record",
+            record.to_str().unwrap(),
+        ];
         procs.push(Proc::spawn(
             "gv_consume",
-            &[
-                "--dsn",
-                &db.url,
-                "--gearmand",
-                &gearmand.addr,
-                "--mode",
-                "throughput",
-                "--funcname",
-                func,
-                "--record",
-                record.to_str().unwrap(),
-            ],
+            &with_servers(&db, &gearmand, &args),
         ));
     }
-    wait_until(DRAIN, "the job table to drain", || async {
-        db.count("1").await == 0
-    })
-    .await;
+    db.wait_for_count(DRAIN, "the job table to drain", "1", 0)
+        .await;
     drop(procs);
 
     let mut runs: HashMap<(u32, u64), usize> = HashMap::new();
@@ -123,26 +110,22 @@ async fn two_queuerunners_and_two_consumers_run_each_job_once_while_leases_hold(
 
 #[tokio::test]
 async fn a_failing_command_reschedules_the_job_with_backoff() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let (status, _, stderr) = run_bin(
         "gv_inject",
         &["--dsn", &db.url, "--funcname", "flaky", "--count", "3"],
         Duration::from_secs(30),
-    );
+    )
+    .await;
     assert!(status.success(), "{stderr}");
     let _qr = queuerunner(&db, &gearmand, &[]);
     let _worker = Proc::spawn(
         "gv_consume",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "--funcname",
-            "flaky",
-            "--exec",
-            "cat >/dev/null; exit 3",
-        ],
+        &with_servers(
+            &db,
+            &gearmand,
+            &["--funcname", "flaky", "--exec", "cat >/dev/null; exit 3"],
+        ),
     );
     wait_until(
         Duration::from_secs(30),

@@ -12,8 +12,6 @@
 //! Each test appends one row to `target/faults-report.txt`; `scripts/test`
 //! prints that table after the suite.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{recorded_runs, wait_until, within, Gearmand, Proc, TestDb};
+use testkit::{recorded_runs, wait_until, within, Gearmand, Proc, TestDb};
 use tokio::sync::watch;
 
 const FUNC: &str = "fault_job";
@@ -221,7 +219,7 @@ impl Flow {
              INSERT IGNORE INTO committed VALUES (NEW.jobid)",
         )
         .await;
-        let gearmand = Gearmand::start();
+        let gearmand = Gearmand::start().await;
         let proxy = match setup.proxy {
             true => Some(DbProxy::start(host_port(&db.url)).await),
             false => None,
@@ -339,6 +337,17 @@ impl Flow {
         flow
     }
 
+    /// Starts a flow of `setup` and lets a fifth of the jobs run; returns
+    /// it with the rows in flight at that moment, and the moment: the fault
+    /// goes in now.
+    async fn in_full_swing(setup: Setup) -> (Flow, u64, Instant) {
+        let mut flow = Flow::start(setup).await;
+        flow.inject();
+        flow.wait_for_runs(JOBS as usize / 5).await;
+        let (in_flight, at) = (flow.in_flight().await, Instant::now());
+        (flow, in_flight, at)
+    }
+
     fn member(&mut self, what: &str) -> &mut Member {
         self.members
             .iter_mut()
@@ -437,26 +446,25 @@ impl Flow {
         let runs = self.runs();
         let ran: HashSet<(u32, u64)> = runs.iter().copied().collect();
 
-        let lied: Vec<_> = acked.difference(&committed).collect();
-        assert!(
-            lied.is_empty(),
-            "{fault}: {} jobs were acknowledged but never committed: {:?}",
-            lied.len(),
-            &lied[..lied.len().min(5)]
+        let none = |jobs: Vec<&(u32, u64)>, what: &str| {
+            assert!(
+                jobs.is_empty(),
+                "{fault}: {} {what}: {:?}",
+                jobs.len(),
+                &jobs[..jobs.len().min(5)]
+            );
+        };
+        none(
+            acked.difference(&committed).collect(),
+            "jobs were acknowledged but never committed",
         );
-        let lost: Vec<_> = committed.difference(&ran).collect();
-        assert!(
-            lost.is_empty(),
-            "{fault}: {} committed jobs never ran: {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
+        none(
+            committed.difference(&ran).collect(),
+            "committed jobs never ran",
         );
-        let phantom: Vec<_> = ran.difference(&committed).collect();
-        assert!(
-            phantom.is_empty(),
-            "{fault}: {} jobs ran that were never committed: {:?}",
-            phantom.len(),
-            &phantom[..phantom.len().min(5)]
+        none(
+            ran.difference(&committed).collect(),
+            "jobs ran that were never committed",
         );
         assert!(
             acked.len() as u64 >= JOBS / 2,
@@ -522,10 +530,7 @@ impl Report {
 /// Kills `what` once a fifth of the jobs ran, starts it again half a second
 /// later, and checks the run.
 async fn crash_mid_run(mode: Mode, what: &str) -> Report {
-    let mut flow = Flow::start(Setup::new(mode)).await;
-    flow.inject();
-    flow.wait_for_runs(JOBS as usize / 5).await;
-    let (in_flight, at) = (flow.in_flight().await, Instant::now());
+    let (mut flow, in_flight, at) = Flow::in_full_swing(Setup::new(mode)).await;
     flow.crash_and_restart(what, Duration::from_millis(500))
         .await;
     flow.finish(&format!("SIGKILL {what}, restart"), at, in_flight)
@@ -536,18 +541,13 @@ async fn crash_mid_run(mode: Mode, what: &str) -> Report {
 /// lease longer than the test may take: it must exit 0 after finishing what
 /// it holds, and no job may be left to wait for its lease.
 async fn graceful_stop_mid_run(mode: Mode, what: &str) -> Report {
-    let mut flow = Flow::start(Setup {
+    let (mut flow, in_flight, at) = Flow::in_full_swing(Setup {
         lease: LONG_LEASE,
         ..Setup::new(mode)
     })
     .await;
-    flow.inject();
-    flow.wait_for_runs(JOBS as usize / 5).await;
-    let (in_flight, at) = (flow.in_flight().await, Instant::now());
     let mut stopped = flow.member(what).proc.take().expect("running");
-    let status = tokio::task::spawn_blocking(move || stopped.terminate(Duration::from_secs(35)))
-        .await
-        .unwrap();
+    let status = stopped.terminate(Duration::from_secs(35)).await;
     assert!(
         status.success(),
         "{what} exited with {status} after SIGTERM"
@@ -561,27 +561,21 @@ async fn graceful_stop_mid_run(mode: Mode, what: &str) -> Report {
 }
 
 async fn gearmand_dies_mid_run(mode: Mode) -> Report {
-    let mut flow = Flow::start(Setup::new(mode)).await;
-    flow.inject();
-    flow.wait_for_runs(JOBS as usize / 5).await;
-    let (in_flight, at) = (flow.in_flight().await, Instant::now());
+    let (mut flow, in_flight, at) = Flow::in_full_swing(Setup::new(mode)).await;
     flow.gearmand.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    flow.gearmand.restart();
+    flow.gearmand.restart().await;
     flow.assert_few_warnings(MAX_WARNINGS);
     flow.finish("SIGKILL gearmand (queue lost), restart", at, in_flight)
         .await
 }
 
 async fn database_away_mid_run(mode: Mode) -> Report {
-    let mut flow = Flow::start(Setup {
+    let (flow, in_flight, at) = Flow::in_full_swing(Setup {
         proxy: true,
         ..Setup::new(mode)
     })
     .await;
-    flow.inject();
-    flow.wait_for_runs(JOBS as usize / 5).await;
-    let (in_flight, at) = (flow.in_flight().await, Instant::now());
     let proxy = flow.proxy.as_ref().unwrap();
     proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -615,79 +609,35 @@ async fn two_of_each_while_leases_hold(mode: Mode) -> Report {
     report
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_survives_a_killed_queuerunner() {
-    crash_mid_run(Mode::Throughput, "queuerunner0").await;
+/// One test per fault run, `name => run;`, each on a runtime of two
+/// threads (the processes' pipes and the proxy run beside the checks).
+macro_rules! fault_runs {
+    ($($name:ident => $run:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $run.await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_survives_a_killed_worker() {
-    crash_mid_run(Mode::Throughput, "worker0").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_survives_gearmand_dying() {
-    gearmand_dies_mid_run(Mode::Throughput).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_survives_the_database_going_away() {
-    database_away_mid_run(Mode::Throughput).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_two_queuerunners_never_run_a_leased_job_twice() {
-    two_of_each_while_leases_hold(Mode::Throughput).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_survives_a_killed_injector() {
-    crash_mid_run(Mode::LowLatency, "injector").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_survives_a_killed_controller() {
-    crash_mid_run(Mode::LowLatency, "controller0").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_survives_a_killed_worker() {
-    crash_mid_run(Mode::LowLatency, "worker0").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_survives_gearmand_dying() {
-    gearmand_dies_mid_run(Mode::LowLatency).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_survives_the_database_going_away() {
-    database_away_mid_run(Mode::LowLatency).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn low_latency_two_of_each_never_run_a_leased_job_twice() {
-    two_of_each_while_leases_hold(Mode::LowLatency).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_to_the_queuerunner_leaves_no_job_waiting_for_a_lease() {
-    graceful_stop_mid_run(Mode::Throughput, "queuerunner0").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_to_a_throughput_worker_leaves_no_job_waiting_for_a_lease() {
-    graceful_stop_mid_run(Mode::Throughput, "worker0").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_to_the_injector_leaves_no_job_waiting_for_a_lease() {
-    graceful_stop_mid_run(Mode::LowLatency, "injector").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_to_the_controller_leaves_no_job_waiting_for_a_lease() {
-    graceful_stop_mid_run(Mode::LowLatency, "controller0").await;
+fault_runs! {
+    throughput_survives_a_killed_queuerunner => crash_mid_run(Mode::Throughput, "queuerunner0");
+    throughput_survives_a_killed_worker => crash_mid_run(Mode::Throughput, "worker0");
+    throughput_survives_gearmand_dying => gearmand_dies_mid_run(Mode::Throughput);
+    throughput_survives_the_database_going_away => database_away_mid_run(Mode::Throughput);
+    throughput_two_queuerunners_never_run_a_leased_job_twice => two_of_each_while_leases_hold(Mode::Throughput);
+    low_latency_survives_a_killed_injector => crash_mid_run(Mode::LowLatency, "injector");
+    low_latency_survives_a_killed_controller => crash_mid_run(Mode::LowLatency, "controller0");
+    low_latency_survives_a_killed_worker => crash_mid_run(Mode::LowLatency, "worker0");
+    low_latency_survives_gearmand_dying => gearmand_dies_mid_run(Mode::LowLatency);
+    low_latency_survives_the_database_going_away => database_away_mid_run(Mode::LowLatency);
+    low_latency_two_of_each_never_run_a_leased_job_twice => two_of_each_while_leases_hold(Mode::LowLatency);
+    sigterm_to_the_queuerunner_leaves_no_job_waiting_for_a_lease => graceful_stop_mid_run(Mode::Throughput, "queuerunner0");
+    sigterm_to_a_throughput_worker_leaves_no_job_waiting_for_a_lease => graceful_stop_mid_run(Mode::Throughput, "worker0");
+    sigterm_to_the_injector_leaves_no_job_waiting_for_a_lease => graceful_stop_mid_run(Mode::LowLatency, "injector");
+    sigterm_to_the_controller_leaves_no_job_waiting_for_a_lease => graceful_stop_mid_run(Mode::LowLatency, "controller0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

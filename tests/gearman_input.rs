@@ -5,20 +5,16 @@
 //! Jobs go in through plain Gearman packets on a socket of the test's own,
 //! as any client's would. Needs scripts/services up.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{within, Gearmand, TestDb};
 use garivini::gearman::{queue_depths, server_status, FunctionLoad, MAX_WORKER_CONNECTIONS};
-use garivini::injector::{answer_refs, Injector};
+use garivini::injector::answer_refs;
 use garivini::names::{INJECT_JOBS, RUN_QUEUED_JOB};
-use garivini::queue_runner::QueueRunner;
 use garivini::{injector, queue_runner, Client, Flag, NewJob};
+use testkit::{queue_runner, round, wait_until, within, Gearmand, Roles, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
@@ -142,7 +138,7 @@ async fn lasting_connections_to(port: u16) -> HashSet<u16> {
 
 #[tokio::test]
 async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let mut client = Raw::connect(&gearmand).await;
     // gearmand takes any bytes but NUL in a function name; each of these
     // prints a `status` line that is not `NAME\tTOTAL\tRUNNING\tWORKERS`,
@@ -168,7 +164,7 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
             .await
             .expect("status is read despite the odd names")
     };
-    common::wait_until(LIMIT, "the worker in status", || async {
+    wait_until(LIMIT, "the worker in status", || async {
         status()
             .await
             .iter()
@@ -216,7 +212,7 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
     // `controller` row, which goes only while gearmand's status shows a
     // worker for its function.
     worker.send(CAN_DO, &[b"served"]).await;
-    common::wait_until(LIMIT, "the second worker in status", || async {
+    wait_until(LIMIT, "the second worker in status", || async {
         gearmand.workers("served").await == 1
     })
     .await;
@@ -229,15 +225,8 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
     })
     .await
     .unwrap();
-    let mut runner = QueueRunner::new(
-        queue_runner::Config::default(),
-        store,
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap();
-    let stats = within(LIMIT, "a QueueRunner round", runner.run_once())
-        .await
-        .unwrap();
+    let mut runner = queue_runner(queue_runner::Config::default(), store, &gearmand);
+    let stats = round(&mut runner).await.unwrap();
     assert_eq!((stats.dispatched, stats.pushed_back), (2, 0), "{stats:?}");
     assert_eq!(gearmand.depth("normal").await, 1);
     assert_eq!(gearmand.depth(RUN_QUEUED_JOB).await, 1);
@@ -245,18 +234,10 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
 
 #[tokio::test]
 async fn an_inject_jobs_request_over_64_mib_is_refused_and_the_worker_stays_connected() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let inj = Injector::new(
-        injector::Config::default(),
-        db.store().await,
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap();
-    tokio::spawn(inj.run(stop));
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let _injector = Roles::injector(injector::Config::default(), db.store().await, &gearmand).await;
     let connections = MAX_WORKER_CONNECTIONS as u64;
-    common::wait_until(LIMIT, "every inject_jobs worker connection", || async {
+    wait_until(LIMIT, "every inject_jobs worker connection", || async {
         gearmand.workers(INJECT_JOBS).await == connections
     })
     .await;

@@ -5,71 +5,31 @@
 //! with a clear error and nothing stored, or stored byte for byte. Needs
 //! scripts/services up.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{within, Gearmand, TestDb};
 use garivini::config::parse_dsn_list;
-use garivini::gearman::{ForegroundClient, Outcome};
-use garivini::injector::{answer_refs, Injector};
+use garivini::injector::answer_refs;
 use garivini::job::{MAX_ARG_LEN, MAX_FUNCNAME_LEN};
-use garivini::names::INJECT_JOBS;
 use garivini::{injector, Client, Error, Job, NewJob, Store};
-use tokio_util::sync::CancellationToken;
+use testkit::{within, Gearmand, InjectClient, Roles, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
 
-/// An Injector on `store`, stopped on drop.
-struct InjectorRole {
-    stop: CancellationToken,
-    client: ForegroundClient,
-}
-
-impl InjectorRole {
-    async fn start(gearmand: &Gearmand, store: Arc<Store>, max_batch: usize) -> InjectorRole {
-        let stop = CancellationToken::new();
-        let inj = Injector::new(
-            injector::Config {
-                max_batch,
-                ..Default::default()
-            },
-            store,
-            vec![gearmand.addr.clone()],
-        )
-        .unwrap();
-        tokio::spawn(inj.run(stop.clone()));
-        gearmand.wait_for_worker(INJECT_JOBS).await;
-        InjectorRole {
-            stop,
-            client: ForegroundClient::new(vec![gearmand.addr.clone()]),
-        }
-    }
-
-    /// Submits a raw workload; Ok(answer) or Err(reason).
-    async fn inject(&self, body: impl Into<Bytes>) -> Result<Bytes, String> {
-        let outcome = within(
-            LIMIT,
-            "inject_jobs answers",
-            self.client.submit(INJECT_JOBS, "", body.into()),
-        )
-        .await
-        .expect("gearmand reachable");
-        match outcome {
-            Outcome::Complete(answer) => Ok(answer),
-            Outcome::Fail(reason) => Err(String::from_utf8_lossy(&reason).into_owned()),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-impl Drop for InjectorRole {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// An Injector on `store` that takes arrays of up to `max_batch` jobs
+/// (stopped on drop), and a client of it.
+async fn injector(
+    gearmand: &Gearmand,
+    store: Arc<Store>,
+    max_batch: usize,
+) -> (Roles, InjectClient) {
+    let config = injector::Config {
+        max_batch,
+        ..Default::default()
+    };
+    let role = Roles::injector(config, store, gearmand).await;
+    (role, InjectClient::new(gearmand))
 }
 
 /// A store on `db` whose URL caps packets at `max_packet` bytes (the
@@ -86,7 +46,7 @@ async fn stored(store: &Store, r: garivini::JobRef) -> Job {
 
 #[tokio::test]
 async fn a_funcname_of_200_bytes_is_stored_and_one_of_201_is_refused() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let store = db.store().await;
     let client = Client::new(store.clone());
     // 200 bytes in 1-, 2- and 4-byte characters: the limit is the column's
@@ -106,7 +66,7 @@ async fn a_funcname_of_200_bytes_is_stored_and_one_of_201_is_refused() {
         "funcname is 201 bytes, over the limit of 200"
     );
 
-    let role = InjectorRole::start(&gearmand, store.clone(), 1000).await;
+    let (_injector, role) = injector(&gearmand, store.clone(), 1000).await;
     for name in &names {
         let answer = role
             .inject(format!(r#"{{"funcname":"{name}","run_after":60}}"#))
@@ -125,9 +85,9 @@ async fn a_funcname_of_200_bytes_is_stored_and_one_of_201_is_refused() {
 
 #[tokio::test]
 async fn unique_keys_that_are_not_utf8_are_refused_and_others_compare_byte_for_byte() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let store = db.store().await;
-    let role = InjectorRole::start(&gearmand, store.clone(), 1000).await;
+    let (_injector, role) = injector(&gearmand, store.clone(), 1000).await;
     // JSON is UTF-8: a key with raw bytes that are not, or an escaped lone
     // surrogate (no UTF-8 at all), is not JSON, and nothing is stored.
     let mut raw = br#"{"funcname":"f","unique":"k"#.to_vec();
@@ -169,8 +129,8 @@ async fn unique_keys_that_are_not_utf8_are_refused_and_others_compare_byte_for_b
 
 #[tokio::test]
 async fn an_array_over_the_batch_limit_is_refused_whole() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let role = InjectorRole::start(&gearmand, db.store().await, 5).await;
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let (_injector, role) = injector(&gearmand, db.store().await, 5).await;
     let array = |n: usize| {
         let jobs: Vec<String> = (0..n)
             .map(|i| format!(r#"{{"funcname":"f","arg":"{i}","run_after":60}}"#))
@@ -239,7 +199,7 @@ async fn an_arg_near_16_mib_is_stored_whole_or_refused_before_it_is_sent() {
 
 #[tokio::test]
 async fn a_job_over_the_packet_limit_is_refused_before_it_is_sent() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let store = store_with_packet_limit(&db, MIB).await;
     assert_eq!(store.max_packet(1).await.unwrap(), MIB as u64);
     let client = Client::new(store.clone());
@@ -285,7 +245,7 @@ async fn a_job_over_the_packet_limit_is_refused_before_it_is_sent() {
 
     // inject_jobs: a clear failure, nothing stored, and the next request
     // (or one committed with it) is served.
-    let role = InjectorRole::start(&gearmand, store.clone(), 1000).await;
+    let (_injector, role) = injector(&gearmand, store.clone(), 1000).await;
     let body = format!(r#"{{"funcname":"f","arg":"{}"}}"#, "a".repeat(2 * MIB));
     let ok = r#"{"funcname":"f","arg":"fine","run_after":60}"#;
     let (refused, served) = tokio::join!(role.inject(body), role.inject(ok));
@@ -300,7 +260,7 @@ async fn a_job_over_the_packet_limit_is_refused_before_it_is_sent() {
 
 #[tokio::test]
 async fn sql_quotes_and_nul_in_every_field_are_stored_byte_for_byte() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let store = db.store().await;
     let hostile = [
         "x'); DROP TABLE job; --",
@@ -317,7 +277,7 @@ async fn sql_quotes_and_nul_in_every_field_are_stored_byte_for_byte() {
         "😀 \u{202e}",
     ];
     let client = Client::new(store.clone());
-    let role = InjectorRole::start(&gearmand, store.clone(), 1000).await;
+    let (_injector, role) = injector(&gearmand, store.clone(), 1000).await;
     for (i, s) in hostile.iter().enumerate() {
         // A funcname cannot hold NUL (Gearman could not carry it), nor
         // whitespace or a control character (its admin protocol could not).

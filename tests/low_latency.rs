@@ -3,143 +3,92 @@
 //! worker. Roles run in-process here (the fault tests with processes are in
 //! tests/processes.rs). Needs scripts/services up.
 
-mod common;
-
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_until, within, Gearmand, TestDb};
-use garivini::gearman::{serve, Assignment, ForegroundClient, Outcome, WorkResult};
-use garivini::injector::{answer_refs, Injector};
+use garivini::gearman::{Outcome, WorkResult};
+use garivini::injector::answer_refs;
 use garivini::job::NEVER;
 use garivini::names::INJECT_JOBS;
-use garivini::queue_runner::QueueRunner;
-use garivini::{controller, injector, queue_runner, Client, Flag, Job};
+use garivini::{controller, injector, queue_runner, roles, Client, Flag, Job};
+use testkit::{
+    quick_queue_runner, wait_until, within, Gearmand, InjectClient, Roles, TestDb, Worker,
+};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Injector, Controller and (optionally) QueueRunner in this process,
-/// stopped on drop.
-struct Roles {
-    stop: CancellationToken,
+/// Injector and Controller with `lease`, the Controller's jobs dead after
+/// `max_attempts` failures, and a QueueRunner when `queue_runner`; in this
+/// process, stopped on drop.
+async fn start_roles(
+    db: &TestDb,
+    gearmand: &Gearmand,
+    lease: u32,
+    max_attempts: u8,
+    queue_runner: bool,
+) -> Roles {
+    let config = roles::Config {
+        injector: Some(injector::Config {
+            lease,
+            ..Default::default()
+        }),
+        controller: Some(controller::Config {
+            lease,
+            ..Default::default()
+        }),
+        queue_runner: queue_runner.then(|| queue_runner::Config {
+            lease,
+            ..quick_queue_runner()
+        }),
+        max_attempts,
+    };
+    Roles::start(config, db.store().await, gearmand).await
 }
 
-impl Roles {
-    async fn start(
-        db: &TestDb,
-        gearmand: &Gearmand,
-        lease: u32,
-        max_attempts: u8,
-        queue_runner: bool,
-    ) -> Roles {
-        let stop = CancellationToken::new();
-        let store = db.store().await;
-        let servers = vec![gearmand.addr.clone()];
-        let inj = Injector::new(
-            injector::Config {
-                lease,
-                ..Default::default()
-            },
-            store.clone(),
-            servers.clone(),
-        )
-        .unwrap();
-        tokio::spawn(inj.run(stop.clone()));
-        let client = Client::new(store.clone()).with_max_attempts(max_attempts);
-        let ctl = controller::Controller::new(
-            controller::Config {
-                lease,
-                ..Default::default()
-            },
-            client,
-            servers.clone(),
-        )
-        .unwrap();
-        tokio::spawn(ctl.run(stop.clone()));
-        if queue_runner {
-            let qr = QueueRunner::new(
-                queue_runner::Config {
-                    lease,
-                    batch_run_sleep: Duration::from_millis(100),
-                    submit_retry_delay: 1,
-                    ..Default::default()
-                },
-                store,
-                servers,
-            )
-            .unwrap();
-            tokio::spawn(qr.run(stop.clone()));
-        }
-        Roles { stop }
-    }
+/// A test's database and gearmand, the roles of [`start_roles`] on them
+/// (stopped first when the four are dropped), and a client of
+/// `inject_jobs`.
+async fn servers_and_roles(
+    lease: u32,
+    max_attempts: u8,
+    queue_runner: bool,
+) -> (TestDb, Gearmand, Roles, InjectClient) {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let roles = start_roles(&db, &gearmand, lease, max_attempts, queue_runner).await;
+    let client = InjectClient::new(&gearmand);
+    (db, gearmand, roles, client)
 }
 
-impl Drop for Roles {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// A plain worker for `function` that takes `work` over each job and
+/// answers `result`.
+async fn worker_taking(
+    gearmand: &Gearmand,
+    function: &str,
+    work: Duration,
+    result: WorkResult,
+) -> Worker {
+    Worker::serving(function)
+        .taking(work)
+        .answering(result)
+        .start(gearmand)
+        .await
 }
 
-/// A plain Gearman worker (no database) for `function` that records every
-/// job JSON it runs and answers with `result`. Stopped on drop.
-struct PlainWorker {
-    runs: Arc<Mutex<Vec<Job>>>,
-    stop: CancellationToken,
+async fn inject(client: &InjectClient, body: &str) -> Outcome {
+    client.submit(body.to_string()).await
 }
 
-impl PlainWorker {
-    /// Returns once gearmand knows the worker.
-    async fn start(
-        gearmand: &Gearmand,
-        function: &str,
-        work: Duration,
-        result: WorkResult,
-    ) -> PlainWorker {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let r = runs.clone();
-        tokio::spawn(serve(
-            vec![gearmand.addr.clone()],
-            function.to_string(),
-            8,
-            move |a: Assignment| {
-                let (r, result) = (r.clone(), result.clone());
-                async move {
-                    r.lock()
-                        .unwrap()
-                        .push(Job::from_json(&a.data).expect("job JSON"));
-                    tokio::time::sleep(work).await;
-                    result
-                }
-            },
-            stop.clone(),
-            Duration::from_secs(5),
-        ));
-        gearmand.wait_for_worker(function).await;
-        PlainWorker { runs, stop }
-    }
-
-    fn count(&self) -> usize {
-        self.runs.lock().unwrap().len()
-    }
-}
-
-impl Drop for PlainWorker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn inject(client: &ForegroundClient, body: &str) -> Outcome {
-    within(
+/// Waits until `worker` ran one job and its row is gone; that job.
+async fn only_run(worker: &Worker, db: &TestDb) -> Job {
+    wait_until(
         LIMIT,
-        "inject_jobs answers",
-        client.submit(INJECT_JOBS, "", Bytes::from(body.to_string())),
+        "the job to run and its row to be deleted",
+        || async { worker.count() == 1 && db.count("1").await == 0 },
     )
-    .await
-    .expect("gearmand reachable")
+    .await;
+    worker.jobs()[0].clone()
 }
 
 fn ok() -> WorkResult {
@@ -148,29 +97,17 @@ fn ok() -> WorkResult {
 
 #[tokio::test]
 async fn injected_job_runs_on_a_plain_worker_and_its_row_is_gone() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let worker = PlainWorker::start(&gearmand, "ll_resize", Duration::ZERO, ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
+    let worker = Worker::plain(&gearmand, "ll_resize").await;
 
-    let Outcome::Complete(answer) = inject(
-        &client,
-        r#"{"funcname":"ll_resize","arg":"img-1","unique":"k1"}"#,
-    )
-    .await
-    else {
-        panic!("inject_jobs failed");
-    };
+    let answer = client
+        .inject(r#"{"funcname":"ll_resize","arg":"img-1","unique":"k1"}"#)
+        .await
+        .expect("inject_jobs succeeds");
     let refs = answer_refs(&answer).unwrap();
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].dbid, 1);
-    wait_until(
-        LIMIT,
-        "the job to run and its row to be deleted",
-        || async { worker.count() == 1 && db.count("1").await == 0 },
-    )
-    .await;
-    let job = worker.runs.lock().unwrap()[0].clone();
+    let job = only_run(&worker, &db).await;
     assert_eq!(job.jobid, refs[0].jobid);
     assert_eq!(
         (job.funcname.as_str(), job.arg.as_slice()),
@@ -187,24 +124,17 @@ async fn quotes_sql_and_nul_reach_the_worker_byte_for_byte() {
     // A NUL ends a field in the Gearman protocol: a unique key with one,
     // given to gearmand, made the rest of the key the start of the
     // workload, and the worker got a job JSON that was not JSON.
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
     let funcname = "ll_'\";DROP/**/TABLE/**/job;--";
-    let worker = PlainWorker::start(&gearmand, funcname, Duration::ZERO, ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let worker = Worker::plain(&gearmand, funcname).await;
     let hostile = "x'); DROP TABLE job; -- \0 % _ \\ \" \n";
     let body = serde_json::json!({"funcname": funcname, "arg": hostile, "unique": hostile});
-    let Outcome::Complete(answer) = inject(&client, &body.to_string()).await else {
-        panic!("inject_jobs failed");
-    };
+    let answer = client
+        .inject(body.to_string())
+        .await
+        .expect("inject_jobs succeeds");
     let r = answer_refs(&answer).unwrap()[0];
-    wait_until(
-        LIMIT,
-        "the job to run and its row to be deleted",
-        || async { worker.count() == 1 && db.count("1").await == 0 },
-    )
-    .await;
-    let job = worker.runs.lock().unwrap()[0].clone();
+    let job = only_run(&worker, &db).await;
     assert_eq!(job.jobid, r.jobid);
     assert_eq!(job.funcname, funcname);
     assert_eq!(job.arg, hostile.as_bytes());
@@ -215,22 +145,14 @@ async fn quotes_sql_and_nul_reach_the_worker_byte_for_byte() {
 async fn the_answer_comes_after_the_commit() {
     // With no Controller and no worker, the row must be there when the
     // client hears back: the answer is the proof of a committed row.
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let stop = CancellationToken::new();
-    let inj = Injector::new(
-        injector::Config::default(),
-        db.store().await,
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap();
-    tokio::spawn(inj.run(stop.clone()));
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let _injector = Roles::injector(injector::Config::default(), db.store().await, &gearmand).await;
+    let client = InjectClient::new(&gearmand);
     for i in 0..20 {
-        let Outcome::Complete(answer) =
-            inject(&client, &format!(r#"{{"funcname":"nobody","arg":"{i}"}}"#)).await
-        else {
-            panic!("inject_jobs failed");
-        };
+        let answer = client
+            .inject(format!(r#"{{"funcname":"nobody","arg":"{i}"}}"#))
+            .await
+            .expect("inject_jobs succeeds");
         let r = answer_refs(&answer).unwrap()[0];
         assert_eq!(
             db.count(&format!("jobid = {} AND flag = 'controller'", r.jobid))
@@ -238,29 +160,24 @@ async fn the_answer_comes_after_the_commit() {
             1
         );
     }
-    stop.cancel();
 }
 
 #[tokio::test]
 async fn an_array_injects_many_and_answers_an_array_in_order() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let worker = PlainWorker::start(&gearmand, "ll_many", Duration::ZERO, ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
+    let worker = Worker::plain(&gearmand, "ll_many").await;
     let body: Vec<String> = (0..50)
         .map(|i| format!(r#"{{"funcname":"ll_many","arg":"a{i}"}}"#))
         .collect();
-    let Outcome::Complete(answer) = inject(&client, &format!("[{}]", body.join(","))).await else {
-        panic!("inject_jobs failed");
-    };
+    let answer = client
+        .inject(format!("[{}]", body.join(",")))
+        .await
+        .expect("inject_jobs succeeds");
     assert!(answer.starts_with(b"["));
     let refs = answer_refs(&answer).unwrap();
     assert_eq!(refs.len(), 50);
-    wait_until(LIMIT, "all 50 jobs to run", || async {
-        db.count("1").await == 0
-    })
-    .await;
-    let runs = worker.runs.lock().unwrap().clone();
+    db.wait_for_count(LIMIT, "all 50 jobs to run", "1", 0).await;
+    let runs = worker.jobs();
     for (i, r) in refs.iter().enumerate() {
         let job = runs.iter().find(|j| j.jobid == r.jobid).expect("ran");
         assert_eq!(job.arg, format!("a{i}").into_bytes());
@@ -269,18 +186,12 @@ async fn an_array_injects_many_and_answers_an_array_in_order() {
 
 #[tokio::test]
 async fn delayed_job_waits_for_its_time() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_later", Duration::ZERO, ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
-    let Outcome::Complete(answer) = inject(
-        &client,
-        r#"{"funcname":"ll_later","arg":"x","run_after":3}"#,
-    )
-    .await
-    else {
-        panic!("inject_jobs failed");
-    };
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, true).await;
+    let worker = Worker::plain(&gearmand, "ll_later").await;
+    let answer = client
+        .inject(r#"{"funcname":"ll_later","arg":"x","run_after":3}"#)
+        .await
+        .expect("inject_jobs succeeds");
     let r = answer_refs(&answer).unwrap()[0];
     let due: Vec<u32> = db
         .query(&format!(
@@ -292,23 +203,22 @@ async fn delayed_job_waits_for_its_time() {
         assert_eq!(worker.count(), 0, "ran before it was due");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_until(LIMIT, "the delayed job to run", || async {
-        db.count("1").await == 0
-    })
-    .await;
+    db.wait_for_count(LIMIT, "the delayed job to run", "1", 0)
+        .await;
     assert_eq!(worker.count(), 1);
 }
 
 #[tokio::test]
 async fn a_failing_worker_leads_to_backoff_then_a_dead_row() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 2, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_flaky", Duration::ZERO, WorkResult::Fail).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 2, true).await;
+    let worker = worker_taking(&gearmand, "ll_flaky", Duration::ZERO, WorkResult::Fail).await;
     inject(&client, r#"{"funcname":"ll_flaky","arg":"x"}"#).await;
-    wait_until(LIMIT, "the first failure to be recorded", || async {
-        db.count("failcount = 1").await == 1
-    })
+    db.wait_for_count(
+        LIMIT,
+        "the first failure to be recorded",
+        "failcount = 1",
+        1,
+    )
     .await;
     let now = db.now().await;
     assert_eq!(
@@ -319,39 +229,34 @@ async fn a_failing_worker_leads_to_backoff_then_a_dead_row() {
     );
     // Make it due now: the QueueRunner sends it to the Controller again.
     db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
-    wait_until(LIMIT, "the second failure to park the job", || async {
-        db.count(&format!("failcount = 2 AND run_after = {NEVER}"))
-            .await
-            == 1
-    })
+    db.wait_for_count(
+        LIMIT,
+        "the second failure to park the job",
+        &format!("failcount = 2 AND run_after = {NEVER}"),
+        1,
+    )
     .await;
     assert_eq!(worker.count(), 2);
 }
 
 #[tokio::test]
 async fn a_worker_exception_counts_as_a_failure() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let _worker = PlainWorker::start(
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
+    let _worker = worker_taking(
         &gearmand,
         "ll_throws",
         Duration::ZERO,
         WorkResult::FailWith(Bytes::from("boom")),
     )
     .await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
     inject(&client, r#"{"funcname":"ll_throws","arg":"x"}"#).await;
-    wait_until(LIMIT, "the failure to be recorded", || async {
-        db.count("failcount = 1").await == 1
-    })
-    .await;
+    db.wait_for_count(LIMIT, "the failure to be recorded", "failcount = 1", 1)
+        .await;
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_stores_nothing_and_the_next_request_is_served() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, _gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
     let long_func = format!(r#"{{"funcname":"{}"}}"#, "f".repeat(201));
     let long_key = format!(r#"{{"funcname":"f","unique":"{}"}}"#, "u".repeat(256));
     let too_many = format!("[{}]", vec![r#"{"funcname":"f"}"#; 1001].join(","));
@@ -402,20 +307,13 @@ async fn bad_input_is_refused_stores_nothing_and_the_next_request_is_served() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_a_failure_never_a_success() {
-    let gearmand = Gearmand::start();
-    let dead = format!("mysql://root@127.0.0.1:{}/nothing", common::free_port());
+    let gearmand = Gearmand::start().await;
+    let dead = format!("mysql://root@127.0.0.1:{}/nothing", testkit::free_port());
     let store = garivini::Store::open(garivini::config::parse_dsn_list(&dead).unwrap())
         .unwrap()
         .with_op_timeout(Duration::from_secs(2));
-    let stop = CancellationToken::new();
-    let inj = Injector::new(
-        injector::Config::default(),
-        Arc::new(store),
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap();
-    tokio::spawn(inj.run(stop.clone()));
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let _injector = Roles::injector(injector::Config::default(), Arc::new(store), &gearmand).await;
+    let client = InjectClient::new(&gearmand);
     for _ in 0..3 {
         match inject(&client, r#"{"funcname":"f","arg":"x"}"#).await {
             Outcome::Fail(reason) => assert!(
@@ -425,33 +323,29 @@ async fn an_unreachable_database_is_a_failure_never_a_success() {
             other => panic!("expected a failure, got {other:?}"),
         }
     }
-    stop.cancel();
 }
 
 #[tokio::test]
 async fn a_lost_dispatch_comes_back_through_the_queue_runner() {
-    let (db, mut gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, mut gearmand) = (TestDb::new().await, Gearmand::start().await);
     // Only an Injector: its dispatch sits in gearmand, which then dies.
-    let stop = CancellationToken::new();
-    let inj = Injector::new(
+    let injector = Roles::injector(
         injector::Config {
             lease: 2,
             ..Default::default()
         },
         db.store().await,
-        vec![gearmand.addr.clone()],
+        &gearmand,
     )
-    .unwrap();
-    tokio::spawn(inj.run(stop.clone()));
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
-    inject(&client, r#"{"funcname":"ll_lost","arg":"x"}"#).await;
-    wait_until(LIMIT, "the dispatch to reach gearmand", || async {
-        gearmand.depth("run_queued_job").await == 1
-    })
     .await;
-    stop.cancel();
+    let client = InjectClient::new(&gearmand);
+    inject(&client, r#"{"funcname":"ll_lost","arg":"x"}"#).await;
+    gearmand
+        .wait_for_depth(LIMIT, "the dispatch to reach gearmand", "run_queued_job", 1)
+        .await;
+    injector.stop(LIMIT).await;
     gearmand.kill();
-    gearmand.restart();
+    gearmand.restart().await;
     // And a throughput-mode row whose dispatch was lost the same way.
     let store = db.store().await;
     let c = Client::new(store.clone());
@@ -461,25 +355,26 @@ async fn a_lost_dispatch_comes_back_through_the_queue_runner() {
     db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP() + 2 WHERE flag = 'shim'")
         .await;
 
-    let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_lost", Duration::ZERO, ok()).await;
+    let _roles = start_roles(&db, &gearmand, 2, 25, true).await;
+    let worker = Worker::plain(&gearmand, "ll_lost").await;
     wait_until(LIMIT, "both rows to run after their lease", || async {
         worker.count() >= 2
     })
     .await;
     // The shim row is the worker's to delete; the controller row is gone.
-    wait_until(LIMIT, "the controller row to be deleted", || async {
-        db.count("flag = 'controller'").await == 0
-    })
+    db.wait_for_count(
+        LIMIT,
+        "the controller row to be deleted",
+        "flag = 'controller'",
+        0,
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_job_running_longer_than_its_lease_is_not_started_twice() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 2, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_slow", Duration::from_secs(6), ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand, _roles, client) = servers_and_roles(2, 25, true).await;
+    let worker = worker_taking(&gearmand, "ll_slow", Duration::from_secs(6), ok()).await;
     inject(&client, r#"{"funcname":"ll_slow","arg":"x"}"#).await;
     wait_until(
         Duration::from_secs(40),
@@ -492,32 +387,22 @@ async fn a_job_running_longer_than_its_lease_is_not_started_twice() {
 
 #[tokio::test]
 async fn controller_shutdown_does_not_wait_forever_for_a_job_in_hand() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let store = db.store().await;
-    let stop = CancellationToken::new();
-    let inj = Injector::new(
-        injector::Config::default(),
-        store.clone(),
-        vec![gearmand.addr.clone()],
-    )
-    .unwrap();
-    tokio::spawn(inj.run(stop.clone()));
+    let _injector = Roles::injector(injector::Config::default(), store.clone(), &gearmand).await;
     let config = controller::Config {
         shutdown_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let ctl = controller::Controller::new(config, Client::new(store), vec![gearmand.addr.clone()])
-        .unwrap();
+    let ctl = controller::Controller::new(config, Client::new(store), gearmand.servers()).unwrap();
     let ctl_stop = CancellationToken::new();
     let running = tokio::spawn(ctl.run(ctl_stop.clone()));
-    let _worker =
-        PlainWorker::start(&gearmand, "ll_forever", Duration::from_secs(3600), ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let _worker = worker_taking(&gearmand, "ll_forever", Duration::from_secs(3600), ok()).await;
+    let client = InjectClient::new(&gearmand);
     inject(&client, r#"{"funcname":"ll_forever","arg":"x"}"#).await;
-    wait_until(LIMIT, "the worker to run the job", || async {
-        gearmand.depth("ll_forever").await == 1
-    })
-    .await;
+    gearmand
+        .wait_for_depth(LIMIT, "the worker to run the job", "ll_forever", 1)
+        .await;
     ctl_stop.cancel();
     within(
         Duration::from_secs(5),
@@ -531,21 +416,19 @@ async fn controller_shutdown_does_not_wait_forever_for_a_job_in_hand() {
         1,
         "the row stays, to run after its lease"
     );
-    stop.cancel();
 }
 
 #[tokio::test]
 async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, false).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, gearmand, _roles, client) = servers_and_roles(60, 25, false).await;
     let now = db.now().await;
     inject(&client, r#"{"funcname":"ll_unserved","arg":"x"}"#).await;
-    wait_until(LIMIT, "the row to be put back for later", || async {
-        db.count(&format!("run_after BETWEEN {} AND {}", now + 28, now + 32))
-            .await
-            == 1
-    })
+    db.wait_for_count(
+        LIMIT,
+        "the row to be put back for later",
+        &format!("run_after BETWEEN {} AND {}", now + 28, now + 32),
+        1,
+    )
     .await;
     assert_eq!(
         gearmand.depth("ll_unserved").await,
@@ -557,18 +440,14 @@ async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
 
 #[tokio::test]
 async fn roles_reconnect_after_gearmand_restarts() {
-    let (db, mut gearmand) = (TestDb::new().await, Gearmand::start());
-    let _roles = Roles::start(&db, &gearmand, 60, 25, true).await;
-    let worker = PlainWorker::start(&gearmand, "ll_again", Duration::ZERO, ok()).await;
-    let client = ForegroundClient::new(vec![gearmand.addr.clone()]);
+    let (db, mut gearmand, _roles, client) = servers_and_roles(60, 25, true).await;
+    let worker = Worker::plain(&gearmand, "ll_again").await;
     inject(&client, r#"{"funcname":"ll_again","arg":"before"}"#).await;
-    wait_until(LIMIT, "the first job to run", || async {
-        db.count("1").await == 0
-    })
-    .await;
+    db.wait_for_count(LIMIT, "the first job to run", "1", 0)
+        .await;
 
     gearmand.kill();
-    gearmand.restart();
+    gearmand.restart().await;
     // Every role and the worker find gearmand again by themselves (capped
     // backoff); the client's first submit after the restart may fail.
     wait_until(
@@ -582,11 +461,7 @@ async fn roles_reconnect_after_gearmand_restarts() {
     let mut answered = false;
     for _ in 0..20 {
         if let Ok(Outcome::Complete(_)) = client
-            .submit(
-                INJECT_JOBS,
-                "",
-                Bytes::from(r#"{"funcname":"ll_again","arg":"after"}"#),
-            )
+            .try_submit(r#"{"funcname":"ll_again","arg":"after"}"#)
             .await
         {
             answered = true;

@@ -2,17 +2,17 @@
 //! scraped here over HTTP after real jobs went through it. Needs
 //! scripts/services up.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{free_port, run_bin, wait_until, Gearmand, Proc, TestDb};
-use garivini::gearman::{ForegroundClient, Outcome};
+use garivini::gearman::Outcome;
 use garivini::names::INJECT_JOBS;
-use garivini::{Client, NewJob};
+use garivini::Client;
+use testkit::{
+    free_port, insert_numbered, run_bin, wait_until, with_servers, Gearmand, InjectClient, Proc,
+    TestDb,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -50,30 +50,23 @@ fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let servers = ["--dsn", &db.url, "--gearmand", &gearmand.addr];
-    let with = |extra: &[&'static str]| [&servers[..], extra].concat();
-    let _roles = Proc::spawn(
-        "garivini",
-        &[
-            &servers[..],
-            &[
-                "workers",
-                "--roles",
-                "queuerunner,injector,controller",
-                "--batch-run-sleep",
-                "0.2",
-                "--max-attempts",
-                "1",
-                "--queue-watermark-depth",
-                "2",
-                "--metrics-addr",
-                &metrics,
-            ],
-        ]
-        .concat(),
-    );
+    let with = |extra: &[&'static str]| with_servers(&db, &gearmand, extra);
+    let roles = [
+        "workers",
+        "--roles",
+        "queuerunner,injector,controller",
+        "--batch-run-sleep",
+        "0.2",
+        "--max-attempts",
+        "1",
+        "--queue-watermark-depth",
+        "2",
+        "--metrics-addr",
+        &metrics,
+    ];
+    let _roles = Proc::spawn("garivini", &with_servers(&db, &gearmand, &roles));
     let _tp = Proc::spawn(
         "gv_consume",
         &with(&["--mode", "throughput", "--funcname", "m_tp"]),
@@ -100,14 +93,8 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
     // Throughput mode: 20 jobs the QueueRunner claims and dispatches; 5 for
     // a function nobody serves, held back by the watermark of 2.
     let client = Client::new(db.store().await);
-    let jobs: Vec<NewJob> = (0..20)
-        .map(|i| NewJob::new("m_tp", format!("{i}")))
-        .collect();
-    client.insert_jobs(&jobs).await.unwrap();
-    let held: Vec<NewJob> = (0..5)
-        .map(|i| NewJob::new("m_held", format!("{i}")))
-        .collect();
-    client.insert_jobs(&held).await.unwrap();
+    insert_numbered(&client, "m_tp", "", 20).await;
+    insert_numbered(&client, "m_held", "", 5).await;
     // Low latency: 10 jobs through inject_jobs, one that fails (and, with
     // --max-attempts 1, is dead), and one request refused as invalid.
     let (status, out, err) = run_bin(
@@ -121,29 +108,21 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
             "10",
         ]),
         LIMIT,
-    );
+    )
+    .await;
     assert!(status.success(), "gv_inject: {out}{err}");
-    let fg = ForegroundClient::new(vec![gearmand.addr.clone()]);
-    let answer = fg
-        .submit(
-            INJECT_JOBS,
-            "",
-            Bytes::from(r#"{"funcname":"m_fail","arg":"x"}"#),
-        )
-        .await
-        .unwrap();
+    let fg = InjectClient::new(&gearmand);
+    let answer = fg.submit(r#"{"funcname":"m_fail","arg":"x"}"#).await;
     assert!(matches!(answer, Outcome::Complete(_)), "{answer:?}");
-    let refused = fg
-        .submit(INJECT_JOBS, "", Bytes::from_static(b"{not json"))
-        .await
-        .unwrap();
+    let refused = fg.submit(&b"{not json"[..]).await;
     assert!(!matches!(refused, Outcome::Complete(_)), "{refused:?}");
 
-    wait_until(LIMIT, "every servable job to finish", || async {
-        db.count("funcname <> 'm_held' AND run_after < 2147483647")
-            .await
-            == 0
-    })
+    db.wait_for_count(
+        LIMIT,
+        "every servable job to finish",
+        "funcname <> 'm_held' AND run_after < 2147483647",
+        0,
+    )
     .await;
     // The counters move after the rows do; give them a moment.
     let mut m = HashMap::new();
@@ -201,22 +180,11 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
 
 #[tokio::test]
 async fn a_metrics_address_that_cannot_be_bound_is_refused_in_one_line() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, _, err) = run_bin(
-        "garivini",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "queuerunner",
-            "--metrics-addr",
-            &addr,
-        ],
-        LIMIT,
-    );
+    let args = with_servers(&db, &gearmand, &["queuerunner", "--metrics-addr", &addr]);
+    let (status, _, err) = run_bin("garivini", &args, LIMIT).await;
     assert!(!status.success());
     assert!(
         err.contains(&format!("cannot serve metrics on {addr}")),

@@ -2,12 +2,12 @@
 //! (the `gearman` tool from gearman-tools). Needs scripts/services up.
 //! Processes killed mid-run are the fault suite's (tests/faults.rs).
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Gearmand, Proc, TestDb};
+use testkit::{run_command, wait_until, with_servers, Gearmand, Proc, TestDb};
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn gearman_tool() -> Command {
     for dir in std::env::var("PATH")
@@ -27,22 +27,12 @@ fn gearman_tool() -> Command {
 
 #[tokio::test]
 async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("worker.out");
     let port = gearmand.port.to_string();
-    let _roles = Proc::spawn(
-        "garivini",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "workers",
-            "--roles",
-            "queuerunner,injector,controller",
-        ],
-    );
+    let roles = ["workers", "--roles", "queuerunner,injector,controller"];
+    let _roles = Proc::spawn("garivini", &with_servers(&db, &gearmand, &roles));
     // A plain shell worker: gearman -w runs the command with the job JSON on stdin.
     let _worker = gearman_tool()
         .args(["-p", &port, "-w", "-f", "cli_echo", "--", "sh", "-c"])
@@ -57,29 +47,23 @@ async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
         .expect("gearman -w starts");
     let _worker = Proc::adopt("gearman -w", _worker);
     gearmand.wait_for_worker("cli_echo").await;
-    let client = gearman_tool()
-        .args([
-            "-p",
-            &port,
-            "-f",
-            "inject_jobs",
-            r#"{"funcname":"cli_echo","arg":"from the gearman tool"}"#,
-        ])
-        .output()
-        .expect("gearman client runs");
-    assert!(
-        client.status.success(),
-        "{}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    let answer = String::from_utf8_lossy(&client.stdout);
+    let mut client = gearman_tool();
+    client.args([
+        "-p",
+        &port,
+        "-f",
+        "inject_jobs",
+        r#"{"funcname":"cli_echo","arg":"from the gearman tool"}"#,
+    ]);
+    let (status, answer, err) = run_command(client, LIMIT).await;
+    assert!(status.success(), "{err}");
     assert!(
         answer.contains(r#""jobid":"#) && answer.contains(r#""dbid":1"#),
         "{answer}"
     );
 
     wait_until(
-        Duration::from_secs(30),
+        LIMIT,
         "the shell worker to run the job and the row to go",
         || async {
             std::fs::read_to_string(&out)
@@ -95,16 +79,11 @@ async fn a_foreign_client_and_a_foreign_worker_use_garivini() {
     assert_eq!(job["flag"], "controller");
 
     // Bad input through the same tool: a failure with the reason, nothing stored.
-    let refused = gearman_tool()
-        .args(["-p", &port, "-f", "inject_jobs", r#"{"arg":"no function"}"#])
-        .output()
-        .expect("gearman client runs");
-    assert!(!refused.status.success());
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let mut refused = gearman_tool();
+    refused.args(["-p", &port, "-f", "inject_jobs", r#"{"arg":"no function"}"#]);
+    let (status, out, err) = run_command(refused, LIMIT).await;
+    assert!(!status.success());
+    let said = format!("{out}{err}");
     assert!(said.contains("funcname is missing"), "{said}");
     assert_eq!(db.count("1").await, 0);
 }

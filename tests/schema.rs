@@ -5,20 +5,13 @@
 //! statements still work. Real MariaDB (a database per test); needs
 //! scripts/services up.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{run_bin, within, TestDb, ORIGINAL_SCHEMA};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
+use testkit::{run_garivini, within, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, SCHEMA};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The original client's `insert_job`, exactly: DBI binds run_after as the
-/// string 'UNIX_TIMESTAMP() + 0' and flag as NULL.
-/// The original worker's `complete_job`.
-const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
 /// The original worker's reschedule after a failure.
 const PERL_RESCHEDULE: &str = "UPDATE job SET run_after=?, failcount=? WHERE jobid=?";
 
@@ -29,15 +22,14 @@ const MEND_FLAG: &str =
 
 /// Runs `garivini --dsn DSN schema check ARGS`; returns (exit code,
 /// stdout, stderr).
-fn check(dsn: &str, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["--dsn", dsn, "schema", "check"];
-    all.extend(args);
-    let (status, out, err) = run_bin("garivini", &all, LIMIT);
-    assert!(
-        !err.contains("panicked"),
-        "schema check {args:?} panicked: {err}"
-    );
-    (status.code().unwrap_or(-1), out, err)
+async fn check(dsn: &str, args: &[&str]) -> (i32, String, String) {
+    run_garivini(dsn, &[&["schema", "check"], args].concat()).await
+}
+
+/// Fails, showing `out`, unless it holds `text`.
+#[track_caller]
+fn assert_has(out: &str, text: &str) {
+    assert!(out.contains(text), "{out}");
 }
 
 fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
@@ -49,14 +41,12 @@ fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
 
 /// schema.sql as our older versions had it: flag NOT NULL.
 fn old_schema() -> String {
-    let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.sql"))
-        .expect("schema.sql");
-    let old = schema.replace(
+    let old = SCHEMA.replace(
         "ENUM('controller','shim') NULL DEFAULT 'shim'",
         "ENUM('controller','shim') NOT NULL DEFAULT 'shim'",
     );
     assert_ne!(
-        old, schema,
+        old, SCHEMA,
         "schema.sql's flag line changed: update this test"
     );
     old
@@ -121,7 +111,7 @@ async fn original_statements_work(db: &TestDb) {
 #[tokio::test]
 async fn the_original_table_needs_the_status_index_only_and_apply_adds_it() {
     let db = TestDb::with_schema(ORIGINAL_SCHEMA).await;
-    let (code, out, err) = check(&db.url, &[]);
+    let (code, out, err) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.starts_with(&format!("database 1  {}\n", db.url)),
@@ -133,24 +123,18 @@ async fn the_original_table_needs_the_status_index_only_and_apply_adds_it() {
         needs[0].starts_with("needs: index funcname_run_after (funcname, run_after, failcount)"),
         "{out}"
     );
-    assert!(
-        out.contains(&format!("\n    {ADD_STATUS_INDEX}\n")),
-        "{out}"
-    );
+    assert_has(&out, &format!("\n    {ADD_STATUS_INDEX}\n"));
     assert_eq!(
         err.trim(),
         "error: database 1 needs 1 change; run `garivini schema check --apply`, or the \
          statements above"
     );
 
-    let (code, out, err) = check(&db.url, &["--apply"]);
+    let (code, out, err) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains(&format!(
-            "\n  applied: {}\n",
-            ADD_STATUS_INDEX.trim_end_matches(';')
-        )),
-        "{out}"
+    assert_has(
+        &out,
+        &format!("\n  applied: {}\n", ADD_STATUS_INDEX.trim_end_matches(';')),
     );
     let again = &out[out.find("  checked again:\n").expect(&out)..];
     assert!(!again.contains("needs:"), "{out}");
@@ -158,7 +142,7 @@ async fn the_original_table_needs_the_status_index_only_and_apply_adds_it() {
         again.trim_end().ends_with("ok: nothing needs mending") || again.trim_end().ends_with("ok")
     );
 
-    let (code, out, _) = check(&db.url, &[]);
+    let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(lines_starting(&out, "needs:").is_empty(), "{out}");
     let columns = query::<String>(
@@ -181,7 +165,7 @@ async fn a_not_null_flag_from_our_old_schema_is_made_nullable() {
         vec!["controller".to_string()]
     );
 
-    let (code, out, err) = check(&db.url, &[]);
+    let (code, out, err) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     let needs = lines_starting(&out, "needs:");
     assert_eq!(
@@ -192,12 +176,12 @@ async fn a_not_null_flag_from_our_old_schema_is_made_nullable() {
         ],
         "{out}"
     );
-    assert!(out.contains(&format!("\n    {MEND_FLAG}\n")), "{out}");
+    assert_has(&out, &format!("\n    {MEND_FLAG}\n"));
 
-    let (code, out, err) = check(&db.url, &["--apply"]);
+    let (code, out, err) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("applied: {}", MEND_FLAG.trim_end_matches(';'))));
-    let (code, out, _) = check(&db.url, &[]);
+    let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!((code, out), (0, format!("database 1  {}\n  ok\n", db.url)));
     assert_eq!(
         query::<(String, Option<String>)>(
@@ -219,10 +203,10 @@ async fn a_not_null_flag_from_our_old_schema_is_made_nullable() {
 #[tokio::test]
 async fn schema_sql_itself_is_ok() {
     let db = TestDb::new().await;
-    let (code, out, err) = check(&db.url, &[]);
+    let (code, out, err) = check(&db.url, &[]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("database 1  {}\n  ok\n", db.url));
-    let (code, out, _) = check(&db.url, &["--apply"]);
+    let (code, out, _) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 0);
     assert_eq!(
         out,
@@ -234,7 +218,7 @@ async fn schema_sql_itself_is_ok() {
 #[tokio::test]
 async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
     let db = TestDb::with_schema("DO 0").await;
-    let (code, out, err) = check(&db.url, &[]);
+    let (code, out, err) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("  needs: table job is missing: create it as schema.sql does\n    CREATE TABLE IF NOT EXISTS job (\n"),
@@ -249,7 +233,7 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
         "{err}"
     );
 
-    let (code, out, err) = check(&db.url, &["--apply"]);
+    let (code, out, err) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("  applied: CREATE TABLE IF NOT EXISTS job ( …\n"),
@@ -262,7 +246,7 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
 #[tokio::test]
 async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
     let db = TestDb::with_schema(&format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET=latin1")).await;
-    let (code, out, _) = check(&db.url, &[]);
+    let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}");
     assert_eq!(lines_starting(&out, "needs:").len(), 1, "{out}");
     let notes = lines_starting(&out, "note:");
@@ -275,7 +259,7 @@ async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
     let statements = lines_starting(&out, "ALTER");
     assert_eq!(statements, vec![ADD_STATUS_INDEX], "{out}");
 
-    let (code, out, _) = check(&db.url, &["--apply"]);
+    let (code, out, _) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines_starting(&out, "applied:").len(), 1, "{out}");
     assert_eq!(
@@ -288,7 +272,7 @@ async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
         vec!["latin1_swedish_ci".to_string()],
         "the charset is left alone"
     );
-    let (code, out, _) = check(&db.url, &[]);
+    let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines_starting(&out, "note: table charset latin1").len(), 1);
     assert!(out.ends_with("  ok: nothing needs mending\n"), "{out}");
@@ -300,18 +284,15 @@ async fn every_shard_is_checked_and_json_carries_the_statements() {
     let original = TestDb::with_schema(ORIGINAL_SCHEMA).await;
     let ours = TestDb::new().await;
     let dsn = format!("{},{}", original.url, ours.url);
-    let (code, out, err) = check(&dsn, &[]);
+    let (code, out, err) = check(&dsn, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
-    assert!(
-        out.contains(&format!("database 1  {}\n", original.url)),
-        "{out}"
-    );
+    assert_has(&out, &format!("database 1  {}\n", original.url));
     assert!(
         out.ends_with(&format!("\n\ndatabase 2  {}\n  ok\n", ours.url)),
         "{out}"
     );
 
-    let (code, out, _) = check(&dsn, &["--json"]);
+    let (code, out, _) = check(&dsn, &["--json"]).await;
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v[0]["dbid"], 1);
@@ -327,7 +308,7 @@ async fn every_shard_is_checked_and_json_carries_the_statements() {
     assert_eq!(v[1]["check"]["ok"], true);
     assert_eq!(v[1]["check"]["findings"], serde_json::json!([]));
 
-    let (code, out, _) = check(&dsn, &["--apply", "--json"]);
+    let (code, out, _) = check(&dsn, &["--apply", "--json"]).await;
     assert_eq!(code, 0, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["applied"][0], ADD_STATUS_INDEX.trim_end_matches(';'));
@@ -352,7 +333,7 @@ async fn a_mend_that_fails_stops_and_is_reported() {
         ),
     )
     .await;
-    let (code, out, _) = check(&db.url, &[]);
+    let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!(code, 1);
     assert_eq!(
         lines_starting(&out, "ALTER"),
@@ -363,13 +344,13 @@ async fn a_mend_that_fails_stops_and_is_reported() {
         "{out}"
     );
 
-    let (code, out, err) = check(&db.url, &["--apply"]);
+    let (code, out, err) = check(&db.url, &["--apply"]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("  failed: ALTER TABLE job ADD UNIQUE funcname_uniqkey (funcname, uniqkey)\n"),
-        "{out}"
+    assert_has(
+        &out,
+        "  failed: ALTER TABLE job ADD UNIQUE funcname_uniqkey (funcname, uniqkey)\n",
     );
-    assert!(out.contains("Duplicate entry"), "{out}");
+    assert_has(&out, "Duplicate entry");
     assert!(
         lines_starting(&out, "applied:").is_empty(),
         "stops at the first failure: {out}"

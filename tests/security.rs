@@ -5,32 +5,30 @@
 //! input.rs and low_latency.rs store quotes, SQL and NUL byte for byte.)
 //! Needs scripts/services up: MariaDB, and gearmand for a private one.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{run_command, wait_until, Gearmand, Proc, TestDb};
 use mysql_async::prelude::Queryable;
+use testkit::{run_command, with_servers, Gearmand, Proc, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const SECRET: &str = "s3cretPW";
 
 /// A binary of ours with RUST_LOG=trace and no GARIVINI_* from outside.
 fn traced(name: &str) -> Command {
-    let mut cmd = common::bin(name);
+    let mut cmd = testkit::bin(name);
     cmd.env("RUST_LOG", "trace");
     cmd
 }
 
 /// Runs `cmd`, which must fail, and checks that nothing it printed holds
 /// the password; returns its stderr.
-fn fails_without_showing_the_password(mut cmd: Command) -> String {
+async fn fails_without_showing_the_password(mut cmd: Command) -> String {
     let what = format!("{:?}", cmd.get_args().collect::<Vec<_>>());
     cmd.env_remove("RUST_BACKTRACE");
-    let (status, stdout, stderr) = run_command(cmd, LIMIT);
+    let (status, stdout, stderr) = run_command(cmd, LIMIT).await;
     assert!(!status.success(), "{what} succeeded: {stdout}");
     assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
     for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
@@ -47,7 +45,7 @@ async fn a_dsn_password_is_never_printed_when_the_database_cannot_be_used() {
     let db = TestDb::new().await;
     let closed = format!(
         "mysql://root:{SECRET}@127.0.0.1:{}/garivini",
-        common::free_port()
+        testkit::free_port()
     );
     // root@127.0.0.1 has no password: one given is refused by the server.
     let refused = db
@@ -56,7 +54,7 @@ async fn a_dsn_password_is_never_printed_when_the_database_cannot_be_used() {
     assert!(refused.contains(SECRET), "{refused}");
     // A password with '/' in it makes the URL unparsable.
     let unparsable = format!("mysql://root:{SECRET}/x@127.0.0.1:3306/garivini");
-    let gearmand = format!("127.0.0.1:{}", common::free_port());
+    let gearmand = format!("127.0.0.1:{}", testkit::free_port());
     for dsn in [&closed, &refused, &unparsable] {
         let runs: Vec<(&str, Vec<&str>)> = vec![
             ("garivini", vec!["--gearmand", &gearmand, "queuerunner"]),
@@ -74,11 +72,11 @@ async fn a_dsn_password_is_never_printed_when_the_database_cannot_be_used() {
             // The DSN as a flag and from the environment.
             let mut by_flag = traced(name);
             by_flag.args(["--dsn", dsn]).args(&args);
-            let err = fails_without_showing_the_password(by_flag);
+            let err = fails_without_showing_the_password(by_flag).await;
             assert!(err.contains("root:***@"), "{name} {args:?}: {err}");
             let mut by_env = traced(name);
             by_env.env("GARIVINI_DSN", dsn).args(&args);
-            fails_without_showing_the_password(by_env);
+            fails_without_showing_the_password(by_env).await;
         }
     }
 }
@@ -93,7 +91,7 @@ struct PasswordUser {
 impl PasswordUser {
     async fn create(db: &TestDb) -> PasswordUser {
         let name = format!("gv_{:012x}", rand::random::<u64>() >> 16);
-        let admin = mysql_async::Pool::new(common::server_url().as_str());
+        let admin = mysql_async::Pool::new(testkit::server_url().as_str());
         let mut conn = admin.get_conn().await.expect("admin connection");
         conn.query_drop(format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{SECRET}'"))
             .await
@@ -113,19 +111,19 @@ impl PasswordUser {
 
 impl Drop for PasswordUser {
     fn drop(&mut self) {
-        common::cleanup_sql(format!("DROP USER IF EXISTS '{}'@'%'", self.name));
+        testkit::cleanup_sql(format!("DROP USER IF EXISTS '{}'@'%'", self.name));
     }
 }
 
 #[tokio::test]
 async fn a_dsn_password_is_never_printed_while_the_binaries_work() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let user = PasswordUser::create(&db).await;
     let dir = tempfile::tempdir().unwrap();
 
     let mut inject = traced("gv_inject");
     inject.args(["--dsn", &user.url, "--funcname", "sec_f", "--count", "20"]);
-    let (status, stdout, stderr) = run_command(inject, LIMIT);
+    let (status, stdout, stderr) = run_command(inject, LIMIT).await;
     assert!(status.success(), "gv_inject: {stderr}");
     assert!(
         !stdout.contains(SECRET) && !stderr.contains(SECRET),
@@ -151,12 +149,10 @@ async fn a_dsn_password_is_never_printed_while_the_binaries_work() {
         .stdout(log("gv_consume.out"))
         .stderr(log("gv_consume.err"));
     let mut consume = Proc::adopt("gv_consume", consume.spawn().unwrap());
-    wait_until(LIMIT, "the 20 jobs to be run and deleted", || async {
-        db.count("1").await == 0
-    })
-    .await;
-    consume.terminate(LIMIT);
-    roles.terminate(LIMIT);
+    db.wait_for_count(LIMIT, "the 20 jobs to be run and deleted", "1", 0)
+        .await;
+    consume.terminate(LIMIT).await;
+    roles.terminate(LIMIT).await;
 
     for name in [
         "garivini.out",
@@ -201,12 +197,7 @@ const NOBODY: u32 = 65534;
 /// A command for one of our binaries that runs as nobody when we are root
 /// (from a copy that nobody can read, in `dir`), or as ourselves otherwise.
 fn unprivileged(name: &str, dir: &Path) -> Command {
-    let path = PathBuf::from(match name {
-        "garivini" => env!("CARGO_BIN_EXE_garivini"),
-        "gv_inject" => env!("CARGO_BIN_EXE_gv_inject"),
-        "gv_consume" => env!("CARGO_BIN_EXE_gv_consume"),
-        other => panic!("no binary {other}"),
-    });
+    let path = testkit::bin_path(name);
     let mut cmd = if euid() == 0 {
         let copy = dir.join(name);
         if !copy.exists() {
@@ -235,7 +226,7 @@ fn unprivileged(name: &str, dir: &Path) -> Command {
 
 #[tokio::test]
 async fn the_binaries_do_their_work_as_a_user_other_than_root() {
-    let (db, gearmand) = (TestDb::new().await, Gearmand::start());
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     if euid() == 0 {
@@ -248,7 +239,7 @@ async fn the_binaries_do_their_work_as_a_user_other_than_root() {
             "id",
             "-u",
         ]);
-        let (status, stdout, stderr) = run_command(id, LIMIT);
+        let (status, stdout, stderr) = run_command(id, LIMIT).await;
         assert!(
             status.success() && stdout.trim() == NOBODY.to_string(),
             "running as root, and cannot drop to uid {NOBODY} with setpriv \
@@ -258,7 +249,7 @@ async fn the_binaries_do_their_work_as_a_user_other_than_root() {
 
     let mut inject = unprivileged("gv_inject", dir.path());
     inject.args(["--dsn", &db.url, "--funcname", "nobody_f", "--count", "10"]);
-    let (status, _, stderr) = run_command(inject, LIMIT);
+    let (status, _, stderr) = run_command(inject, LIMIT).await;
     assert!(status.success(), "gv_inject as uid {NOBODY}: {stderr}");
     assert_eq!(db.count("1").await, 10);
 
@@ -269,36 +260,18 @@ async fn the_binaries_do_their_work_as_a_user_other_than_root() {
             .stderr(Stdio::inherit());
         Proc::adopt(name, cmd.spawn().unwrap())
     };
-    let mut runner = spawn(
-        "garivini",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "queuerunner",
-        ],
-    );
+    let mut runner = spawn("garivini", &with_servers(&db, &gearmand, &["queuerunner"]));
     let mut consume = spawn(
         "gv_consume",
-        &[
-            "--dsn",
-            &db.url,
-            "--gearmand",
-            &gearmand.addr,
-            "--funcname",
-            "nobody_f",
-        ],
+        &with_servers(&db, &gearmand, &["--funcname", "nobody_f"]),
     );
-    wait_until(LIMIT, "the 10 jobs to be run and deleted", || async {
-        db.count("1").await == 0
-    })
-    .await;
+    db.wait_for_count(LIMIT, "the 10 jobs to be run and deleted", "1", 0)
+        .await;
     if euid() == 0 {
         // setpriv execs the binary: the process we started is the binary.
         assert_eq!(uid_of(runner.pid()), NOBODY);
         assert_eq!(uid_of(consume.pid()), NOBODY);
     }
-    assert!(consume.terminate(LIMIT).success());
-    assert!(runner.terminate(LIMIT).success());
+    assert!(consume.terminate(LIMIT).await.success());
+    assert!(runner.terminate(LIMIT).await.success());
 }

@@ -5,12 +5,10 @@
 //! per test), the real binaries; the "gearmand" is a listener of the
 //! test's own. Needs scripts/services up.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Proc, TestDb};
+use testkit::{wait_until, Proc, TestDb};
 
 /// A server that accepts every connection and never says a word: a hung
 /// gearmand. Its connections are held until the test ends.
@@ -39,15 +37,21 @@ impl Silent {
 /// that waits on the silent server before it stops takes longer.
 const STOP_WITHIN: Duration = Duration::from_secs(8);
 
-fn stops_promptly(role: &str, extra: &[&str], db: &TestDb, gearmand: &Silent) {
-    let mut args = vec![role, "--dsn", db.url.as_str(), "--gearmand", gearmand.addr.as_str()];
+async fn stops_promptly(role: &str, extra: &[&str], db: &TestDb, gearmand: &Silent) {
+    let mut args = vec![
+        role,
+        "--dsn",
+        db.url.as_str(),
+        "--gearmand",
+        gearmand.addr.as_str(),
+    ];
     args.extend(extra);
     let mut proc = Proc::spawn("garivini", &args);
     // Long enough for the role to be inside its first wait on gearmand.
-    std::thread::sleep(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(proc.running(), "{role} died before SIGTERM");
     let start = Instant::now();
-    let status = proc.terminate(STOP_WITHIN);
+    let status = proc.terminate(STOP_WITHIN).await;
     assert!(status.success(), "{role}: {status}");
     eprintln!("{role} stopped {:?} after SIGTERM", start.elapsed());
 }
@@ -56,7 +60,7 @@ fn stops_promptly(role: &str, extra: &[&str], db: &TestDb, gearmand: &Silent) {
 async fn every_role_stops_promptly_with_gearmand_hung() {
     let (db, gearmand) = (TestDb::new().await, Silent::start());
     for role in ["queuerunner", "injector", "controller"] {
-        tokio::task::block_in_place(|| stops_promptly(role, &[], &db, &gearmand));
+        stops_promptly(role, &[], &db, &gearmand).await;
     }
 }
 
@@ -78,11 +82,13 @@ async fn rows_claimed_for_a_hung_gearmand_are_given_back_at_shutdown() {
         "600",
     ];
     let mut proc = Proc::spawn("garivini", &args);
-    wait_until(Duration::from_secs(10), "the row to be claimed (leased)", || async {
-        db.count("run_after > UNIX_TIMESTAMP() + 300").await == 1
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the row to be claimed (leased)",
+        || async { db.count("run_after > UNIX_TIMESTAMP() + 300").await == 1 },
+    )
     .await;
-    let status = tokio::task::block_in_place(|| proc.terminate(STOP_WITHIN));
+    let status = proc.terminate(STOP_WITHIN).await;
     assert!(status.success(), "{status}");
     let now = db.now().await;
     let run_after: Vec<u32> = db.query("SELECT run_after FROM job").await;

@@ -9,14 +9,23 @@ use garivini::config::parse_dsn_list;
 use garivini::store::Selection;
 use garivini::{names, Error, JobRef, Store};
 
-use crate::common::Servers;
+use crate::format::{age, arg_text, header, next_run, plural, printable, table, utc};
+use crate::servers::Servers;
 
 /// How long an admin command waits for one database statement.
 const ADMIN_OP_TIMEOUT: Duration = Duration::from_secs(5);
 
-const LEASE_HELP: &str = "Seconds of the roles' --lease. There is no lease column: a row due \
-within this many seconds counts as in flight (leased by a QueueRunner, Injector or Controller, \
-or delayed by less than the lease)";
+/// The help of every `--lease`; its default is the caller's (see
+/// `settings::longest_lease`).
+fn lease_help() -> String {
+    format!(
+        "Seconds of the roles' --lease. There is no lease column: a row due within this many \
+         seconds counts as in flight (leased by a QueueRunner, Injector or Controller, or delayed \
+         by less than the lease) [default: the longest lease a role runs with under --config FILE \
+         (its section's lease, else [roles] lease), else {}]",
+        names::DEFAULT_LEASE
+    )
+}
 
 /// `garivini status`.
 #[derive(clap::Args, Debug)]
@@ -24,8 +33,8 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
-    lease: u32,
+    #[arg(long, help = lease_help())]
+    lease: Option<u32>,
 }
 
 /// `garivini jobs ...`.
@@ -44,8 +53,8 @@ pub enum JobsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
-        lease: u32,
+        #[arg(long, help = lease_help())]
+        lease: Option<u32>,
     },
     /// Shows one row, its job JSON, and when it runs next.
     Show {
@@ -54,8 +63,8 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
-        lease: u32,
+        #[arg(long, help = lease_help())]
+        lease: Option<u32>,
     },
     /// Makes rows due now: by id, or every dead row of a function.
     ///
@@ -82,8 +91,8 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
-        lease: u32,
+        #[arg(long, help = lease_help())]
+        lease: Option<u32>,
     },
     /// Deletes rows, all or nothing.
     ///
@@ -100,8 +109,8 @@ pub enum JobsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = names::DEFAULT_LEASE, help = LEASE_HELP)]
-        lease: u32,
+        #[arg(long, help = lease_help())]
+        lease: Option<u32>,
     },
 }
 
@@ -155,15 +164,15 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `garivini status`: exits 1 (after the report) when a database or
-/// gearmand could not be read.
-pub async fn status(args: &StatusArgs, servers: &Servers) -> anyhow::Result<()> {
+/// `garivini status`, with `lease` unless --lease is given: exits 1
+/// (after the report) when a database or gearmand could not be read.
+pub async fn status(args: &StatusArgs, lease: u32, servers: &Servers) -> anyhow::Result<()> {
     let store = open_store(servers)?;
     let gearmand = match &servers.gearmand {
         Some(_) => servers.gearmand()?,
         None => Vec::new(),
     };
-    let status = admin::status(&store, &gearmand, args.lease).await;
+    let status = admin::status(&store, &gearmand, args.lease.unwrap_or(lease)).await;
     store.close().await;
     if args.json {
         print_json(&status)?;
@@ -260,10 +269,10 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
     out
 }
 
-/// Runs one `jobs` subcommand.
-pub async fn jobs(command: &JobsCommand, servers: &Servers) -> anyhow::Result<()> {
+/// Runs one `jobs` subcommand, with `lease` unless --lease is given.
+pub async fn jobs(command: &JobsCommand, lease: u32, servers: &Servers) -> anyhow::Result<()> {
     let store = servers.store().await?;
-    let outcome = run_jobs(command, &store).await;
+    let outcome = run_jobs(command, lease, &store).await;
     outcome.map_err(|err| match err.downcast_ref::<Error>() {
         Some(e @ Error::JobsInFlight { .. }) => {
             anyhow::anyhow!("{e}; pass --force to do it anyway")
@@ -280,7 +289,7 @@ fn parse_ids(ids: &[String]) -> anyhow::Result<Vec<JobRef>> {
         .collect::<Result<_, _>>()?)
 }
 
-async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
+async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
             funcname,
@@ -292,7 +301,7 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             let query = ListQuery {
                 funcname: funcname.clone(),
                 selection: state.selection(),
-                lease: *lease,
+                lease: lease.unwrap_or(default_lease),
                 limit: *limit,
             };
             let jobs = admin::list(store, &query).await?;
@@ -327,7 +336,7 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
         }
         JobsCommand::Show { id, json, lease } => {
             let id: JobRef = id.parse()?;
-            let shown = admin::show(store, id, *lease).await?;
+            let shown = admin::show(store, id, lease.unwrap_or(default_lease)).await?;
             if *json {
                 return print_json(&shown);
             }
@@ -392,7 +401,7 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
             }
             let ids = parse_ids(ids)?;
             let guard = Guard {
-                lease: *lease,
+                lease: lease.unwrap_or(default_lease),
                 force: *force,
             };
             let done = admin::retry(store, &ids, *reset_failcount, guard).await?;
@@ -418,7 +427,7 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
         } => {
             let ids = parse_ids(ids)?;
             let guard = Guard {
-                lease: *lease,
+                lease: lease.unwrap_or(default_lease),
                 force: *force,
             };
             let done = admin::cancel(store, &ids, guard).await?;
@@ -438,125 +447,9 @@ async fn run_jobs(command: &JobsCommand, store: &Store) -> anyhow::Result<()> {
     }
 }
 
-/// Text from the table or gearmand as a terminal may show it: control
-/// characters (ESC, newline, ...) written as `\n`, `\t`, `\x1B`, so a
-/// function name or key cannot move the cursor, recolour the screen or
-/// fake a line of the report.
-fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        word.to_string()
-    } else {
-        format!("{word}s")
-    }
-}
-
 fn ids_text(ids: &[JobRef]) -> String {
     ids.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn header(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| n.to_uppercase()).collect()
-}
-
-/// Aligns columns: those in `right` (numbers, ages) to the right, the
-/// others to the left.
-fn table(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let width: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(c, s)| {
-                    if right.contains(&c) {
-                        format!("{s:>w$}", w = width[c])
-                    } else {
-                        format!("{s:<w$}", w = width[c])
-                    }
-                })
-                .collect();
-            cells.join("  ").trim_end().to_string()
-        })
-        .collect()
-}
-
-/// An arg as a listing shows it: its size and its first bytes.
-fn arg_text(bytes: u64, preview: &str) -> String {
-    let shown: String = preview
-        .chars()
-        .take(32)
-        .map(|c| if c.is_control() { '.' } else { c })
-        .collect();
-    let more = if (shown.len() as u64) < bytes {
-        "…"
-    } else {
-        ""
-    };
-    format!("{bytes} B {shown:?}{more}")
-}
-
-/// `12s ago`, `now`, `in 5m00s`, `never`.
-fn next_run(due_in: Option<i64>) -> String {
-    match due_in {
-        None => "never".into(),
-        Some(0) => "now".into(),
-        Some(s) if s < 0 => format!("{} ago", age(s.unsigned_abs())),
-        Some(s) => format!("in {}", age(s as u64)),
-    }
-}
-
-/// `45s`, `3m05s`, `2h10m`, `3d04h`.
-fn age(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
-    }
-}
-
-/// Unix time as `2026-01-02 03:04:05 UTC` (civil date from days, after
-/// Howard Hinnant's algorithm).
-fn utc(unix: u32) -> String {
-    let (days, rem) = (i64::from(unix) / 86400, i64::from(unix) % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -1,0 +1,205 @@
+//! The rows of the table and the targets each is held to.
+
+use crate::opts::Opts;
+use crate::report::Results;
+use crate::scenarios::Unit;
+
+/// The performance targets Garivini was written to, shown in the table.
+struct Targets {
+    /// Throughput mode, end to end, jobs/s.
+    tp_jobs: f64,
+    /// Throughput mode end to end against gearmand memory-only (scenario 1).
+    tp_vs_ceiling: f64,
+    /// Throughput mode end to end against gearmand -q mysql (scenario 2).
+    tp_vs_gearmand_mysql: f64,
+    /// Throughput mode, insert to start at the offered rate, p50 ms.
+    tp_p50_ms: f64,
+    /// Low-latency mode, end to end, jobs/s.
+    ll_jobs: f64,
+    /// Low-latency mode, submit to start at the offered rate, p50 and p99
+    /// ms.
+    ll_p50_ms: f64,
+    ll_p99_ms: f64,
+}
+
+const TARGETS: Targets = Targets {
+    tp_jobs: 10_000.0,
+    tp_vs_ceiling: 0.6,
+    tp_vs_gearmand_mysql: 10.0,
+    tp_p50_ms: 100.0,
+    ll_jobs: 5_000.0,
+    ll_p50_ms: 2.0,
+    ll_p99_ms: 10.0,
+};
+
+/// A target of a row, and whether the medians met it (None: not known).
+pub struct Target {
+    pub text: String,
+    pub met: Option<bool>,
+}
+
+fn at_least(value: Option<f64>, min: Option<f64>, text: String) -> Target {
+    let met = match (value, min) {
+        (Some(v), Some(m)) => Some(v >= m),
+        _ => None,
+    };
+    Target { text, met }
+}
+
+fn at_most(value: Option<f64>, max: f64, text: String) -> Target {
+    Target {
+        text,
+        met: value.map(|v| v <= max),
+    }
+}
+
+/// What a target's column says.
+pub fn met_text(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "NOT MET",
+        None => "n/a",
+    }
+}
+
+/// A line of the table.
+pub struct Row {
+    pub label: String,
+    pub unit: Unit,
+    /// The metric shown as its jobs/s.
+    pub rate_metric: &'static str,
+    /// Whether it shows latency percentiles.
+    pub latency: bool,
+    pub targets: Vec<Target>,
+}
+
+fn row(
+    label: String,
+    unit: Unit,
+    rate_metric: &'static str,
+    latency: bool,
+    targets: Vec<Target>,
+) -> Row {
+    Row {
+        label,
+        unit,
+        rate_metric,
+        latency,
+        targets,
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Every row of the table, its targets judged on the medians of `r`.
+pub fn rows(opts: &Opts, r: &Results) -> Vec<Row> {
+    let t = &TARGETS;
+    let ceiling = r.median(Unit::Memory, "jobs_per_s");
+    let gq = r.median(Unit::Mysql, "jobs_per_s");
+    let tp = r.median(Unit::TpE2e, "jobs_per_s");
+    let tp_p50 = r.median(Unit::TpLatency, "p50_ms");
+    let ll = r.median(Unit::LlE2e, "jobs_per_s");
+    let ll_p50 = r.median(Unit::LlLatency, "p50_ms");
+    let ll_p99 = r.median(Unit::LlLatency, "p99_ms");
+    let of = |k: f64, base: Option<f64>, n: u8| match base {
+        Some(b) => format!(">= {k} x ({n}) = {:.0}/s", k * b),
+        None => format!(">= {k} x ({n})"),
+    };
+    let rate = opts.rate;
+    vec![
+        row(
+            "1 gearmand memory-only (ceiling)".into(),
+            Unit::Memory,
+            "jobs_per_s",
+            false,
+            vec![],
+        ),
+        row(
+            "2 gearmand -q mysql".into(),
+            Unit::Mysql,
+            "jobs_per_s",
+            false,
+            vec![],
+        ),
+        row(
+            format!("3 throughput: insert (batch {})", opts.insert_batch),
+            Unit::TpDrain,
+            "insert_jobs_per_s",
+            false,
+            vec![],
+        ),
+        row(
+            format!("3 throughput: drain {} queued", opts.jobs),
+            Unit::TpDrain,
+            "drain_jobs_per_s",
+            false,
+            vec![],
+        ),
+        row(
+            "3 throughput: end to end".into(),
+            Unit::TpE2e,
+            "jobs_per_s",
+            false,
+            vec![
+                at_least(tp, Some(t.tp_jobs), format!(">= {:.0}/s", t.tp_jobs)),
+                at_least(
+                    tp,
+                    ceiling.map(|c| c * t.tp_vs_ceiling),
+                    of(t.tp_vs_ceiling, ceiling, 1),
+                ),
+                at_least(
+                    tp,
+                    gq.map(|g| g * t.tp_vs_gearmand_mysql),
+                    of(t.tp_vs_gearmand_mysql, gq, 2),
+                ),
+            ],
+        ),
+        row(
+            format!("3 throughput: insert->start @{rate}/s"),
+            Unit::TpLatency,
+            "offered_jobs_per_s",
+            true,
+            vec![at_most(
+                tp_p50,
+                t.tp_p50_ms,
+                format!("p50 <= {:.0} ms", t.tp_p50_ms),
+            )],
+        ),
+        row(
+            "4 low-latency: end to end".into(),
+            Unit::LlE2e,
+            "jobs_per_s",
+            false,
+            vec![at_least(
+                ll,
+                Some(t.ll_jobs),
+                format!(">= {:.0}/s", t.ll_jobs),
+            )],
+        ),
+        row(
+            format!("4 low-latency: submit->start @{rate}/s"),
+            Unit::LlLatency,
+            "offered_jobs_per_s",
+            true,
+            vec![
+                at_most(ll_p50, t.ll_p50_ms, format!("p50 <= {:.0} ms", t.ll_p50_ms)),
+                at_most(ll_p99, t.ll_p99_ms, format!("p99 <= {:.0} ms", t.ll_p99_ms)),
+            ],
+        ),
+    ]
+}
+
+/// End-to-end jobs/s of one scenario against another's.
+pub fn ratios(r: &Results) -> Vec<(&'static str, Option<f64>)> {
+    let m = |u| r.median(u, "jobs_per_s");
+    vec![
+        ("3/1", ratio(m(Unit::TpE2e), m(Unit::Memory))),
+        ("3/2", ratio(m(Unit::TpE2e), m(Unit::Mysql))),
+        ("4/2", ratio(m(Unit::LlE2e), m(Unit::Mysql))),
+    ]
+}

@@ -1,0 +1,37 @@
+//! Where the databases and job servers are: the `--dsn` and `--gearmand`
+//! flags (and their environment variables) every binary takes.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use garivini::config::{parse_dsn_list, parse_gearmand_list};
+use garivini::Store;
+
+/// Where the databases and job servers are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Servers {
+    /// Databases: mysql:// URLs, comma separated (ids 1..n in this order).
+    #[arg(long, env = "GARIVINI_DSN", hide_env_values = true, global = true)]
+    pub dsn: Option<String>,
+    /// gearmand servers: host:port, comma separated.
+    #[arg(long, env = "GARIVINI_GEARMAND", global = true)]
+    pub gearmand: Option<String>,
+}
+
+impl Servers {
+    /// Connects to every database and checks it has the job table.
+    pub async fn store(&self) -> anyhow::Result<Arc<Store>> {
+        let dbs = parse_dsn_list(self.dsn.as_deref().unwrap_or_default())?;
+        let store = Store::connect(dbs)
+            .await
+            .context("cannot start: database unreachable or not set up (load schema.sql)")?;
+        Ok(Arc::new(store))
+    }
+
+    /// The gearmand list.
+    pub fn gearmand(&self) -> anyhow::Result<Vec<String>> {
+        Ok(parse_gearmand_list(
+            self.gearmand.as_deref().unwrap_or_default(),
+        )?)
+    }
+}

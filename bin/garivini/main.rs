@@ -1,0 +1,142 @@
+//! `garivini`: runs Garivini's roles, one per process or several in one;
+//! `garivini status` and `garivini jobs` operate a deployment.
+//!
+//! This file holds the commands and the role processes' wiring (flags in,
+//! signals to a shutdown token, [`garivini::roles::run`]); `settings` the
+//! roles' flags, laid over a `--config` file by `settings_file`; `admin`
+//! the status and jobs commands; `schema` the schema check; `format` the
+//! tables, ages and dates people read.
+
+mod admin;
+mod format;
+mod schema;
+mod settings;
+mod settings_file;
+
+#[path = "../common/seconds.rs"]
+mod seconds;
+#[path = "../common/servers.rs"]
+mod servers;
+#[path = "../common/signal.rs"]
+mod signal;
+#[path = "../common/terminal.rs"]
+mod terminal;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use servers::Servers;
+use settings::{Role, Settings};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Garivini: a job persistence layer for Gearman")]
+struct Cli {
+    #[command(flatten)]
+    servers: Servers,
+    /// A TOML file holding any of the flags (keys are their long names):
+    /// top-level dsn and gearmand, then [roles] for every role and
+    /// [queuerunner], [injector], [controller] over it. Flags and the
+    /// environment win over the file.
+    #[arg(long, global = true, env = "GARIVINI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Claims due jobs from the databases and submits them to gearmand.
+    Queuerunner(Settings),
+    /// Serves `inject_jobs`: stores jobs from any Gearman client, then
+    /// dispatches them to a Controller.
+    Injector(Settings),
+    /// Serves `run_queued_job`: runs stored jobs on their real workers and
+    /// completes or fails their rows.
+    Controller(Settings),
+    /// One screen per deployment: each database's rows per function (due,
+    /// in flight, scheduled, dead, failing, oldest due) and each gearmand's
+    /// queues. Exits 1, after the report, if a source could not be read.
+    Status(admin::StatusArgs),
+    /// Lists, shows, retries or cancels stored jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: admin::JobsCommand,
+    },
+    /// Runs several roles in one process, sharing its database pools.
+    Workers {
+        /// The roles, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<Role>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The job table: checks (and mends) a table kept from the original
+    /// Perl Garivini or an older schema.sql.
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Checks --config FILE (with the flags and environment given) and
+    /// prints the settings each role would run with, passwords masked.
+    Check,
+}
+
+fn main() {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    terminal::init_tracing();
+    terminal::run(async move {
+        let e = settings::effective(&cli, &matches)?;
+        match &cli.command {
+            Command::Config(ConfigCommand::Check) => return settings::check(&e),
+            Command::Status(args) => return admin::status(args, e.lease, &e.servers.0).await,
+            Command::Jobs { command } => return admin::jobs(command, e.lease, &e.servers.0).await,
+            Command::Schema(schema::SchemaCommand::Check(args)) => {
+                return schema::check(args, &e.servers.0).await
+            }
+            _ => {}
+        }
+        let roles: Vec<(Role, Settings)> = e.roles.into_iter().map(|(r, s, _)| (r, s)).collect();
+        run_roles(&roles, &e.servers.0).await
+    });
+}
+
+/// Starts `roles`, each with its settings, on shared pools and runs them
+/// until a signal.
+async fn run_roles(roles: &[(Role, Settings)], servers: &Servers) -> anyhow::Result<()> {
+    // Every setting is checked before anything is connected to.
+    let plan = settings::plan(roles)?;
+    let gearmand = servers.gearmand()?;
+    // One exporter per process: the first role's address (the roles of a
+    // `workers` process share it).
+    if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {
+        serve_metrics(addr)?;
+    }
+    let store = servers.store().await?;
+    let shutdown = signal::shutdown_on_signal();
+    // A task of its own, so that a role's panic ends here as an error
+    // line and exit status 1, as any other error.
+    tokio::spawn(garivini::roles::run(store, gearmand, plan, shutdown)).await??;
+    Ok(())
+}
+
+/// Serves the metrics the library records (see `garivini::telemetry`) as
+/// Prometheus text on `http://ADDR/metrics`. Must be called within the
+/// runtime; fails (one line) if the address cannot be bound.
+fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+    let socket: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --metrics-addr {addr:?}: expected IP:PORT"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(socket)
+        .set_buckets(garivini::telemetry::BUCKETS)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(addr, "serving Prometheus metrics on /metrics");
+    Ok(())
+}

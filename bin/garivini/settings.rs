@@ -1,0 +1,280 @@
+//! The roles' settings: their flags, each role's library `Config` built
+//! from them, the `--config` file laid under them (see `settings_file`),
+//! and `garivini config check`.
+
+use clap::{ArgMatches, ValueEnum};
+use garivini::{client, controller, injector, names, queue_runner, roles};
+
+use crate::seconds::seconds;
+use crate::servers::Servers;
+use crate::settings_file::{self, layered, Setting, Source};
+use crate::{Cli, Command, ConfigCommand};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Queuerunner,
+    Injector,
+    Controller,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Queuerunner, Role::Injector, Role::Controller];
+
+    /// Its name, as a subcommand and as a section of the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Queuerunner => "queuerunner",
+            Role::Injector => "injector",
+            Role::Controller => "controller",
+        }
+    }
+}
+
+/// The roles' settings; each role reads the ones that concern it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Settings {
+    /// Serve Prometheus metrics on http://IP:PORT/metrics.
+    #[arg(long, value_name = "IP:PORT", env = "GARIVINI_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Seconds a dispatched job is leased before it is due again.
+    #[arg(long, default_value_t = names::DEFAULT_LEASE)]
+    lease: u32,
+    /// QueueRunner: largest batch claimed from one database per round.
+    #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_MAX_SIZE)]
+    batch_max_size: usize,
+    /// QueueRunner: first batch size; grows while batches come back full.
+    #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_START_SIZE)]
+    batch_start_size: usize,
+    /// QueueRunner: seconds between rounds that were not full.
+    #[arg(long, default_value_t = queue_runner::DEFAULT_BATCH_RUN_SLEEP.as_secs_f64())]
+    batch_run_sleep: f64,
+    /// QueueRunner: seconds between rounds while jobs keep coming (doubling
+    /// up to --batch-run-sleep while none come).
+    #[arg(long, default_value_t = queue_runner::DEFAULT_BUSY_RUN_SLEEP.as_secs_f64())]
+    busy_run_sleep: f64,
+    /// QueueRunner: between rounds, seconds between cheap probes for a due
+    /// row (an indexed SELECT, no lock); a due row ends the pause (0 = off).
+    #[arg(long, default_value_t = queue_runner::DEFAULT_IDLE_POLL.as_secs_f64())]
+    idle_poll: f64,
+    /// Most jobs of one function queued in gearmand before jobs are held
+    /// back in the database (0 = no limit).
+    #[arg(long, default_value_t = names::DEFAULT_QUEUE_WATERMARK_DEPTH)]
+    queue_watermark_depth: u64,
+    /// QueueRunner: seconds a row over the watermark is pushed back.
+    #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
+    watermark_pushback: u32,
+    /// Seconds a low-latency job whose function has no worker waits in the
+    /// database before it is tried again.
+    #[arg(long, default_value_t = names::DEFAULT_NO_WORKER_DELAY)]
+    no_worker_delay: u32,
+    /// Seconds before a job whose submit to gearmand failed is due again.
+    #[arg(long, default_value_t = names::DEFAULT_SUBMIT_RETRY_DELAY)]
+    submit_retry_delay: u32,
+    /// Injector: most jobs in one inject_jobs array.
+    #[arg(long, default_value_t = injector::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Injector: inject_jobs requests handled at once, per gearmand.
+    #[arg(long, default_value_t = injector::DEFAULT_CONCURRENCY)]
+    inject_concurrency: usize,
+    /// Controller: jobs run at once, per gearmand.
+    #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Injector, Controller: seconds shutdown waits for the work in hand.
+    #[arg(long, default_value_t = garivini::gearman::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    shutdown_timeout: f64,
+    /// Controller: failures after which a job is parked as dead.
+    #[arg(long, default_value_t = client::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u8,
+}
+
+impl Settings {
+    fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
+        let sleep = seconds("--batch-run-sleep", self.batch_run_sleep)?;
+        let config = queue_runner::Config {
+            lease: self.lease,
+            batch_max_size: self.batch_max_size,
+            batch_start_size: self.batch_start_size,
+            batch_run_sleep: sleep,
+            busy_run_sleep: seconds("--busy-run-sleep", self.busy_run_sleep)?,
+            idle_poll: seconds("--idle-poll", self.idle_poll)?,
+            queue_watermark_depth: self.queue_watermark_depth,
+            watermark_pushback: self.watermark_pushback,
+            no_worker_delay: self.no_worker_delay,
+            submit_retry_delay: self.submit_retry_delay,
+            report_due_rows: self.metrics_addr.is_some(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn injector(&self) -> anyhow::Result<injector::Config> {
+        let config = injector::Config {
+            lease: self.lease,
+            max_batch: self.max_batch,
+            queue_watermark_depth: self.queue_watermark_depth,
+            concurrency: self.inject_concurrency,
+            submit_retry_delay: self.submit_retry_delay,
+            shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn controller(&self) -> anyhow::Result<controller::Config> {
+        let config = controller::Config {
+            lease: self.lease,
+            concurrency: self.concurrency,
+            no_worker_delay: self.no_worker_delay,
+            shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The roles to run, every setting checked. A role named twice runs once,
+/// with the settings it was first named with.
+pub fn plan(roles: &[(Role, Settings)]) -> anyhow::Result<roles::Config> {
+    let mut plan = roles::Config::default();
+    for (role, settings) in roles {
+        match role {
+            Role::Queuerunner => {
+                let config = settings.queue_runner()?;
+                plan.queue_runner.get_or_insert(config);
+            }
+            Role::Injector => {
+                let config = settings.injector()?;
+                plan.injector.get_or_insert(config);
+            }
+            Role::Controller => {
+                let config = settings.controller()?;
+                if plan.controller.is_none() {
+                    plan.controller = Some(config);
+                    plan.max_attempts = settings.max_attempts;
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The connection flags and each role's settings, with the config file (if
+/// any) laid under what the command line and the environment gave.
+pub struct Effective {
+    pub file: Option<String>,
+    pub servers: (Servers, Vec<Setting>),
+    pub roles: Vec<(Role, Settings, Vec<Setting>)>,
+    /// `status` and `jobs`: the lease that tells rows in flight when no
+    /// --lease is given (see [`longest_lease`]).
+    pub lease: u32,
+}
+
+pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
+    let none = ArgMatches::default();
+    let (roles, given): (Vec<Role>, &ArgMatches) = match &cli.command {
+        Command::Queuerunner(_) => (vec![Role::Queuerunner], sub_matches(matches)),
+        Command::Injector(_) => (vec![Role::Injector], sub_matches(matches)),
+        Command::Controller(_) => (vec![Role::Controller], sub_matches(matches)),
+        Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
+        Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), &none),
+        Command::Status(_) | Command::Jobs { .. } | Command::Schema(_) => (Vec::new(), &none),
+    };
+    let file = cli
+        .config
+        .as_deref()
+        .map(settings_file::File::read)
+        .transpose()?;
+    let name = cli.config.as_ref().map(|p| p.display().to_string());
+    let name_str = name.as_deref().unwrap_or_default();
+    let servers = layered::<Servers>(
+        matches,
+        &file.as_ref().map(|f| f.top()).unwrap_or_default(),
+        name_str,
+    )?;
+    let mut per_role = Vec::new();
+    for role in roles {
+        let keys = file
+            .as_ref()
+            .map(|f| f.role(role.name()))
+            .unwrap_or_default();
+        let (settings, shown) = layered::<Settings>(given, &keys, name_str)?;
+        per_role.push((role, settings, shown));
+    }
+    let lease = match &cli.command {
+        Command::Status(_) | Command::Jobs { .. } => longest_lease(file.as_ref(), name_str)?,
+        _ => names::DEFAULT_LEASE,
+    };
+    Ok(Effective {
+        file: name,
+        servers,
+        roles: per_role,
+        lease,
+    })
+}
+
+fn sub_matches(matches: &ArgMatches) -> &ArgMatches {
+    matches.subcommand().map_or(matches, |(_, m)| m)
+}
+
+/// The one setting `status` and `jobs` read from a role's section.
+#[derive(clap::Args, Debug)]
+struct Lease {
+    #[arg(long, default_value_t = names::DEFAULT_LEASE)]
+    lease: u32,
+}
+
+/// The longest lease a role runs with under `file`: its own section's
+/// `lease`, else `[roles] lease`, else the default. A row due within it may
+/// be running on a worker of any role, so `status` and `jobs` count it in
+/// flight, and `jobs retry|cancel` refuse it without --force.
+fn longest_lease(file: Option<&settings_file::File>, name: &str) -> anyhow::Result<u32> {
+    let mut longest = 0;
+    for role in Role::ALL {
+        let mut keys = file.map(|f| f.role(role.name())).unwrap_or_default();
+        keys.retain(|(key, _)| *key == "lease");
+        let (Lease { lease }, _) = layered::<Lease>(&ArgMatches::default(), &keys, name)?;
+        longest = longest.max(lease);
+    }
+    Ok(longest)
+}
+
+/// `garivini config check`: every role's settings checked and printed.
+pub fn check(e: &Effective) -> anyhow::Result<()> {
+    let source = |settings: &[Setting], flag: &str| {
+        settings
+            .iter()
+            .find(|s| s.flag == flag)
+            .map_or(Source::Default, |s| s.source)
+            .name()
+    };
+    let (servers, shown) = &e.servers;
+    let dbs = garivini::config::parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
+    let gearmand = servers.gearmand()?;
+    println!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
+    for db in &dbs {
+        println!(
+            "database {}: {} ({})",
+            db.dbid,
+            garivini::config::mask_dsn(&db.url),
+            source(shown, "dsn")
+        );
+    }
+    println!(
+        "gearmand: {} ({})",
+        gearmand.join(","),
+        source(shown, "gearmand")
+    );
+    for (role, settings, shown) in &e.roles {
+        match role {
+            Role::Queuerunner => settings.queue_runner().map(|_| ())?,
+            Role::Injector => settings.injector().map(|_| ())?,
+            Role::Controller => settings.controller().map(|_| ())?,
+        }
+        println!("[{}]", role.name());
+        for s in shown {
+            println!("  {} = {} ({})", s.flag, s.value, s.source.name());
+        }
+    }
+    println!("ok");
+    Ok(())
+}

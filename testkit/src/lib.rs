@@ -1,0 +1,44 @@
+//! Fixtures shared by Garivini's integration tests (`tests/`, as a
+//! dev-dependency) and its benchmark (`bench/`): the real MariaDB and a
+//! real gearmand, never mocks.
+//!
+//! - [`db`]: a scratch database per test or phase on the MariaDB of
+//!   `scripts/services up`, dropped on drop; the original Perl Garivini's
+//!   table and statements;
+//! - [`gearmand`]: a private gearmand on a free loopback port, killed on
+//!   drop;
+//! - [`process`]: our binaries (and any other program) as child processes,
+//!   killed on drop, and bounded runs of them;
+//! - [`roles`]: our roles in the calling process, stopped on drop;
+//! - [`worker`]: a Gearman worker in the calling process that records the
+//!   jobs it runs;
+//! - [`wait`]: bounded waits.
+//!
+//! Every wait is bounded, and none sleeps on an async runtime's thread
+//! (only a drop blocks: a killed child's reaping, a database's DROP). The
+//! fixtures that tests use panic with a message naming what failed (and
+//! `scripts/services up` when a service is missing: nothing is skipped);
+//! the fallible ones the benchmark uses return errors, so that one failed
+//! phase is reported rather than ending the run.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod db;
+pub mod gearmand;
+pub mod process;
+pub mod roles;
+pub mod wait;
+pub mod worker;
+
+pub use db::{
+    cleanup_sql, server_url, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, PERL_INSERT_JOB, SCHEMA,
+};
+pub use gearmand::{Gearmand, GearmandConfig};
+pub use process::{
+    bin, bin_dir, bin_path, command, free_port, recorded_runs, run_bin, run_command, run_garivini,
+    with_servers, Proc,
+};
+pub use roles::{insert_numbered, queue_runner, quick_queue_runner, round, InjectClient, Roles};
+pub use wait::{wait_until, within};
+pub use worker::{Run, Worker, WorkerSpec};
