@@ -216,63 +216,61 @@ mod tests {
         Value::Bytes(s.to_vec())
     }
 
-    #[test]
-    fn any_row_the_original_table_allows_is_read() {
-        // flag NULL, arg NULL, failcount 255, run_after 0.
-        let r = row(vec![
-            Value::UInt(7),
-            b(b"resize"),
+    /// A row of `COLUMNS` (job 1 of function "f", due at 1, flag and the
+    /// rest NULL, failcount 0) with the given columns replaced.
+    fn plain(changes: &[(usize, Value)]) -> Vec<Value> {
+        let mut values = vec![
+            Value::UInt(1),
+            b(b"f"),
+            Value::NULL,
+            Value::NULL,
+            Value::UInt(1),
             Value::NULL,
             Value::NULL,
             Value::UInt(0),
-            Value::NULL,
-            Value::NULL,
-            Value::UInt(255),
-        ]);
+        ];
+        for (i, v) in changes {
+            values[*i] = v.clone();
+        }
+        values
+    }
+
+    const JOBID: usize = 0;
+    const FUNCNAME: usize = 1;
+    const ARG: usize = 2;
+    const UNIQKEY: usize = 3;
+    const RUN_AFTER: usize = 4;
+    const FLAG: usize = 6;
+    const FAILCOUNT: usize = 7;
+
+    #[test]
+    fn any_row_the_original_table_allows_is_read() {
+        // flag NULL, arg NULL, failcount 255, run_after 0.
+        let r = row(plain(&[
+            (JOBID, Value::UInt(7)),
+            (RUN_AFTER, Value::UInt(0)),
+            (FAILCOUNT, Value::UInt(255)),
+        ]));
         assert_eq!(r.unsendable, None);
         assert_eq!((r.job.jobid, r.job.run_after, r.job.failcount), (7, 0, 255));
         assert_eq!((r.job.flag, r.job.arg.len()), (Flag::Shim, 0));
         // The text protocol's digits, an empty flag, a signed column.
-        let r = row(vec![
-            b(b"8"),
-            b(b"f"),
-            b(b"x"),
-            b(b"k"),
-            Value::Int(-5),
-            Value::NULL,
-            b(b""),
-            b(b"3"),
-        ]);
+        let r = row(plain(&[
+            (JOBID, b(b"8")),
+            (ARG, b(b"x")),
+            (RUN_AFTER, Value::Int(-5)),
+            (FLAG, b(b"")),
+            (FAILCOUNT, b(b"3")),
+        ]));
         assert_eq!((r.job.jobid, r.job.run_after, r.job.failcount), (8, 0, 3));
         assert_eq!(r.job.flag, Flag::Shim);
-        assert_eq!(
-            row(vec![
-                Value::UInt(1),
-                b(b"f"),
-                Value::NULL,
-                Value::NULL,
-                Value::UInt(1),
-                Value::NULL,
-                b(b"controller"),
-                Value::UInt(0)
-            ])
-            .job
-            .flag,
-            Flag::Controller
-        );
+        let r = row(plain(&[(FLAG, b(b"controller"))]));
+        assert_eq!(r.job.flag, Flag::Controller);
     }
 
     #[test]
     fn a_row_that_cannot_be_sent_says_why() {
-        let name = |raw: &[u8]| {
-            row(vec![
-                Value::UInt(1),
-                b(raw),
-                Value::NULL,
-                Value::NULL,
-                Value::UInt(1),
-            ])
-        };
+        let name = |raw: &[u8]| row(plain(&[(FUNCNAME, b(raw))]));
         let r = name(b"caf\xe9");
         assert_eq!(r.job.funcname, "caf\\xE9");
         assert!(r.unsendable.unwrap().contains("not UTF-8"));
@@ -290,29 +288,14 @@ mod tests {
 
     #[test]
     fn keys_that_are_not_utf8_are_read_lossily() {
-        let r = row(vec![
-            Value::UInt(1),
-            b(b"f"),
-            Value::NULL,
-            b(b"k\xff"),
-            Value::UInt(1),
-        ]);
+        let r = row(plain(&[(UNIQKEY, b(b"k\xff"))]));
         assert_eq!(r.job.uniqkey.as_deref(), Some("k\u{fffd}"));
         assert_eq!(r.unsendable, None);
     }
 
     #[test]
     fn extra_columns_are_kept() {
-        let mut values = vec![
-            Value::UInt(1),
-            b(b"f"),
-            Value::NULL,
-            Value::NULL,
-            Value::UInt(1),
-            Value::NULL,
-            Value::NULL,
-            Value::UInt(0),
-        ];
+        let mut values = plain(&[]);
         values.push(Value::UInt(12));
         assert_eq!(row(values).extra, vec![12]);
     }
