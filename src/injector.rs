@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::gearman::{
-    gearman_unique, queue_depths, serve, BackgroundJob, Submitter, WorkResult,
+    queue_depths, serve, BackgroundJob, Submitter, WorkResult,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{Flag, Job, JobRef, NewJob, MAX_DELAY};
@@ -524,7 +524,7 @@ async fn dispatch_loop(
             .iter()
             .map(|job| BackgroundJob {
                 function: RUN_QUEUED_JOB.to_string(),
-                unique: gearman_unique(job.uniqkey.as_deref()).to_string(),
+                unique: job.dispatch_unique(),
                 data: Bytes::from(job.to_json()),
             })
             .collect();

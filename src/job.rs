@@ -367,6 +367,21 @@ impl Job {
         serde_json::to_vec(&out).expect("a struct of strings and integers always serializes")
     }
 
+    /// The Gearman unique id the job is submitted in the background with:
+    /// its unique key where gearmand can take it (a `shim` row: its
+    /// function's namespace is the key's), otherwise `gv:DBID:JOBID`. A
+    /// row submitted again while its first copy still waits in gearmand
+    /// (its lease ran out, no worker took it) is then coalesced there,
+    /// not queued twice. `controller` rows all go to `run_queued_job`,
+    /// where keys of different functions could meet: they always take
+    /// the row's id.
+    pub fn dispatch_unique(&self) -> String {
+        match crate::gearman::gearman_unique(self.uniqkey.as_deref()) {
+            key if !key.is_empty() && self.flag == Flag::Shim => key.to_string(),
+            _ => format!("gv:{}:{}", self.dbid, self.jobid),
+        }
+    }
+
     /// Reads a job JSON document, as the Perl original or this crate wrote it.
     ///
     /// Numbers may come as strings (the Perl original sends `"jobid":"42"`)

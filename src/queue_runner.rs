@@ -17,8 +17,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::gearman::{function_status, gearman_unique, BackgroundJob, FunctionLoad, Submitter};
-use crate::job::{Flag, Job};
+use crate::gearman::{function_status, BackgroundJob, FunctionLoad, Submitter};
+use crate::job::Job;
 use crate::names::{
     dispatch_function, DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_QUEUE_WATERMARK_DEPTH,
     DEFAULT_SUBMIT_RETRY_DELAY,
@@ -357,7 +357,7 @@ impl QueueRunner {
             .iter()
             .map(|job| BackgroundJob {
                 function: dispatch_function(job.flag, &job.funcname).to_string(),
-                unique: gearman_unique(job.uniqkey.as_deref()).to_string(),
+                unique: job.dispatch_unique(),
                 data: Bytes::from(job.to_json()),
             })
             .collect();
@@ -462,7 +462,7 @@ struct Room {
     watermark: u64,
     /// Push-back of a row over the watermark, seconds.
     pushback: u32,
-    /// Push-back of a `controller` row whose function has no worker.
+    /// Push-back of a row whose function has no worker.
     no_worker_delay: u32,
     /// Places left under the watermark, per dispatch function (a function
     /// gearmand does not know has all of `watermark`).
@@ -497,15 +497,17 @@ impl Room {
     }
 
     /// Which of the `due` rows to dispatch (`None`) and which to push back
-    /// by how long: per function, as many go as there is room for; and a
-    /// `controller` row only when its real function has a worker, since a
-    /// Controller would otherwise hold a slot for it until one comes. Keeps
-    /// no state (a claim may be retried).
+    /// by how long: per function, as many go as there is room for, and
+    /// only while its real function has a worker. A job nobody can run
+    /// waits in the database: in gearmand it would only be submitted again
+    /// each lease and pile up (and a `controller` row would hold a
+    /// Controller's slot until a worker came). Keeps no state (a claim may
+    /// be retried).
     fn admit(&self, due: &[Job]) -> Vec<Option<u32>> {
         let mut taken: HashMap<&str, u64> = HashMap::new();
         due.iter()
             .map(|job| {
-                if job.flag == Flag::Controller && !self.served.contains(&job.funcname) {
+                if !self.served.contains(&job.funcname) {
                     return Some(self.no_worker_delay);
                 }
                 let function = dispatch_function(job.flag, &job.funcname);
@@ -533,6 +535,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::Flag;
     use crate::names::RUN_QUEUED_JOB;
 
     #[test]
@@ -600,6 +603,7 @@ mod tests {
         let status: HashMap<String, FunctionLoad> = [
             ("a".to_string(), load(1, 1)),
             (RUN_QUEUED_JOB.to_string(), load(1, 1)),
+            ("b".to_string(), load(0, 1)),
             ("served".to_string(), load(0, 1)),
         ]
         .into();
@@ -615,15 +619,24 @@ mod tests {
     }
 
     #[test]
-    fn controller_rows_wait_while_their_function_has_no_worker() {
-        let status: HashMap<String, FunctionLoad> = [("idle".to_string(), load(0, 0))].into();
+    fn rows_wait_in_the_database_while_their_function_has_no_worker() {
+        let status: HashMap<String, FunctionLoad> = [
+            ("idle".to_string(), load(0, 0)),
+            ("busy".to_string(), load(3, 1)),
+        ]
+        .into();
         let room = Room::new(10, 1, 30, status);
         let due = [
             job("idle", Flag::Controller),
             job("unknown", Flag::Controller),
             job("idle", Flag::Shim),
+            job("unknown", Flag::Shim),
+            job("busy", Flag::Shim),
         ];
-        assert_eq!(room.admit(&due), vec![Some(30), Some(30), None]);
+        assert_eq!(
+            room.admit(&due),
+            vec![Some(30), Some(30), Some(30), Some(30), None]
+        );
     }
 
     #[test]

@@ -142,8 +142,10 @@ async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
     worker.write_all(&can_do).unwrap();
     gearmand.wait_for_worker("thumbs").await;
 
+    // A worker for resize that takes no job: both wait in gearmand, their
+    // rows leased.
+    let _idle = gearmand.idle_worker("resize").await;
     let _runner = Proc::spawn("garivini", &with_servers(&db, &gearmand, &["queuerunner"]));
-    // No worker for resize: both jobs wait in gearmand, their rows leased.
     gearmand
         .wait_for_depth(LIMIT, "the QueueRunner to dispatch both rows", "resize", 2)
         .await;
@@ -159,7 +161,7 @@ async fn status_shows_what_the_queuerunner_leased_and_gearmand_queued() {
     assert_eq!(server["error"], Value::Null);
     let funcs = server["functions"].as_array().unwrap();
     let (r, t) = (named(funcs, "resize"), named(funcs, "thumbs"));
-    assert_eq!([&r["depth"], &r["running"], &r["workers"]], [2, 0, 0]);
+    assert_eq!([&r["depth"], &r["running"], &r["workers"]], [2, 0, 1]);
     assert_eq!([&t["depth"], &t["running"], &t["workers"]], [0, 0, 1]);
 
     // What the README shows.

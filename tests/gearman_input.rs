@@ -212,8 +212,9 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
     // `controller` row, which goes only while gearmand's status shows a
     // worker for its function.
     worker.send(CAN_DO, &[b"served"]).await;
+    worker.send(CAN_DO, &[b"normal"]).await;
     wait_until(LIMIT, "the second worker in status", || async {
-        gearmand.workers("served").await == 1
+        gearmand.workers("served").await == 1 && gearmand.workers("normal").await == 1
     })
     .await;
     let store = db.store().await;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use garivini::gearman::{Outcome, WorkResult};
 use garivini::injector::answer_refs;
 use garivini::job::NEVER;
-use garivini::names::INJECT_JOBS;
+use garivini::names::{DEFAULT_NO_WORKER_DELAY, INJECT_JOBS};
 use garivini::{controller, injector, queue_runner, roles, Client, Flag, Job};
 use testkit::{
     quick_queue_runner, wait_until, within, Gearmand, InjectClient, Roles, TestDb, Worker,
@@ -426,7 +426,11 @@ async fn a_job_whose_function_has_no_worker_waits_in_the_database() {
     db.wait_for_count(
         LIMIT,
         "the row to be put back for later",
-        &format!("run_after BETWEEN {} AND {}", now + 28, now + 32),
+        &format!(
+            "run_after BETWEEN {} AND {}",
+            now + DEFAULT_NO_WORKER_DELAY - 2,
+            now + DEFAULT_NO_WORKER_DELAY + 2
+        ),
         1,
     )
     .await;

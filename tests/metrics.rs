@@ -91,7 +91,9 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
     }
 
     // Throughput mode: 20 jobs the QueueRunner claims and dispatches; 5 for
-    // a function nobody serves, held back by the watermark of 2.
+    // a function whose one worker takes nothing, held back by the
+    // watermark of 2.
+    let _idle = gearmand.idle_worker("m_held").await;
     let client = Client::new(db.store().await);
     insert_numbered(&client, "m_tp", "", 20).await;
     insert_numbered(&client, "m_held", "", 5).await;

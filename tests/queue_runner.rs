@@ -52,9 +52,11 @@ async fn due_jobs_reach_the_worker_as_job_json_with_their_unique_key() {
         panic!("two jobs stored");
     };
     let mut qr = queue_runner(quick(), client.store().clone(), &gearmand);
+    let idle = gearmand.idle_worker("resize").await;
     let stats = round(&mut qr).await.unwrap();
     assert_eq!((stats.claimed, stats.dispatched), (2, 2));
     assert_eq!(gearmand.depth("resize").await, 2);
+    drop(idle);
 
     let worker = completing(&gearmand, "resize", &client).await;
     db.wait_for_count(LIMIT, "both jobs done", "1", 0).await;
@@ -68,7 +70,11 @@ async fn due_jobs_reach_the_worker_as_job_json_with_their_unique_key() {
         (job.dbid, job.funcname.as_str(), job.arg.as_slice()),
         (1, "resize", &b"{\"w\":1}"[..])
     );
-    assert_eq!(unique, None);
+    assert_eq!(
+        unique.as_deref(),
+        Some(format!("gv:1:{}", plain.jobid).as_str()),
+        "a keyless row's unique id is its own id"
+    );
     let (job, unique) = by_id(keyed.jobid);
     assert_eq!(job.uniqkey.as_deref(), Some("img-7"));
     assert_eq!(
@@ -87,6 +93,7 @@ async fn dispatched_rows_are_leased_not_deleted() {
         ..quick()
     };
     let mut qr = queue_runner(config, client.store().clone(), &gearmand);
+    let _idle = gearmand.idle_worker("nobody").await;
     let now = db.now().await;
     round(&mut qr).await.unwrap();
     assert_eq!(
@@ -111,6 +118,7 @@ async fn delayed_job_is_not_dispatched_early() {
         .unwrap();
     let due = client.store().get(r).await.unwrap().unwrap().run_after;
     let mut qr = queue_runner(quick(), client.store().clone(), &gearmand);
+    let _idle = gearmand.idle_worker("later").await;
     // Until the database clock reaches run_after, every round claims nothing.
     while db.now().await < due {
         assert_eq!(
@@ -143,6 +151,10 @@ async fn rows_over_the_watermark_are_pushed_back_not_submitted() {
         ..quick()
     };
     let mut qr = queue_runner(config, client.store().clone(), &gearmand);
+    let _idle = (
+        gearmand.idle_worker("busy").await,
+        gearmand.idle_worker("idle").await,
+    );
     let now = db.now().await;
     let stats = round(&mut qr).await.unwrap();
     assert_eq!((stats.dispatched, stats.pushed_back), (6, 15), "{stats:?}");
@@ -212,12 +224,14 @@ async fn gearmand_outage_loses_nothing() {
     };
     let runner = running(config, client.store().clone(), &gearmand).await;
 
-    // Jobs that reach gearmand and die with it (no worker yet).
+    // Jobs that reach gearmand and die with it (no worker takes them).
+    let idle = gearmand.idle_worker("survive").await;
     insert_numbered(&client, "survive", "a", 50).await;
     gearmand
         .wait_for_depth(LIMIT, "first jobs queued in gearmand", "survive", 50)
         .await;
     gearmand.kill();
+    drop(idle);
     // Jobs inserted while gearmand is down.
     insert_numbered(&client, "survive", "b", 50).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -255,6 +269,7 @@ async fn an_idle_queuerunner_notices_a_new_job_long_before_its_round_is_due() {
         ..Config::default()
     };
     let runner = running(config, store.clone(), &gearmand).await;
+    let _idle = gearmand.idle_worker("idle_probe").await;
     // Its first round found nothing: it is now in its minute-long pause.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Client::new(store)
@@ -270,4 +285,66 @@ async fn an_idle_queuerunner_notices_a_new_job_long_before_its_round_is_due() {
         )
         .await;
     runner.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn rows_of_a_function_without_a_worker_wait_in_the_database() {
+    let (db, gearmand, client) = setup().await;
+    insert_numbered(&client, "unserved", "", 3).await;
+    let config = Config {
+        no_worker_delay: 60,
+        ..quick()
+    };
+    let mut qr = queue_runner(config, client.store().clone(), &gearmand);
+    let now = db.now().await;
+    let stats = round(&mut qr).await.unwrap();
+    assert_eq!((stats.dispatched, stats.pushed_back), (0, 3), "{stats:?}");
+    assert_eq!(
+        gearmand.depth("unserved").await,
+        0,
+        "nothing piles up in gearmand"
+    );
+    assert_eq!(
+        db.count(&format!("run_after BETWEEN {} AND {}", now + 60, now + 62))
+            .await,
+        3
+    );
+    // Once a worker registers, they go.
+    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
+    let worker = completing(&gearmand, "unserved", &client).await;
+    round(&mut qr).await.unwrap();
+    db.wait_for_count(LIMIT, "the three jobs done", "1", 0)
+        .await;
+    assert_eq!(worker.runs().len(), 3);
+}
+
+#[tokio::test]
+async fn a_row_submitted_again_while_still_queued_is_not_queued_twice() {
+    let (db, gearmand, client) = setup().await;
+    insert_numbered(&client, "slow", "", 3).await;
+    client
+        .insert_job(NewJob::new("slow", "keyed").unique("k-1"))
+        .await
+        .unwrap();
+    let config = Config {
+        lease: 1,
+        ..quick()
+    };
+    let mut qr = queue_runner(config, client.store().clone(), &gearmand);
+    let _idle = gearmand.idle_worker("slow").await;
+    assert_eq!(round(&mut qr).await.unwrap().dispatched, 4);
+    // The leases run out while the copies wait in gearmand: the rows are
+    // claimed and submitted again, and gearmand coalesces them.
+    for _ in 0..3 {
+        let due = db.now().await + 2;
+        while db.now().await < due {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(round(&mut qr).await.unwrap().dispatched, 4);
+    }
+    assert_eq!(
+        gearmand.depth("slow").await,
+        4,
+        "one copy of each row in gearmand"
+    );
 }

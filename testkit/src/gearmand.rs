@@ -30,6 +30,11 @@ pub struct GearmandConfig {
     pub dir: Option<(PathBuf, String)>,
 }
 
+/// A registered worker that takes no job ([`Gearmand::idle_worker`]).
+pub struct IdleWorker {
+    _conn: tokio::net::TcpStream,
+}
+
 /// A private gearmand, killed (SIGKILL) on drop.
 pub struct Gearmand {
     /// `127.0.0.1:PORT`.
@@ -184,6 +189,28 @@ impl Gearmand {
     /// panics with `what` after `limit`.
     pub async fn wait_for_depth(&self, limit: Duration, what: &str, function: &str, n: u64) {
         wait_until(limit, what, || async { self.depth(function).await == n }).await;
+    }
+
+    /// A worker that registers for `function` (CAN_DO) and never asks for
+    /// a job: gearmand counts it, so a QueueRunner submits the function's
+    /// rows, and they stay queued (to watch depths). Returns once gearmand
+    /// knows it; it leaves when dropped.
+    pub async fn idle_worker(&self, function: &str) -> IdleWorker {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = within(
+            LIMIT,
+            "connecting to gearmand",
+            tokio::net::TcpStream::connect(&self.addr),
+        )
+        .await
+        .expect("gearmand accepts a worker");
+        let mut packet = b"\0REQ".to_vec();
+        packet.extend(1u32.to_be_bytes()); // CAN_DO
+        packet.extend((function.len() as u32).to_be_bytes());
+        packet.extend(function.as_bytes());
+        conn.write_all(&packet).await.expect("CAN_DO sent");
+        self.wait_for_worker(function).await;
+        IdleWorker { _conn: conn }
     }
 
     /// Waits until `function` has a worker registered.

@@ -34,7 +34,7 @@ pub mod worker;
 pub use db::{
     cleanup_sql, server_url, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, PERL_INSERT_JOB, SCHEMA,
 };
-pub use gearmand::{Gearmand, GearmandConfig};
+pub use gearmand::{Gearmand, GearmandConfig, IdleWorker};
 pub use process::{
     bin, bin_dir, bin_path, command, free_port, recorded_runs, run_bin, run_command, run_garivini,
     with_servers, Proc,
