@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::gearman::{function_status, BackgroundJob, FunctionLoad, Submitter};
+use crate::gearman::{BackgroundJob, FunctionLoad, Submitter};
 use crate::job::Job;
 use crate::names::{
     dispatch_function, DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_QUEUE_WATERMARK_DEPTH,
@@ -194,6 +194,9 @@ pub struct QueueRunner {
     /// Ends a round's waits on gearmand early ([`QueueRunner::run`]'s
     /// token; never cancelled for a bare [`QueueRunner::run_once`]).
     shutdown: CancellationToken,
+    /// The databases this runner claims from: all of the store's, but in
+    /// each of the claim loops [`QueueRunner::run`] starts, one.
+    dbids: Vec<u32>,
 }
 
 /// How a round went, for the pause after it.
@@ -232,7 +235,6 @@ impl QueueRunner {
         Ok(QueueRunner {
             submitter: Submitter::new(gearmand.clone()),
             config,
-            store,
             gearmand,
             batches,
             db_outages,
@@ -241,7 +243,26 @@ impl QueueRunner {
                 .checked_sub(DUE_ROWS_EVERY)
                 .unwrap_or_else(Instant::now),
             shutdown: CancellationToken::new(),
+            dbids: store.dbids().collect(),
+            store,
         })
+    }
+
+    /// A runner of the same settings that claims from database `dbid`
+    /// alone, with its own gearmand connections, batch size and pauses.
+    fn for_db(&self, dbid: u32) -> QueueRunner {
+        QueueRunner {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            gearmand: self.gearmand.clone(),
+            submitter: Submitter::new(self.gearmand.clone()),
+            batches: self.batches.clone(),
+            db_outages: [(dbid, Outage::new("queuerunner cannot claim from database"))].into(),
+            status_outage: Outage::new("queuerunner cannot read gearmand queue depths"),
+            due_counted: self.due_counted,
+            shutdown: self.shutdown.clone(),
+            dbids: vec![dbid],
+        }
     }
 
     /// The current batch size for database `dbid`.
@@ -262,7 +283,7 @@ impl QueueRunner {
         );
         if self.config.report_due_rows && self.due_counted.elapsed() >= DUE_ROWS_EVERY {
             self.due_counted = Instant::now();
-            for dbid in self.store.dbids() {
+            for &dbid in &self.dbids {
                 if let Ok(rows) = self.store.count_due(dbid, telemetry::DUE_ROWS_CAP).await {
                     telemetry::due_rows(dbid, rows);
                 }
@@ -279,7 +300,7 @@ impl QueueRunner {
             // Raced against shutdown: a gearmand that accepts and never
             // answers would hold a stopping role for the reply timeout.
             let (load, errors) = tokio::select! {
-                status = function_status(&self.gearmand) => status,
+                status = self.submitter.function_status() => status,
                 _ = self.shutdown.cancelled() => return Ok(stats),
             };
             if errors.len() == self.gearmand.len() {
@@ -299,8 +320,7 @@ impl QueueRunner {
                 load,
             ));
         }
-        let dbids: Vec<u32> = self.store.dbids().collect();
-        for dbid in dbids {
+        for dbid in self.dbids.clone() {
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -398,7 +418,7 @@ impl QueueRunner {
                 return;
             }
             tokio::time::sleep((until - now).min(self.config.idle_poll)).await;
-            for dbid in self.store.dbids() {
+            for &dbid in &self.dbids {
                 // A failed probe is no news: the next round will tell.
                 if let Ok(true) = self.store.any_due(dbid).await {
                     return;
@@ -412,13 +432,37 @@ impl QueueRunner {
     /// pause is `busy_run_sleep`; it doubles while rounds find nothing, up
     /// to `batch_run_sleep`; the round's own duration is subtracted. A
     /// pause ends early when a probe every `idle_poll` finds a due row.
+    ///
+    /// With several databases, each gets a claim loop of its own (its own
+    /// gearmand connections, batch size, pauses and outage), so that a
+    /// database that hangs or is down holds back only its own rows, not
+    /// the others' (it used to cost every round its 10 s operation
+    /// timeout). The watermark is read by each loop; together they may
+    /// overshoot it by a batch per database.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.shutdown = shutdown.clone();
+        if self.dbids.len() > 1 {
+            let mut loops = tokio::task::JoinSet::new();
+            for dbid in self.dbids.clone() {
+                loops.spawn(self.for_db(dbid).claim_loop(shutdown.clone()));
+            }
+            while let Some(ended) = loops.join_next().await {
+                if let Err(err) = ended {
+                    tracing::error!(error = %err, "queuerunner claim loop ended badly");
+                }
+            }
+            return;
+        }
+        self.claim_loop(shutdown).await;
+    }
+
+    async fn claim_loop(mut self, shutdown: CancellationToken) {
         let busy = self.config.busy_run_sleep.min(self.config.batch_run_sleep);
         let mut pause = self.config.batch_run_sleep;
         tracing::info!(
             lease = self.config.lease,
             watermark = self.config.queue_watermark_depth,
+            db.id = ?self.dbids,
             "queuerunner started"
         );
         while !shutdown.is_cancelled() {

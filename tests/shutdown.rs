@@ -5,33 +5,9 @@
 //! per test), the real binaries; the "gearmand" is a listener of the
 //! test's own. Needs scripts/services up.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use testkit::{wait_until, Proc, TestDb};
-
-/// A server that accepts every connection and never says a word: a hung
-/// gearmand. Its connections are held until the test ends.
-struct Silent {
-    addr: String,
-}
-
-impl Silent {
-    fn start() -> Silent {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let addr = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => held.push(c),
-                    Err(_) => return,
-                }
-            }
-        });
-        Silent { addr }
-    }
-}
+use testkit::{wait_until, Proc, Silent, TestDb};
 
 /// Well under the roles' 30 s reply timeout and shutdown timeout: a role
 /// that waits on the silent server before it stops takes longer.

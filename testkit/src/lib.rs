@@ -12,6 +12,7 @@
 //! - [`roles`]: our roles in the calling process, stopped on drop;
 //! - [`worker`]: a Gearman worker in the calling process that records the
 //!   jobs it runs;
+//! - [`silent`]: a server that accepts and never answers (hung);
 //! - [`wait`]: bounded waits.
 //!
 //! Every wait is bounded, and none sleeps on an async runtime's thread
@@ -28,6 +29,7 @@ pub mod db;
 pub mod gearmand;
 pub mod process;
 pub mod roles;
+pub mod silent;
 pub mod wait;
 pub mod worker;
 
@@ -40,5 +42,6 @@ pub use process::{
     with_servers, Proc,
 };
 pub use roles::{insert_numbered, queue_runner, quick_queue_runner, round, InjectClient, Roles};
+pub use silent::Silent;
 pub use wait::{wait_until, within};
 pub use worker::{Run, Worker, WorkerSpec};
