@@ -8,6 +8,15 @@
 //! together in the next one. A worker that need not wait for the DELETE
 //! ([`Client::complete_job_deferred`]) frees its slot at once, so its
 //! speed is bounded by the database's throughput, not its commit latency.
+//!
+//! No completion is dropped on a database fault: a DELETE (or a
+//! reschedule) that fails because the database is down, hung or refusing
+//! connections is kept and tried again, with capped and jittered backoff,
+//! until it commits or the process exits; [`Client::flush_completions`]
+//! waits for them. So an outage shorter than the lease makes no job run
+//! twice. A change the database refuses for a reason of the statement's
+//! is logged and dropped (the job then runs again after its lease), and
+//! one whose row is gone is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +42,11 @@ pub const DEFAULT_COMPLETE_BATCH: usize = 1000;
 pub const DEFAULT_COMPLETE_LINGER: Duration = Duration::ZERO;
 /// DELETEs in flight at once.
 const COMPLETE_IN_FLIGHT: usize = 4;
+/// Longest pause between two tries of the changes kept after a database
+/// fault. While the database is known down a try costs nothing (the store
+/// refuses it without a round trip), so the pause is short: the kept
+/// changes commit within about a second of the database's return.
+pub const KEPT_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// What [`Client::failed_job`] did with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,51 +64,82 @@ struct Completion {
     done: Option<oneshot::Sender<Result<(), (String, bool)>>>,
 }
 
-/// Deferred completions not yet written, so that a worker can wait for
-/// them before it exits.
-struct Deferred {
-    pending: AtomicUsize,
+/// A change to a row that failed on a fault of its database, kept until
+/// it commits.
+enum Kept {
+    /// A completion.
+    Delete(JobRef),
+    /// A reschedule: [`Client::reschedule_job`] or [`Client::failed_job`].
+    Reschedule {
+        job: JobRef,
+        when: When,
+        failcount: u8,
+    },
+}
+
+/// Changes not yet written, so that a worker can wait for them before it
+/// exits: deferred completions not yet sent, and every change kept after a
+/// database fault.
+struct Unwritten {
+    count: AtomicUsize,
     written: Notify,
-    /// Deferred DELETEs failing: one warning per outage.
+    /// Changes being kept: logged once per outage, at info (the store's
+    /// own tracker warns that the database is down).
     outage: Outage,
 }
 
+impl Unwritten {
+    fn done(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_sub(n, Ordering::SeqCst);
+            self.written.notify_waiters();
+        }
+    }
+}
+
 /// A handle for storing and finishing jobs. Cheap to clone; clones share
-/// one database pool per database and one completion batcher.
+/// one database pool per database, one completion batcher and one keeper
+/// of the changes that failed on a database fault.
 #[derive(Clone)]
 pub struct Client {
     store: Arc<Store>,
     completions: mpsc::Sender<Completion>,
-    deferred: Arc<Deferred>,
+    unwritten: Arc<Unwritten>,
+    kept: mpsc::UnboundedSender<Kept>,
     max_attempts: u8,
 }
 
 impl Client {
     /// A client on `store`. Must be called within a Tokio runtime: it
     /// starts the completion batcher ([`crate::batch`]), which ends when
-    /// the last clone of the client is dropped.
+    /// the last clone of the client is dropped, and the keeper of changes
+    /// that failed on a database fault, which ends once the last clone is
+    /// dropped and it has written them all.
     pub fn new(store: Arc<Store>) -> Client {
         let limits = batch::Limits {
             max_batch: DEFAULT_COMPLETE_BATCH,
             linger: DEFAULT_COMPLETE_LINGER,
             in_flight: COMPLETE_IN_FLIGHT,
         };
-        let deferred = Arc::new(Deferred {
-            pending: AtomicUsize::new(0),
+        let unwritten = Arc::new(Unwritten {
+            count: AtomicUsize::new(0),
             written: Notify::new(),
-            outage: Outage::new(
-                "deferred completions failed; those jobs run again after their lease",
+            outage: Outage::info(
+                "completions kept while the database is down; written once it answers",
             ),
         });
-        let (s, d) = (store.clone(), deferred.clone());
+        let (kept, to_retry) = mpsc::unbounded_channel();
+        tokio::spawn(retry_kept(store.clone(), unwritten.clone(), to_retry));
+        let (s, u, k) = (store.clone(), unwritten.clone(), kept.clone());
         let completions = batch::spawn(limits, move |batch| {
-            let (s, d) = (s.clone(), d.clone());
-            async move { flush(&s, &d, batch).await }
+            let (s, u, k) = (s.clone(), u.clone(), k.clone());
+            async move { flush(&s, &u, &k, batch).await }
         });
         Client {
             store,
             completions,
-            deferred,
+            unwritten,
+            kept,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -125,8 +170,14 @@ impl Client {
         self.store.insert(jobs).await
     }
 
-    /// Marks a job done: deletes its row. Answers only after the delete is
-    /// committed; it may share its DELETE with other completions.
+    /// Marks a job done: deletes its row. Answers Ok only after the delete
+    /// is committed; it may share its DELETE with other completions.
+    ///
+    /// On a fault of the database (down, hung, refusing connections) it
+    /// answers [`Error::CompletionFailed`] with `connection_fault` (at
+    /// once while the database is known down) and keeps the completion:
+    /// it is written once the database answers, unless the process exits
+    /// first ([`Client::flush_completions`] waits for it).
     pub async fn complete_job(&self, job: &Job) -> Result<()> {
         let job = JobRef::from(job);
         let (done, answer) = oneshot::channel();
@@ -150,39 +201,73 @@ impl Client {
 
     /// Marks a job done without waiting for its DELETE: queues it for the
     /// next group DELETE and answers once it is queued (waiting only while
-    /// the queue is full). The row stays until that DELETE commits; if the
-    /// process dies first or the DELETE fails, the job runs again after
-    /// its lease, so at least once still holds. Failures are logged, once
-    /// per outage. Call [`Client::flush_completions`] before exiting.
+    /// the queue is full). The row stays until that DELETE commits. A
+    /// DELETE that fails on a fault of the database is kept and tried
+    /// again until it commits; only if the process exits first (or the
+    /// database refuses the statement itself, logged) does the job run
+    /// again after its lease, so at least once still holds. Call
+    /// [`Client::flush_completions`] before exiting.
     pub async fn complete_job_deferred(&self, job: &Job) -> Result<()> {
         let job = JobRef::from(job);
-        self.deferred.pending.fetch_add(1, Ordering::SeqCst);
+        self.unwritten.count.fetch_add(1, Ordering::SeqCst);
         let queued = self.completions.send(Completion { job, done: None }).await;
         if queued.is_err() {
-            self.deferred.pending.fetch_sub(1, Ordering::SeqCst);
+            self.unwritten.done(1);
             return Err(Error::CompletionLost { job });
         }
         Ok(())
     }
 
-    /// Waits until every deferred completion has been written (or has
-    /// failed and been logged).
+    /// Waits until every deferred completion, and every completion or
+    /// reschedule kept after a database fault, has been written (or
+    /// refused by the database for a reason of its own, and logged).
+    ///
+    /// While a database is down this waits for its return: bound it by
+    /// the shutdown timeout (`gv_consume` waits `--shutdown-timeout`), and
+    /// see [`Client::unwritten`] for what is left when it runs out.
     pub async fn flush_completions(&self) {
         loop {
-            let written = self.deferred.written.notified();
-            if self.deferred.pending.load(Ordering::SeqCst) == 0 {
+            let written = self.unwritten.written.notified();
+            if self.unwritten.count.load(Ordering::SeqCst) == 0 {
                 return;
             }
             written.await;
         }
     }
 
-    /// Sets when a job runs again, keeping its failcount.
+    /// Completions and reschedules not yet written: deferred ones not yet
+    /// sent, and those kept after a database fault. Those left when the
+    /// process exits run again after their lease.
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.count.load(Ordering::SeqCst)
+    }
+
+    /// Sets when a job runs again, keeping its failcount. On a fault of
+    /// the database the change is kept and written once it answers (and
+    /// the fault returned).
     pub async fn reschedule_job(&self, job: &Job, when: When) -> Result<()> {
-        self.store
-            .reschedule(JobRef::from(job), when, job.failcount)
-            .await?;
-        Ok(())
+        self.reschedule(JobRef::from(job), when, job.failcount)
+            .await
+    }
+
+    async fn reschedule(&self, job: JobRef, when: When, failcount: u8) -> Result<()> {
+        match self.store.reschedule(job, when, failcount).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_connection_fault() => {
+                keep(
+                    &self.unwritten,
+                    &self.kept,
+                    Kept::Reschedule {
+                        job,
+                        when,
+                        failcount,
+                    },
+                    &err,
+                );
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Keeps a running job's row leased for `lease` more seconds, so that
@@ -194,7 +279,9 @@ impl Client {
 
     /// Records a failed run: failcount + 1, and the job runs again after
     /// the original's backoff (2^failcount minutes, at most a day), or is
-    /// parked dead once it has failed `max_attempts` times.
+    /// parked dead once it has failed `max_attempts` times. On a fault of
+    /// the database the change is kept and written once it answers (and
+    /// the fault returned).
     pub async fn failed_job(&self, job: &Job) -> Result<Retry> {
         let failcount = job.failcount.saturating_add(1);
         let retry = if failcount >= self.max_attempts {
@@ -206,46 +293,163 @@ impl Client {
             Retry::Dead => When::Never,
             Retry::In(secs) => When::In(secs),
         };
-        self.store
-            .reschedule(JobRef::from(job), when, failcount)
-            .await?;
+        self.reschedule(JobRef::from(job), when, failcount).await?;
         telemetry::failed(retry == Retry::Dead);
         Ok(retry)
     }
 }
 
-async fn flush(store: &Store, deferred: &Deferred, batch: Vec<Completion>) {
+/// Keeps `change`, which failed on `fault`, for [`retry_kept`].
+fn keep(unwritten: &Unwritten, kept: &mpsc::UnboundedSender<Kept>, change: Kept, fault: &Error) {
+    unwritten.count.fetch_add(1, Ordering::SeqCst);
+    unwritten.outage.failed(fault);
+    if kept.send(change).is_err() {
+        // The keeper ends only after the last client: nothing can call here then.
+        unwritten.done(1);
+    }
+}
+
+/// Writes the changes kept after a database fault, with the outage's
+/// backoff (at most [`KEPT_RETRY_CAP`] apart), until each commits or is
+/// refused for a reason of the statement's. Ends once every client is
+/// gone and nothing is kept.
+async fn retry_kept(
+    store: Arc<Store>,
+    unwritten: Arc<Unwritten>,
+    mut to_retry: mpsc::UnboundedReceiver<Kept>,
+) {
+    let mut kept = Vec::new();
+    loop {
+        if kept.is_empty() {
+            match to_retry.recv().await {
+                Some(change) => kept.push(change),
+                None => return,
+            }
+        }
+        // The database was down a moment ago: give it the pause first.
+        tokio::time::sleep(unwritten.outage.delay_up_to(KEPT_RETRY_CAP)).await;
+        while let Ok(change) = to_retry.try_recv() {
+            kept.push(change);
+        }
+        kept = write_kept(&store, &unwritten, kept).await;
+    }
+}
+
+/// One try of the kept changes: the deletes of each database in one
+/// group DELETE, the reschedules one by one. Returns those to try again.
+async fn write_kept(store: &Store, unwritten: &Unwritten, kept: Vec<Kept>) -> Vec<Kept> {
+    let mut deletes: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut reschedules = Vec::new();
+    for change in kept {
+        match change {
+            Kept::Delete(job) => deletes.entry(job.dbid).or_default().push(job.jobid),
+            Kept::Reschedule {
+                job,
+                when,
+                failcount,
+            } => reschedules.push((job, when, failcount)),
+        }
+    }
+    let mut again = Vec::new();
+    let mut fault = None;
+    let mut done = 0;
+    for (dbid, jobids) in deletes {
+        match store.delete(dbid, &jobids).await {
+            // Rows already gone (completed by another run) are done too.
+            Ok(deleted) => {
+                telemetry::completed(deleted);
+                done += jobids.len();
+            }
+            Err(err) if err.is_connection_fault() => {
+                again.extend(
+                    jobids
+                        .into_iter()
+                        .map(|jobid| Kept::Delete(JobRef { dbid, jobid })),
+                );
+                fault = Some(err);
+            }
+            Err(err) => {
+                tracing::warn!(db.id = dbid, jobs = jobids.len(), error = %err, "kept completions refused by the database; those jobs run again after their lease");
+                done += jobids.len();
+            }
+        }
+    }
+    for (job, when, failcount) in reschedules {
+        match store.reschedule(job, when, failcount).await {
+            Ok(_) => done += 1,
+            Err(err) if err.is_connection_fault() => {
+                again.push(Kept::Reschedule {
+                    job,
+                    when,
+                    failcount,
+                });
+                fault = Some(err);
+            }
+            Err(err) => {
+                tracing::warn!(%job, error = %err, "a kept reschedule refused by the database; the job runs again after its lease");
+                done += 1;
+            }
+        }
+    }
+    unwritten.done(done);
+    match &fault {
+        Some(err) => unwritten.outage.failed(err),
+        None => unwritten.outage.ended(),
+    }
+    again
+}
+
+async fn flush(
+    store: &Store,
+    unwritten: &Unwritten,
+    kept: &mpsc::UnboundedSender<Kept>,
+    batch: Vec<Completion>,
+) {
     let mut by_db: HashMap<u32, Vec<Completion>> = HashMap::new();
     for c in batch {
         by_db.entry(c.job.dbid).or_default().push(c);
     }
     for (dbid, completions) in by_db {
         let ids: Vec<u64> = completions.iter().map(|c| c.job.jobid).collect();
-        let outcome = store
-            .delete(dbid, &ids)
-            .await
+        let outcome = store.delete(dbid, &ids).await;
+        let fault = match &outcome {
+            Ok(deleted) => {
+                telemetry::completed(*deleted);
+                None
+            }
+            Err(err) => Some(err),
+        };
+        let answer = outcome
+            .as_ref()
+            .map(|_| ())
             .map_err(|e| (e.to_string(), e.is_connection_fault()));
-        if let Ok(deleted) = outcome {
-            telemetry::completed(deleted);
-        }
-        let mut written = 0;
+        let (mut written, mut refused) = (0, 0);
         for c in completions {
-            match c.done {
-                // The caller may have gone away; its row is deleted all the same.
-                Some(done) => drop(done.send(outcome.clone().map(|_| ()))),
-                None => written += 1,
+            match fault {
+                // Kept, deferred or not, before anyone is told: a worker
+                // flushing at exit then waits for it.
+                Some(err) if err.is_connection_fault() => {
+                    keep(unwritten, kept, Kept::Delete(c.job), err);
+                    // A deferred one was counted when it was queued.
+                    if c.done.is_none() {
+                        written += 1;
+                    }
+                }
+                Some(_) if c.done.is_none() => {
+                    refused += 1;
+                    written += 1;
+                }
+                _ if c.done.is_none() => written += 1,
+                _ => {}
+            }
+            // The caller may have gone away; its row is deleted (or kept) all the same.
+            if let Some(done) = c.done {
+                drop(done.send(answer.clone()));
             }
         }
-        if written > 0 {
-            match &outcome {
-                Ok(_) => deferred.outage.ended(),
-                Err((reason, fault)) => deferred.outage.failed(&Error::GroupFailed {
-                    reason: reason.clone(),
-                    connection_fault: *fault,
-                }),
-            }
-            deferred.pending.fetch_sub(written, Ordering::SeqCst);
-            deferred.written.notify_waiters();
+        if let (Some(err), true) = (fault, refused > 0) {
+            tracing::warn!(db.id = dbid, jobs = refused, error = %err, "deferred completions refused by the database; those jobs run again after their lease");
         }
+        unwritten.done(written);
     }
 }

@@ -67,7 +67,10 @@ pub fn parse_dsn_list(list: &str) -> Result<Vec<DbConfig>> {
 /// cannot do: its driver has no TLS backend, and would accept a URL with
 /// `require_ssl` only to panic at the first connection.
 pub(crate) fn driver_opts(url: &str) -> Result<mysql_async::Opts> {
-    let opts = mysql_async::Opts::from_url(url).map_err(|e| Error::InvalidDsn {
+    // pool_min/pool_max are ours to read (the driver would refuse
+    // `?pool_max=4` alone against its own minimum of 10).
+    let (without_pool, _) = crate::store::pool_params(url)?;
+    let opts = mysql_async::Opts::from_url(&without_pool).map_err(|e| Error::InvalidDsn {
         dsn: mask_dsn(url),
         reason: e.to_string(),
     })?;

@@ -80,6 +80,22 @@ pub enum Error {
         #[source]
         source: mysql_async::Error,
     },
+    /// A database known to be down (its last call failed on a fault of
+    /// its own, and it has not answered since): the call was refused
+    /// without trying, so that it fails at once instead of waiting for the
+    /// timeout. The store tries the database in the background and takes
+    /// calls again once it answers.
+    #[error("database {dbid} ({dsn}) is down (for {since:.1?}: {reason}); not tried")]
+    DbDown {
+        /// The database id.
+        dbid: u32,
+        /// Its URL, password masked.
+        dsn: String,
+        /// Its last fault, as the driver said it.
+        reason: String,
+        /// How long it has been down.
+        since: Duration,
+    },
     /// A database did not answer in time.
     #[error("database {dbid} ({dsn}) did not answer within {timeout:?}")]
     DbTimeout {
@@ -152,9 +168,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A completion's DELETE failed; the row stays and the job runs again
-    /// after its lease.
-    #[error("completing job {}:{} failed: {reason}", job.dbid, job.jobid)]
+    /// A completion's DELETE failed. On a fault of the database
+    /// (`connection_fault`) the client keeps the completion and writes it
+    /// once the database answers; otherwise the row stays and the job runs
+    /// again after its lease.
+    #[error(
+        "completing job {}:{} failed: {reason}{}",
+        job.dbid,
+        job.jobid,
+        if *connection_fault { " (kept: written once the database answers)" } else { "" }
+    )]
     CompletionFailed {
         /// The job.
         job: crate::job::JobRef,
@@ -219,22 +242,49 @@ impl Error {
         }
     }
 
-    /// Whether the error is the database's (unreachable, timed out), as
-    /// opposed to the statement's (refused by the server) or the input's.
+    /// Whether the error is the database's (unreachable, timed out, known
+    /// down, or refusing connections: [`REFUSED_CONNECTION`]), as opposed
+    /// to the statement's (refused by the server), the configuration's
+    /// (wrong password, host not allowed, no such table) or the input's.
+    /// Callers retry a fault later; the rest is reported.
     pub fn is_connection_fault(&self) -> bool {
         match self {
-            Error::DbTimeout { .. } => true,
+            Error::DbTimeout { .. } | Error::DbDown { .. } => true,
             Error::GroupFailed {
                 connection_fault, ..
             }
             | Error::CompletionFailed {
                 connection_fault, ..
             } => *connection_fault,
-            Error::Db { source, .. } => !matches!(source, mysql_async::Error::Server(_)),
+            Error::Db { source, .. } => match source {
+                mysql_async::Error::Server(e) => REFUSED_CONNECTION.contains(&e.code),
+                _ => true,
+            },
             _ => false,
         }
     }
 }
+
+/// Server errors that are the database's state, not the statement's or
+/// our configuration's: the server refuses a connection (or drops it) for
+/// now, and the same call succeeds later unchanged. They count as a fault
+/// of that database, like a connection refused.
+///
+/// - 1040 too many connections (max_connections), 1203 the user's
+///   max_user_connections, 1226 a resource limit of the user (connections
+///   or queries per hour): capacity, it comes back as others disconnect;
+/// - 1129 host blocked after too many aborted connects: the server's
+///   reaction to network trouble, cleared by `FLUSH HOSTS` (or its
+///   timeout), not by changing our settings;
+/// - 1041 out of memory, 1053 shutdown in progress, 1927 connection killed,
+///   1158–1161 network read/write errors the server saw.
+///
+/// Not here, so a start-up error and a per-call error: 1045 wrong password,
+/// 1130 host not allowed to connect (both fixed only by grants or our DSN),
+/// 1049 unknown database, 1146 no `job` table.
+pub const REFUSED_CONNECTION: &[u16] = &[
+    1040, 1041, 1053, 1129, 1158, 1159, 1160, 1161, 1203, 1226, 1927,
+];
 
 /// Ids as `1:7, 1:8`.
 fn list(jobs: &[crate::job::JobRef]) -> String {

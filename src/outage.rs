@@ -32,7 +32,22 @@ pub struct Outage {
     failures: AtomicU32,
     /// When the outage being logged last failed; None while none is.
     last_failure: Mutex<Option<Instant>>,
-    quiet: bool,
+    loudness: Loudness,
+    /// Which instance of the service it tracks (a server, a database),
+    /// when there are several: named in each line.
+    about: Option<String>,
+}
+
+/// How an [`Outage`] logs its start and end.
+#[derive(Clone, Copy, PartialEq)]
+enum Loudness {
+    /// Start as a warning, end as info.
+    Warn,
+    /// Both as info: for a consequence of an outage that another tracker
+    /// already warns about.
+    Info,
+    /// Both at debug.
+    Quiet,
 }
 
 impl Outage {
@@ -42,7 +57,37 @@ impl Outage {
             what,
             failures: AtomicU32::new(0),
             last_failure: Mutex::new(None),
-            quiet: false,
+            loudness: Loudness::Warn,
+            about: None,
+        }
+    }
+
+    /// The same tracker for one of several instances of the service (a
+    /// gearmand server, a database): its lines say `what (about)`, so that
+    /// the outages of different instances read apart.
+    pub fn about(self, instance: impl Into<String>) -> Outage {
+        Outage {
+            about: Some(instance.into()),
+            ..self
+        }
+    }
+
+    /// What the lines say: `what`, and the instance when there is one.
+    fn label(&self) -> std::borrow::Cow<'static, str> {
+        match &self.about {
+            None => self.what.into(),
+            Some(about) => format!("{} ({about})", self.what).into(),
+        }
+    }
+
+    /// A tracker that logs its start and end at info level: for what an
+    /// outage does to a caller (completions kept for later) where the
+    /// service's own tracker already warned that it is down, so that one
+    /// outage is still one warning.
+    pub fn info(what: &'static str) -> Outage {
+        Outage {
+            loudness: Loudness::Info,
+            ..Outage::new(what)
         }
     }
 
@@ -50,7 +95,7 @@ impl Outage {
     /// connections to a server, whose first connection already tells.
     pub fn quiet(what: &'static str) -> Outage {
         Outage {
-            quiet: true,
+            loudness: Loudness::Quiet,
             ..Outage::new(what)
         }
     }
@@ -61,10 +106,10 @@ impl Outage {
         let mut last = self.last_failure.lock().unwrap();
         let new = last.is_none_or(|at| at.elapsed() > FORGET);
         *last = Some(Instant::now());
-        if new && !self.quiet {
-            tracing::warn!(error = %err, "{}", self.what);
-        } else {
-            tracing::debug!(error = %err, failures, "{}", self.what);
+        match (new, self.loudness) {
+            (true, Loudness::Warn) => tracing::warn!(error = %err, "{}", self.label()),
+            (true, Loudness::Info) => tracing::info!(error = %err, "{}", self.label()),
+            _ => tracing::debug!(error = %err, failures, "{}", self.label()),
         }
     }
 
@@ -75,8 +120,8 @@ impl Outage {
         let mut last = self.last_failure.lock().unwrap();
         if last.is_some_and(|at| at.elapsed() >= SETTLE) {
             *last = None;
-            if !self.quiet {
-                tracing::info!("{}: recovered", self.what);
+            if self.loudness != Loudness::Quiet {
+                tracing::info!("{}: recovered", self.label());
             }
         }
     }
@@ -90,12 +135,20 @@ impl Outage {
     /// at most [`RETRY_CAP`], with up to 50 % jitter so that many
     /// processes do not retry in step.
     pub fn delay(&self) -> Duration {
+        self.delay_up_to(RETRY_CAP)
+    }
+
+    /// [`Outage::delay`] with a cap of `cap` instead of [`RETRY_CAP`]: for
+    /// retries that cost the service nothing while it is known down (the
+    /// store refuses them without a round trip), so that the work resumes
+    /// soon after the service does.
+    pub fn delay_up_to(&self, cap: Duration) -> Duration {
         let exp = self
             .failures
             .load(Ordering::Relaxed)
             .saturating_sub(1)
             .min(16);
-        let full = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
+        let full = RETRY_BASE.saturating_mul(1 << exp).min(cap);
         full.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
@@ -128,6 +181,14 @@ mod tests {
         assert!(d <= RETRY_CAP && d >= RETRY_CAP / 2, "{d:?}");
         o.ended();
         assert!(!o.is_down());
+        for _ in 0..40 {
+            o.failed(&err);
+        }
+        let d = o.delay_up_to(Duration::from_secs(1));
+        assert!(
+            d <= Duration::from_secs(1) && d >= Duration::from_millis(500),
+            "{d:?}"
+        );
     }
 
     #[test]

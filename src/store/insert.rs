@@ -3,6 +3,7 @@
 //! hashes to, deduplicated by UNIQUE (funcname, uniqkey).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
@@ -45,11 +46,13 @@ impl Store {
     ///
     /// Answers only after every row is committed. Jobs are validated first,
     /// so nothing is written when any job is bad. Jobs without a unique key
-    /// go in one multi-row statement to a random healthy database (another
-    /// one is tried if it fails); a job with a unique key goes to the
-    /// database its key hashes to and, when a row with the same
-    /// (funcname, uniqkey) exists, the existing row's id is returned and
-    /// nothing new is stored.
+    /// go in one multi-row statement to a random database not known down
+    /// (another one is tried if it fails on a fault of the database's); a
+    /// job with a unique key goes to the database its key hashes to and,
+    /// when a row with the same (funcname, uniqkey) exists, the existing
+    /// row's id is returned and nothing new is stored. While that database
+    /// is known down, such a job fails at once ([`Error::DbDown`], naming
+    /// it) and nothing is stored.
     pub async fn insert(&self, jobs: &[NewJob]) -> Result<Vec<JobRef>> {
         for job in jobs {
             job.validate()?;
@@ -119,7 +122,7 @@ impl Store {
 
     async fn insert_keyless(
         &self,
-        db: &Db,
+        db: &Arc<Db>,
         jobs: &[NewJob],
         idx: &[usize],
         max_packet: u64,
@@ -157,7 +160,7 @@ impl Store {
         .await
     }
 
-    async fn insert_keyed(&self, db: &Db, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
+    async fn insert_keyed(&self, db: &Arc<Db>, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
         self.run(db, move || async move {
             let mut conn = db.pool.get_conn().await?;
             if let [i] = idx {

@@ -6,8 +6,9 @@
 //! agree on what is due.
 //!
 //! This file holds [`Store`]: the pools, the run of one operation
-//! (timeout, lock-conflict retries, outage tracking) and the choice of a
-//! shard. The statements are grouped by concern:
+//! (timeout, lock-conflict retries, outage tracking), each database's
+//! health, and the choice of a shard. The statements are grouped by
+//! concern:
 //!
 //! - `insert`: storing jobs (multi-row INSERTs that fit the packet limit,
 //!   dedup by unique key, shard by key hash);
@@ -17,11 +18,12 @@
 //! - `rows`: reading rows without failing on any, and SQL helpers;
 //! - [`schema`]: `garivini schema check`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Pool, TxOpts};
+use mysql_async::{Pool, PoolConstraints, TxOpts};
 use rand::Rng;
 
 use crate::config::DbConfig;
@@ -40,12 +42,30 @@ pub use admin::{
 };
 pub use claim::Claim;
 
-/// How long a database that failed is avoided for keyless inserts.
-pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(30);
 /// How long one database operation may take before it counts as failed.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections per database pool.
+/// Connections per database pool at most, unless the database's URL sets
+/// `pool_max`. A role needs few at once (a claim, a few group DELETEs or
+/// INSERTs); this is room for the Controller's and the clients' per-job
+/// updates under load. Several processes on one server need
+/// `processes x pool_max` within its `max_connections`. Beyond it the
+/// server refuses new connections (ERROR 1040): a call then tries again a
+/// few times over a moment (one of the pool's own connections is soon
+/// free), and a limit that lasts is an outage of that database (its calls
+/// fail fast, completions are kept and retried), never a failed job.
 pub const DEFAULT_POOL_SIZE: usize = 32;
+/// Connections per database pool kept open at least, unless the URL sets
+/// `pool_min`: none, idle ones close after [`IDLE_CONNECTION_TTL`].
+pub const DEFAULT_POOL_MIN: usize = 0;
+/// How long [`Store::connect`] waits for the other databases once one has
+/// answered: a database down or hung at start-up does not hold the roles
+/// back; it is taken as down and picked up once it answers.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(2);
+/// Longest pause between two tries of a database known down (the first
+/// ones are shorter: [`crate::outage`]'s backoff). A try is one connect and
+/// `SELECT 1`, cheap for the server; short, so that calls resume within
+/// about a second of its return.
+pub const PROBE_CAP: Duration = Duration::from_secs(1);
 /// How long an idle pooled connection is kept open.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Tries of an operation that keeps meeting lock conflicts.
@@ -65,9 +85,8 @@ impl Db {
 struct Db {
     cfg: DbConfig,
     pool: Pool,
-    /// Set when an operation failed for a reason that is the database's
-    /// (connection, timeout), not the request's.
-    failed_at: Mutex<Option<Instant>>,
+    /// Whether it is known down.
+    health: Mutex<Health>,
     /// Logs its outages, once each.
     outage: Outage,
     /// The server's auto_increment_increment, once read (0 = not yet).
@@ -83,11 +102,38 @@ struct Db {
     clock: Mutex<Option<(Instant, u32)>>,
 }
 
+/// A database's health, as its calls found it.
+#[derive(Default)]
+struct Health {
+    /// Set when a call failed on a fault of the database's own
+    /// ([`Error::is_connection_fault`]: unreachable, timed out, refusing
+    /// connections), with when it went down and its last fault; cleared
+    /// when it answers again.
+    /// While set, calls are refused at once ([`Error::DbDown`]) and a probe
+    /// tries the database in the background.
+    down: Option<(Instant, String)>,
+    /// Whether that probe is running (at most one per database).
+    probing: bool,
+}
+
+impl Health {
+    /// Records `err`, a fault of the database's; an outage already under
+    /// way keeps its start.
+    fn went_down(&mut self, err: &Error) {
+        let since = self.down.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        self.down = Some((since, fault_reason(err)));
+    }
+}
+
 /// The job tables of all configured databases.
+///
+/// Each database has a health of its own: one that is down costs only
+/// its own rows. Its calls fail at once with [`Error::DbDown`] (instead of
+/// each waiting for the timeout), keyless inserts go to the others, and a
+/// background probe takes it back as soon as it answers.
 pub struct Store {
-    dbs: Vec<Db>,
+    dbs: Vec<Arc<Db>>,
     op_timeout: Duration,
-    avoid_for: Duration,
 }
 
 impl Store {
@@ -100,10 +146,9 @@ impl Store {
         let dbs = dbs
             .into_iter()
             .map(|cfg| {
-                let opts = crate::config::driver_opts(&cfg.url)?;
+                let (url, constraints) = pool_params(&cfg.url)?;
+                let opts = crate::config::driver_opts(&url)?;
                 let client_max_packet = opts.max_allowed_packet().map(|n| n as u64);
-                let constraints = mysql_async::PoolConstraints::new(0, DEFAULT_POOL_SIZE)
-                    .expect("0 <= pool size");
                 let opts = mysql_async::OptsBuilder::from_opts(opts)
                     // No COM_RESET_CONNECTION when a connection goes back to
                     // the pool (the driver's default): it costs a round trip
@@ -126,43 +171,108 @@ impl Store {
                     // when the new run_after equals the old.
                     .client_found_rows(true)
                     .tcp_nodelay(true);
-                Ok(Db {
+                let outage = Outage::new(
+                    "database unreachable: its calls fail at once until it answers again; keyless inserts go to the others",
+                )
+                .about(format!("database {}", cfg.dbid));
+                Ok(Arc::new(Db {
                     pool: Pool::new(opts),
                     cfg,
-                    failed_at: Mutex::new(None),
-                    outage: Outage::new(
-                        "database unreachable; keyless inserts avoid it for a while",
-                    ),
+                    health: Mutex::default(),
+                    outage,
                     id_step: Default::default(),
                     max_packet: Default::default(),
                     client_max_packet,
                     clock: Mutex::new(None),
-                })
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Store {
             dbs,
             op_timeout: DEFAULT_OP_TIMEOUT,
-            avoid_for: DEFAULT_AVOID_FOR,
         })
     }
 
-    /// Opens the pools and checks that every database answers and has the
-    /// `job` table, so that a bad configuration fails at start-up. Reads
-    /// each server's `max_allowed_packet` on the way.
+    /// Opens the pools and checks the databases, all at once, so that a
+    /// bad configuration fails at start-up. Reads each server's
+    /// `max_allowed_packet` on the way.
+    ///
+    /// Starts when at least one database answers. One that is down (a
+    /// fault of its own: unreachable, refusing connections, or no answer
+    /// within [`STARTUP_GRACE`] of the first that did) is logged once,
+    /// with why, and starts as known down: its calls fail at once until a
+    /// background probe finds it answering. A database that answers but
+    /// refuses us (wrong password, host not allowed, unknown database, no
+    /// `job` table) is a configuration mistake, not an outage: an error
+    /// here, as is every database being down (the first one's fault).
     pub async fn connect(dbs: Vec<DbConfig>) -> Result<Store> {
         let store = Store::open(dbs)?;
-        for db in &store.dbs {
-            let check = || async {
-                let mut conn = db.pool.get_conn().await?;
-                conn.query_drop("SELECT jobid FROM job LIMIT 0").await?;
-                conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
-                    .await
-            };
-            // Not through `run`: the caller reports this error, so there
-            // is no outage to log.
-            let server = store.attempt(db, check).await?;
-            db.set_max_packet(server);
+        let mut outcomes: Vec<Option<Result<Option<u64>>>> =
+            store.dbs.iter().map(|_| None).collect();
+        {
+            let mut checks: FuturesUnordered<_> = store
+                .dbs
+                .iter()
+                .enumerate()
+                .map(|(i, db)| {
+                    let store = &store;
+                    async move {
+                        let check = || async {
+                            let mut conn = db.pool.get_conn().await?;
+                            conn.query_drop("SELECT jobid FROM job LIMIT 0").await?;
+                            conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
+                                .await
+                        };
+                        // Not through `run`: a fault here is reported below,
+                        // once, or is the caller's error.
+                        (i, store.attempt(db, check).await)
+                    }
+                })
+                .collect();
+            let grace = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(grace);
+            let mut answered = false;
+            loop {
+                tokio::select! {
+                    next = checks.next() => match next {
+                        None => break,
+                        Some((i, outcome)) => {
+                            if outcome.is_ok() && !answered {
+                                answered = true;
+                                grace.as_mut().reset(tokio::time::Instant::now() + STARTUP_GRACE);
+                            }
+                            outcomes[i] = Some(outcome);
+                        }
+                    },
+                    _ = &mut grace, if answered => break,
+                }
+            }
+        }
+        let mut down = Vec::new();
+        for (db, outcome) in store.dbs.iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(server)) => {
+                    db.set_max_packet(server);
+                }
+                Some(Err(err)) if !err.is_connection_fault() => return Err(err),
+                Some(Err(err)) => down.push((db, err)),
+                None => down.push((
+                    db,
+                    Error::DbTimeout {
+                        dbid: db.cfg.dbid,
+                        dsn: db.cfg.masked(),
+                        timeout: STARTUP_GRACE,
+                    },
+                )),
+            }
+        }
+        if down.len() == store.dbs.len() {
+            return Err(down.swap_remove(0).1);
+        }
+        for (db, err) in down {
+            // The one warning of this outage, with why.
+            db.outage.failed(&err);
+            store.mark_down(db, &err);
         }
         Ok(store)
     }
@@ -173,7 +283,7 @@ impl Store {
         self.packet_limit(self.db(dbid)?).await
     }
 
-    async fn packet_limit(&self, db: &Db) -> Result<u64> {
+    async fn packet_limit(&self, db: &Arc<Db>) -> Result<u64> {
         let known = db.max_packet.load(std::sync::atomic::Ordering::Relaxed);
         if known > 0 {
             return Ok(known);
@@ -232,7 +342,16 @@ impl Store {
         self.dbs.iter().map(|db| db.cfg.dbid)
     }
 
-    fn db(&self, dbid: u32) -> Result<&Db> {
+    /// Whether database `dbid` is known down: its last call failed on a
+    /// fault of its own and it has not answered since. Its calls fail at
+    /// once meanwhile ([`Error::DbDown`]); a background probe clears this
+    /// when it answers.
+    pub fn is_down(&self, dbid: u32) -> bool {
+        self.db(dbid)
+            .is_ok_and(|db| db.health.lock().unwrap().down.is_some())
+    }
+
+    fn db(&self, dbid: u32) -> Result<&Arc<Db>> {
         dbid.checked_sub(1)
             .and_then(|i| self.dbs.get(i as usize))
             .ok_or(Error::UnknownDb {
@@ -246,7 +365,11 @@ impl Store {
     /// rolled back because of a deadlock or a lock wait timeout is run
     /// again (a few times, after a short random pause): completions and
     /// claims lock the same rows in different index orders, and InnoDB
-    /// resolves that by failing one of them.
+    /// resolves that by failing one of them. So is one the server refused
+    /// a new connection for being at its connection limit (1040, 1203):
+    /// the pool's other connections still work, and one of them is likely
+    /// free a moment later; only a limit that lasts through the tries is
+    /// an outage of the database.
     async fn attempt<T, F, Fut>(&self, db: &Db, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -257,8 +380,11 @@ impl Store {
             tries += 1;
             match tokio::time::timeout(self.op_timeout, op()).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(source)) if is_lock_conflict(&source) && tries < LOCK_CONFLICT_TRIES => {
-                    tracing::debug!(db.id = db.cfg.dbid, error = %source, tries, "lock conflict, trying again");
+                Ok(Err(source))
+                    if (is_lock_conflict(&source) || is_connection_limit(&source))
+                        && tries < LOCK_CONFLICT_TRIES =>
+                {
+                    tracing::debug!(db.id = db.cfg.dbid, error = %source, tries, "lock conflict or connection limit, trying again");
                     let pause = rand::rng().random_range(1..20 * tries);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
@@ -280,35 +406,51 @@ impl Store {
         }
     }
 
-    /// [`Store::attempt`], and marks the database failed when the fault is
-    /// the connection's rather than the statement's (logged once per
-    /// outage), or recovered when it answers again.
-    async fn run<T, F, Fut>(&self, db: &Db, op: F) -> Result<T>
+    /// [`Store::attempt`] on a database not known down, and its health
+    /// from the outcome: a fault of the database's own (logged once per
+    /// outage) marks it down, any answer (even a refused statement) up.
+    /// On a database known down it fails at once with [`Error::DbDown`]:
+    /// no call waits for the timeout of a database that is away, and the
+    /// background probe, not the callers, finds out when it is back.
+    async fn run<T, F, Fut>(&self, db: &Arc<Db>, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = mysql_async::Result<T>>,
     {
+        if let Some((at, reason)) = db.health.lock().unwrap().down.clone() {
+            return Err(Error::DbDown {
+                dbid: db.cfg.dbid,
+                dsn: db.cfg.masked(),
+                reason,
+                since: at.elapsed(),
+            });
+        }
         let outcome = self.attempt(db, op).await;
         db.outage.track(&outcome);
-        let mut failed_at = db.failed_at.lock().unwrap();
         match &outcome {
-            Ok(_) => *failed_at = None,
-            Err(err) if err.is_connection_fault() => *failed_at = Some(Instant::now()),
-            Err(_) => {}
+            Err(err) if err.is_connection_fault() => self.mark_down(db, err),
+            _ => db.health.lock().unwrap().down = None,
         }
         outcome
     }
 
+    /// Marks `db` down after `err`, and starts its probe unless one runs.
+    fn mark_down(&self, db: &Arc<Db>, err: &Error) {
+        let mut health = db.health.lock().unwrap();
+        health.went_down(err);
+        if !health.probing {
+            health.probing = true;
+            tokio::spawn(probe(Arc::downgrade(db), self.op_timeout));
+        }
+    }
+
     fn healthy(&self, db: &Db) -> bool {
-        db.failed_at
-            .lock()
-            .unwrap()
-            .is_none_or(|at| at.elapsed() >= self.avoid_for)
+        db.health.lock().unwrap().down.is_none()
     }
 
     /// The database a job with this unique key always goes to, so that the
     /// table's UNIQUE(funcname, uniqkey) dedups across shards.
-    fn shard_for(&self, funcname: &str, uniqkey: &str) -> &Db {
+    fn shard_for(&self, funcname: &str, uniqkey: &str) -> &Arc<Db> {
         // FNV-1a: stable across processes, versions and platforms, unlike
         // the standard library's randomly keyed hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -318,15 +460,15 @@ impl Store {
         &self.dbs[(h % self.dbs.len() as u64) as usize]
     }
 
-    /// A random database among those not recently failed (any, if all did),
+    /// A random database among those not known down (any, if all are),
     /// skipping `exclude`.
-    fn pick_keyless(&self, exclude: &[u32]) -> Option<&Db> {
-        let candidates: Vec<&Db> = self
+    fn pick_keyless(&self, exclude: &[u32]) -> Option<&Arc<Db>> {
+        let candidates: Vec<&Arc<Db>> = self
             .dbs
             .iter()
             .filter(|db| !exclude.contains(&db.cfg.dbid))
             .collect();
-        let healthy: Vec<&Db> = candidates
+        let healthy: Vec<&Arc<Db>> = candidates
             .iter()
             .copied()
             .filter(|db| self.healthy(db))
@@ -345,9 +487,128 @@ impl Store {
     /// Closes every pool, waiting for connections in use to come back.
     pub async fn close(self) {
         for db in self.dbs {
-            let _ = db.pool.disconnect().await;
+            let _ = db.pool.clone().disconnect().await;
         }
     }
+}
+
+/// Tries a database known down, with the outage's backoff (at most
+/// [`PROBE_CAP`] apart), until it answers; then lets its calls through
+/// again. Ends early when the store is dropped.
+async fn probe(db: Weak<Db>, timeout: Duration) {
+    loop {
+        let Some(pause) = db.upgrade().map(|db| db.outage.delay_up_to(PROBE_CAP)) else {
+            return;
+        };
+        tokio::time::sleep(pause).await;
+        let Some(db) = db.upgrade() else {
+            return;
+        };
+        {
+            // A call that was under way when it went down answered since.
+            let mut health = db.health.lock().unwrap();
+            if health.down.is_none() {
+                health.probing = false;
+                return;
+            }
+        }
+        let answer = tokio::time::timeout(timeout, async {
+            let mut conn = db.pool.get_conn().await?;
+            conn.query_drop("SELECT 1").await
+        })
+        .await;
+        let fault = match answer {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(Error::Db {
+                dbid: db.cfg.dbid,
+                dsn: db.cfg.masked(),
+                source,
+            }),
+            Err(_) => Some(Error::DbTimeout {
+                dbid: db.cfg.dbid,
+                dsn: db.cfg.masked(),
+                timeout,
+            }),
+        };
+        match fault {
+            Some(err) if err.is_connection_fault() => {
+                db.outage.failed(&err);
+                db.health.lock().unwrap().went_down(&err);
+            }
+            _ => {
+                db.outage.ended();
+                let mut health = db.health.lock().unwrap();
+                health.down = None;
+                health.probing = false;
+                return;
+            }
+        }
+    }
+}
+
+/// Why a database is down, in one line, without its id and URL (which
+/// [`Error::DbDown`] names).
+fn fault_reason(err: &Error) -> String {
+    let reason = match err {
+        Error::Db { source, .. } => source.to_string(),
+        Error::DbTimeout { timeout, .. } => format!("no answer within {timeout:?}"),
+        Error::DbDown { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    reason.replace(['\r', '\n'], " ")
+}
+
+/// The URL without its `pool_min` and `pool_max` parameters, and the
+/// pool's size limits: the URL's where it sets them, else
+/// [`DEFAULT_POOL_MIN`] and [`DEFAULT_POOL_SIZE`] (raised to `pool_min`
+/// when only that is given). The driver would apply its own defaults
+/// (10 and 100) to the one the URL leaves out, so `?pool_max=4` alone
+/// would not even parse; here it means at most 4 connections.
+pub(crate) fn pool_params(url: &str) -> Result<(String, PoolConstraints)> {
+    let invalid = |reason: String| Error::InvalidDsn {
+        dsn: crate::config::mask_dsn(url),
+        reason,
+    };
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, query),
+        None => return Ok((url.to_string(), default_pool())),
+    };
+    let (mut min, mut max) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "pool_min" => &mut min,
+            "pool_max" => &mut max,
+            _ => {
+                kept.push(pair);
+                continue;
+            }
+        };
+        *slot = Some(
+            value
+                .parse::<usize>()
+                .map_err(|_| invalid(format!("{key} must be a whole number, not {value:?}")))?,
+        );
+    }
+    let min = min.unwrap_or(DEFAULT_POOL_MIN);
+    let max = max.unwrap_or(DEFAULT_POOL_SIZE.max(min));
+    let constraints = PoolConstraints::new(min, max)
+        .filter(|_| max > 0)
+        .ok_or_else(|| {
+            invalid(format!(
+                "pool_min ({min}) must not exceed pool_max ({max}), and pool_max must be at least 1"
+            ))
+        })?;
+    let url = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    Ok((url, constraints))
+}
+
+fn default_pool() -> PoolConstraints {
+    PoolConstraints::new(DEFAULT_POOL_MIN, DEFAULT_POOL_SIZE).expect("min <= max")
 }
 
 /// How long [`Store::clock`] trusts its last reading of a database's clock.
@@ -366,6 +627,13 @@ fn is_lock_conflict(err: &mysql_async::Error) -> bool {
     matches!(err, mysql_async::Error::Server(e) if e.code == 1213 || e.code == 1205)
 }
 
+/// Too many connections (1040, the server's max_connections) or too many
+/// of this user's (1203, max_user_connections): a new connection was
+/// refused, and the work may be redone on another once one is free.
+fn is_connection_limit(err: &mysql_async::Error) -> bool {
+    matches!(err, mysql_async::Error::Server(e) if e.code == 1040 || e.code == 1203)
+}
+
 /// Transactions here only take row locks. READ COMMITTED: the claim's
 /// `FOR UPDATE` then locks the rows it takes, not the gaps of the
 /// run_after range it scans, so inserts of new due rows (which land in
@@ -375,4 +643,40 @@ fn tx_opts() -> TxOpts {
     opts.with_consistent_snapshot(false)
         .with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
     opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(url: &str) -> (String, usize, usize) {
+        let (url, c) = pool_params(url).unwrap();
+        (url, c.min(), c.max())
+    }
+
+    #[test]
+    fn pool_limits_come_from_the_url_else_our_defaults() {
+        let base = "mysql://u:p@h:3306/db";
+        assert_eq!(limits(base), (base.into(), 0, DEFAULT_POOL_SIZE));
+        // pool_max alone: the driver would refuse it (its min is 10).
+        assert_eq!(limits(&format!("{base}?pool_max=4")), (base.into(), 0, 4));
+        assert_eq!(
+            limits(&format!(
+                "{base}?prefer_socket=false&pool_min=2&pool_max=8&tcp_nodelay=true"
+            )),
+            (format!("{base}?prefer_socket=false&tcp_nodelay=true"), 2, 8)
+        );
+        // pool_min alone raises the default max when it has to.
+        assert_eq!(limits(&format!("{base}?pool_min=40")).2, 40);
+        for bad in ["pool_max=0", "pool_min=5&pool_max=4", "pool_max=many"] {
+            let err = pool_params(&format!("{base}?{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("u:***@h"), "{err}");
+            assert!(!err.contains(":p@"), "{err}");
+        }
+        // What remains is what the driver parses.
+        let (url, _) = pool_params(&format!("{base}?pool_max=4")).unwrap();
+        assert!(crate::config::driver_opts(&url).is_ok());
+    }
 }
