@@ -1,6 +1,15 @@
 //! Our one door to gearmand: background submits, a worker loop, and the
 //! admin `status` query.
 //!
+//! Several servers: every client of them ([`Submitter`],
+//! [`ForegroundClient`], [`StatusReader`]) keeps a health state per server.
+//! A server is live until a call to it fails; new work then skips it while
+//! another server is live, until a probe in the background (capped,
+//! jittered backoff) finds that it answers again. With every server down,
+//! each is tried and the call fails, as with one server. Each server has
+//! its own outage tracker: one warning when it goes away, one line when it
+//! is back, whatever the other servers do meanwhile.
+//!
 //! Built on the `gearman` crate's codec and packet types, over sockets we
 //! open ourselves with TCP_NODELAY. The crate 0.2.0 never sets it, and its
 //! request/response traffic then stalls ~40 ms per exchange (Nagle against
@@ -34,6 +43,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +54,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder, Framed};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{Error, Result};
 use crate::outage::Outage;
@@ -95,6 +105,149 @@ async fn recv(conn: &mut Conn, server: &str) -> Result<Packet> {
 
 fn req(ptype: PacketType, args: Vec<Bytes>) -> Packet {
     Packet::request(ptype, args)
+}
+
+/// How long a probe of a server that failed may take to connect and be
+/// answered.
+const PROBE_TIMEOUT: Duration = CONNECT_TIMEOUT;
+
+/// What a server that is skipped while down answers.
+fn skipped(server: &str) -> Error {
+    io_err(
+        server,
+        std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "down since a call failed; skipped until it answers again",
+        ),
+    )
+}
+
+/// One gearmand server as one client sees it. Live until a call to it
+/// fails; then down, skipped by new work while another server is live,
+/// until it answers again (a probe, or a call made because every server
+/// was down). Its outage tracker is its own.
+struct Health {
+    server: String,
+    outage: Outage,
+    live: AtomicBool,
+    /// A probe task is out for it.
+    probing: AtomicBool,
+}
+
+impl Health {
+    fn new(server: String, what: &'static str) -> Arc<Health> {
+        Health::with_outage(server.clone(), Outage::new(what).about(server))
+    }
+
+    fn with_outage(server: String, outage: Outage) -> Arc<Health> {
+        Arc::new(Health {
+            server,
+            outage,
+            live: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The server answered: it takes new work (again).
+    fn answered(&self) {
+        self.live.store(true, Ordering::Release);
+        self.outage.ended();
+    }
+
+    /// A call to the server failed: new work skips it while another
+    /// server is live.
+    fn failed(&self, err: &Error) {
+        self.live.store(false, Ordering::Release);
+        self.outage.failed(err);
+    }
+
+    /// Probes the server in a task of its own, with capped, jittered
+    /// backoff, until it answers (it is live again) or `stop`. One probe
+    /// at a time; none outside a Tokio runtime (the server then comes back
+    /// when a call finds every server down and tries it).
+    fn probe_in_background(self: &Arc<Self>, probe: Probe, stop: &CancellationToken) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (me, stop) = (self.clone(), stop.clone());
+        runtime.spawn(async move {
+            loop {
+                while !me.is_live() {
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            me.probing.store(false, Ordering::Release);
+                            return;
+                        }
+                        _ = tokio::time::sleep(me.outage.delay()) => {}
+                    }
+                    // A call may have found it back meanwhile.
+                    if me.is_live() {
+                        break;
+                    }
+                    match probe.run(&me.server).await {
+                        Ok(()) => me.answered(),
+                        Err(err) => me.failed(&err),
+                    }
+                }
+                me.probing.store(false, Ordering::Release);
+                // A failure recorded just now saw this probe still out.
+                if me.is_live() || me.probing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Whether any of `servers` is live.
+fn any_live(servers: &[Arc<Health>]) -> bool {
+    servers.iter().any(|h| h.is_live())
+}
+
+/// How a server that failed is tried again in the background.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// Connect and ECHO: the server takes requests.
+    Echo,
+    /// Read its `status`.
+    Status,
+}
+
+impl Probe {
+    async fn run(self, server: &str) -> Result<()> {
+        match self {
+            Probe::Echo => tokio::time::timeout(PROBE_TIMEOUT, echo(server))
+                .await
+                .map_err(|_| gearman_err(server, gearman::GearmanError::Timeout))?,
+            Probe::Status => server_status(server).await.map(drop),
+        }
+    }
+}
+
+/// One ECHO round trip on a new connection.
+async fn echo(server: &str) -> Result<()> {
+    let mut conn = connect(server).await?;
+    conn.send(req(
+        PacketType::EchoReq,
+        vec![Bytes::from_static(b"garivini")],
+    ))
+    .await
+    .map_err(|e| gearman_err(server, e))?;
+    let pkt = recv(&mut conn, server).await?;
+    if pkt.ptype != PacketType::EchoRes {
+        return Err(Error::GearmanProtocol {
+            server: server.to_string(),
+            what: format!("{:?} in answer to ECHO_REQ", pkt.ptype),
+        });
+    }
+    Ok(())
 }
 
 /// Largest packet a connection reads whole, as the crate's codec: 64 MiB.
@@ -286,11 +439,18 @@ pub struct BackgroundJob {
 /// Submits background jobs to a set of gearmand servers, pipelined: a
 /// batch is written at once and its answers read after, so a batch costs
 /// one round trip, not one per job.
+///
+/// A server that fails is skipped while another is live (see the module
+/// docs): one dead server of several costs the batch that found it dead,
+/// not every other batch.
 pub struct Submitter {
-    servers: Vec<String>,
+    servers: Vec<Arc<Health>>,
     conns: Vec<Option<Conn>>,
     next: usize,
-    outage: Outage,
+    status: StatusReader,
+    /// Ends the probes of servers that failed.
+    stop: CancellationToken,
+    _stop: DropGuard,
 }
 
 impl Submitter {
@@ -298,37 +458,65 @@ impl Submitter {
     /// after failures.
     pub fn new(servers: Vec<String>) -> Submitter {
         let conns = servers.iter().map(|_| None).collect();
+        let stop = CancellationToken::new();
         Submitter {
-            servers,
+            status: StatusReader::new(servers.clone()),
+            servers: servers
+                .into_iter()
+                .map(|s| Health::new(s, "gearmand unreachable for submits"))
+                .collect(),
             conns,
             next: 0,
-            outage: Outage::new("gearmand unreachable for submits"),
+            _stop: stop.clone().drop_guard(),
+            stop,
         }
     }
 
     /// Submits `jobs` as background jobs. Returns, per job in order,
     /// whether gearmand acknowledged it (JOB_CREATED). A batch goes to one
-    /// server, chosen in turn; what it does not acknowledge is tried on the
-    /// next, until every server has been tried.
+    /// live server, chosen in turn; what it does not acknowledge is tried
+    /// on the next live one, until every live server has been tried. Down
+    /// servers are tried only when no server is live (any more).
     pub async fn submit(&mut self, jobs: &[BackgroundJob]) -> Vec<bool> {
         let mut acked = vec![false; jobs.len()];
+        let count = self.servers.len();
+        if count == 0 {
+            return acked;
+        }
         let start = self.next;
-        self.next = (self.next + 1) % self.servers.len();
-        for k in 0..self.servers.len() {
-            let pending: Vec<usize> = (0..jobs.len()).filter(|&i| !acked[i]).collect();
-            if pending.is_empty() {
+        self.next = (self.next + 1) % count;
+        let mut tried = vec![false; count];
+        for live_only in [true, false] {
+            if !live_only && any_live(&self.servers) {
                 break;
             }
-            let s = (start + k) % self.servers.len();
-            match self.submit_to(s, jobs, &pending, &mut acked).await {
-                Ok(()) => self.outage.ended(),
-                Err(err) => {
-                    self.conns[s] = None;
-                    self.outage.failed(&err);
+            for k in 0..count {
+                let s = (start + k) % count;
+                if tried[s] || (live_only && !self.servers[s].is_live()) {
+                    continue;
+                }
+                let pending: Vec<usize> = (0..jobs.len()).filter(|&i| !acked[i]).collect();
+                if pending.is_empty() {
+                    return acked;
+                }
+                tried[s] = true;
+                match self.submit_to(s, jobs, &pending, &mut acked).await {
+                    Ok(()) => self.servers[s].answered(),
+                    Err(err) => {
+                        self.conns[s] = None;
+                        self.servers[s].failed(&err);
+                        self.servers[s].probe_in_background(Probe::Echo, &self.stop);
+                    }
                 }
             }
         }
         acked
+    }
+
+    /// Jobs and workers per function over the servers, as
+    /// [`StatusReader::function_status`] reads them.
+    pub async fn function_status(&self) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
+        self.status.function_status().await
     }
 
     async fn submit_to(
@@ -338,7 +526,7 @@ impl Submitter {
         pending: &[usize],
         acked: &mut [bool],
     ) -> Result<()> {
-        let server = self.servers[s].clone();
+        let server = self.servers[s].server.clone();
         if self.conns[s].is_none() {
             self.conns[s] = Some(connect(&server).await?);
         }
@@ -612,13 +800,38 @@ fn first_sighting(server: &str, line: &[u8]) -> bool {
 }
 
 /// Jobs and workers per function, summed over `servers`, from the admin
-/// `status` command. A server that does not answer is left out and named
-/// in the error list.
+/// `status` command. The servers are read at once, each bounded (connect
+/// and reply timeouts): a server that does not answer costs its own
+/// timeout, once, and is left out and named in the error list. Keeps no
+/// state: a [`StatusReader`] also skips servers known to be down.
 pub async fn function_status(servers: &[String]) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
+    sum_status(futures::future::join_all(servers.iter().map(|s| server_status(s))).await)
+}
+
+/// Queue depth (queued + running jobs) per function, summed over `servers`;
+/// see [`function_status`].
+pub async fn queue_depths(servers: &[String]) -> (HashMap<String, u64>, Vec<Error>) {
+    depths(function_status(servers).await)
+}
+
+fn depths(
+    (load, errors): (HashMap<String, FunctionLoad>, Vec<Error>),
+) -> (HashMap<String, u64>, Vec<Error>) {
+    (
+        load.into_iter().map(|(f, l)| (f, l.queued)).collect(),
+        errors,
+    )
+}
+
+/// The servers' `status` rows summed per function, and the errors of those
+/// that failed, in server order.
+fn sum_status(
+    replies: Vec<Result<Vec<(String, FunctionLoad)>>>,
+) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
     let mut load: HashMap<String, FunctionLoad> = HashMap::new();
     let mut errors = Vec::new();
-    for server in servers {
-        match server_status(server).await {
+    for reply in replies {
+        match reply {
             Ok(rows) => {
                 for (function, row) in rows {
                     let l = load.entry(function).or_default();
@@ -633,14 +846,76 @@ pub async fn function_status(servers: &[String]) -> (HashMap<String, FunctionLoa
     (load, errors)
 }
 
-/// Queue depth (queued + running jobs) per function, summed over `servers`;
-/// see [`function_status`].
-pub async fn queue_depths(servers: &[String]) -> (HashMap<String, u64>, Vec<Error>) {
-    let (load, errors) = function_status(servers).await;
-    (
-        load.into_iter().map(|(f, l)| (f, l.queued)).collect(),
-        errors,
-    )
+/// Reads gearmand's `status` from several servers, as [`function_status`]
+/// does (at once, each bounded), and keeps a health state per server: one
+/// whose read failed is skipped, and named in the error list at once,
+/// while another server is live, until a read in the background answers
+/// again. A server that hangs therefore costs its reply timeout once per
+/// outage, not once per read. With every server down, every one is read.
+/// Its outages log at debug level: its callers say what a failed read
+/// means to them. Clones share the state.
+#[derive(Clone)]
+pub struct StatusReader {
+    servers: Arc<Vec<Arc<Health>>>,
+    stop: CancellationToken,
+    /// Ends the probes once the last clone is dropped.
+    _stop: Arc<DropGuard>,
+}
+
+impl StatusReader {
+    /// A reader of `servers`, all live until a read fails.
+    pub fn new(servers: Vec<String>) -> StatusReader {
+        let stop = CancellationToken::new();
+        let servers = servers
+            .into_iter()
+            .map(|s| {
+                let outage = Outage::quiet("gearmand status unreadable").about(s.clone());
+                Health::with_outage(s, outage)
+            })
+            .collect();
+        StatusReader {
+            servers: Arc::new(servers),
+            _stop: Arc::new(stop.clone().drop_guard()),
+            stop,
+        }
+    }
+
+    /// How many servers it reads.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether it has no server.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Jobs and workers per function, summed over the servers read; the
+    /// errors of those that failed or were skipped, in server order.
+    pub async fn function_status(&self) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
+        let all = !any_live(&self.servers);
+        let reads = self.servers.iter().map(|h| async move {
+            if !all && !h.is_live() {
+                return Err(skipped(&h.server));
+            }
+            let reply = server_status(&h.server).await;
+            match &reply {
+                Ok(_) => h.answered(),
+                Err(err) => {
+                    h.failed(err);
+                    h.probe_in_background(Probe::Status, &self.stop);
+                }
+            }
+            reply
+        });
+        sum_status(futures::future::join_all(reads).await)
+    }
+
+    /// Queue depth (queued + running jobs) per function; see
+    /// [`StatusReader::function_status`].
+    pub async fn queue_depths(&self) -> (HashMap<String, u64>, Vec<Error>) {
+        depths(self.function_status().await)
+    }
 }
 
 /// A job handed to a worker.
@@ -715,7 +990,8 @@ pub async fn serve<H, F>(
                     Outage::new(WHAT)
                 } else {
                     Outage::quiet(WHAT)
-                };
+                }
+                .about(format!("{server}, {function}"));
                 while !shutdown.is_cancelled() {
                     let session = WorkSession {
                         server: &server,
@@ -950,26 +1226,66 @@ pub enum Outcome {
     Exception(Bytes),
 }
 
-type Waiter = oneshot::Sender<Result<Outcome>>;
+/// Why a foreground submit to one server got no outcome.
+#[derive(Debug)]
+enum Failure {
+    /// The server did not take the job: it is down, refused it, or the
+    /// connection was lost before JOB_CREATED. Another server may take it.
+    NotCreated(Error),
+    /// The connection was lost after JOB_CREATED: the outcome is unknown.
+    Lost(Error),
+}
+
+type Waiter = oneshot::Sender<std::result::Result<Outcome, Failure>>;
 
 struct Submit {
     function: String,
     unique: String,
     data: Bytes,
+    /// Every server was down when it was sent: a down lane tries to
+    /// connect for it rather than refuse it.
+    force: bool,
     reply: Waiter,
 }
 
+impl Submit {
+    fn into_parts(self) -> (Packet, Waiter) {
+        let pkt = req(
+            PacketType::SubmitJob,
+            vec![
+                Bytes::from(self.function),
+                Bytes::from(self.unique),
+                self.data,
+            ],
+        );
+        (pkt, self.reply)
+    }
+}
+
+/// One server's connection task, and its health as that task sees it.
+struct Lane {
+    tx: mpsc::Sender<Submit>,
+    health: Arc<Health>,
+}
+
 /// Submits foreground jobs and waits for their outcome. Many jobs share
-/// one connection per server (jobs go to the servers in turn); each
+/// one connection per server (jobs go to the live servers in turn); each
 /// connection has a task of its own, started on first use and again after
-/// a failure. A job whose connection is lost before it ends gets an error:
-/// its outcome is unknown.
+/// a failure.
+///
+/// A job that a server did not take (down, refused, or its connection lost
+/// before JOB_CREATED) is tried on the next live server, once per server,
+/// so a dead server costs a job at most a connect attempt. A job whose
+/// connection is lost after JOB_CREATED gets an error: its outcome is
+/// unknown. A server that failed is skipped while another is live, and
+/// its task reconnects in the background (capped, jittered backoff).
 #[derive(Clone)]
 pub struct ForegroundClient {
-    lanes: Arc<Vec<mpsc::Sender<Submit>>>,
-    next: Arc<std::sync::atomic::AtomicUsize>,
+    lanes: Arc<Vec<Lane>>,
+    next: Arc<AtomicUsize>,
+    status: StatusReader,
     /// Cancels the lanes' reconnect pauses once the last clone is dropped.
-    _stop: Arc<tokio_util::sync::DropGuard>,
+    _stop: Arc<DropGuard>,
 }
 
 /// Foreground submits queued per connection before callers wait.
@@ -979,161 +1295,263 @@ impl ForegroundClient {
     /// A client for `servers`. Must be called within a Tokio runtime.
     pub fn new(servers: Vec<String>) -> ForegroundClient {
         let stop = CancellationToken::new();
+        let status = StatusReader::new(servers.clone());
         let lanes = servers
             .into_iter()
             .map(|server| {
                 let (tx, rx) = mpsc::channel(FOREGROUND_QUEUE);
-                tokio::spawn(foreground_lane(server, rx, stop.clone()));
-                tx
+                let health = Health::new(server, "gearmand unreachable for foreground jobs");
+                tokio::spawn(foreground_lane(health.clone(), rx, stop.clone()));
+                Lane { tx, health }
             })
             .collect();
         ForegroundClient {
             lanes: Arc::new(lanes),
             next: Default::default(),
+            status,
             _stop: Arc::new(stop.drop_guard()),
         }
     }
 
-    /// Submits a foreground job and waits until a worker ends it.
+    /// Submits a foreground job and waits until a worker ends it. Tries
+    /// the live servers in turn until one takes the job (all of them when
+    /// none is live); fails with the last server's error when none does,
+    /// or when the job was lost after a server took it.
     pub async fn submit(&self, function: &str, unique: &str, data: Bytes) -> Result<Outcome> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let lane = &self.lanes[n % self.lanes.len()];
-        let (reply, answer) = oneshot::channel();
-        let submit = Submit {
-            function: function.to_string(),
-            unique: unique.to_string(),
-            data,
-            reply,
-        };
+        let lanes = &self.lanes;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut tried = vec![false; lanes.len()];
+        let mut last = None;
         let gone = || Error::GearmanProtocol {
             server: "(client)".into(),
             what: "shutdown of the foreground client".into(),
         };
-        lane.send(submit).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        loop {
+            let all = !lanes.iter().any(|l| l.health.is_live());
+            let pick = (0..lanes.len())
+                .map(|k| (n + k) % lanes.len())
+                .find(|&i| !tried[i] && (all || lanes[i].health.is_live()));
+            let Some(i) = pick else {
+                return Err(last.unwrap_or(Error::NoGearmand));
+            };
+            tried[i] = true;
+            let (reply, answer) = oneshot::channel();
+            let submit = Submit {
+                function: function.to_string(),
+                unique: unique.to_string(),
+                data: data.clone(),
+                force: all,
+                reply,
+            };
+            lanes[i].tx.send(submit).await.map_err(|_| gone())?;
+            match answer.await.map_err(|_| gone())? {
+                Ok(outcome) => return Ok(outcome),
+                Err(Failure::NotCreated(err)) => last = Some(err),
+                Err(Failure::Lost(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// Jobs and workers per function over the servers, as
+    /// [`StatusReader::function_status`] reads them (its own health state:
+    /// a status read says nothing of this client's connections).
+    pub async fn function_status(&self) -> (HashMap<String, FunctionLoad>, Vec<Error>) {
+        self.status.function_status().await
     }
 }
 
-/// One server's connection for foreground jobs: submits go out as they
-/// come; JOB_CREATED answers arrive in submit order and tie each waiter to
-/// its handle; WORK_* packets then end the job with that handle.
-async fn foreground_lane(server: String, mut rx: mpsc::Receiver<Submit>, stop: CancellationToken) {
-    let outage = Outage::new("gearmand unreachable for foreground jobs");
-    while let Some(first) = rx.recv().await {
-        let mut conn = match connect_foreground(&server).await {
+/// One server's connection for foreground jobs: connects when the first
+/// submit comes, or, while the server is down, as a probe after a pause
+/// (refusing the submits that come meanwhile, unless every server is down,
+/// so that the client takes them elsewhere).
+async fn foreground_lane(
+    health: Arc<Health>,
+    mut rx: mpsc::Receiver<Submit>,
+    stop: CancellationToken,
+) {
+    let server = health.server.clone();
+    let refuse = |s: Submit, err: Error| {
+        let _ = s.reply.send(Err(Failure::NotCreated(err)));
+    };
+    let mut first: Option<Submit> = None;
+    loop {
+        if health.is_live() {
+            tokio::select! {
+                s = rx.recv() => match s {
+                    Some(s) => first = Some(s),
+                    None => return,
+                },
+                _ = stop.cancelled() => return,
+            }
+        } else {
+            let probe_at = tokio::time::Instant::now() + health.outage.delay();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(probe_at) => break,
+                    _ = stop.cancelled() => return,
+                    s = rx.recv() => match s {
+                        None => return,
+                        Some(s) if s.force => {
+                            first = Some(s);
+                            break;
+                        }
+                        Some(s) => refuse(s, skipped(&server)),
+                    },
+                }
+            }
+        }
+        let conn = match connect_foreground(&server).await {
             Ok(conn) => conn,
             Err(err) => {
-                outage.failed(&err);
-                let _ = first.reply.send(Err(err));
-                // Fail what queued up meanwhile rather than make it wait.
-                while let Ok(s) = rx.try_recv() {
-                    let _ = s.reply.send(Err(gearman_err(
-                        &server,
-                        gearman::GearmanError::NoServersAvailable,
-                    )));
+                health.failed(&err);
+                if let Some(s) = first.take() {
+                    refuse(s, err);
                 }
-                // A pause before the next connect, which ends with the
-                // client: submits wait for it in the channel.
-                tokio::select! {
-                    _ = tokio::time::sleep(outage.delay()) => {}
-                    _ = stop.cancelled() => return,
+                // Refuse what queued up meanwhile rather than make it wait.
+                while let Ok(s) = rx.try_recv() {
+                    refuse(s, skipped(&server));
                 }
                 continue;
             }
         };
-        outage.ended();
-        let mut created: VecDeque<Waiter> = VecDeque::new();
-        let mut running: HashMap<Bytes, Vec<Waiter>> = HashMap::new();
-        let mut warnings: HashMap<Bytes, Bytes> = HashMap::new();
-        let mut next = Some(first);
-        let mut closed = false;
-        let failure = loop {
-            if closed && created.is_empty() && running.is_empty() {
-                return;
-            }
-            if let Some(s) = next.take() {
-                let pkt = req(
-                    PacketType::SubmitJob,
-                    vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
-                );
-                if let Err(e) = conn.feed(pkt).await {
-                    let _ = s.reply.send(Err(gearman_err(
-                        &server,
-                        gearman::GearmanError::ConnectionClosed,
-                    )));
-                    break gearman_err(&server, e);
-                }
-                created.push_back(s.reply);
-                // Take whatever else is queued before the one flush.
-                while let Ok(s) = rx.try_recv() {
-                    let pkt = req(
-                        PacketType::SubmitJob,
-                        vec![Bytes::from(s.function), Bytes::from(s.unique), s.data],
-                    );
-                    if conn.feed(pkt).await.is_err() {
-                        let _ = s.reply.send(Err(gearman_err(
-                            &server,
-                            gearman::GearmanError::ConnectionClosed,
-                        )));
-                        break;
-                    }
-                    created.push_back(s.reply);
-                }
-                if let Err(e) = conn.flush().await {
-                    break gearman_err(&server, e);
-                }
-            }
-            tokio::select! {
-                s = rx.recv(), if !closed => match s {
-                    Some(s) => next = Some(s),
-                    None => closed = true,
-                },
-                pkt = conn.next() => {
-                    let pkt = match pkt {
-                        None => break gearman_err(&server, gearman::GearmanError::ConnectionClosed),
-                        Some(Err(e)) => break gearman_err(&server, e),
-                        Some(Ok(pkt)) => pkt,
-                    };
-                    let handle = pkt.arg(0).cloned().unwrap_or_default();
-                    let end = |running: &mut HashMap<Bytes, Vec<Waiter>>, warnings: &mut HashMap<Bytes, Bytes>, outcome: Outcome| {
-                        warnings.remove(&handle);
-                        for w in running.remove(&handle).unwrap_or_default() {
-                            let _ = w.send(Ok(outcome.clone()));
-                        }
-                    };
-                    match pkt.ptype {
-                        PacketType::JobCreated => match created.pop_front() {
-                            // gearmand gives two submits with one unique id the
-                            // same handle: both wait for that one job.
-                            Some(w) => running.entry(handle).or_default().push(w),
-                            None => break Error::GearmanProtocol { server: server.clone(), what: "JOB_CREATED with no submit".into() },
-                        },
-                        PacketType::Error => match created.pop_front() {
-                            Some(w) => {
-                                let text = String::from_utf8_lossy(pkt.arg(1).map_or(&b""[..], |b| b)).into_owned();
-                                let _ = w.send(Err(Error::GearmanProtocol { server: server.clone(), what: format!("ERROR {text}") }));
-                            }
-                            None => break Error::GearmanProtocol { server: server.clone(), what: "ERROR with no submit".into() },
-                        },
-                        PacketType::WorkComplete => end(&mut running, &mut warnings, Outcome::Complete(pkt.args[1].clone())),
-                        PacketType::WorkFail => {
-                            let warning = warnings.get(&handle).cloned().unwrap_or_default();
-                            end(&mut running, &mut warnings, Outcome::Fail(warning))
-                        }
-                        PacketType::WorkException => end(&mut running, &mut warnings, Outcome::Exception(pkt.args[1].clone())),
-                        PacketType::WorkWarning if running.contains_key(&handle) => {
-                            warnings.insert(handle, pkt.args[1].clone());
-                        }
-                        _ => {} // WORK_DATA, WORK_STATUS, OPTION_RES: nothing to do
-                    }
-                }
-            }
-        };
-        outage.failed(&failure);
-        let lost = || gearman_err(&server, gearman::GearmanError::ConnectionClosed);
-        for w in created.into_iter().chain(running.into_values().flatten()) {
-            let _ = w.send(Err(lost()));
+        health.answered();
+        if let LaneEnd::Closed = run_lane(&health, conn, first.take(), &mut rx).await {
+            return;
         }
+    }
+}
+
+/// How a lane's connection ended.
+enum LaneEnd {
+    /// The client is gone and every job ended.
+    Closed,
+    /// The connection was lost; the server is marked down.
+    Lost,
+}
+
+/// One connection's life: submits go out as they come; JOB_CREATED
+/// answers arrive in submit order and tie each waiter to its handle;
+/// WORK_* packets then end the job with that handle.
+async fn run_lane(
+    health: &Health,
+    mut conn: Conn,
+    first: Option<Submit>,
+    rx: &mut mpsc::Receiver<Submit>,
+) -> LaneEnd {
+    let server = health.server.as_str();
+    // Waiters for JOB_CREATED, in submit order, with when each was sent.
+    let mut created: VecDeque<(Waiter, tokio::time::Instant)> = VecDeque::new();
+    let mut running: HashMap<Bytes, Vec<Waiter>> = HashMap::new();
+    let mut warnings: HashMap<Bytes, Bytes> = HashMap::new();
+    let mut next = first;
+    let mut closed = false;
+    let failure = loop {
+        if closed && created.is_empty() && running.is_empty() {
+            return LaneEnd::Closed;
+        }
+        if let Some(s) = next.take() {
+            // Take whatever else is queued before the one flush.
+            let mut batch = vec![s];
+            while let Ok(s) = rx.try_recv() {
+                batch.push(s);
+            }
+            let mut fed = Ok(());
+            let now = tokio::time::Instant::now();
+            for s in batch {
+                let (pkt, reply) = s.into_parts();
+                if fed.is_ok() {
+                    fed = conn.feed(pkt).await;
+                }
+                match fed {
+                    Ok(()) => created.push_back((reply, now)),
+                    Err(_) => {
+                        let _ = reply.send(Err(Failure::NotCreated(gearman_err(
+                            server,
+                            gearman::GearmanError::ConnectionClosed,
+                        ))));
+                    }
+                }
+            }
+            if let Err(e) = fed {
+                break gearman_err(server, e);
+            }
+            if let Err(e) = conn.flush().await {
+                break gearman_err(server, e);
+            }
+        }
+        // A server that takes submits and never answers them is as good
+        // as gone: its waiters go elsewhere.
+        let answer_by = created.front().map(|(_, sent)| *sent + REPLY_TIMEOUT);
+        tokio::select! {
+            s = rx.recv(), if !closed => match s {
+                Some(s) => next = Some(s),
+                None => closed = true,
+            },
+            _ = sleep_until_some(answer_by) => {
+                break gearman_err(server, gearman::GearmanError::Timeout);
+            }
+            pkt = conn.next() => {
+                let pkt = match pkt {
+                    None => break gearman_err(server, gearman::GearmanError::ConnectionClosed),
+                    Some(Err(e)) => break gearman_err(server, e),
+                    Some(Ok(pkt)) => pkt,
+                };
+                let handle = pkt.arg(0).cloned().unwrap_or_default();
+                let end = |running: &mut HashMap<Bytes, Vec<Waiter>>, warnings: &mut HashMap<Bytes, Bytes>, outcome: Outcome| {
+                    warnings.remove(&handle);
+                    for w in running.remove(&handle).unwrap_or_default() {
+                        let _ = w.send(Ok(outcome.clone()));
+                    }
+                };
+                match pkt.ptype {
+                    PacketType::JobCreated => match created.pop_front() {
+                        // gearmand gives two submits with one unique id the
+                        // same handle: both wait for that one job.
+                        Some((w, _)) => {
+                            health.answered();
+                            running.entry(handle).or_default().push(w);
+                        }
+                        None => break Error::GearmanProtocol { server: server.to_string(), what: "JOB_CREATED with no submit".into() },
+                    },
+                    PacketType::Error => match created.pop_front() {
+                        Some((w, _)) => {
+                            let text = String::from_utf8_lossy(pkt.arg(1).map_or(&b""[..], |b| b)).into_owned();
+                            let _ = w.send(Err(Failure::NotCreated(Error::GearmanProtocol { server: server.to_string(), what: format!("ERROR {text}") })));
+                        }
+                        None => break Error::GearmanProtocol { server: server.to_string(), what: "ERROR with no submit".into() },
+                    },
+                    PacketType::WorkComplete => end(&mut running, &mut warnings, Outcome::Complete(pkt.args[1].clone())),
+                    PacketType::WorkFail => {
+                        let warning = warnings.get(&handle).cloned().unwrap_or_default();
+                        end(&mut running, &mut warnings, Outcome::Fail(warning))
+                    }
+                    PacketType::WorkException => end(&mut running, &mut warnings, Outcome::Exception(pkt.args[1].clone())),
+                    PacketType::WorkWarning if running.contains_key(&handle) => {
+                        warnings.insert(handle, pkt.args[1].clone());
+                    }
+                    _ => {} // WORK_DATA, WORK_STATUS, OPTION_RES: nothing to do
+                }
+            }
+        }
+    };
+    // Marked down before any waiter hears of it, so that its retry goes
+    // elsewhere.
+    health.failed(&failure);
+    let lost = || gearman_err(server, gearman::GearmanError::ConnectionClosed);
+    for (w, _) in created {
+        let _ = w.send(Err(Failure::NotCreated(lost())));
+    }
+    for w in running.into_values().flatten() {
+        let _ = w.send(Err(Failure::Lost(lost())));
+    }
+    LaneEnd::Lost
+}
+
+/// Sleeps until `deadline`; for ever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::gearman::{
-    queue_depths, serve, BackgroundJob, Submitter, WorkResult,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    serve, BackgroundJob, StatusReader, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{Flag, Job, JobRef, NewJob, MAX_DELAY};
 use crate::names::{
@@ -426,7 +425,7 @@ impl Injector {
         ));
         let depth_stop = CancellationToken::new();
         let refresher = tokio::spawn(refresh_depth(
-            self.gearmand.clone(),
+            StatusReader::new(self.gearmand.clone()),
             self.depth.clone(),
             depth_stop.clone(),
         ));
@@ -474,10 +473,10 @@ impl Injector {
     }
 }
 
-async fn refresh_depth(gearmand: Vec<String>, depth: Arc<Depth>, stop: CancellationToken) {
+async fn refresh_depth(gearmand: StatusReader, depth: Arc<Depth>, stop: CancellationToken) {
     loop {
         let (depths, errors) = tokio::select! {
-            depths = queue_depths(&gearmand) => depths,
+            depths = gearmand.queue_depths() => depths,
             _ = stop.cancelled() => return,
         };
         if errors.len() < gearmand.len() {
