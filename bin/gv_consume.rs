@@ -1,8 +1,16 @@
 //! `gv_consume`: an example worker. Serves `--funcname`, reads the job
 //! JSON, runs the job (counts it, or pipes its arg to `--exec CMD`). In
-//! throughput mode it then completes the row (or fails it, with backoff);
-//! in low-latency mode it only answers gearmand, and the Controller
-//! finishes the row.
+//! throughput mode it keeps the row leased while the job runs (one UPDATE
+//! every half `--lease`, as the Controller does), then completes the row
+//! (or fails it, with backoff); in low-latency mode it only answers
+//! gearmand, and the Controller finishes the row.
+//!
+//! A command runs in a process group of its own. After `--kill-timeout` it
+//! is sent SIGTERM, then SIGKILL a few seconds later, and the job fails; at
+//! shutdown, commands still running when `--shutdown-timeout` is up are
+//! stopped the same way, so that none outlives gv_consume. (Their Gearman
+//! jobs go back to gearmand with the connection, which hands them to
+//! another worker; their rows are left as they are.)
 
 #[path = "common/example.rs"]
 mod example;
@@ -29,6 +37,14 @@ use garivini::gearman::{serve, Assignment, WorkResult};
 use garivini::outage::Outage;
 use garivini::{Client, Job};
 use tokio::io::AsyncWriteExt as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a command has between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long stopping the commands still running at shutdown may take, past
+/// [`KILL_GRACE`].
+const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Garivini example worker")]
@@ -47,6 +63,14 @@ struct Cli {
     /// Run each job as `sh -c CMD` with its arg on stdin; exit 0 = success.
     #[arg(long)]
     exec: Option<String>,
+    /// Seconds an --exec command may run: then SIGTERM to its process
+    /// group, SIGKILL 5 s later, and the job fails (0 = no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
+    kill_timeout: f64,
+    /// Throughput mode: seconds a running job's row is kept leased,
+    /// renewed every half lease; as the QueueRunner's --lease.
+    #[arg(long, value_name = "SECS", default_value_t = garivini::names::DEFAULT_LEASE)]
+    lease: u32,
     /// Milliseconds each job takes (simulated work).
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
@@ -57,7 +81,8 @@ struct Cli {
     /// in its arg by gv_inject) to its start; gv_inject reads them.
     #[arg(long)]
     latency_file: Option<PathBuf>,
-    /// Seconds shutdown waits for the jobs in hand.
+    /// Seconds shutdown waits for the jobs in hand; --exec commands still
+    /// running then are stopped (SIGTERM, SIGKILL 5 s later).
     #[arg(long, default_value_t = garivini::gearman::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
     shutdown_timeout: f64,
     /// Throughput mode: failures after which a job is parked as dead.
@@ -88,9 +113,12 @@ impl LineLog {
 }
 
 struct Worker {
-    /// Throughput mode only: finishes rows.
+    /// Throughput mode only: keeps rows leased and finishes them.
     client: Option<Client>,
+    /// Throughput mode: the lease a running job's row is kept under.
+    lease: u32,
     exec: Option<String>,
+    kill_timeout: Option<Duration>,
     work: Duration,
     record: Option<LineLog>,
     latency: Option<LineLog>,
@@ -98,6 +126,20 @@ struct Worker {
     failed: AtomicU64,
     /// Rows that cannot be finished while the database is away.
     rows: Outage,
+    /// Cancelled once shutdown has given up on the jobs in hand: their
+    /// commands are stopped.
+    abandon: CancellationToken,
+}
+
+/// How a job's work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Succeeded,
+    Failed,
+    /// Its command outlived --kill-timeout and was killed.
+    TimedOut,
+    /// Still running at shutdown: its command was stopped.
+    Abandoned,
 }
 
 impl Worker {
@@ -123,12 +165,19 @@ impl Worker {
         if let Some(record) = &self.record {
             record.write(format!("{} {}\n", job.dbid, job.jobid));
         }
-        if !self.work.is_zero() {
-            tokio::time::sleep(self.work).await;
-        }
-        let ok = match &self.exec {
-            None => true,
-            Some(cmd) => run_command(cmd, &job.arg).await,
+        let work = self.work(&job);
+        let ended = match &self.client {
+            Some(client) => keep_leased(client, &job, self.lease, &self.rows, work).await,
+            None => work.await,
+        };
+        let ok = match ended {
+            Ended::Succeeded => true,
+            Ended::Failed | Ended::TimedOut => false,
+            Ended::Abandoned => {
+                // The connection is closed by now: gearmand gives the job
+                // to another worker, and the row keeps its lease meanwhile.
+                return WorkResult::Fail;
+            }
         };
         let Some(client) = &self.client else {
             // Low-latency mode: the Controller finishes the row.
@@ -137,7 +186,12 @@ impl Worker {
                 WorkResult::Complete(Bytes::new())
             } else {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                WorkResult::Fail
+                match ended {
+                    Ended::TimedOut => WorkResult::FailWith(Bytes::from_static(
+                        b"killed after gv_consume --kill-timeout",
+                    )),
+                    _ => WorkResult::Fail,
+                }
             };
         };
         let outcome = if ok {
@@ -168,32 +222,173 @@ impl Worker {
             }
         }
     }
+
+    /// The job's work: the simulated time, then its command.
+    async fn work(&self, job: &Job) -> Ended {
+        if !self.work.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(self.work) => {}
+                _ = self.abandon.cancelled() => return Ended::Abandoned,
+            }
+        }
+        match &self.exec {
+            None => Ended::Succeeded,
+            Some(cmd) => run_command(cmd, &job.arg, self.kill_timeout, &self.abandon).await,
+        }
+    }
 }
 
-async fn run_command(cmd: &str, arg: &[u8]) -> bool {
+/// Runs `work` while keeping `job`'s row leased: `lease` more seconds
+/// every half lease, as the Controller does, so that a job longer than the
+/// lease is not dispatched again while it runs.
+async fn keep_leased(
+    client: &Client,
+    job: &Job,
+    lease: u32,
+    rows: &Outage,
+    work: impl std::future::Future<Output = Ended>,
+) -> Ended {
+    tokio::pin!(work);
+    let beat = Duration::from_secs(u64::from(lease / 2));
+    loop {
+        tokio::select! {
+            ended = &mut work => return ended,
+            _ = tokio::time::sleep(beat) => {
+                let extended = client.extend_lease(job, lease).await;
+                rows.track(&extended);
+                match extended {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(job.id = job.jobid, db.id = job.dbid, "the row of a running job is gone (cancelled?)"),
+                    Err(err) if err.is_connection_fault() => {}
+                    Err(err) => tracing::warn!(job.id = job.jobid, db.id = job.dbid, error = %err, "cannot extend the lease of a running job"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs `sh -c CMD` in a process group of its own, `arg` on its stdin.
+/// After `kill_timeout`, or once `abandon` is cancelled, the whole group is
+/// stopped (SIGTERM, then SIGKILL after [`KILL_GRACE`]).
+async fn run_command(
+    cmd: &str,
+    arg: &[u8],
+    kill_timeout: Option<Duration>,
+    abandon: &CancellationToken,
+) -> Ended {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
         .spawn();
     let mut child = match child {
         Ok(child) => child,
         Err(err) => {
             tracing::error!(error = %err, "cannot start the command");
-            return false;
+            return Ended::Failed;
         }
     };
+    let Some(group) = child.id().map(Group) else {
+        // Already exited and reaped: nothing left to stop.
+        return Ended::Failed;
+    };
     if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its stdin is not an error.
-        let _ = stdin.write_all(arg).await;
+        let arg = arg.to_vec();
+        // Fed beside the wait: a command that does not read a large arg
+        // must not hang the job. One that does not read it is no error.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&arg).await;
+        });
     }
-    matches!(child.wait().await, Ok(status) if status.success())
+    let deadline = kill_timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        status = child.wait() => {
+            group.disarm();
+            match status {
+                Ok(status) if status.success() => Ended::Succeeded,
+                _ => Ended::Failed,
+            }
+        }
+        _ = sleep => {
+            tracing::warn!(
+                pid = group.0,
+                kill_timeout_s = kill_timeout.map_or(0.0, |t| t.as_secs_f64()),
+                "the command outlived --kill-timeout: stopping it; the job fails"
+            );
+            group.stop(&mut child).await;
+            Ended::TimedOut
+        }
+        _ = abandon.cancelled() => {
+            tracing::warn!(pid = group.0, "the command is still running at shutdown: stopping it");
+            group.stop(&mut child).await;
+            Ended::Abandoned
+        }
+    }
+}
+
+/// The process group of a running command (its id is the shell's pid),
+/// SIGKILLed on drop unless disarmed: a command never outlives its job,
+/// even when the job's future is dropped.
+struct Group(u32);
+
+impl Group {
+    /// SIGTERM to the group; SIGKILL after [`KILL_GRACE`] if its leader
+    /// has not exited.
+    async fn stop(self, child: &mut tokio::process::Child) {
+        self.signal("TERM");
+        if tokio::time::timeout(KILL_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(pid = self.0, "the command ignored SIGTERM: SIGKILL");
+        }
+        // Also reaches what the leader left behind in its group.
+        self.signal("KILL");
+        let _ = child.wait().await;
+        std::mem::forget(self);
+    }
+
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+
+    /// Sends SIGname to the whole group, through the shell's `kill`
+    /// builtin: `sh` is what runs the commands, so it is there.
+    fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -s {name} -- -{} 2>/dev/null", self.0))
+            .stdin(std::process::Stdio::null())
+            .status();
+        if let Err(err) = sent {
+            tracing::error!(pid = self.0, error = %err, "cannot signal the command's process group");
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.signal("KILL");
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
     terminal::init_tracing();
     terminal::run(async move {
+        if cli.mode == Mode::Throughput && cli.lease < 2 {
+            anyhow::bail!(
+                "invalid setting --lease: must be at least 2 seconds (it is renewed every half lease)"
+            );
+        }
         let gearmand = cli.servers.gearmand()?;
         let client = match cli.mode {
             Mode::Throughput => {
@@ -201,9 +396,14 @@ fn main() {
             }
             Mode::Lowlatency => None,
         };
+        let kill_timeout =
+            Some(seconds::seconds("--kill-timeout", cli.kill_timeout)?).filter(|t| !t.is_zero());
+        let shutdown_timeout = seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?;
         let worker = Arc::new(Worker {
             client: client.clone(),
+            lease: cli.lease,
             exec: cli.exec.clone(),
+            kill_timeout,
             work: Duration::from_millis(cli.work_ms),
             record: LineLog::open(&cli.record)?,
             latency: LineLog::open(&cli.latency_file)?,
@@ -212,24 +412,36 @@ fn main() {
             rows: Outage::new(
                 "cannot finish rows: database unreachable; the jobs run again after their lease",
             ),
+            abandon: CancellationToken::new(),
         });
         let shutdown = signal::shutdown_on_signal();
         let reporter = tokio::spawn(report(worker.clone(), shutdown.clone()));
-        let w = worker.clone();
+        let in_hand = TaskTracker::new();
+        let (w, tracker) = (worker.clone(), in_hand.clone());
         serve(
             gearmand,
             cli.funcname.clone(),
             cli.concurrency,
             move |a| {
                 let w = w.clone();
-                async move { w.handle(a).await }
+                tracker.track_future(async move { w.handle(a).await })
             },
             shutdown,
-            seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?,
+            shutdown_timeout,
         )
         .await;
+        // Jobs still in hand now were left by `serve` at the shutdown
+        // timeout: their commands are stopped before we exit.
+        worker.abandon.cancel();
+        in_hand.close();
+        if tokio::time::timeout(KILL_GRACE + STOP_LIMIT, in_hand.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(jobs = in_hand.len(), "jobs still running at exit");
+        }
         if let Some(client) = &client {
-            let limit = seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?;
+            let limit = shutdown_timeout;
             if tokio::time::timeout(limit, client.flush_completions())
                 .await
                 .is_err()

@@ -7,6 +7,12 @@
 //! unknown: the row stays leased and runs again after its lease. While a
 //! job runs, the Controller extends its lease every half lease, so a long
 //! job is never dispatched a second time while it is still running.
+//!
+//! Hung work does not hold a slot for ever: after `job_timeout` the
+//! Controller stops waiting, frees the slot and fails the row (backoff, as
+//! a WORK_FAIL); the worker's late answer, if any, is ignored. Jobs still
+//! running when shutdown gives up on them are not left leased: their rows
+//! are given back, due again after `give_back_delay`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,21 +20,29 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::client::{Client, Retry};
 use crate::error::{Error, Result};
 use crate::gearman::{
-    function_status, gearman_unique, serve, ForegroundClient, Outcome, WorkResult,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{unsendable_funcname, Job, When};
-use crate::names::{DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, RUN_QUEUED_JOB};
+use crate::names::{
+    DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
+};
 use crate::outage::Outage;
 use crate::telemetry;
 
 /// Jobs run at once, per gearmand.
 pub const DEFAULT_CONCURRENCY: usize = 200;
+/// How long a job may run before the Controller gives up on it: generous,
+/// since it is there for hung workers, not slow ones.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long, after shutdown gave up on the jobs in hand, giving back their
+/// rows may take.
+const GIVE_BACK_LIMIT: Duration = Duration::from_secs(5);
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -38,12 +52,19 @@ pub struct Config {
     pub lease: u32,
     /// Jobs run at once, per gearmand.
     pub concurrency: usize,
-    /// How long shutdown waits for the jobs in hand; those still running
-    /// then run again after their lease.
+    /// How long shutdown waits for the jobs in hand; the rows of those
+    /// still running then are given back (see `give_back_delay`).
     pub shutdown_timeout: Duration,
     /// Seconds a job whose function has no worker waits in the database
     /// before it is tried again.
     pub no_worker_delay: u32,
+    /// How long the Controller waits for a job's answer, counted from its
+    /// submit (time queued in gearmand included); then the job is failed
+    /// (backoff) and its slot freed. `None`: no limit.
+    pub job_timeout: Option<Duration>,
+    /// Seconds before a job still running when shutdown gave up on it is
+    /// due again (its row keeps its failcount).
+    pub give_back_delay: u32,
 }
 
 impl Default for Config {
@@ -53,6 +74,8 @@ impl Default for Config {
             concurrency: DEFAULT_CONCURRENCY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             no_worker_delay: DEFAULT_NO_WORKER_DELAY,
+            job_timeout: Some(DEFAULT_JOB_TIMEOUT),
+            give_back_delay: DEFAULT_SUBMIT_RETRY_DELAY,
         }
     }
 }
@@ -69,6 +92,12 @@ impl Config {
         if self.concurrency == 0 {
             return Err(Error::invalid_config("concurrency", "must be at least 1"));
         }
+        if self.job_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_config(
+                "job_timeout",
+                "must be more than 0 (no limit: none)",
+            ));
+        }
         Ok(())
     }
 }
@@ -80,6 +109,12 @@ pub enum Ran {
     Completed,
     /// The worker failed it; its row is rescheduled or dead.
     Failed(Retry),
+    /// No answer within `job_timeout`: the row is failed as if the worker
+    /// had failed it, and a late answer is ignored.
+    TimedOut(Retry),
+    /// Still running when shutdown gave up on it: its row is given back,
+    /// due after `give_back_delay`.
+    GivenBack,
     /// The outcome is unknown (gearmand lost, or the row could not be
     /// updated); the row runs again after its lease.
     Unknown,
@@ -108,6 +143,12 @@ pub struct Controller {
     rows: Outage,
     /// Running jobs lost with a gearmand connection: one warning per outage.
     lost: Outage,
+    /// Every `run_job` in progress, so that shutdown can wait for them
+    /// after `serve` has returned.
+    in_hand: TaskTracker,
+    /// Cancelled once shutdown has given up on the jobs in hand: they stop
+    /// waiting and give their rows back.
+    abandon: CancellationToken,
 }
 
 /// How long a status read from gearmand is trusted.
@@ -140,12 +181,18 @@ impl Controller {
             lost: Outage::new(
                 "controller lost track of running jobs; they run again after their lease",
             ),
+            in_hand: TaskTracker::new(),
+            abandon: CancellationToken::new(),
         }))
     }
 
     /// Runs one job JSON to its end: submits it to its function, keeps its
     /// lease while it runs, and completes or fails its row.
     pub async fn run_job(&self, workload: Bytes) -> Ran {
+        self.in_hand.track_future(self.run_workload(workload)).await
+    }
+
+    async fn run_workload(&self, workload: Bytes) -> Ran {
         let job = match Job::from_json(&workload) {
             Ok(job) => job,
             Err(err) => {
@@ -191,16 +238,27 @@ impl Controller {
             .submit(&job.funcname, unique, workload.clone());
         tokio::pin!(run);
         let beat = Duration::from_secs(u64::from(self.config.lease / 2));
-        let outcome = loop {
+        let deadline = self
+            .config
+            .job_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let waited = loop {
             tokio::select! {
-                outcome = &mut run => break outcome,
+                outcome = &mut run => break Waited::Answered(outcome),
                 _ = tokio::time::sleep(beat) => {
                     let extended = self.client.extend_lease(&job, self.config.lease).await;
                     self.row_update(extended, "cannot extend the lease of a running job");
                 }
+                _ = sleep_until_some(deadline) => break Waited::TimedOut,
+                _ = self.abandon.cancelled() => break Waited::Abandoned,
             }
         };
         telemetry::controller_job(started.elapsed());
+        let outcome = match waited {
+            Waited::Answered(outcome) => outcome,
+            Waited::TimedOut => return self.timed_out(&job).await,
+            Waited::Abandoned => return self.give_back(&job).await,
+        };
         match &outcome {
             Ok(_) => self.lost.ended(),
             Err(err) => self.lost.failed(err),
@@ -227,6 +285,48 @@ impl Controller {
                 }
             }
             Err(_) => Ran::Unknown,
+        }
+    }
+
+    /// Fails a job whose worker did not answer within `job_timeout`. Its
+    /// foreground submit is dropped: the worker's answer, should it come,
+    /// finds nobody waiting.
+    async fn timed_out(&self, job: &Job) -> Ran {
+        let failed = self.client.failed_job(job).await;
+        match self.row_update(failed, "job timed out and its row could not be rescheduled") {
+            Some(retry) => {
+                tracing::warn!(
+                    timeout_s = self.config.job_timeout.map_or(0.0, |t| t.as_secs_f64()),
+                    ?retry,
+                    "job timed out: no answer from its worker; failed, and its slot freed"
+                );
+                Ran::TimedOut(retry)
+            }
+            None => Ran::Unknown,
+        }
+    }
+
+    /// Gives back the row of a job still running when shutdown gave up on
+    /// it: due after `give_back_delay`, instead of leased for a whole
+    /// lease. (gearmand also hands its `run_queued_job` to another
+    /// Controller, with the row's old dispatch in it.)
+    async fn give_back(&self, job: &Job) -> Ran {
+        let given = self
+            .client
+            .reschedule_job(job, When::In(self.config.give_back_delay))
+            .await;
+        match self.row_update(
+            given,
+            "cannot give back the row of a job left running at shutdown; it runs again after its lease",
+        ) {
+            Some(()) => {
+                tracing::info!(
+                    due_in_s = self.config.give_back_delay,
+                    "job still running at shutdown: its row is given back"
+                );
+                Ran::GivenBack
+            }
+            None => Ran::Unknown,
         }
     }
 
@@ -264,7 +364,7 @@ impl Controller {
             NO_WORKER_MAX_AGE
         };
         if served.0.elapsed() >= max_age {
-            let (load, errors) = function_status(&self.gearmand).await;
+            let (load, errors) = self.foreground.function_status().await;
             let known = (errors.len() < self.gearmand.len()).then(|| {
                 load.into_iter()
                     .filter(|(_, l)| l.workers > 0)
@@ -282,6 +382,7 @@ impl Controller {
         tracing::info!(
             lease = self.config.lease,
             concurrency = self.config.concurrency,
+            job_timeout_s = self.config.job_timeout.map_or(0.0, |t| t.as_secs_f64()),
             "controller started"
         );
         let me = self.clone();
@@ -302,6 +403,55 @@ impl Controller {
             self.config.shutdown_timeout,
         )
         .await;
+        // `serve` is done with the jobs in hand: those still running were
+        // left by it at the shutdown timeout. They give their rows back.
+        self.abandon.cancel();
+        self.in_hand.close();
+        let left = self.in_hand.len();
+        if left > 0 {
+            tracing::warn!(
+                jobs = left,
+                "shutdown timeout: giving back the rows of the jobs still running"
+            );
+            if tokio::time::timeout(GIVE_BACK_LIMIT, self.in_hand.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    jobs = self.in_hand.len(),
+                    "rows not given back at exit; those jobs run again after their lease"
+                );
+            }
+        }
+        // Completions and failures kept through a database outage are
+        // written before exit, for at most the shutdown timeout.
+        if tokio::time::timeout(
+            self.config.shutdown_timeout,
+            self.client.flush_completions(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                rows = self.client.unwritten(),
+                "completions not written at exit; those jobs run again after their lease"
+            );
+        }
         tracing::info!("controller stopped");
+    }
+}
+
+/// How the wait for a worker's answer ended.
+enum Waited {
+    Answered(Result<Outcome>),
+    TimedOut,
+    Abandoned,
+}
+
+/// Sleeps until `deadline`; for ever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -85,6 +85,8 @@ async fn a_role_runs_with_the_servers_and_settings_of_its_file_and_flags_win() {
             "3",
         ],
     );
+    // A worker that takes nothing: the jobs go, and stay queued.
+    let _idle = gearmand.idle_worker("cfg_job").await;
     let client = Client::new(db.store().await);
     insert_numbered(&client, "cfg_job", "", 5).await;
     // The flag's watermark of 3 holds, not the file's 1.

@@ -67,7 +67,8 @@ pub struct Settings {
     /// database before it is tried again.
     #[arg(long, default_value_t = names::DEFAULT_NO_WORKER_DELAY)]
     no_worker_delay: u32,
-    /// Seconds before a job whose submit to gearmand failed is due again.
+    /// Seconds before a job whose submit to gearmand failed is due again;
+    /// Controller: also a job still running when shutdown gave up on it.
     #[arg(long, default_value_t = names::DEFAULT_SUBMIT_RETRY_DELAY)]
     submit_retry_delay: u32,
     /// Injector: most jobs in one inject_jobs array.
@@ -79,6 +80,10 @@ pub struct Settings {
     /// Controller: jobs run at once, per gearmand.
     #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: usize,
+    /// Controller: seconds it waits for a job's answer before it fails the
+    /// job (backoff) and frees its slot (0 = no limit).
+    #[arg(long, value_name = "SECS", default_value_t = controller::DEFAULT_JOB_TIMEOUT.as_secs_f64())]
+    job_timeout: f64,
     /// Injector, Controller: seconds shutdown waits for the work in hand.
     #[arg(long, default_value_t = garivini::gearman::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
     shutdown_timeout: f64,
@@ -126,6 +131,8 @@ impl Settings {
             concurrency: self.concurrency,
             no_worker_delay: self.no_worker_delay,
             shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
+            job_timeout: Some(seconds("--job-timeout", self.job_timeout)?).filter(|t| !t.is_zero()),
+            give_back_delay: self.submit_retry_delay,
         };
         config.validate()?;
         Ok(config)
