@@ -71,6 +71,12 @@ struct Cli {
     /// renewed every half lease; as the QueueRunner's --lease.
     #[arg(long, value_name = "SECS", default_value_t = garivini::names::DEFAULT_LEASE)]
     lease: u32,
+    /// Throughput mode: before running a job, check that its row is still
+    /// the dispatch this copy came from (one UPDATE, which also renews the
+    /// lease) and drop a stale copy: one whose row was completed,
+    /// cancelled or failed since it was sent.
+    #[arg(long)]
+    skip_stale: bool,
     /// Milliseconds each job takes (simulated work).
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
@@ -117,6 +123,8 @@ struct Worker {
     client: Option<Client>,
     /// Throughput mode: the lease a running job's row is kept under.
     lease: u32,
+    /// Throughput mode: drop stale copies before running them.
+    skip_stale: bool,
     exec: Option<String>,
     kill_timeout: Option<Duration>,
     work: Duration,
@@ -160,6 +168,14 @@ impl Worker {
                 .and_then(|t| t.parse::<u64>().ok());
             if let Some(stamp) = stamp {
                 latency.write(format!("{}\n", started.saturating_sub(stamp)));
+            }
+        }
+        if let (true, Some(client)) = (self.skip_stale, &self.client) {
+            let current = client.start_job(&job, self.lease).await;
+            self.rows.track(&current);
+            if let Ok(false) = current {
+                tracing::info!(job.id = job.jobid, db.id = job.dbid, "dropping a stale copy of a job: its row was completed, cancelled or failed since");
+                return WorkResult::Complete(Bytes::new());
             }
         }
         if let Some(record) = &self.record {
@@ -402,6 +418,7 @@ fn main() {
         let worker = Arc::new(Worker {
             client: client.clone(),
             lease: cli.lease,
+            skip_stale: cli.skip_stale,
             exec: cli.exec.clone(),
             kill_timeout,
             work: Duration::from_millis(cli.work_ms),

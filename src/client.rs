@@ -277,6 +277,23 @@ impl Client {
         self.store.extend_lease(JobRef::from(job), lease).await
     }
 
+    /// Checks, before a job runs, that this copy is still its row's
+    /// dispatch, and renews the row's lease for `lease` secs if so. False
+    /// means a stale copy (the row was completed, cancelled or failed
+    /// since this copy was sent: it waited in gearmand past its lease, or
+    /// another copy ran first): do not run it. One indexed UPDATE; a
+    /// foreign worker can do the same, see the README.
+    pub async fn start_job(&self, job: &Job, lease: u32) -> Result<bool> {
+        let current = self
+            .store
+            .renew_if_current(JobRef::from(job), job.failcount, lease)
+            .await?;
+        if !current {
+            telemetry::stale_copy();
+        }
+        Ok(current)
+    }
+
     /// Records a failed run: failcount + 1, and the job runs again after
     /// the original's backoff (2^failcount minutes, at most a day), or is
     /// parked dead once it has failed `max_attempts` times. On a fault of

@@ -126,6 +126,9 @@ pub enum Ran {
     /// The job's function name cannot be sent to gearmand (see
     /// [`unsendable_funcname`]): its row is parked, dead, and logged.
     Parked,
+    /// A stale copy: its row was completed, cancelled or failed since it
+    /// was sent (see [`Client::start_job`]). Dropped, not run.
+    Stale,
 }
 
 /// Serves `run_queued_job`. See the module docs.
@@ -217,6 +220,18 @@ impl Controller {
                 Some(_) => Ran::Parked,
                 None => Ran::Unknown,
             };
+        }
+        // A copy that waited in gearmand past its lease (or on another
+        // gearmand) may find its row done, cancelled or failed since:
+        // running it would run the job again. When the row cannot be read,
+        // the job runs (at least once).
+        let current = self.client.start_job(&job, self.config.lease).await;
+        if let Some(false) = self.row_update(current, "cannot check that a job is still due") {
+            tracing::info!(
+                failcount = job.failcount,
+                "dropping a stale copy of a job: its row was completed, cancelled or failed since"
+            );
+            return Ran::Stale;
         }
         if !self.has_worker(&job.funcname).await {
             let released = self

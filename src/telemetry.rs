@@ -13,7 +13,9 @@
 //! failure), `garivini_jobs_dead_total` (parked after the last attempt),
 //! `garivini_rows_parked_total` (rows made dead because they cannot be
 //! dispatched as they are: a function name that is not UTF-8 or holds a
-//! control character).
+//! control character), `garivini_stale_copies_total` (copies of a job
+//! dropped before they ran: their row was completed, cancelled or failed
+//! since they were sent).
 //! Histograms (seconds): `garivini_inject_seconds` (request to commit),
 //! `garivini_claim_round_seconds`, `garivini_controller_job_seconds`.
 //! Gauges: `garivini_gearmand_queue_depth{function}` (summed over the
@@ -72,6 +74,10 @@ pub(crate) fn parked(n: usize) {
     if n > 0 {
         metrics::counter!("garivini_rows_parked_total").increment(n as u64);
     }
+}
+
+pub(crate) fn stale_copy() {
+    metrics::counter!("garivini_stale_copies_total").increment(1);
 }
 
 pub(crate) fn controller_job(took: Duration) {

@@ -164,6 +164,28 @@ impl Store {
         .await
     }
 
+    /// Renews the lease of a job about to run (now + `lease` secs), if its
+    /// row is still the one this copy was dispatched from: it exists, is
+    /// not dead, and has the copy's failcount. Returns false for a stale
+    /// copy: the row was completed, cancelled or failed since (a copy that
+    /// waited in gearmand past its lease, or one left on another gearmand).
+    pub async fn renew_if_current(&self, job: JobRef, failcount: u8, lease: u32) -> Result<bool> {
+        let db = self.db(job.dbid)?;
+        self.run(db, move || async move {
+            let mut conn = db.pool.get_conn().await?;
+            conn.exec_drop(
+                format!(
+                    "UPDATE job SET run_after = UNIX_TIMESTAMP() + ? \
+                     WHERE jobid = ? AND failcount = ? AND run_after < {NEVER}"
+                ),
+                (lease, job.jobid, failcount),
+            )
+            .await?;
+            Ok(conn.affected_rows() > 0)
+        })
+        .await
+    }
+
     /// Deletes rows of database `dbid` (completed jobs). Returns how many
     /// existed. Answers only after the deletion is committed.
     pub async fn delete(&self, dbid: u32, jobids: &[u64]) -> Result<u64> {
