@@ -75,6 +75,11 @@ pub struct Status {
     pub databases: Vec<DbStatus>,
     /// Each gearmand, in the order configured.
     pub gearmand: Vec<GearmandStatus>,
+    /// Functions with rows waiting (due, in flight or scheduled) and no
+    /// worker registered on any gearmand that answered: their rows wait
+    /// in the database (the QueueRunner holds them back). Empty when no
+    /// gearmand was given or none answered.
+    pub without_worker: Vec<String>,
 }
 
 impl Status {
@@ -119,11 +124,34 @@ pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
         }
     }));
     let (databases, gearmand) = futures::join!(dbs, servers);
+    let without_worker = without_worker(&databases, &gearmand);
     Status {
         lease,
         databases,
         gearmand,
+        without_worker,
     }
+}
+
+/// See [`Status::without_worker`].
+fn without_worker(databases: &[DbStatus], gearmand: &[GearmandStatus]) -> Vec<String> {
+    if !gearmand.iter().any(|g| g.error.is_none()) {
+        return Vec::new();
+    }
+    let served: std::collections::HashSet<&str> = gearmand
+        .iter()
+        .flat_map(|g| &g.functions)
+        .filter(|f| f.workers > 0)
+        .map(|f| f.funcname.as_str())
+        .collect();
+    let waiting: std::collections::BTreeSet<&str> = databases
+        .iter()
+        .flat_map(|db| &db.functions)
+        .filter(|f| f.counts.due + f.counts.in_flight + f.counts.scheduled > 0)
+        .map(|f| f.funcname.as_str())
+        .filter(|f| !served.contains(f))
+        .collect();
+    waiting.into_iter().map(str::to_string).collect()
 }
 
 async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {

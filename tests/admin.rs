@@ -492,3 +492,21 @@ async fn status_and_jobs_count_in_flight_by_the_longest_lease_of_the_config_file
     let status = with_file(controller, &["status", "--json", "--lease", "1000"]).await;
     assert_eq!(in_flight_and_scheduled(&status), [0, 2]);
 }
+
+#[tokio::test]
+async fn status_names_the_functions_whose_rows_wait_for_a_worker() {
+    let (db, gearmand) = (mix().await, Gearmand::start().await);
+    // email has a worker; resize has none.
+    let _idle = gearmand.idle_worker("email").await;
+    let status = json(&db.url, &["--gearmand", &gearmand.addr, "status", "--json"]).await;
+    assert_eq!(status["without_worker"], serde_json::json!(["resize"]));
+    let (code, out, err) = run_garivini(&db.url, &["--gearmand", &gearmand.addr, "status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no worker: resize (their rows wait in the database until one registers)"),
+        "{out}"
+    );
+    // Without gearmand it cannot be told.
+    let status = json(&db.url, &["status", "--json"]).await;
+    assert_eq!(status["without_worker"], serde_json::json!([]));
+}

@@ -266,6 +266,14 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
             line(format!("  {l}"));
         }
     }
+    if !status.without_worker.is_empty() {
+        let names: Vec<String> = status.without_worker.iter().map(|f| printable(f)).collect();
+        line(String::new());
+        line(format!(
+            "no worker: {} (their rows wait in the database until one registers)",
+            names.join(", ")
+        ));
+    }
     out
 }
 
