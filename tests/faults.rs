@@ -13,14 +13,13 @@
 //! prints that table after the suite.
 
 use std::collections::HashSet;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::{recorded_runs, wait_until, within, Gearmand, Proc, TestDb};
-use tokio::sync::watch;
+use testkit::{
+    host_port, recorded_runs, via, wait_until, within, DbProxy, FaultRow, Gearmand, Proc, TestDb,
+};
 
 const FUNC: &str = "fault_job";
 /// Lease of the fault runs: short, so that jobs lost with a process come
@@ -49,108 +48,6 @@ impl Mode {
             Mode::LowLatency => "lowlatency",
         }
     }
-}
-
-/// A TCP proxy in front of MariaDB that the test can cut: while it is down,
-/// every open connection is closed and new ones are closed on accept, as a
-/// crashed or restarting server would.
-struct DbProxy {
-    addr: String,
-    down: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-    /// Connections being forwarded.
-    open: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DbProxy {
-    async fn start(upstream: String) -> DbProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let down = Arc::new(AtomicBool::new(false));
-        let (cut, _) = watch::channel(0u64);
-        let open = Arc::new(AtomicUsize::new(0));
-        let (down2, cut2, open2) = (down.clone(), cut.clone(), open.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if down2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close
-                }
-                let mut cut = cut2.subscribe();
-                let upstream = upstream.clone();
-                let open = open2.clone();
-                open.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut.changed() => {}
-                        }
-                    }
-                    drop((client, cut));
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        DbProxy {
-            addr,
-            down,
-            cut,
-            open,
-            task,
-        }
-    }
-
-    /// Closes every connection and refuses new ones until `restore`;
-    /// answers once every connection is closed.
-    async fn cut(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        self.cut.send_modify(|generation| *generation += 1);
-        wait_until(
-            Duration::from_secs(10),
-            "the proxy to close its connections",
-            || async { self.open.load(Ordering::SeqCst) == 0 },
-        )
-        .await;
-    }
-
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for DbProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.down.store(true, Ordering::SeqCst);
-        self.cut.send_modify(|generation| *generation += 1);
-    }
-}
-
-/// `mysql://user@host:port/db` with host:port replaced by `addr`, and no
-/// switch to the server's Unix socket (mysql_async's `prefer_socket`), which
-/// would bypass the proxy.
-fn via(url: &str, addr: &str) -> String {
-    let rest = url.strip_prefix("mysql://").expect("a mysql:// URL");
-    let (user, hostpath) = match rest.rsplit_once('@') {
-        Some((user, hostpath)) => (format!("{user}@"), hostpath),
-        None => (String::new(), rest),
-    };
-    let path = hostpath.find('/').map_or("", |i| &hostpath[i..]);
-    let sep = if path.contains('?') { '&' } else { '?' };
-    format!("mysql://{user}{addr}{path}{sep}prefer_socket=false")
-}
-
-/// host:port of a `mysql://user@host:port/db` URL.
-fn host_port(url: &str) -> String {
-    let rest = url.strip_prefix("mysql://").expect("a mysql:// URL");
-    let hostpath = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    hostpath.split('/').next().unwrap().to_string()
 }
 
 /// One of the processes of a flow, with what it takes to start it again.
@@ -221,7 +118,7 @@ impl Flow {
         .await;
         let gearmand = Gearmand::start().await;
         let proxy = match setup.proxy {
-            true => Some(DbProxy::start(host_port(&db.url)).await),
+            true => Some(DbProxy::start(host_port(&db.url), false).await),
             false => None,
         };
         let dsn = match &proxy {
@@ -503,27 +400,17 @@ struct Report {
 
 impl Report {
     fn write(&self) {
-        let line = format!(
-            "{:<11} {:<44} {:>9} {:>6} {:>9} {:>5} {:>10} {:>8.1}\n",
-            self.mode.flag(),
-            self.fault,
-            self.in_flight,
-            self.acked,
-            self.committed,
-            self.runs,
-            self.duplicates,
-            self.drained.as_secs_f64()
-        );
-        eprint!("{line}");
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/faults-report.txt");
-        // One write per row, in append mode: rows of parallel tests do not mix.
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = file.write_all(line.as_bytes());
+        FaultRow {
+            mode: self.mode.flag(),
+            fault: &self.fault,
+            in_flight: self.in_flight,
+            acked: self.acked,
+            committed: self.committed,
+            runs: self.runs,
+            duplicates: self.duplicates,
+            drained: self.drained,
         }
+        .write();
     }
 }
 
@@ -643,7 +530,7 @@ fault_runs! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_fails_fast_while_the_database_is_down() {
     let db = TestDb::new().await;
-    let proxy = DbProxy::start(host_port(&db.url)).await;
+    let proxy = DbProxy::start(host_port(&db.url), false).await;
     let store = garivini::Store::connect(
         garivini::config::parse_dsn_list(&via(&db.url, &proxy.addr)).unwrap(),
     )

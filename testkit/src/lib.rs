@@ -9,6 +9,8 @@
 //!   drop;
 //! - [`process`]: our binaries (and any other program) as child processes,
 //!   killed on drop, and bounded runs of them;
+//! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut;
+//! - [`report`]: the fault table's rows;
 //! - [`roles`]: our roles in the calling process, stopped on drop;
 //! - [`worker`]: a Gearman worker in the calling process that records the
 //!   jobs it runs;
@@ -28,6 +30,8 @@
 pub mod db;
 pub mod gearmand;
 pub mod process;
+pub mod proxy;
+pub mod report;
 pub mod roles;
 pub mod silent;
 pub mod wait;
@@ -41,6 +45,8 @@ pub use process::{
     bin, bin_dir, bin_path, command, free_port, recorded_runs, run_bin, run_command, run_garivini,
     with_servers, Proc,
 };
+pub use proxy::{host_port, via, DbProxy};
+pub use report::FaultRow;
 pub use roles::{insert_numbered, queue_runner, quick_queue_runner, round, InjectClient, Roles};
 pub use silent::Silent;
 pub use wait::{wait_until, within};
