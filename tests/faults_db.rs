@@ -23,8 +23,8 @@ use garivini::config::DbConfig;
 use garivini::{Client, Error, NewJob, Store};
 use mysql_async::prelude::Queryable;
 use testkit::{
-    free_port, host_port, recorded_runs, via, wait_until, within, DbProxy, FaultRow, Gearmand,
-    Proc, TestDb,
+    check_runs, free_port, host_port, recorded_runs, via, wait_until, within, DbProxy, FaultRow,
+    Gearmand, Proc, TestDb,
 };
 
 const FUNC: &str = "db_fault_job";
@@ -239,41 +239,6 @@ impl Procs {
             eprintln!("logs kept in {}", self.dir.keep().display());
         }
     }
-}
-
-/// Nothing lost, nothing invented: every acked job committed (when there
-/// is an ack log), every committed job ran, nothing ran uncommitted.
-/// Returns (runs, duplicates).
-fn check_runs(
-    what: &str,
-    acked: Option<&HashSet<(u32, u64)>>,
-    committed: &HashSet<(u32, u64)>,
-    runs: &[(u32, u64)],
-) -> (usize, usize) {
-    let ran: HashSet<(u32, u64)> = runs.iter().copied().collect();
-    let none = |jobs: Vec<&(u32, u64)>, problem: &str| {
-        assert!(
-            jobs.is_empty(),
-            "{what}: {} {problem}: {:?}",
-            jobs.len(),
-            &jobs[..jobs.len().min(5)]
-        );
-    };
-    if let Some(acked) = acked {
-        none(
-            acked.difference(committed).collect(),
-            "jobs acknowledged but never committed",
-        );
-    }
-    none(
-        committed.difference(&ran).collect(),
-        "committed jobs never ran",
-    );
-    none(
-        ran.difference(committed).collect(),
-        "jobs ran that were never committed",
-    );
-    (runs.len(), runs.len() - ran.len())
 }
 
 /// One row of the fault table (target/faults-report.txt).

@@ -26,6 +26,50 @@ fn start(dir: &Path, what: &str, bin: &str, args: &[&str]) -> Proc {
     Proc::spawn_logged(bin, args, &dir.join(format!("{what}.log")))
 }
 
+/// A QueueRunner and a throughput-mode `gv_consume --exec` for
+/// `funcname`, both with `lease`, the worker recording its runs to
+/// `record` and taking `extra` flags; returns (queuerunner, worker) once
+/// gearmand knows the worker.
+async fn throughput_pair(
+    dir: &Path,
+    db: &TestDb,
+    gearmand: &Gearmand,
+    funcname: &str,
+    lease: &str,
+    record: &Path,
+    extra: &[&str],
+) -> (Proc, Proc) {
+    let queuerunner = start(
+        dir,
+        "queuerunner",
+        "garivini",
+        &with_servers(
+            db,
+            gearmand,
+            &["queuerunner", "--lease", lease, "--batch-run-sleep", "0.2"],
+        ),
+    );
+    let mut args = vec![
+        "--mode",
+        "throughput",
+        "--funcname",
+        funcname,
+        "--lease",
+        lease,
+        "--record",
+        record.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let worker = start(
+        dir,
+        "worker",
+        "gv_consume",
+        &with_servers(db, gearmand, &args),
+    );
+    gearmand.wait_for_worker(funcname).await;
+    (queuerunner, worker)
+}
+
 fn log(dir: &Path, what: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{what}.log"))).unwrap_or_default()
 }
@@ -121,40 +165,16 @@ async fn a_throughput_job_longer_than_the_lease_runs_once() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("runs.log");
-    let _queuerunner = start(
+    let (_queuerunner, _worker) = throughput_pair(
         dir.path(),
-        "queuerunner",
-        "garivini",
-        &with_servers(
-            &db,
-            &gearmand,
-            &["queuerunner", "--lease", "5", "--batch-run-sleep", "0.2"],
-        ),
-    );
-    let _worker = start(
-        dir.path(),
-        "worker",
-        "gv_consume",
-        &with_servers(
-            &db,
-            &gearmand,
-            &[
-                "--mode",
-                "throughput",
-                "--funcname",
-                "slow",
-                "--lease",
-                "5",
-                "--exec",
-                "sleep 8",
-                "--concurrency",
-                "8",
-                "--record",
-                record.to_str().unwrap(),
-            ],
-        ),
-    );
-    gearmand.wait_for_worker("slow").await;
+        &db,
+        &gearmand,
+        "slow",
+        "5",
+        &record,
+        &["--exec", "sleep 8", "--concurrency", "8"],
+    )
+    .await;
     let client = garivini::Client::new(db.store().await);
     let jobs = insert_numbered(&client, "slow", "s", 4).await;
     let started = Instant::now();
@@ -407,40 +427,16 @@ async fn a_command_past_the_kill_timeout_is_killed_and_its_job_fails() {
     // It ignores SIGTERM (and so does its sleep): SIGKILL must follow.
     let exec = format!("trap '' TERM; sleep {mark}; echo done");
     let record: PathBuf = dir.path().join("runs.log");
-    let _queuerunner = start(
+    let (_queuerunner, worker) = throughput_pair(
         dir.path(),
-        "queuerunner",
-        "garivini",
-        &with_servers(
-            &db,
-            &gearmand,
-            &["queuerunner", "--lease", "60", "--batch-run-sleep", "0.2"],
-        ),
-    );
-    let worker = start(
-        dir.path(),
-        "worker",
-        "gv_consume",
-        &with_servers(
-            &db,
-            &gearmand,
-            &[
-                "--mode",
-                "throughput",
-                "--funcname",
-                "stuck",
-                "--lease",
-                "60",
-                "--exec",
-                &exec,
-                "--kill-timeout",
-                "2",
-                "--record",
-                record.to_str().unwrap(),
-            ],
-        ),
-    );
-    gearmand.wait_for_worker("stuck").await;
+        &db,
+        &gearmand,
+        "stuck",
+        "60",
+        &record,
+        &["--exec", &exec, "--kill-timeout", "2"],
+    )
+    .await;
     let client = garivini::Client::new(db.store().await);
     insert_numbered(&client, "stuck", "k", 1).await;
     let pid = worker.pid();

@@ -46,7 +46,7 @@ pub use process::{
     with_servers, Proc,
 };
 pub use proxy::{host_port, via, DbProxy};
-pub use report::FaultRow;
+pub use report::{check_runs, FaultRow};
 pub use roles::{insert_numbered, queue_runner, quick_queue_runner, round, InjectClient, Roles};
 pub use silent::Silent;
 pub use wait::{wait_until, within};

@@ -1,6 +1,7 @@
 //! The fault table `scripts/test` prints: one row per fault run, appended
 //! to `target/faults-report.txt` by the fault tests.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -50,4 +51,39 @@ impl FaultRow<'_> {
             let _ = file.write_all(line.as_bytes());
         }
     }
+}
+
+/// Nothing lost, nothing invented: every acked job committed (when there
+/// is an ack log), every committed job ran, nothing ran uncommitted.
+/// Returns (runs, duplicates).
+pub fn check_runs(
+    what: &str,
+    acked: Option<&HashSet<(u32, u64)>>,
+    committed: &HashSet<(u32, u64)>,
+    runs: &[(u32, u64)],
+) -> (usize, usize) {
+    let ran: HashSet<(u32, u64)> = runs.iter().copied().collect();
+    let none = |jobs: Vec<&(u32, u64)>, problem: &str| {
+        assert!(
+            jobs.is_empty(),
+            "{what}: {} {problem}: {:?}",
+            jobs.len(),
+            &jobs[..jobs.len().min(5)]
+        );
+    };
+    if let Some(acked) = acked {
+        none(
+            acked.difference(committed).collect(),
+            "jobs acknowledged but never committed",
+        );
+    }
+    none(
+        committed.difference(&ran).collect(),
+        "committed jobs never ran",
+    );
+    none(
+        ran.difference(committed).collect(),
+        "jobs ran that were never committed",
+    );
+    (runs.len(), runs.len() - ran.len())
 }
