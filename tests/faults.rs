@@ -110,13 +110,7 @@ struct Flow {
 impl Flow {
     async fn start(setup: Setup) -> Flow {
         let db = TestDb::new().await;
-        db.exec("CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)")
-            .await;
-        db.exec(
-            "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
-             INSERT IGNORE INTO committed VALUES (NEW.jobid)",
-        )
-        .await;
+        db.count_commits().await;
         let gearmand = Gearmand::start().await;
         let proxy = match setup.proxy {
             true => Some(DbProxy::start(host_port(&db.url), false).await),
@@ -331,13 +325,7 @@ impl Flow {
             );
         }
 
-        let committed: HashSet<(u32, u64)> = self
-            .db
-            .query::<u64>("SELECT jobid FROM committed")
-            .await
-            .into_iter()
-            .map(|id| (1, id))
-            .collect();
+        let committed = self.db.committed(1).await;
         let acked: HashSet<(u32, u64)> = recorded_runs(&self.dir.path().join("acked.log"))
             .into_iter()
             .collect();

@@ -43,22 +43,8 @@ async fn counted_db(server: &str) -> TestDb {
         .unwrap_or_else(|e| {
             panic!("MariaDB at {server} is not usable ({e:#}); run scripts/services up")
         });
-    db.exec("CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)")
-        .await;
-    db.exec(
-        "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
-         INSERT IGNORE INTO committed VALUES (NEW.jobid)",
-    )
-    .await;
+    db.count_commits().await;
     db
-}
-
-async fn committed(db: &TestDb, dbid: u32) -> HashSet<(u32, u64)> {
-    db.query::<u64>("SELECT jobid FROM committed")
-        .await
-        .into_iter()
-        .map(|id| (dbid, id))
-        .collect()
 }
 
 /// Stores `n` jobs of FUNC, due now, straight into `db` (no proxy).
@@ -334,7 +320,7 @@ async fn completions_made_while_the_database_is_away_are_kept_not_dropped() {
     // only for the last lines of the run log.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warned = procs.check(MAX_WARNINGS, &[]);
-    let committed = committed(&db, 1).await;
+    let committed = db.committed(1).await;
     let runs = procs.runs();
     let (n, dups) = check_runs("database away 6 s", None, &committed, &runs);
     eprintln!(
@@ -499,7 +485,7 @@ async fn a_server_at_max_connections_is_an_outage_and_pool_max_is_honoured() {
     let drained = at.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warned = procs.check(MAX_WARNINGS, &["gv_inject"]);
-    let committed = committed(&db, 1).await;
+    let committed = db.committed(1).await;
     let acked = procs.acked();
     let runs = procs.runs();
     let (n, dups) = check_runs("max_connections", Some(&acked), &committed, &runs);
@@ -669,7 +655,7 @@ async fn roles_start_with_a_shard_down_and_take_it_up_when_it_answers() {
         "took {keyed_took:?}: {message}"
     );
 
-    let in_b_before = b.count("1").await + committed(&b, 2).await.len() as u64;
+    let in_b_before = b.count("1").await + b.committed(2).await.len() as u64;
     assert_eq!(
         in_b_before, 0,
         "nothing can be stored on the shard that is down"
@@ -679,7 +665,7 @@ async fn roles_start_with_a_shard_down_and_take_it_up_when_it_answers() {
     wait_until(
         Duration::from_secs(10),
         "the client to store jobs on the second shard",
-        || async { !committed(&b, 2).await.is_empty() },
+        || async { !b.committed(2).await.is_empty() },
     )
     .await;
     let taken_up = restored.elapsed();
@@ -714,8 +700,8 @@ async fn roles_start_with_a_shard_down_and_take_it_up_when_it_answers() {
     let drained = at.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let warned = procs.check(MAX_WARNINGS, &["gv_inject"]);
-    let mut all = committed(&a, 1).await;
-    let on_b = committed(&b, 2).await;
+    let mut all = a.committed(1).await;
+    let on_b = b.committed(2).await;
     all.extend(on_b.iter().copied());
     let acked = procs.acked();
     let runs = procs.runs();

@@ -70,6 +70,47 @@ async fn throughput_pair(
     (queuerunner, worker)
 }
 
+/// `garivini workers --roles injector,controller --lease 600` with
+/// `extra` flags, logging to `dir`.
+/// Returns once gearmand knows its Injector and Controller.
+async fn hung_low_latency(dir: &Path, db: &TestDb, gearmand: &Gearmand, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "workers",
+        "--roles",
+        "injector,controller",
+        "--lease",
+        "600",
+    ];
+    args.extend(extra);
+    let roles = start(dir, "roles", "garivini", &with_servers(db, gearmand, &args));
+    gearmand.wait_for_worker(INJECT_JOBS).await;
+    gearmand.wait_for_worker(RUN_QUEUED_JOB).await;
+    roles
+}
+
+/// A worker for `hang` that takes every job and never answers.
+async fn never_answering(gearmand: &Gearmand) -> Worker {
+    Worker::serving("hang")
+        .taking(Duration::from_secs(1000))
+        .start(gearmand)
+        .await
+}
+
+/// Injects `n` jobs of `hang` and waits until the worker that never
+/// answers holds them all.
+async fn hand_over(inject: &InjectClient, hang: &Worker, n: usize) {
+    for i in 0..n {
+        inject
+            .inject(format!(r#"{{"funcname":"hang","arg":"h{i}"}}"#))
+            .await
+            .expect("stored");
+    }
+    wait_until(LIMIT, "the hung worker to hold its jobs", || async {
+        hang.count() == n
+    })
+    .await;
+}
+
 fn log(dir: &Path, what: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{what}.log"))).unwrap_or_default()
 }
@@ -198,31 +239,14 @@ async fn a_hung_worker_frees_its_controller_slots_at_the_job_timeout() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("runs.log");
-    let _roles = start(
+    let _roles = hung_low_latency(
         dir.path(),
-        "roles",
-        "garivini",
-        &with_servers(
-            &db,
-            &gearmand,
-            &[
-                "workers",
-                "--roles",
-                "injector,controller",
-                "--concurrency",
-                "2",
-                "--job-timeout",
-                "3",
-                "--lease",
-                "600",
-            ],
-        ),
-    );
-    // A worker that never answers.
-    let hang = Worker::serving("hang")
-        .taking(Duration::from_secs(1000))
-        .start(&gearmand)
-        .await;
+        &db,
+        &gearmand,
+        &["--concurrency", "2", "--job-timeout", "3"],
+    )
+    .await;
+    let hang = never_answering(&gearmand).await;
     let _ok = start(
         dir.path(),
         "ok",
@@ -239,19 +263,8 @@ async fn a_hung_worker_frees_its_controller_slots_at_the_job_timeout() {
         ],
     );
     gearmand.wait_for_worker("ok").await;
-    gearmand.wait_for_worker(INJECT_JOBS).await;
-    gearmand.wait_for_worker(RUN_QUEUED_JOB).await;
     let inject = InjectClient::new(&gearmand);
-    for i in 0..2 {
-        inject
-            .inject(format!(r#"{{"funcname":"hang","arg":"h{i}"}}"#))
-            .await
-            .expect("stored");
-    }
-    wait_until(LIMIT, "the hung worker to hold both jobs", || async {
-        hang.count() == 2
-    })
-    .await;
+    hand_over(&inject, &hang, 2).await;
     let hung_at = Instant::now();
     let batch: Vec<String> = (0..10)
         .map(|i| format!(r#"{{"funcname":"ok","arg":"o{i}"}}"#))
@@ -300,40 +313,15 @@ async fn a_hung_worker_frees_its_controller_slots_at_the_job_timeout() {
 async fn sigterm_to_a_controller_gives_back_the_row_of_a_hung_job() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let mut roles = start(
+    let mut roles = hung_low_latency(
         dir.path(),
-        "roles",
-        "garivini",
-        &with_servers(
-            &db,
-            &gearmand,
-            &[
-                "workers",
-                "--roles",
-                "injector,controller",
-                "--lease",
-                "600",
-                "--shutdown-timeout",
-                "1",
-                "--submit-retry-delay",
-                "2",
-            ],
-        ),
-    );
-    let hang = Worker::serving("hang")
-        .taking(Duration::from_secs(1000))
-        .start(&gearmand)
-        .await;
-    gearmand.wait_for_worker(INJECT_JOBS).await;
-    gearmand.wait_for_worker(RUN_QUEUED_JOB).await;
-    InjectClient::new(&gearmand)
-        .inject(r#"{"funcname":"hang","arg":"h"}"#)
-        .await
-        .expect("stored");
-    wait_until(LIMIT, "the hung worker to hold the job", || async {
-        hang.count() == 1
-    })
+        &db,
+        &gearmand,
+        &["--shutdown-timeout", "1", "--submit-retry-delay", "2"],
+    )
     .await;
+    let hang = never_answering(&gearmand).await;
+    hand_over(&InjectClient::new(&gearmand), &hang, 1).await;
     let stopping = Instant::now();
     let status = roles.terminate(LIMIT).await;
     let took = stopping.elapsed();

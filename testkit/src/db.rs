@@ -212,6 +212,29 @@ impl TestDb {
             .collect()
     }
 
+    /// From now on, counts the jobs this database commits, by the database
+    /// itself: a trigger copies each inserted jobid into a table
+    /// `committed` in the same transaction (see [`TestDb::committed`]).
+    pub async fn count_commits(&self) {
+        self.exec("CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)")
+            .await;
+        self.exec(
+            "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
+             INSERT IGNORE INTO committed VALUES (NEW.jobid)",
+        )
+        .await;
+    }
+
+    /// (`dbid`, jobid) of every job committed since
+    /// [`TestDb::count_commits`], completed or not.
+    pub async fn committed(&self, dbid: u32) -> HashSet<(u32, u64)> {
+        self.query::<u64>("SELECT jobid FROM committed")
+            .await
+            .into_iter()
+            .map(|id| (dbid, id))
+            .collect()
+    }
+
     /// The database clock, unix seconds.
     pub async fn now(&self) -> u32 {
         self.query::<u32>("SELECT UNIX_TIMESTAMP()").await[0]
