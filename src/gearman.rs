@@ -233,20 +233,13 @@ impl Probe {
 
 /// One ECHO round trip on a new connection.
 async fn echo(server: &str) -> Result<()> {
-    let mut conn = connect(server).await?;
-    conn.send(req(
+    connect_asking(
+        server,
         PacketType::EchoReq,
-        vec![Bytes::from_static(b"garivini")],
-    ))
-    .await
-    .map_err(|e| gearman_err(server, e))?;
-    let pkt = recv(&mut conn, server).await?;
-    if pkt.ptype != PacketType::EchoRes {
-        return Err(Error::GearmanProtocol {
-            server: server.to_string(),
-            what: format!("{:?} in answer to ECHO_REQ", pkt.ptype),
-        });
-    }
+        b"garivini",
+        PacketType::EchoRes,
+    )
+    .await?;
     Ok(())
 }
 
@@ -1557,18 +1550,36 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 
 /// A connection for foreground jobs that asked to be told of exceptions.
 async fn connect_foreground(server: &str) -> Result<Conn> {
-    let mut conn = connect(server).await?;
-    conn.send(req(
+    connect_asking(
+        server,
         PacketType::OptionReq,
-        vec![Bytes::from_static(b"exceptions")],
-    ))
+        b"exceptions",
+        PacketType::OptionRes,
+    )
     .await
-    .map_err(|e| gearman_err(server, e))?;
+}
+
+/// A new connection that has sent one request (`ask` with `arg`) and got
+/// its answer, of type `answer`.
+async fn connect_asking(
+    server: &str,
+    ask: PacketType,
+    arg: &'static [u8],
+    answer: PacketType,
+) -> Result<Conn> {
+    let mut conn = connect(server).await?;
+    conn.send(req(ask, vec![Bytes::from_static(arg)]))
+        .await
+        .map_err(|e| gearman_err(server, e))?;
     let pkt = recv(&mut conn, server).await?;
-    if pkt.ptype != PacketType::OptionRes {
+    if pkt.ptype != answer {
         return Err(Error::GearmanProtocol {
             server: server.to_string(),
-            what: format!("{:?} in answer to OPTION_REQ exceptions", pkt.ptype),
+            what: format!(
+                "{:?} in answer to {ask:?} {}",
+                pkt.ptype,
+                String::from_utf8_lossy(arg)
+            ),
         });
     }
     Ok(conn)

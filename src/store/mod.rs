@@ -347,8 +347,7 @@ impl Store {
     /// once meanwhile ([`Error::DbDown`]); a background probe clears this
     /// when it answers.
     pub fn is_down(&self, dbid: u32) -> bool {
-        self.db(dbid)
-            .is_ok_and(|db| db.health.lock().unwrap().down.is_some())
+        self.db(dbid).is_ok_and(|db| !self.healthy(db))
     }
 
     fn db(&self, dbid: u32) -> Result<&Arc<Db>> {
