@@ -31,3 +31,15 @@ CREATE TABLE IF NOT EXISTS job (
     UNIQUE funcname_uniqkey (funcname, uniqkey),
     INDEX funcname_run_after (funcname, run_after, failcount)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Which QueueRunner claims, where QueueRunners elect one claimer per
+-- database: on a Galera cluster (whose SKIP LOCKED skips only the rows
+-- locked on the same node, and which refuses GET_LOCK), or where the DSN
+-- says `single_claimer=true`. One row; without the table every
+-- QueueRunner claims, as before.
+CREATE TABLE IF NOT EXISTS garivini_claimer (
+    name       VARCHAR(64)      NOT NULL,
+    owner      VARCHAR(128)     NOT NULL,
+    expires    INT UNSIGNED     NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -258,6 +258,14 @@ impl Error {
             } => *connection_fault,
             Error::Db { source, .. } => match source {
                 mysql_async::Error::Server(e) => REFUSED_CONNECTION.contains(&e.code),
+                // TLS that cannot be agreed (a certificate of another CA or
+                // name, a client certificate refused, a server without
+                // TLS) is our configuration's, as a wrong password is: it
+                // fails start-up rather than being retried as an outage.
+                mysql_async::Error::Io(mysql_async::IoError::Tls(_))
+                | mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+                    false
+                }
                 _ => true,
             },
             _ => false,

@@ -73,6 +73,7 @@ pub mod queue_runner;
 pub mod roles;
 pub mod store;
 pub mod telemetry;
+mod tls;
 
 pub use client::{Client, Retry};
 pub use error::{Error, Result};

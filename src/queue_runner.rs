@@ -176,6 +176,9 @@ pub struct Stats {
     pub parked: usize,
     /// Databases that failed this round.
     pub db_errors: usize,
+    /// Databases left to another QueueRunner, the claimer elected for them
+    /// ([`Store::claim_turn`]).
+    pub standby: usize,
     /// Whether any database returned a full batch (more is likely waiting).
     pub full: bool,
 }
@@ -210,6 +213,9 @@ enum Round {
     Idle,
     /// The round failed (no gearmand answered): wait the pause out whole.
     Failed,
+    /// Another QueueRunner claims (the elected claimer): ask again after a
+    /// whole pause.
+    Standby,
 }
 
 impl QueueRunner {
@@ -345,6 +351,10 @@ impl QueueRunner {
         room: &mut Option<Room>,
         stats: &mut Stats,
     ) -> Result<()> {
+        if !self.store.claim_turn(dbid).await? {
+            stats.standby += 1;
+            return Ok(());
+        }
         let limit = self.batches[&dbid].get();
         let claim = self
             .store
@@ -475,6 +485,7 @@ impl QueueRunner {
                     match stats {
                         Stats { full: true, .. } => Round::Full,
                         Stats { claimed: 1.., .. } => Round::Found,
+                        Stats { standby: 1.., .. } => Round::Standby,
                         _ => Round::Idle,
                     }
                 }
@@ -487,11 +498,13 @@ impl QueueRunner {
                 }
                 Round::Found => busy,
                 Round::Idle | Round::Failed => (pause * 2).min(self.config.batch_run_sleep),
+                Round::Standby => self.config.batch_run_sleep,
             };
             let until = started + pause;
             // After a failed round the pause is waited out whole: probing
             // would only bring the failure back sooner.
-            let probe = round != Round::Failed && !self.config.idle_poll.is_zero();
+            let probe = !matches!(round, Round::Failed | Round::Standby)
+                && !self.config.idle_poll.is_zero();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.pause_until(until, probe) => {}

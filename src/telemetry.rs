@@ -15,7 +15,9 @@
 //! dispatched as they are: a function name that is not UTF-8 or holds a
 //! control character), `garivini_stale_copies_total` (copies of a job
 //! dropped before they ran: their row was completed, cancelled or failed
-//! since they were sent).
+//! since they were sent), `garivini_completions_missed_total{db}`
+//! (deletes and reschedules that found no row), `garivini_node_moves_total{db}`
+//! (a database's calls moved to its next node).
 //! Histograms (seconds): `garivini_inject_seconds` (request to commit),
 //! `garivini_claim_round_seconds`, `garivini_controller_job_seconds`.
 //! Gauges: `garivini_gearmand_queue_depth{function}` (summed over the
@@ -91,4 +93,12 @@ pub(crate) fn queue_depth(function: &str, depth: u64) {
 
 pub(crate) fn due_rows(dbid: u32, rows: u64) {
     metrics::gauge!("garivini_due_rows", "db" => dbid.to_string()).set(rows as f64);
+}
+
+pub(crate) fn completions_missed(dbid: u32, n: u64) {
+    metrics::counter!("garivini_completions_missed_total", "db" => dbid.to_string()).increment(n);
+}
+
+pub(crate) fn node_moved(dbid: u32) {
+    metrics::counter!("garivini_node_moves_total", "db" => dbid.to_string()).increment(1);
 }

@@ -214,7 +214,7 @@ impl Store {
     ) -> Result<(u32, Vec<FunctionStatus>)> {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
             let until = u64::from(now) + u64::from(lease);
             let rows: Vec<RawRow> = conn
@@ -265,7 +265,7 @@ impl Store {
     pub async fn list(&self, dbid: u32, query: &ListQuery) -> Result<(u32, Vec<Listed>)> {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
             let condition = query.selection.condition();
             let mut params = query.selection.params(now, query.lease);
@@ -308,7 +308,7 @@ impl Store {
     pub async fn get_many(&self, dbid: u32, jobids: &[u64]) -> Result<(u32, Vec<Job>)> {
         let db = self.db(dbid)?;
         self.attempt(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
             let mut jobs = Vec::with_capacity(jobids.len());
             for chunk in jobids.chunks(MAX_IN_LIST) {
@@ -373,7 +373,7 @@ impl Store {
         wanted.dedup();
         let wanted = &wanted;
         self.attempt(db, move || async move {
-            let mut tx = db.pool.start_transaction(tx_opts()).await?;
+            let mut tx = db.pool().start_transaction(tx_opts()).await?;
             let now = db_now(&mut tx).await?;
             let mut found: HashMap<u64, u32> = HashMap::new();
             for chunk in wanted.chunks(MAX_IN_LIST) {
@@ -441,7 +441,7 @@ impl Store {
         loop {
             let changed = self
                 .attempt(db, || async {
-                    let mut conn = db.pool.get_conn().await?;
+                    let mut conn = db.pool().get_conn().await?;
                     conn.exec_drop(sql.as_str(), (funcname,)).await?;
                     Ok(conn.affected_rows())
                 })

@@ -5,11 +5,46 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
+use std::time::{Duration, Instant};
+
 use super::rows::{db_now, in_list, RawRow, COLUMNS, MAX_IN_LIST};
 use super::{tx_opts, Store};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{Job, JobRef, When, NEVER};
 use crate::telemetry;
+
+/// How long an elected claimer's turn lasts unless renewed, in seconds:
+/// how soon another QueueRunner takes over when it stops.
+pub const CLAIMER_TTL: u32 = 5;
+/// How often a QueueRunner renews its turn, or asks whether the turn has
+/// come free.
+const CLAIMER_RENEW: Duration = Duration::from_secs(1);
+
+/// This process's part in a database's claimer election.
+pub(super) struct Election {
+    /// Who we are in `garivini_claimer`: unique per Store.
+    owner: String,
+    state: Elect,
+}
+
+impl Default for Election {
+    fn default() -> Self {
+        Election {
+            owner: format!("{}:{:016x}", std::process::id(), rand::random::<u64>()),
+            state: Elect::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Elect {
+    /// Not yet known whether this database elects.
+    Unknown,
+    /// No election: every QueueRunner claims.
+    Off,
+    /// Whether the turn is ours, as of `at`.
+    Decided { mine: bool, at: Instant },
+}
 
 /// What one claim took from a database.
 #[derive(Debug, Default)]
@@ -47,7 +82,7 @@ impl Store {
         let db = self.db(dbid)?;
         let claim = self
             .run(db, move || async move {
-                let mut tx = db.pool.start_transaction(tx_opts()).await?;
+                let mut tx = db.pool().start_transaction(tx_opts()).await?;
                 // The read is at READ COMMITTED without gap locks: a row another
                 // claimer leased between our index read and our row lock can
                 // come back with its new run_after. The locked row's current
@@ -111,7 +146,7 @@ impl Store {
     pub async fn any_due(&self, dbid: u32) -> Result<bool> {
         let db = self.db(dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let due: Option<u8> = conn
                 .exec_first(
                     "SELECT 1 FROM job WHERE run_after <= UNIX_TIMESTAMP() LIMIT 1",
@@ -128,7 +163,7 @@ impl Store {
     pub async fn count_due(&self, dbid: u32, cap: u64) -> Result<u64> {
         let db = self.db(dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let rows: Option<u64> = conn
                 .exec_first(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM job \
@@ -146,7 +181,7 @@ impl Store {
     pub async fn release(&self, dbid: u32, jobids: &[u64], delay: u32) -> Result<()> {
         let db = self.db(dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             set_run_after(&mut conn, jobids, Due::In(delay)).await
         })
         .await
@@ -157,7 +192,7 @@ impl Store {
     pub async fn extend_lease(&self, job: JobRef, lease: u32) -> Result<bool> {
         let db = self.db(job.dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             set_run_after(&mut conn, &[job.jobid], Due::In(lease)).await?;
             Ok(conn.affected_rows() > 0)
         })
@@ -172,7 +207,7 @@ impl Store {
     pub async fn renew_if_current(&self, job: JobRef, failcount: u8, lease: u32) -> Result<bool> {
         let db = self.db(job.dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             conn.exec_drop(
                 format!(
                     "UPDATE job SET run_after = UNIX_TIMESTAMP() + ? \
@@ -187,30 +222,43 @@ impl Store {
     }
 
     /// Deletes rows of database `dbid` (completed jobs). Returns how many
-    /// existed. Answers only after the deletion is committed.
+    /// existed. Answers only after the deletion is committed. Rows that
+    /// were not there are counted (`garivini_completions_missed_total`)
+    /// and logged, at most once per [`MISSED_LOG_EVERY`] per database: a
+    /// copy of a job completed or cancelled since, or, on a replica that
+    /// has not applied the row's INSERT yet, a row left to run again (the
+    /// DSN's `wsrep_sync_wait=1` makes a Galera node wait for it).
     pub async fn delete(&self, dbid: u32, jobids: &[u64]) -> Result<u64> {
         let db = self.db(dbid)?;
-        self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
-            let mut deleted = 0;
-            for chunk in jobids.chunks(MAX_IN_LIST) {
-                let (list, params) = in_list(chunk);
-                conn.exec_drop(format!("DELETE FROM job WHERE jobid IN ({list})"), params)
-                    .await?;
-                deleted += conn.affected_rows();
-            }
-            Ok(deleted)
-        })
-        .await
+        let deleted = self
+            .run(db, move || async move {
+                let mut conn = db.pool().get_conn().await?;
+                let mut deleted = 0;
+                for chunk in jobids.chunks(MAX_IN_LIST) {
+                    let (list, params) = in_list(chunk);
+                    conn.exec_drop(format!("DELETE FROM job WHERE jobid IN ({list})"), params)
+                        .await?;
+                    deleted += conn.affected_rows();
+                }
+                Ok(deleted)
+            })
+            .await?;
+        db.missed(
+            "deleted",
+            jobids.len() as u64 - deleted.min(jobids.len() as u64),
+        );
+        Ok(deleted)
     }
 
     /// Sets when a row runs next and its failcount. Returns whether the
-    /// row still existed.
+    /// row still existed (one that did not is counted and logged as by
+    /// [`Store::delete`]).
     pub async fn reschedule(&self, job: JobRef, when: When, failcount: u8) -> Result<bool> {
         let db = self.db(job.dbid)?;
-        self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
-            match when {
+        let found = self
+            .run(db, move || async move {
+                let mut conn = db.pool().get_conn().await?;
+                match when {
                 When::In(secs) => {
                     conn.exec_drop(
                         "UPDATE job SET run_after = LEAST(UNIX_TIMESTAMP() + ?, ?), failcount = ? \
@@ -234,16 +282,117 @@ impl Store {
                     .await?
                 }
             }
-            Ok(conn.affected_rows() > 0)
-        })
-        .await
+                Ok(conn.affected_rows() > 0)
+            })
+            .await?;
+        db.missed("rescheduled", u64::from(!found));
+        Ok(found)
+    }
+
+    /// Whether this process's QueueRunner may claim from database `dbid`
+    /// now. Always, unless QueueRunners of this database elect one
+    /// claimer: by default on a Galera cluster (`wsrep_on`), or as the
+    /// DSN's `single_claimer` says. There, `FOR UPDATE SKIP LOCKED` skips
+    /// only the rows locked on the same node, so QueueRunners on different
+    /// nodes took the same oldest rows and all but one lost at commit; the
+    /// elected one claims, the others stand by and take over within
+    /// [`CLAIMER_TTL`] secs of it stopping. The turn is held in the
+    /// `garivini_claimer` table (schema.sql; GET_LOCK is refused on a
+    /// cluster); without that table every QueueRunner claims, as before,
+    /// and one warning says so.
+    pub async fn claim_turn(&self, dbid: u32) -> Result<bool> {
+        let db = self.db(dbid)?;
+        {
+            let election = db.election.lock().unwrap();
+            match election.state {
+                Elect::Off => return Ok(true),
+                Elect::Decided { mine, at } if at.elapsed() < CLAIMER_RENEW => return Ok(mine),
+                _ => {}
+            }
+        }
+        let elect = match db.single_claimer {
+            Some(elect) => elect,
+            None => {
+                let cluster = self
+                    .run(db, move || async move {
+                        let mut conn = db.pool().get_conn().await?;
+                        let row: Option<(String, String)> =
+                            conn.query_first("SHOW VARIABLES LIKE 'wsrep_on'").await?;
+                        Ok(row.is_some_and(|(_, on)| on.eq_ignore_ascii_case("on")))
+                    })
+                    .await?;
+                cluster
+            }
+        };
+        if !elect {
+            db.election.lock().unwrap().state = Elect::Off;
+            return Ok(true);
+        }
+        let owner = db.election.lock().unwrap().owner.clone();
+        let owner = &owner;
+        let outcome = self
+            .run(db, move || async move {
+                let mut conn = db.pool().get_conn().await?;
+                // Ours if nobody's, ours already, or its owner's turn ran out.
+                // (Assignments run left to right: `expires` sees the new owner.)
+                conn.exec_drop(
+                    "INSERT INTO garivini_claimer (name, owner, expires) \
+                     VALUES ('claim', ?, UNIX_TIMESTAMP() + ?) \
+                     ON DUPLICATE KEY UPDATE \
+                     owner = IF(owner = VALUES(owner) OR expires < UNIX_TIMESTAMP(), VALUES(owner), owner), \
+                     expires = IF(owner = VALUES(owner), VALUES(expires), expires)",
+                    (owner.as_str(), CLAIMER_TTL),
+                )
+                .await?;
+                let holder: Option<String> = conn
+                    .exec_first("SELECT owner FROM garivini_claimer WHERE name = 'claim'", ())
+                    .await?;
+                Ok(holder.as_deref() == Some(owner.as_str()))
+            })
+            .await;
+        let mine = match outcome {
+            Ok(mine) => mine,
+            Err(Error::Db {
+                source: mysql_async::Error::Server(e),
+                ..
+            }) if e.code == 1146 => {
+                tracing::warn!(
+                    db.id = dbid,
+                    "no garivini_claimer table: every QueueRunner of this cluster claims, and those on different nodes fight over the same rows (garivini schema check --apply adds the table)"
+                );
+                db.election.lock().unwrap().state = Elect::Off;
+                return Ok(true);
+            }
+            // A certification conflict with another QueueRunner taking its
+            // turn at the same moment on another node: not our turn now.
+            Err(Error::Db {
+                source: mysql_async::Error::Server(e),
+                ..
+            }) if e.code == 1213 => false,
+            Err(err) => return Err(err),
+        };
+        let mut election = db.election.lock().unwrap();
+        if let Elect::Decided { mine: was, .. } = election.state {
+            if was != mine {
+                tracing::info!(
+                    db.id = dbid,
+                    claimer = mine,
+                    "queuerunner claimer turn changed"
+                );
+            }
+        }
+        election.state = Elect::Decided {
+            mine,
+            at: Instant::now(),
+        };
+        Ok(mine)
     }
 
     /// Reads one row, if it exists.
     pub async fn get(&self, job: JobRef) -> Result<Option<Job>> {
         let db = self.db(job.dbid)?;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             let row: Option<RawRow> = conn
                 .exec_first(
                     format!("SELECT {COLUMNS} FROM job WHERE jobid = ?"),

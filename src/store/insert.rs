@@ -3,6 +3,7 @@
 //! hashes to, deduplicated by UNIQUE (funcname, uniqkey).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
@@ -130,29 +131,40 @@ impl Store {
         let statements = statements(jobs, idx, max_packet);
         let statements = &statements;
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
-            // Ids of one multi-row INSERT are consecutive steps of
-            // auto_increment_increment from LAST_INSERT_ID() (InnoDB
-            // allocates them at once for an INSERT of known row count).
-            let mut step = db.id_step.load(std::sync::atomic::Ordering::Relaxed);
-            if step == 0 {
-                step = conn
-                    .query_first("SELECT @@auto_increment_increment")
-                    .await?
-                    .unwrap_or(1);
-                db.id_step.store(step, std::sync::atomic::Ordering::Relaxed);
-            }
-            if let [one] = statements.as_slice() {
-                // One statement is atomic on its own: no transaction, so one
-                // round trip instead of three.
-                return insert_rows(&mut conn, jobs, one, step).await;
+            let mut conn = db.pool().get_conn().await?;
+            let returning = match db.returning.load(Ordering::Relaxed) {
+                0 => {
+                    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+                    let returning = version.as_deref().is_some_and(takes_returning);
+                    db.returning
+                        .store(if returning { 1 } else { 2 }, Ordering::Relaxed);
+                    returning
+                }
+                known => known == 1,
+            };
+            if returning {
+                if let [one] = statements.as_slice() {
+                    // One statement is atomic on its own: no transaction, so
+                    // one round trip instead of three.
+                    return insert_rows(&mut conn, jobs, one).await;
+                }
             }
             // Several statements in one transaction: stored whole or not at
             // all, and retried after a deadlock without storing twice.
             let mut tx = conn.start_transaction(tx_opts()).await?;
             let mut ids = Vec::with_capacity(idx.len());
-            for chunk in statements {
-                ids.extend(insert_rows(&mut tx, jobs, chunk, step).await?);
+            if returning {
+                for chunk in statements {
+                    ids.extend(insert_rows(&mut tx, jobs, chunk).await?);
+                }
+            } else {
+                // Without RETURNING only a one-row INSERT's id is known for
+                // sure: a multi-row one's are not first + k × the step
+                // when the step changes under the session (Galera changes
+                // it at once when the cluster's size changes).
+                for &i in idx {
+                    ids.push(insert_one(&mut tx, &jobs[i]).await?);
+                }
             }
             tx.commit().await?;
             Ok(ids)
@@ -162,7 +174,7 @@ impl Store {
 
     async fn insert_keyed(&self, db: &Arc<Db>, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
         self.run(db, move || async move {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             if let [i] = idx {
                 return Ok(vec![insert_keyed_row(&mut conn, &jobs[*i]).await?]);
             }
@@ -233,32 +245,57 @@ fn statements<'a>(jobs: &[NewJob], idx: &'a [usize], max_packet: u64) -> Vec<&'a
     out
 }
 
-/// One multi-row INSERT of keyless jobs; returns their ids.
+/// Whether a server of this `VERSION()` takes `INSERT ... RETURNING`:
+/// MariaDB from 10.5 (MySQL has none).
+fn takes_returning(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    version.contains("MariaDB") && (major, minor) >= (10, 5)
+}
+
+const INSERT_KEYLESS: &str =
+    "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES ";
+const KEYLESS_ROW: &str = "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)";
+
+fn keyless_values(job: &NewJob) -> [Value; 5] {
+    [
+        Value::from(job.funcname.as_str()),
+        Value::from(job.arg.as_slice()),
+        Value::from(job.delay),
+        Value::from(job.coalesce.as_deref()),
+        Value::from(job.flag.as_str()),
+    ]
+}
+
+/// One multi-row INSERT of keyless jobs; returns their ids, as the server
+/// reports them (`RETURNING`, in the order of the rows), whatever the
+/// auto-increment settings.
 async fn insert_rows(
     q: &mut impl Queryable,
     jobs: &[NewJob],
     idx: &[usize],
-    step: u64,
 ) -> mysql_async::Result<Vec<u64>> {
     let sql = format!(
-        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES {}",
-        repeat_placeholders("(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)", idx.len())
+        "{INSERT_KEYLESS}{} RETURNING jobid",
+        repeat_placeholders(KEYLESS_ROW, idx.len())
     );
-    let mut params = Vec::with_capacity(idx.len() * 5);
-    for &i in idx {
-        let job = &jobs[i];
-        params.extend([
-            Value::from(job.funcname.as_str()),
-            Value::from(job.arg.as_slice()),
-            Value::from(job.delay),
-            Value::from(job.coalesce.as_deref()),
-            Value::from(job.flag.as_str()),
-        ]);
-    }
-    let result = q.exec_iter(sql, Params::Positional(params)).await?;
-    let first = result.last_insert_id().unwrap_or_default();
+    let params: Vec<Value> = idx.iter().flat_map(|&i| keyless_values(&jobs[i])).collect();
+    q.exec(sql, Params::Positional(params)).await
+}
+
+/// One INSERT of one keyless job (servers without `RETURNING`).
+async fn insert_one(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result<u64> {
+    let result = q
+        .exec_iter(
+            format!("{INSERT_KEYLESS}{KEYLESS_ROW}"),
+            Params::Positional(keyless_values(job).to_vec()),
+        )
+        .await?;
+    let id = result.last_insert_id().unwrap_or_default();
     result.drop_result().await?;
-    Ok((0..idx.len() as u64).map(|k| first + k * step).collect())
+    Ok(id)
 }
 
 /// One INSERT of a job with a unique key; on a duplicate key,
@@ -287,6 +324,17 @@ async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn returning_is_used_on_mariadb_from_10_5() {
+        assert!(takes_returning("10.11.19-MariaDB-0+deb12u1"));
+        assert!(takes_returning("10.5.0-MariaDB"));
+        assert!(takes_returning("11.4.2-MariaDB-log"));
+        assert!(!takes_returning("10.4.34-MariaDB"));
+        assert!(!takes_returning("8.0.36"));
+        assert!(!takes_returning("9.1.0-commercial"));
+        assert!(!takes_returning("garbage"));
+    }
 
     fn sized(arg: usize) -> NewJob {
         NewJob::new("f", vec![b'a'; arg])

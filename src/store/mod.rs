@@ -30,6 +30,7 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 pub use crate::job::JobRef;
 use crate::outage::Outage;
+use crate::telemetry;
 
 mod admin;
 mod claim;
@@ -40,7 +41,7 @@ pub mod schema;
 pub use admin::{
     Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Selection, LISTED_ARG_BYTES,
 };
-pub use claim::Claim;
+pub use claim::{Claim, CLAIMER_TTL};
 
 /// How long one database operation may take before it counts as failed.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,11 +67,67 @@ pub const STARTUP_GRACE: Duration = Duration::from_secs(2);
 /// `SELECT 1`, cheap for the server; short, so that calls resume within
 /// about a second of its return.
 pub const PROBE_CAP: Duration = Duration::from_secs(1);
+/// Completions that found no row are logged at most this often per
+/// database (and each counted).
+pub const MISSED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long an idle pooled connection is kept open.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Tries of an operation that keeps meeting lock conflicts.
 const LOCK_CONFLICT_TRIES: u64 = 10;
 impl Db {
+    fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pool of the node calls go to.
+    fn pool(&self) -> &Pool {
+        &self.nodes[self.active()].pool
+    }
+
+    /// Moves calls from node `failed` (which stopped answering with
+    /// `err`) to the next in failover order, unless another call did
+    /// already; the move is logged once.
+    fn move_on(&self, failed: usize, err: &Error) {
+        let next = (failed + 1) % self.nodes.len();
+        let moved = self.active.compare_exchange(
+            failed,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if moved.is_ok() {
+            tracing::warn!(
+                db.id = self.cfg.dbid,
+                from = %self.nodes[failed].masked,
+                to = %self.nodes[next].masked,
+                reason = %fault_reason(err),
+                "database node not answering: its calls move to the next node"
+            );
+            telemetry::node_moved(self.cfg.dbid);
+        }
+    }
+
+    /// Counts `n` completions (deletes or reschedules, `what`) that found
+    /// no row, and warns about them at most once per [`MISSED_LOG_EVERY`].
+    fn missed(&self, what: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        telemetry::completions_missed(self.cfg.dbid, n);
+        let mut missed = self.missed.lock().unwrap();
+        missed.0 += n;
+        if missed.1.is_some_and(|at| at.elapsed() < MISSED_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            db.id = self.cfg.dbid,
+            rows = missed.0,
+            what,
+            "completions found no row: another copy completed it or it was cancelled, or this node has not applied its INSERT yet (on a cluster, set wsrep_sync_wait=1 in the DSN)"
+        );
+        *missed = (0, Some(Instant::now()));
+    }
+
     /// Records the server's max_allowed_packet; returns the limit in force.
     fn set_max_packet(&self, server: Option<u64>) -> u64 {
         // mysql_async's own default when the server does not say.
@@ -82,15 +139,32 @@ impl Db {
     }
 }
 
+/// One node of a database: a server holding (a replica of) its table.
+struct Node {
+    pool: Pool,
+    /// Its URL without the password, for logs and errors.
+    masked: String,
+}
+
 struct Db {
     cfg: DbConfig,
-    pool: Pool,
+    /// Its nodes, in failover order (one, unless the DSN lists several).
+    nodes: Vec<Node>,
+    /// The node calls go to: the first, until it stops answering; then
+    /// the next that answers, which keeps them (no move back while it
+    /// answers: two nodes written at once would only conflict).
+    active: std::sync::atomic::AtomicUsize,
+    /// The DSN's `single_claimer`, if it sets one.
+    single_claimer: Option<bool>,
+    /// Whether the server takes `INSERT ... RETURNING` (MariaDB 10.5+),
+    /// once known: 0 = not yet, 1 = yes, 2 = no.
+    returning: std::sync::atomic::AtomicU8,
+    /// This process's turn to claim, when QueueRunners elect one claimer.
+    election: Mutex<claim::Election>,
     /// Whether it is known down.
     health: Mutex<Health>,
     /// Logs its outages, once each.
     outage: Outage,
-    /// The server's auto_increment_increment, once read (0 = not yet).
-    id_step: std::sync::atomic::AtomicU64,
     /// The largest packet this database takes: the server's
     /// max_allowed_packet, once read (0 = not yet), or the URL's own
     /// `max_allowed_packet` when smaller (the driver then refuses larger
@@ -100,6 +174,9 @@ struct Db {
     client_max_packet: Option<u64>,
     /// The database's clock as last read, and when ([`Store::clock`]).
     clock: Mutex<Option<(Instant, u32)>>,
+    /// Completions that found no row since the last warning, and when
+    /// that was ([`Db::missed`]).
+    missed: Mutex<(u64, Option<Instant>)>,
 }
 
 /// A database's health, as its calls found it.
@@ -146,44 +223,41 @@ impl Store {
         let dbs = dbs
             .into_iter()
             .map(|cfg| {
-                let (url, constraints) = pool_params(&cfg.url)?;
-                let opts = crate::config::driver_opts(&url)?;
-                let client_max_packet = opts.max_allowed_packet().map(|n| n as u64);
-                let opts = mysql_async::OptsBuilder::from_opts(opts)
-                    // No COM_RESET_CONNECTION when a connection goes back to
-                    // the pool (the driver's default): it costs a round trip
-                    // per use and drops the server's prepared statements, so
-                    // every statement would be prepared anew. We leave no
-                    // session state behind: transactions always end.
-                    .pool_opts(
-                        mysql_async::PoolOpts::new()
-                            .with_constraints(constraints)
-                            .with_reset_connection(false)
-                            // Without an idle TTL the driver keeps only `min`
-                            // idle connections and closes every other one
-                            // as it comes back: each operation then paid a
-                            // fresh connect and handshake (~0.6 ms here).
-                            .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
-                    )
-                    .stmt_cache_size(64)
-                    // An UPDATE then counts the rows it found, not only those
-                    // it changed: "does the row still exist" stays answerable
-                    // when the new run_after equals the old.
-                    .client_found_rows(true)
-                    .tcp_nodelay(true);
+                let mut nodes = Vec::new();
+                let mut single_claimer = None;
+                for url in cfg.nodes() {
+                    let node = crate::config::node_options(url)?;
+                    single_claimer = single_claimer.or(node.single_claimer);
+                    nodes.push(Node {
+                        pool: Pool::new(pool_opts(node.opts, node.pool)),
+                        masked: crate::config::mask_dsn(url),
+                    });
+                }
+                // Every node of one database is the same server as far as
+                // packets go; the first URL's limit stands for all.
+                let client_max_packet = cfg
+                    .nodes()
+                    .next()
+                    .and_then(|url| crate::config::node_options(url).ok())
+                    .and_then(|n| n.opts.max_allowed_packet())
+                    .map(|n| n as u64);
                 let outage = Outage::new(
                     "database unreachable: its calls fail at once until it answers again; keyless inserts go to the others",
                 )
                 .about(format!("database {}", cfg.dbid));
                 Ok(Arc::new(Db {
-                    pool: Pool::new(opts),
+                    nodes,
+                    active: Default::default(),
+                    single_claimer,
+                    returning: Default::default(),
+                    election: Mutex::default(),
                     cfg,
                     health: Mutex::default(),
                     outage,
-                    id_step: Default::default(),
                     max_packet: Default::default(),
                     client_max_packet,
                     clock: Mutex::new(None),
+                    missed: Mutex::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -218,14 +292,14 @@ impl Store {
                     let store = &store;
                     async move {
                         let check = || async {
-                            let mut conn = db.pool.get_conn().await?;
+                            let mut conn = db.pool().get_conn().await?;
                             conn.query_drop("SELECT jobid FROM job LIMIT 0").await?;
                             conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
                                 .await
                         };
                         // Not through `run`: a fault here is reported below,
                         // once, or is the caller's error.
-                        (i, store.attempt(db, check).await)
+                        (i, store.attempt_nodes(db, check).await)
                     }
                 })
                 .collect();
@@ -290,7 +364,7 @@ impl Store {
         }
         let server = self
             .run(db, || async {
-                let mut conn = db.pool.get_conn().await?;
+                let mut conn = db.pool().get_conn().await?;
                 conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
                     .await
             })
@@ -316,7 +390,7 @@ impl Store {
         }
         let read = self
             .run(db, || async {
-                let mut conn = db.pool.get_conn().await?;
+                let mut conn = db.pool().get_conn().await?;
                 rows::db_now(&mut conn).await
             })
             .await;
@@ -374,6 +448,7 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = mysql_async::Result<T>>,
     {
+        let node = db.active();
         let mut tries = 0;
         loop {
             tries += 1;
@@ -390,14 +465,14 @@ impl Store {
                 Ok(Err(source)) => {
                     return Err(Error::Db {
                         dbid: db.cfg.dbid,
-                        dsn: db.cfg.masked(),
+                        dsn: db.nodes[node].masked.clone(),
                         source,
                     })
                 }
                 Err(_) => {
                     return Err(Error::DbTimeout {
                         dbid: db.cfg.dbid,
-                        dsn: db.cfg.masked(),
+                        dsn: db.nodes[node].masked.clone(),
                         timeout: self.op_timeout,
                     })
                 }
@@ -405,7 +480,33 @@ impl Store {
         }
     }
 
-    /// [`Store::attempt`] on a database not known down, and its health
+    /// [`Store::attempt`] on the database's node in use and, while the
+    /// nodes it tries fail on a fault of their own (unreachable, timed
+    /// out, refusing connections), on the next ones in failover order, each
+    /// at most once: a database with several nodes is down only when none
+    /// answers. The operation may then run twice (on the node that failed
+    /// and on the next), as after any fault mid-call: every operation
+    /// here is one that may (an insert's second copy is a job run twice at
+    /// worst, never one lost).
+    async fn attempt_nodes<T, F, Fut>(&self, db: &Db, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = mysql_async::Result<T>>,
+    {
+        let mut node = db.active();
+        let mut outcome = self.attempt(db, &mut op).await;
+        for _ in 1..db.nodes.len() {
+            match &outcome {
+                Err(err) if err.is_connection_fault() => db.move_on(node, err),
+                _ => break,
+            }
+            node = db.active();
+            outcome = self.attempt(db, &mut op).await;
+        }
+        outcome
+    }
+
+    /// [`Store::attempt_nodes`] on a database not known down, and its health
     /// from the outcome: a fault of the database's own (logged once per
     /// outage) marks it down, any answer (even a refused statement) up.
     /// On a database known down it fails at once with [`Error::DbDown`]:
@@ -424,7 +525,7 @@ impl Store {
                 since: at.elapsed(),
             });
         }
-        let outcome = self.attempt(db, op).await;
+        let outcome = self.attempt_nodes(db, op).await;
         db.outage.track(&outcome);
         match &outcome {
             Err(err) if err.is_connection_fault() => self.mark_down(db, err),
@@ -486,7 +587,9 @@ impl Store {
     /// Closes every pool, waiting for connections in use to come back.
     pub async fn close(self) {
         for db in self.dbs {
-            let _ = db.pool.clone().disconnect().await;
+            for node in &db.nodes {
+                let _ = node.pool.clone().disconnect().await;
+            }
         }
     }
 }
@@ -511,24 +614,34 @@ async fn probe(db: Weak<Db>, timeout: Duration) {
                 return;
             }
         }
-        let answer = tokio::time::timeout(timeout, async {
-            let mut conn = db.pool.get_conn().await?;
-            conn.query_drop("SELECT 1").await
-        })
-        .await;
-        let fault = match answer {
-            Ok(Ok(())) => None,
-            Ok(Err(source)) => Some(Error::Db {
-                dbid: db.cfg.dbid,
-                dsn: db.cfg.masked(),
-                source,
-            }),
-            Err(_) => Some(Error::DbTimeout {
-                dbid: db.cfg.dbid,
-                dsn: db.cfg.masked(),
-                timeout,
-            }),
-        };
+        // Every node, from the one in use on in failover order: the first
+        // that answers takes the calls.
+        let mut fault = None;
+        for k in 0..db.nodes.len() {
+            let node = (db.active() + k) % db.nodes.len();
+            let answer = tokio::time::timeout(timeout, async {
+                let mut conn = db.nodes[node].pool.get_conn().await?;
+                conn.query_drop("SELECT 1").await
+            })
+            .await;
+            fault = match answer {
+                Ok(Ok(())) => None,
+                Ok(Err(source)) => Some(Error::Db {
+                    dbid: db.cfg.dbid,
+                    dsn: db.nodes[node].masked.clone(),
+                    source,
+                }),
+                Err(_) => Some(Error::DbTimeout {
+                    dbid: db.cfg.dbid,
+                    dsn: db.nodes[node].masked.clone(),
+                    timeout,
+                }),
+            };
+            if !fault.as_ref().is_some_and(Error::is_connection_fault) {
+                db.active.store(node, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+        }
         match fault {
             Some(err) if err.is_connection_fault() => {
                 db.outage.failed(&err);
@@ -557,57 +670,32 @@ fn fault_reason(err: &Error) -> String {
     reason.replace(['\r', '\n'], " ")
 }
 
-/// The URL without its `pool_min` and `pool_max` parameters, and the
-/// pool's size limits: the URL's where it sets them, else
-/// [`DEFAULT_POOL_MIN`] and [`DEFAULT_POOL_SIZE`] (raised to `pool_min`
-/// when only that is given). The driver would apply its own defaults
-/// (10 and 100) to the one the URL leaves out, so `?pool_max=4` alone
-/// would not even parse; here it means at most 4 connections.
-pub(crate) fn pool_params(url: &str) -> Result<(String, PoolConstraints)> {
-    let invalid = |reason: String| Error::InvalidDsn {
-        dsn: crate::config::mask_dsn(url),
-        reason,
-    };
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, query),
-        None => return Ok((url.to_string(), default_pool())),
-    };
-    let (mut min, mut max) = (None, None);
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match key {
-            "pool_min" => &mut min,
-            "pool_max" => &mut max,
-            _ => {
-                kept.push(pair);
-                continue;
-            }
-        };
-        *slot = Some(
-            value
-                .parse::<usize>()
-                .map_err(|_| invalid(format!("{key} must be a whole number, not {value:?}")))?,
-        );
-    }
-    let min = min.unwrap_or(DEFAULT_POOL_MIN);
-    let max = max.unwrap_or(DEFAULT_POOL_SIZE.max(min));
-    let constraints = PoolConstraints::new(min, max)
-        .filter(|_| max > 0)
-        .ok_or_else(|| {
-            invalid(format!(
-                "pool_min ({min}) must not exceed pool_max ({max}), and pool_max must be at least 1"
-            ))
-        })?;
-    let url = match kept.is_empty() {
-        true => base.to_string(),
-        false => format!("{base}?{}", kept.join("&")),
-    };
-    Ok((url, constraints))
-}
-
-fn default_pool() -> PoolConstraints {
-    PoolConstraints::new(DEFAULT_POOL_MIN, DEFAULT_POOL_SIZE).expect("min <= max")
+/// The driver's options for one node's pool.
+fn pool_opts(opts: mysql_async::Opts, constraints: PoolConstraints) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::from_opts(opts)
+        // No COM_RESET_CONNECTION when a connection goes back to the pool
+        // (the driver's default): it costs a round trip per use and drops
+        // the server's prepared statements, so every statement would be
+        // prepared anew. We leave no session state behind: transactions
+        // always end. (So the DSN's session settings, applied when a
+        // connection opens, stay for its life.)
+        .pool_opts(
+            mysql_async::PoolOpts::new()
+                .with_constraints(constraints)
+                .with_reset_connection(false)
+                // Without an idle TTL the driver keeps only `min` idle
+                // connections and closes every other one as it comes back:
+                // each operation then paid a fresh connect and handshake
+                // (~0.6 ms here).
+                .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
+        )
+        .stmt_cache_size(64)
+        // An UPDATE then counts the rows it found, not only those it
+        // changed: "does the row still exist" stays answerable when the new
+        // run_after equals the old.
+        .client_found_rows(true)
+        .tcp_nodelay(true)
+        .into()
 }
 
 /// How long [`Store::clock`] trusts its last reading of a database's clock.
@@ -642,40 +730,4 @@ fn tx_opts() -> TxOpts {
     opts.with_consistent_snapshot(false)
         .with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
     opts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(url: &str) -> (String, usize, usize) {
-        let (url, c) = pool_params(url).unwrap();
-        (url, c.min(), c.max())
-    }
-
-    #[test]
-    fn pool_limits_come_from_the_url_else_our_defaults() {
-        let base = "mysql://u:p@h:3306/db";
-        assert_eq!(limits(base), (base.into(), 0, DEFAULT_POOL_SIZE));
-        // pool_max alone: the driver would refuse it (its min is 10).
-        assert_eq!(limits(&format!("{base}?pool_max=4")), (base.into(), 0, 4));
-        assert_eq!(
-            limits(&format!(
-                "{base}?prefer_socket=false&pool_min=2&pool_max=8&tcp_nodelay=true"
-            )),
-            (format!("{base}?prefer_socket=false&tcp_nodelay=true"), 2, 8)
-        );
-        // pool_min alone raises the default max when it has to.
-        assert_eq!(limits(&format!("{base}?pool_min=40")).2, 40);
-        for bad in ["pool_max=0", "pool_min=5&pool_max=4", "pool_max=many"] {
-            let err = pool_params(&format!("{base}?{bad}"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("u:***@h"), "{err}");
-            assert!(!err.contains(":p@"), "{err}");
-        }
-        // What remains is what the driver parses.
-        let (url, _) = pool_params(&format!("{base}?pool_max=4")).unwrap();
-        assert!(crate::config::driver_opts(&url).is_ok());
-    }
 }

@@ -173,7 +173,7 @@ impl Store {
     pub async fn describe_job_table(&self, dbid: u32) -> Result<Option<Table>> {
         let db = self.db(dbid)?;
         self.attempt(db, || async {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             read_table(&mut conn).await
         })
         .await
@@ -223,7 +223,7 @@ impl Store {
             source,
         };
         let connect = async {
-            let mut conn = db.pool.get_conn().await?;
+            let mut conn = db.pool().get_conn().await?;
             conn.query_drop(format!(
                 "SET SESSION lock_wait_timeout = {ALTER_LOCK_WAIT_SECS}"
             ))

@@ -7,6 +7,8 @@
 //!   table and statements;
 //! - [`gearmand`]: a private gearmand on a free loopback port, killed on
 //!   drop;
+//! - [`mariadbd`]: a private MariaDB server (TLS-only, say) in a
+//!   temporary directory, killed and removed on drop;
 //! - [`process`]: our binaries (and any other program) as child processes,
 //!   killed on drop, and bounded runs of them;
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut;
@@ -29,6 +31,7 @@
 
 pub mod db;
 pub mod gearmand;
+pub mod mariadbd;
 pub mod process;
 pub mod proxy;
 pub mod report;
@@ -41,6 +44,7 @@ pub use db::{
     cleanup_sql, server_url, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, PERL_INSERT_JOB, SCHEMA,
 };
 pub use gearmand::{Gearmand, GearmandConfig, IdleWorker};
+pub use mariadbd::{MariaDb, TestCerts};
 pub use process::{
     bin, bin_dir, bin_path, command, free_port, recorded_runs, run_bin, run_command, run_garivini,
     with_servers, Proc,
