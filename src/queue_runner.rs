@@ -510,6 +510,9 @@ impl QueueRunner {
                 _ = self.pause_until(until, probe) => {}
             }
         }
+        for &dbid in &self.dbids {
+            self.store.end_claim_turn(dbid).await;
+        }
         tracing::info!("queuerunner stopped");
     }
 }

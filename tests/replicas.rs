@@ -295,6 +295,13 @@ async fn one_queuerunner_claims_and_another_takes_over_when_it_stops() {
         "{:?}",
         took.elapsed()
     );
+    // One that stops hands its turn over at once.
+    let d = connect(&dsn).await;
+    b.end_claim_turn(1).await;
+    assert!(
+        d.claim_turn(1).await.unwrap(),
+        "a turn given up is free at once"
+    );
     // Without the table, every QueueRunner claims (as before the table).
     db.exec("DROP TABLE garivini_claimer").await;
     let c = connect(&dsn).await;

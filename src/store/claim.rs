@@ -388,6 +388,33 @@ impl Store {
         Ok(mine)
     }
 
+    /// Gives this process's claimer turn of database `dbid` up, if it
+    /// holds it, so that a standing-by QueueRunner takes over at its next
+    /// ask rather than after [`CLAIMER_TTL`]: for a QueueRunner that stops.
+    pub async fn end_claim_turn(&self, dbid: u32) {
+        let Ok(db) = self.db(dbid) else { return };
+        let owner = {
+            let mut election = db.election.lock().unwrap();
+            if !matches!(election.state, Elect::Decided { mine: true, .. }) {
+                return;
+            }
+            election.state = Elect::Unknown;
+            election.owner.clone()
+        };
+        let owner = &owner;
+        // If this fails, the turn simply runs out.
+        let _ = self
+            .run(db, move || async move {
+                let mut conn = db.pool().get_conn().await?;
+                conn.exec_drop(
+                    "UPDATE garivini_claimer SET expires = 0 WHERE name = 'claim' AND owner = ?",
+                    (owner.as_str(),),
+                )
+                .await
+            })
+            .await;
+    }
+
     /// Reads one row, if it exists.
     pub async fn get(&self, job: JobRef) -> Result<Option<Job>> {
         let db = self.db(job.dbid)?;
