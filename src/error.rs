@@ -285,13 +285,16 @@ impl Error {
 ///   reaction to network trouble, cleared by `FLUSH HOSTS` (or its
 ///   timeout), not by changing our settings;
 /// - 1041 out of memory, 1053 shutdown in progress, 1927 connection killed,
-///   1158–1161 network read/write errors the server saw.
+///   1158–1161 network read/write errors the server saw;
+/// - 1047 (Galera) "WSREP has not yet prepared node for application use":
+///   a node cut off from its cluster's primary component, or still
+///   joining it; the next node of the database takes the calls.
 ///
 /// Not here, so a start-up error and a per-call error: 1045 wrong password,
 /// 1130 host not allowed to connect (both fixed only by grants or our DSN),
 /// 1049 unknown database, 1146 no `job` table.
 pub const REFUSED_CONNECTION: &[u16] = &[
-    1040, 1041, 1053, 1129, 1158, 1159, 1160, 1161, 1203, 1226, 1927,
+    1040, 1041, 1047, 1053, 1129, 1158, 1159, 1160, 1161, 1203, 1226, 1927,
 ];
 
 /// Ids as `1:7, 1:8`.
