@@ -6,6 +6,12 @@
 //! `garivini` binary, or in process), a recording worker in process, and
 //! every run counted by job id. Needs scripts/services up.
 //!
+//! (e) and (f) run a whole deployment as separate processes (QueueRunner,
+//! Injector, Controller, gv_consume, gv_inject), each given both servers,
+//! one of which is SIGKILLed mid-run and stays down: nothing acknowledged
+//! is lost in throughput mode, and the workers keep serving the live
+//! server well past the reconnect backoff's cap.
+//!
 //! The tests take turns (one lock): two of them compare rates.
 
 use std::collections::HashMap;
@@ -651,4 +657,291 @@ async fn a_gearmand_that_comes_back_gets_work_again() {
         status_back.is_some(),
         "the StatusReader never read it again"
     );
+}
+
+/// The binaries of a deployment on two gearmand, as separate processes,
+/// logging to files of their own in `dir`.
+struct Deployment {
+    procs: Vec<(String, Proc)>,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        Deployment {
+            procs: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts binary `bin` as `what`, logging at info level.
+    fn start(&mut self, what: &str, bin: &str, args: &[&str]) {
+        let log = self.path(&format!("{what}.log"));
+        let proc = Proc::spawn_logged(bin, args, &log);
+        self.procs.push((what.to_string(), proc));
+    }
+
+    /// Every process still runs.
+    fn check_running(&mut self) {
+        for (what, proc) in &mut self.procs {
+            assert!(
+                proc.running(),
+                "{what} exited; its log:\n{}",
+                std::fs::read_to_string(self.dir.path().join(format!("{what}.log")))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    /// The warnings each process logged about `server`, and how often
+    /// each: an outage is logged once per tracker, not once per retry.
+    fn warnings_about(&self, server: &str) -> Vec<(String, Vec<(String, usize)>)> {
+        self.procs
+            .iter()
+            .map(|(what, _)| {
+                let log =
+                    std::fs::read_to_string(self.path(&format!("{what}.log"))).unwrap_or_default();
+                (what.clone(), lines_about(&log, "WARN", server))
+            })
+            .collect()
+    }
+
+    /// The `DBID JOBID` lines of the record file `name`.
+    fn recorded(&self, name: &str) -> Vec<(u32, u64)> {
+        testkit::recorded_runs(&self.path(name))
+    }
+}
+
+/// Asserts that no process warned about `server` more than once per
+/// message (one per tracker of the outage), over a wait several times the
+/// reconnect backoff's cap.
+fn assert_outage_logged_once(deployment: &Deployment, server: &str) {
+    let warnings = deployment.warnings_about(server);
+    eprintln!("warnings about {server}: {warnings:#?}");
+    for (what, lines) in &warnings {
+        for (message, n) in lines {
+            assert_eq!(*n, 1, "{what} warned {n} times for one outage: {message}");
+        }
+    }
+}
+
+/// (e) Throughput mode end to end, through the binaries, on two gearmand:
+/// gv_inject stores jobs, a QueueRunner submits them to both servers,
+/// gv_consume serves both; one gearmand is SIGKILLed mid-run and left
+/// down with the jobs queued in it. Those come back when their lease (3 s)
+/// runs out and run on the other: every acknowledged job is committed, every
+/// committed one runs, no process exits, the table drains, and each
+/// process logs the outage once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_mode_loses_nothing_when_one_of_two_gearmand_dies_and_stays_down() {
+    let _turn = TURN.lock().await;
+    const JOBS: u64 = 1500;
+    let db = TestDb::new().await;
+    db.count_commits().await;
+    let (g0, mut g1) = (Gearmand::start().await, Gearmand::start().await);
+    let servers = format!("{},{}", g0.addr, g1.addr);
+    let mut d = Deployment::new();
+    let common = ["--dsn", db.url.as_str(), "--gearmand", servers.as_str()];
+    d.start(
+        "queuerunner",
+        "garivini",
+        &[
+            &common[..],
+            &["queuerunner", "--lease", "3", "--no-worker-delay", "1"],
+            &["--batch-run-sleep", "0.2", "--submit-retry-delay", "1"],
+        ]
+        .concat(),
+    );
+    let runs = d.path("runs.log");
+    let acked = d.path("acked.log");
+    let (runs_arg, acked_arg) = (runs.to_str().unwrap(), acked.to_str().unwrap());
+    d.start(
+        "gv_consume",
+        "gv_consume",
+        &[
+            &common[..],
+            &["--mode", "throughput", "--funcname", FUNC],
+            // 2 × 2 jobs at once of 10 ms: 400 jobs/s, under the 500/s
+            // offered, so that jobs wait in both gearmand's queues.
+            &[
+                "--concurrency",
+                "2",
+                "--work-ms",
+                "10",
+                "--record",
+                runs_arg,
+            ],
+        ]
+        .concat(),
+    );
+    for g in [&g0, &g1] {
+        g.wait_for_worker(FUNC).await;
+    }
+    let count = JOBS.to_string();
+    let mut inject = Proc::spawn_logged(
+        "gv_inject",
+        &[
+            &common[..],
+            &[
+                "--mode",
+                "throughput",
+                "--funcname",
+                FUNC,
+                "--count",
+                &count,
+            ],
+            &["--rate", "500", "--concurrency", "8", "--keep-going"],
+            &["--record", acked_arg],
+        ]
+        .concat(),
+        &d.path("gv_inject.log"),
+    );
+    wait_until(LIMIT, "a fifth of the jobs to run", || async {
+        d.recorded("runs.log").len() >= JOBS as usize / 5
+    })
+    .await;
+    // The kill must take jobs with it: some queued or running in g1.
+    wait_until(LIMIT, "jobs queued in the gearmand to kill", || async {
+        g1.depth(FUNC).await > 0
+    })
+    .await;
+    let in_flight = db.count("1").await;
+    let queued_in_g1 = g1.depth(FUNC).await;
+    g1.kill();
+    let killed = Instant::now();
+    within(GV_INJECT_LIMIT, "gv_inject to finish", async {
+        while inject.running() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    wait_until(
+        GV_INJECT_LIMIT,
+        "the table to drain with one gearmand dead",
+        || async { db.count("1").await == 0 },
+    )
+    .await;
+    let drained = killed.elapsed();
+    d.check_running();
+
+    let committed = db.committed(1).await;
+    let acked: std::collections::HashSet<(u32, u64)> =
+        d.recorded("acked.log").into_iter().collect();
+    let ran = d.recorded("runs.log");
+    let (runs, duplicates) =
+        testkit::check_runs("one of two gearmand killed", Some(&acked), &committed, &ran);
+    eprintln!(
+        "(e) throughput, one of two gearmand SIGKILLed and left down: {in_flight} rows in flight \
+         at the kill, {queued_in_g1} jobs queued in the dead one; {} acked, {} committed, {runs} \
+         runs, {duplicates} duplicates; drained {:.1} s after the kill",
+        acked.len(),
+        committed.len(),
+        drained.as_secs_f64()
+    );
+    assert_eq!(acked.len() as u64, JOBS, "every insert acknowledged");
+    assert!(in_flight > 0, "the kill hit an idle flow");
+    assert_outage_logged_once(&d, &g1.addr);
+}
+
+/// (f) Low-latency mode through the binaries (Injector, Controller,
+/// QueueRunner, gv_consume), every one on two gearmand; one is SIGKILLed
+/// and stays down. Waves of jobs offered 1, 7 and 13 s later (past the
+/// reconnect backoff's cap of 5 s, while every client and worker keeps
+/// trying the dead server) are all stored and all run on the live one
+/// within seconds: no worker or client stalls on the dead server, none
+/// waits for the 600 s lease, and each process logs the outage once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_keep_serving_the_live_gearmand_while_the_other_stays_down() {
+    let _turn = TURN.lock().await;
+    const WAVE: u64 = 150;
+    let db = TestDb::new().await;
+    let (g0, mut g1) = (Gearmand::start().await, Gearmand::start().await);
+    let servers = format!("{},{}", g0.addr, g1.addr);
+    let mut d = Deployment::new();
+    let common = ["--dsn", db.url.as_str(), "--gearmand", servers.as_str()];
+    let lease = LONG_LEASE.to_string();
+    let role = ["--lease", lease.as_str(), "--no-worker-delay", "1"];
+    for r in ["injector", "controller", "queuerunner"] {
+        d.start(r, "garivini", &[&common[..], &[r], &role].concat());
+    }
+    let runs = d.path("runs.log");
+    d.start(
+        "gv_consume",
+        "gv_consume",
+        &[
+            &common[..],
+            &["--mode", "lowlatency", "--funcname", FUNC],
+            &["--concurrency", "8", "--record", runs.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    for g in [&g0, &g1] {
+        g.wait_for_worker(INJECT_JOBS).await;
+        g.wait_for_worker(RUN_QUEUED_JOB).await;
+        g.wait_for_worker(FUNC).await;
+    }
+    g1.kill();
+    let killed = Instant::now();
+    let mut waves = Vec::new();
+    for (k, at) in [1u64, 7, 13].into_iter().enumerate() {
+        tokio::time::sleep_until((killed + Duration::from_secs(at)).into()).await;
+        let acked = d.path(&format!("acked{k}.log"));
+        let count = WAVE.to_string();
+        let started = Instant::now();
+        let (status, out, err) = run_bin(
+            "gv_inject",
+            &[
+                "--mode",
+                "lowlatency",
+                "--gearmand",
+                &servers,
+                "--funcname",
+                FUNC,
+                "--count",
+                &count,
+                "--concurrency",
+                "4",
+                "--keep-going",
+                "--record",
+                acked.to_str().unwrap(),
+            ],
+            GV_INJECT_LIMIT,
+        )
+        .await;
+        assert!(status.success(), "gv_inject: {status}\n{out}\n{err}");
+        let (_, failed) = gv_inject_summary(&out);
+        let wave: Vec<(u32, u64)> = testkit::recorded_runs(&acked);
+        let ran = || {
+            let ran: std::collections::HashSet<(u32, u64)> =
+                d.recorded("runs.log").into_iter().collect();
+            wave.iter().filter(|j| !ran.contains(j)).count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ran() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        waves.push((at, failed, wave.len(), ran(), started.elapsed()));
+    }
+    eprintln!(
+        "(f) waves after the kill (s after, failed, acked, not run within 5 s of the wave's \
+         end, wave took): {waves:?}"
+    );
+    d.check_running();
+    for (at, failed, acked, not_run, _) in &waves {
+        assert_eq!(
+            (*failed, *acked as u64, *not_run),
+            (0, WAVE, 0),
+            "the wave {at} s after the kill"
+        );
+    }
+    assert_eq!(
+        db.count("1").await,
+        0,
+        "rows left: their jobs wait for the 600 s lease"
+    );
+    assert_outage_logged_once(&d, &g1.addr);
 }

@@ -145,8 +145,7 @@ async fn session_settings_of_the_dsn_apply_to_every_pooled_connection() {
         assert_eq!((tz.as_str(), *wait), ("+05:00", 7), "connection {id}");
     }
     let bad = parse_dsn_list(&format!("{}?wsrep_sync_wait=all", db.url))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         bad.contains("wsrep_sync_wait must be a whole number"),

@@ -365,3 +365,593 @@ async fn a_mend_that_fails_stops_and_is_reported() {
         "nothing dropped"
     );
 }
+
+// The cluster variant (schema-cluster.sql): UNIQUE dedup_key
+// (keyed_funcname, uniqkey) on a generated column that is NULL for keyless
+// rows, instead of UNIQUE (funcname, uniqkey).
+
+/// schema-cluster.sql, as a new cluster deployment loads it.
+const CLUSTER_SCHEMA: &str = include_str!("../schema-cluster.sql");
+
+/// The original's table on a server whose default collation is
+/// `collation` (its CREATE TABLE names none: the server's applies).
+fn original_in(collation: &str) -> String {
+    let charset = collation.split('_').next().unwrap();
+    format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET={charset} COLLATE={collation}")
+}
+
+/// Who stores a job: the original Perl client's INSERT IGNORE, or our
+/// Client (INSERT ... ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)
+/// for a keyed job; a job with the key '' is keyless to it).
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Perl,
+    Client,
+}
+
+/// One dedup case: two jobs stored one after the other.
+struct Case {
+    what: &'static str,
+    first: (Via, String, Option<String>),
+    second: (Via, String, Option<String>),
+}
+
+/// Who stores a job, its function and its key.
+type Job<'a> = (Via, &'a str, Option<String>);
+
+/// The cases, each with function names of its own (`t<n>_...`).
+fn dedup_cases() -> Vec<Case> {
+    use Via::{Client as C, Perl as P};
+    let k = |s: &str| Some(s.to_string());
+    let long = "x".repeat(255);
+    let long_a = format!("{}a", "x".repeat(254));
+    let long_b = format!("{}b", "x".repeat(254));
+    let accented = "é".repeat(255);
+    let cases: Vec<(&'static str, Job<'_>, Job<'_>)> = vec![
+        ("equal key, Perl twice", (P, "f", k("k")), (P, "f", k("k"))),
+        (
+            "equal key, Client twice",
+            (C, "f", k("k")),
+            (C, "f", k("k")),
+        ),
+        (
+            "equal key, Perl then Client",
+            (P, "f", k("k")),
+            (C, "f", k("k")),
+        ),
+        (
+            "equal key, Client then Perl",
+            (C, "f", k("k")),
+            (P, "f", k("k")),
+        ),
+        (
+            "key differing in case, Perl",
+            (P, "f", k("Key")),
+            (P, "f", k("key")),
+        ),
+        (
+            "key differing in case, Client",
+            (C, "f", k("Key")),
+            (C, "f", k("key")),
+        ),
+        (
+            "funcname differing in case",
+            (C, "F", k("k")),
+            (P, "f", k("k")),
+        ),
+        (
+            "key with a trailing space",
+            (P, "f", k("k")),
+            (P, "f", k("k ")),
+        ),
+        (
+            "key with a trailing space, Client",
+            (C, "f", k("k ")),
+            (C, "f", k("k")),
+        ),
+        (
+            "funcname with a trailing space",
+            (P, "f ", k("k")),
+            (P, "f", k("k")),
+        ),
+        ("NULL key twice, Perl", (P, "f", None), (P, "f", None)),
+        ("NULL key twice, Client", (C, "f", None), (C, "f", None)),
+        ("empty key twice, Perl", (P, "f", k("")), (P, "f", k(""))),
+        ("empty key twice, Client", (C, "f", k("")), (C, "f", k(""))),
+        (
+            "empty key, Perl then Client",
+            (P, "f", k("")),
+            (C, "f", k("")),
+        ),
+        ("empty key and a space", (P, "f", k("")), (P, "f", k(" "))),
+        ("NULL key and empty key", (P, "f", None), (P, "f", k(""))),
+        ("longest key, equal", (P, "f", k(&long)), (C, "f", k(&long))),
+        (
+            "longest key, last byte differs",
+            (C, "f", k(&long_a)),
+            (P, "f", k(&long_b)),
+        ),
+        (
+            "longest key of 2-byte characters",
+            (P, "f", k(&accented)),
+            (P, "f", k(&accented)),
+        ),
+        ("accent", (P, "f", k("é")), (P, "f", k("e"))),
+        // What a CONCAT(funcname, NUL, uniqkey) key merges where the
+        // collation ignores NUL (utf8mb4_unicode_ci).
+        (
+            "the key's start moved into funcname",
+            (P, "fa", k("bc")),
+            (P, "fab", k("c")),
+        ),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(n, (what, (v1, f1, k1), (v2, f2, k2)))| {
+            let name = |f: &str| format!("t{n}_{f}");
+            Case {
+                what,
+                first: (v1, name(f1), k1),
+                second: (v2, name(f2), k2),
+            }
+        })
+        .collect()
+}
+
+/// The longest function name (200 characters), stored twice with one key.
+fn long_funcname_case(n: usize) -> Case {
+    let f = format!("t{n}_{}", "g".repeat(200 - format!("t{n}_").len()));
+    Case {
+        what: "longest funcname, equal",
+        first: (Via::Client, f.clone(), Some("k".into())),
+        second: (Via::Perl, f, Some("k".into())),
+    }
+}
+
+/// What became of one case: the two ids the clients were answered (0:
+/// INSERT IGNORE stored nothing) and the rows of its functions.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Outcome {
+    what: &'static str,
+    ids: (u64, u64),
+    rows: u64,
+}
+
+/// Stores one job as `via` does; the id it answers.
+async fn store_job(
+    db: &TestDb,
+    client: &garivini::Client,
+    job: &(Via, String, Option<String>),
+) -> u64 {
+    let (via, funcname, key) = job;
+    match via {
+        Via::Perl => db.perl_insert_job(funcname, "x", key.as_deref()).await,
+        Via::Client => {
+            let mut new = garivini::NewJob::new(funcname.clone(), "x");
+            if let Some(key) = key {
+                new = new.unique(key.clone());
+            }
+            within(LIMIT, "Client::insert_job", client.insert_job(new))
+                .await
+                .unwrap_or_else(|e| panic!("{funcname}: {e}"))
+                .jobid
+        }
+    }
+}
+
+/// Runs every case on `db`, in order.
+async fn run_cases(db: &TestDb, client: &garivini::Client, cases: &[Case]) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for (n, case) in cases.iter().enumerate() {
+        let first = store_job(db, client, &case.first).await;
+        let second = store_job(db, client, &case.second).await;
+        let rows = db.count(&format!("funcname LIKE 't{n}\\_%'")).await;
+        outcomes.push(Outcome {
+            what: case.what,
+            ids: (first, second),
+            rows,
+        });
+    }
+    outcomes
+}
+
+/// Every row, byte for byte: (jobid, funcname, uniqkey, arg).
+async fn all_rows(db: &TestDb) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    query(
+        db,
+        "SELECT jobid, CAST(funcname AS BINARY), CAST(uniqkey AS BINARY), arg FROM job ORDER BY jobid",
+    )
+    .await
+}
+
+/// Whether the case named `what` stored one row (the second job merged
+/// into the first).
+fn merged(outcomes: &[Outcome], what: &str) -> bool {
+    let o = outcomes
+        .iter()
+        .find(|o| o.what == what)
+        .unwrap_or_else(|| panic!("no case {what}"));
+    o.rows == 1
+}
+
+/// Converts the table of `db` with `garivini schema check --apply
+/// --cluster`; the ALTER it ran.
+async fn convert(db: &TestDb) -> String {
+    let (code, out, err) = check(&db.url, &["--apply", "--cluster"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let applied = lines_starting(&out, "applied: ALTER TABLE job ADD COLUMN keyed_funcname");
+    assert_eq!(applied.len(), 1, "{out}");
+    let again = &out[out.find("  checked again:\n").expect(&out)..];
+    assert!(!again.contains("needs:"), "{out}");
+    applied[0].trim_start_matches("applied: ").to_string()
+}
+
+/// For each collation an original table may have (the server's default
+/// when it was made) and schema.sql's own: the same jobs stored through
+/// the original Perl client and our Client give the same answers (ids),
+/// the same rows and the same merges on the original table and on its
+/// conversion to the cluster variant, before the conversion (the rows it
+/// converts include every near-duplicate of the cases) and after it (the
+/// same jobs again, now colliding with those rows); for schema.sql, also
+/// on schema-cluster.sql's fresh table.
+#[tokio::test]
+async fn the_cluster_variant_dedups_exactly_as_the_original_unique_key() {
+    let mut cases = dedup_cases();
+    cases.push(long_funcname_case(cases.len()));
+    let flavours: Vec<(&str, String)> = vec![
+        ("utf8mb4_general_ci", original_in("utf8mb4_general_ci")),
+        ("latin1_swedish_ci", original_in("latin1_swedish_ci")),
+        ("utf8mb4_unicode_ci", original_in("utf8mb4_unicode_ci")),
+        ("utf8mb4_nopad_bin", original_in("utf8mb4_nopad_bin")),
+        ("utf8mb4_bin", SCHEMA.to_string()),
+    ];
+    for (collation, schema) in &flavours {
+        let original = TestDb::with_schema(schema).await;
+        let converted = TestDb::with_schema(schema).await;
+        let mut tables = vec![("original", &original), ("converted", &converted)];
+        let fresh = TestDb::with_schema(CLUSTER_SCHEMA).await;
+        if *collation == "utf8mb4_bin" {
+            tables.push(("schema-cluster.sql", &fresh));
+        }
+        let mut clients = Vec::new();
+        for (_, db) in &tables {
+            clients.push(garivini::Client::new(db.store().await));
+        }
+
+        // Round 1: every case, before the conversion.
+        let mut first = Vec::new();
+        for ((_, db), client) in tables.iter().zip(&clients) {
+            first.push(run_cases(db, client, &cases).await);
+        }
+        assert_eq!(
+            first[0], first[1],
+            "{collation}: the same table, the same answers"
+        );
+        let alter = convert(&converted).await;
+        assert!(
+            alter.contains(&format!(
+                "keyed_funcname varchar(200) CHARACTER SET {} COLLATE {collation} AS (IF(uniqkey \
+                 IS NULL, NULL, funcname)) STORED",
+                collation.split('_').next().unwrap()
+            )),
+            "{collation}: keyed_funcname takes funcname's collation: {alter}"
+        );
+        assert_eq!(
+            all_rows(&original).await,
+            all_rows(&converted).await,
+            "{collation}: the conversion keeps every row"
+        );
+        assert_eq!(
+            query::<u64>(
+                &converted,
+                "SELECT COUNT(*) FROM job WHERE NOT (keyed_funcname <=> IF(uniqkey IS NULL, NULL, funcname))"
+            )
+            .await,
+            vec![0],
+            "{collation}: keyed_funcname is funcname for keyed rows, NULL for keyless ones"
+        );
+
+        // Round 2: the same jobs again, on the converted table and the
+        // original one.
+        let mut second = Vec::new();
+        for ((_, db), client) in tables.iter().zip(&clients) {
+            second.push(run_cases(db, client, &cases).await);
+        }
+        for (k, (name, db)) in tables.iter().enumerate().skip(1) {
+            assert_eq!(
+                first[0], first[k],
+                "{collation}: {name} answers as the original table before the conversion"
+            );
+            assert_eq!(
+                second[0], second[k],
+                "{collation}: {name} answers as the original table after it"
+            );
+            assert_eq!(
+                all_rows(&original).await,
+                all_rows(db).await,
+                "{collation}: {name} holds the original table's rows"
+            );
+        }
+
+        // What the original index does, and so the variant.
+        let outcomes = &first[0];
+        let merges: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o.rows == 1)
+            .map(|o| o.what)
+            .collect();
+        eprintln!("{collation}: merged: {merges:?}");
+        let ci = collation.ends_with("_ci");
+        let pad = !collation.contains("nopad");
+        for (what, merges) in [
+            ("equal key, Perl twice", true),
+            ("equal key, Client twice", true),
+            ("equal key, Perl then Client", true),
+            ("equal key, Client then Perl", true),
+            ("key differing in case, Perl", ci),
+            ("key differing in case, Client", ci),
+            ("funcname differing in case", ci),
+            ("key with a trailing space", pad),
+            ("funcname with a trailing space", pad),
+            ("NULL key twice, Perl", false),
+            ("NULL key twice, Client", false),
+            // The original stores '' and its index merges it; our Client
+            // takes '' for no key.
+            ("empty key twice, Perl", true),
+            ("empty key twice, Client", false),
+            ("empty key, Perl then Client", false),
+            ("empty key and a space", pad),
+            ("NULL key and empty key", false),
+            ("longest key, equal", true),
+            ("longest key, last byte differs", false),
+            ("longest key of 2-byte characters", true),
+            ("the key's start moved into funcname", false),
+            ("longest funcname, equal", true),
+        ] {
+            assert_eq!(
+                merged(outcomes, what),
+                merges,
+                "{collation}: {what}: {:?}",
+                outcomes.iter().find(|o| o.what == what)
+            );
+        }
+        // A merged job answers the first one's id to our Client, and 0
+        // (nothing stored) to the original's INSERT IGNORE.
+        let o = outcomes
+            .iter()
+            .find(|o| o.what == "equal key, Perl then Client")
+            .unwrap();
+        assert_eq!(o.ids.0, o.ids.1, "{collation}: {o:?}");
+        let o = outcomes
+            .iter()
+            .find(|o| o.what == "equal key, Client then Perl")
+            .unwrap();
+        assert_eq!(o.ids.1, 0, "{collation}: {o:?}");
+        let case =
+            |round: &[Outcome], what: &str| round.iter().find(|o| o.what == what).cloned().unwrap();
+        let (before, after) = (
+            case(&first[0], "equal key, Client twice"),
+            case(&second[0], "equal key, Client twice"),
+        );
+        assert_eq!(
+            (after.ids, after.rows),
+            ((before.ids.0, before.ids.0), 1),
+            "{collation}: round 2 is answered round 1's row"
+        );
+
+        // The converted table is healthy to the check, and --apply
+        // converts nothing back.
+        let (code, out, _) = check(&converted.url, &["--apply"]).await;
+        assert_eq!(code, 0, "{collation}: {out}");
+        for applied in lines_starting(&out, "applied:") {
+            assert!(applied.contains("ADD INDEX funcname_run_after"), "{out}");
+        }
+        for word in ["keyed_funcname", "funcname_uniqkey", "dedup_key", "UNIQUE"] {
+            assert!(!out.contains(word), "{collation}: {word}: {out}");
+        }
+        original_statements_work(&converted).await;
+    }
+}
+
+/// The unique key the issue first measured, CONCAT(funcname, NUL,
+/// uniqkey) in one generated column, does not dedup as the original
+/// index: why the cluster variant keeps the two columns apart. The check
+/// takes such a key for the dedup (no missing index) with a note saying so.
+#[tokio::test]
+async fn a_concat_key_merges_jobs_the_original_keeps_apart() {
+    let concat = |collation: &str| {
+        original_in(collation).replace(
+            "UNIQUE (funcname, uniqkey)",
+            "dedup VARCHAR(456) AS (CONCAT(funcname, CHAR(0 USING utf8mb4), uniqkey)) STORED,\n    \
+             UNIQUE dedup_key (dedup)",
+        )
+    };
+    let cases = dedup_cases();
+    for (collation, case) in [
+        ("utf8mb4_unicode_ci", "the key's start moved into funcname"),
+        ("utf8mb4_bin", "funcname with a trailing space"),
+    ] {
+        let original = TestDb::with_schema(&original_in(collation)).await;
+        let other = TestDb::with_schema(&concat(collation)).await;
+        let o = run_cases(
+            &original,
+            &garivini::Client::new(original.store().await),
+            &cases,
+        )
+        .await;
+        let c = run_cases(&other, &garivini::Client::new(other.store().await), &cases).await;
+        assert_ne!(
+            merged(&o, case),
+            merged(&c, case),
+            "{collation}: {case}: the CONCAT key dedups as the original"
+        );
+        let (code, out, _) = check(&other.url, &[]).await;
+        assert_eq!(code, 1, "{out}");
+        let needs = lines_starting(&out, "needs:");
+        assert_eq!(needs.len(), 1, "only the status index: {out}");
+        assert!(needs[0].contains("funcname_run_after"), "{out}");
+        assert_has(
+            &out,
+            "note: UNIQUE dedup_key (dedup) on a generated column is taken for the dedup",
+        );
+    }
+}
+
+/// Can a table hold rows the cluster variant's key refuses? Not one with
+/// UNIQUE (funcname, uniqkey): the new key compares the same values in the
+/// same collations (the conversions above keep every near-duplicate). A
+/// table without it can: there the ALTER fails as a whole, and the table
+/// is left as it was, rows and all.
+#[tokio::test]
+async fn converting_a_table_holding_duplicates_fails_and_changes_nothing() {
+    let schema = ORIGINAL_SCHEMA.replace(",\n    UNIQUE (funcname, uniqkey)", "");
+    assert_ne!(schema, ORIGINAL_SCHEMA);
+    let db = TestDb::with_schema(&schema).await;
+    within(
+        LIMIT,
+        "seeding duplicates",
+        db.exec(
+            "INSERT INTO job (funcname, uniqkey, run_after) VALUES ('f', 'k', 0), ('f', 'K', 0), \
+             ('f', NULL, 0), ('f', NULL, 0)",
+        ),
+    )
+    .await;
+    let (code, out, err) = check(&db.url, &["--cluster"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let needs = lines_starting(&out, "needs:");
+    assert!(
+        needs.iter().any(|n| n.starts_with(
+            "needs: the dedup by unique key is missing and --cluster asks for the cluster variant"
+        )),
+        "{out}"
+    );
+    assert_has(
+        &out,
+        "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET utf8mb4 COLLATE \
+         utf8mb4_general_ci AS (IF(uniqkey IS NULL, NULL, funcname)) STORED, ADD UNIQUE dedup_key \
+         (keyed_funcname, uniqkey);\n    (run by --apply only with --cluster)\n",
+    );
+    assert!(
+        err.contains("run `garivini schema check --apply --cluster`"),
+        "{err}"
+    );
+
+    let (code, out, err) = check(&db.url, &["--apply", "--cluster"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_has(&out, "  failed: ALTER TABLE job ADD COLUMN keyed_funcname");
+    assert_has(&out, "Duplicate entry");
+    assert_eq!(
+        query::<u64>(
+            &db,
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'job' AND COLUMN_NAME = 'keyed_funcname'"
+        )
+        .await,
+        vec![0],
+        "the failed ALTER added no column"
+    );
+    assert_eq!(
+        query::<u64>(&db, "SELECT COUNT(*) FROM job").await,
+        vec![4],
+        "nothing dropped"
+    );
+}
+
+/// On a Galera node (told to the check: no cluster runs here) the plain
+/// UNIQUE (funcname, uniqkey) is a need with the conversion, which apply
+/// runs only when told to; after it the check is content. This server is
+/// no Galera node, and says so.
+#[tokio::test]
+async fn on_galera_the_plain_key_gets_the_conversion_which_apply_runs_only_with_cluster() {
+    use garivini::store::schema::{CheckOptions, Kind};
+    let db = TestDb::with_schema(&original_in("latin1_swedish_ci")).await;
+    for (id, key) in [(1, Some("k")), (2, None), (3, None)] {
+        assert_eq!(db.perl_insert_job("f", "x", key).await, id);
+    }
+    let store = db.store().await;
+    assert!(
+        !within(LIMIT, "wsrep_on", store.is_galera(1)).await.unwrap(),
+        "the test server is no Galera node"
+    );
+    let on_galera = CheckOptions {
+        cluster: false,
+        galera: Some(true),
+    };
+    let report = within(LIMIT, "a check", store.check_schema_with(1, on_galera))
+        .await
+        .unwrap();
+    assert!(report.expect.galera);
+    let conversion: Vec<_> = report.findings.iter().filter(|f| f.cluster_only).collect();
+    assert_eq!(conversion.len(), 1, "{:?}", report.findings);
+    let finding = conversion[0];
+    assert_eq!(finding.kind, Kind::Needs);
+    assert!(
+        finding.message.starts_with(
+            "UNIQUE funcname (funcname, uniqkey) on a Galera cluster (wsrep_on=ON): Galera \
+             certifies every write by its unique keys"
+        ),
+        "{}",
+        finding.message
+    );
+    assert!(finding.message.contains("(funcname, NULL)"));
+    let statement = finding.mend.clone().unwrap();
+    assert_eq!(
+        statement,
+        "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET latin1 COLLATE \
+         latin1_swedish_ci AS (IF(uniqkey IS NULL, NULL, funcname)) STORED, ADD UNIQUE \
+         dedup_key (keyed_funcname, uniqkey), DROP INDEX funcname"
+    );
+
+    // Without --cluster: the status index and the claimer table only;
+    // the plain key stays.
+    let applied = within(LIMIT, "apply", store.apply_schema(&report, false)).await;
+    assert!(applied.failed.is_none(), "{:?}", applied.failed);
+    assert_eq!(applied.statements.len(), 2, "{:?}", applied.statements);
+    assert_eq!(
+        applied.statements[0],
+        "ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)"
+    );
+    assert!(
+        applied.statements[1].starts_with("CREATE TABLE IF NOT EXISTS garivini_claimer"),
+        "{:?}",
+        applied.statements
+    );
+    assert_eq!(
+        query::<u64>(&db, "SELECT COUNT(*) FROM garivini_claimer").await,
+        vec![0],
+        "QueueRunners of the cluster can elect their claimer"
+    );
+    let report = within(LIMIT, "a check", store.check_schema_with(1, on_galera))
+        .await
+        .unwrap();
+    assert!(report.needs_mending() && report.has_cluster_only());
+    assert_eq!(report.mends().collect::<Vec<_>>(), vec![statement.as_str()]);
+
+    // With it: converted, rows kept, and the check has no more to say
+    // about the dedup.
+    let applied = within(LIMIT, "apply --cluster", store.apply_schema(&report, true)).await;
+    assert!(applied.failed.is_none(), "{:?}", applied.failed);
+    assert_eq!(applied.statements, vec![statement]);
+    let report = within(LIMIT, "a check", store.check_schema_with(1, on_galera))
+        .await
+        .unwrap();
+    assert!(!report.needs_mending(), "{:?}", report.findings);
+    assert_eq!(
+        query::<(u64, Option<String>)>(&db, "SELECT jobid, keyed_funcname FROM job ORDER BY jobid")
+            .await,
+        vec![(1, Some("f".to_string())), (2, None), (3, None)]
+    );
+    // The new key refuses the old duplicates; keyless jobs are all kept.
+    assert_eq!(db.perl_insert_job("F", "x", Some("K")).await, 0);
+    assert_eq!(db.perl_insert_job("f", "x", None).await, 5);
+    let client = garivini::Client::new(store.clone());
+    let again = within(
+        LIMIT,
+        "Client::insert_job",
+        client.insert_job(garivini::NewJob::new("f", "x").unique("k")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.jobid, 1, "our Client is answered the existing row");
+}

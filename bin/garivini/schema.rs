@@ -1,7 +1,7 @@
 //! `garivini schema check [--apply]`: the job table of every database
 //! compared with schema.sql's, as text or JSON, and mended on request.
 
-use garivini::store::schema::{Applied, Kind, SchemaReport};
+use garivini::store::schema::{Applied, CheckOptions, Kind, SchemaReport};
 use garivini::Store;
 
 use crate::servers::Servers;
@@ -18,6 +18,12 @@ pub enum SchemaCommand {
     /// ENUM value): nothing is dropped, and the original client's
     /// statements keep working. Exits 1 when something needs mending and
     /// --apply was not given (or did not mend it).
+    ///
+    /// Two tables are healthy: schema.sql's and schema-cluster.sql's (the
+    /// cluster variant, for Galera). On a Galera node (wsrep_on=ON), or
+    /// with --cluster on any server, a table with the plain UNIQUE
+    /// (funcname, uniqkey) gets the conversion to the cluster variant,
+    /// which --apply runs only with --cluster. Nothing converts back.
     Check(SchemaCheck),
 }
 
@@ -28,6 +34,14 @@ pub struct SchemaCheck {
     /// then check again and print the result.
     #[arg(long)]
     apply: bool,
+    /// Want the cluster variant (schema-cluster.sql: the unique key on a
+    /// generated column, so that Galera certifies no key for keyless
+    /// rows; the same duplicates refused). Without --apply: check for it
+    /// on any server. With --apply: also run the ALTER that converts the
+    /// table to it (one statement; it copies the table, and writes wait
+    /// meanwhile), or create a missing table as schema-cluster.sql does.
+    #[arg(long)]
+    cluster: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -57,14 +71,18 @@ pub async fn check(args: &SchemaCheck, servers: &Servers) -> anyhow::Result<()> 
     // Not `Servers::store`: its start-up check refuses a missing table,
     // which this command reports (and creates).
     let store = Store::open(dbs)?;
+    let options = CheckOptions {
+        cluster: args.cluster,
+        galera: None,
+    };
     let mut outcomes = Vec::new();
     for (dbid, dsn) in store.dbids().zip(dsns) {
-        let report = store.check_schema(dbid).await;
+        let report = store.check_schema_with(dbid, options).await;
         let (mut applied, mut after) = (None, None);
         if let (true, Ok(r)) = (args.apply, &report) {
-            if r.mends().next().is_some() {
-                applied = Some(store.apply_schema(r).await);
-                after = Some(store.check_schema(dbid).await);
+            if r.mends_for(args.cluster).next().is_some() {
+                applied = Some(store.apply_schema(r, args.cluster).await);
+                after = Some(store.check_schema_with(dbid, options).await);
             }
         }
         outcomes.push(SchemaOutcome {
@@ -88,20 +106,23 @@ pub async fn check(args: &SchemaCheck, servers: &Servers) -> anyhow::Result<()> 
         }
     }
     let mut problems = Vec::new();
-    let mut mendable = false;
+    let (mut mendable, mut convertible) = (false, false);
     for o in &outcomes {
         match o.last() {
             Err(err) => problems.push(err.to_string()),
             Ok(r) if r.needs_mending() => {
                 let n = r.needs().count();
                 let changes = if n == 1 { "change" } else { "changes" };
-                if o.applied.is_some() {
+                if args.apply {
                     problems.push(format!(
                         "database {} still needs {n} {changes} after --apply",
                         o.dbid
                     ));
+                    // A conversion left for --apply --cluster.
+                    convertible |= !args.cluster && r.has_cluster_only();
                 } else {
                     mendable |= r.mends().next().is_some();
+                    convertible |= r.has_cluster_only();
                     problems.push(format!("database {} needs {n} {changes}", o.dbid));
                 }
             }
@@ -111,7 +132,13 @@ pub async fn check(args: &SchemaCheck, servers: &Servers) -> anyhow::Result<()> 
     if problems.is_empty() {
         return Ok(());
     }
-    if mendable {
+    if convertible {
+        problems.push(
+            "run `garivini schema check --apply --cluster` to convert to the cluster variant, \
+             or the statements above"
+                .into(),
+        );
+    } else if mendable {
         problems.push("run `garivini schema check --apply`, or the statements above".into());
     }
     anyhow::bail!("{}", problems.join("; "))
@@ -128,6 +155,9 @@ fn findings_text(report: &SchemaReport) -> Vec<String> {
                     Some(sql) => {
                         let sql = format!("{sql};");
                         lines.extend(sql.lines().map(|l| format!("  {l}")));
+                        if f.cluster_only {
+                            lines.push("  (run by --apply only with --cluster)".into());
+                        }
                     }
                     None => lines.push("  (no statement mends it safely: by hand)".into()),
                 }
@@ -157,6 +187,9 @@ fn schema_text(o: &SchemaOutcome) -> String {
             return out;
         }
     };
+    if report.expect.galera {
+        push("  ", "server: Galera node (wsrep_on=ON)");
+    }
     for l in findings_text(report) {
         push("  ", &l);
     }
@@ -196,6 +229,7 @@ fn schema_json(o: &SchemaOutcome) -> serde_json::Value {
     let report = |r: &Result<SchemaReport, garivini::Error>| match r {
         Ok(r) => serde_json::json!({
             "ok": !r.needs_mending(),
+            "galera": r.expect.galera,
             "findings": r.findings,
         }),
         Err(err) => serde_json::json!({ "error": err.to_string() }),

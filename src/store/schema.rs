@@ -14,6 +14,15 @@
 //! uniqkey, coalesce, arg, flag) VALUES (...)` with flag NULL,
 //! `DELETE FROM job WHERE jobid=?` and `UPDATE job SET run_after=?,
 //! failcount=? WHERE jobid=?`.
+//!
+//! Two tables are ours: schema.sql's, and schema-cluster.sql's for a
+//! replicated cluster, which dedups unique keys with UNIQUE dedup_key
+//! (keyed_funcname, uniqkey) on a generated column instead of UNIQUE
+//! (funcname, uniqkey) (see [`cluster_variant`]). Either is healthy. On a
+//! Galera server (`wsrep_on=ON`, [`wsrep_enabled`]) or when asked for
+//! ([`Expect::cluster`]), the check offers the conversion to the cluster
+//! variant; [`Store::apply_schema`] runs it only when told to. The reverse
+//! is never offered.
 
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
@@ -23,6 +32,25 @@ use crate::error::{Error, Result};
 
 /// schema.sql: its CREATE TABLE makes a missing table.
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+/// schema-cluster.sql: the table for a replicated cluster.
+const SCHEMA_CLUSTER_SQL: &str = include_str!("../../schema-cluster.sql");
+
+/// schema.sql's CREATE TABLE of `garivini_claimer`, without its `;`.
+fn claimer_table() -> &'static str {
+    let start = SCHEMA_SQL
+        .find("CREATE TABLE IF NOT EXISTS garivini_claimer")
+        .expect("schema.sql creates garivini_claimer");
+    let len = SCHEMA_SQL[start..].find(';').expect("a statement ends");
+    &SCHEMA_SQL[start..start + len]
+}
+
+/// The cluster variant's generated column: funcname for a row with a
+/// uniqkey, NULL for a keyless one.
+pub const KEYED_FUNCNAME: &str = "keyed_funcname";
+/// The cluster variant's unique index, on (keyed_funcname, uniqkey).
+pub const DEDUP_KEY: &str = "dedup_key";
+/// keyed_funcname's expression, as our statements write it.
+const KEYED_FUNCNAME_EXPR: &str = "IF(uniqkey IS NULL, NULL, funcname)";
 
 /// Seconds an ALTER waits for the table's metadata lock before it gives
 /// up. The server's default is a day, and an ALTER waiting for a lock
@@ -74,6 +102,10 @@ pub struct Column {
     pub extra: String,
     /// `COLUMN_COMMENT` (kept by a MODIFY).
     pub comment: String,
+    /// `GENERATION_EXPRESSION` of a generated column, as the server
+    /// writes it (``if(`uniqkey` is null,NULL,`funcname`)``); `None` for a
+    /// column that is not generated, or a server too old to say.
+    pub generation: Option<String>,
 }
 
 /// One index, from the rows of `information_schema.STATISTICS`.
@@ -109,6 +141,10 @@ pub struct Finding {
     /// `CREATE TABLE`), without the final `;`. `None` for a note, and for
     /// a need that no safe statement mends (it is for a person to do).
     pub mend: Option<String>,
+    /// The mend makes the cluster variant of an existing table (it copies
+    /// the table: writes to it wait meanwhile): [`Store::apply_schema`]
+    /// runs it only when told to (`--apply --cluster`).
+    pub cluster_only: bool,
 }
 
 impl Finding {
@@ -117,6 +153,16 @@ impl Finding {
             kind: Kind::Needs,
             message,
             mend,
+            cluster_only: false,
+        }
+    }
+
+    fn conversion(message: String, mend: String) -> Finding {
+        Finding {
+            kind: Kind::Needs,
+            message,
+            mend: Some(mend),
+            cluster_only: true,
         }
     }
 
@@ -125,8 +171,48 @@ impl Finding {
             kind: Kind::Note,
             message,
             mend: None,
+            cluster_only: false,
         }
     }
+}
+
+/// What the check expects of the table's unique-key dedup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Expect {
+    /// The server replicates with Galera (`wsrep_on=ON`): the plain
+    /// UNIQUE (funcname, uniqkey) is a hot certification key, and the
+    /// check offers the conversion to the cluster variant.
+    pub galera: bool,
+    /// The cluster variant was asked for (`--cluster`): on any server, the
+    /// check offers the conversion (and a missing table is made as
+    /// schema-cluster.sql makes it).
+    pub cluster: bool,
+}
+
+impl Expect {
+    /// Whether the cluster variant is the table to have.
+    pub fn wants_cluster(self) -> bool {
+        self.galera || self.cluster
+    }
+}
+
+/// How to check a database: see [`Store::check_schema_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// `--cluster`: the cluster variant is wanted on any server.
+    pub cluster: bool,
+    /// Whether the server is a Galera node; `None`: ask it (`wsrep_on`).
+    pub galera: Option<bool>,
+}
+
+/// Whether a server's `wsrep_on` (the value of `SHOW VARIABLES LIKE
+/// 'wsrep_on'`; `None` when the server has no such variable, as MySQL
+/// without Galera) says it replicates with Galera.
+pub fn wsrep_enabled(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        v.eq_ignore_ascii_case("ON") || v == "1" || v.eq_ignore_ascii_case("TRUE")
+    })
 }
 
 /// What [`Store::check_schema`] found in one database.
@@ -136,8 +222,12 @@ pub struct SchemaReport {
     pub dbid: u32,
     /// Its URL, password masked.
     pub dsn: String,
+    /// What the check expected: whether the server is a Galera node, and
+    /// whether the cluster variant was asked for.
+    pub expect: Expect,
     /// The differences: needs first, in the order their mends must run,
-    /// then notes. Empty when the table is schema.sql's.
+    /// then notes. Empty when the table is schema.sql's (or
+    /// schema-cluster.sql's).
     pub findings: Vec<Finding>,
 }
 
@@ -152,9 +242,24 @@ impl SchemaReport {
         self.needs().next().is_some()
     }
 
-    /// The statements that mend the table, in the order to run them.
+    /// The statements that mend the table, in the order to run them
+    /// (those that convert to the cluster variant included).
     pub fn mends(&self) -> impl Iterator<Item = &str> {
         self.needs().filter_map(|f| f.mend.as_deref())
+    }
+
+    /// The statements [`Store::apply_schema`] runs: all of [`Self::mends`]
+    /// with `cluster`, those that do not convert to the cluster variant
+    /// without.
+    pub fn mends_for(&self, cluster: bool) -> impl Iterator<Item = &str> {
+        self.needs()
+            .filter(move |f| cluster || !f.cluster_only)
+            .filter_map(|f| f.mend.as_deref())
+    }
+
+    /// Whether a mend is left that runs only with `--cluster`.
+    pub fn has_cluster_only(&self) -> bool {
+        self.needs().any(|f| f.cluster_only && f.mend.is_some())
     }
 }
 
@@ -179,31 +284,94 @@ impl Store {
         .await
     }
 
-    /// Compares the `job` table of database `dbid` with schema.sql's.
+    /// Whether the server of database `dbid` replicates with Galera
+    /// (`wsrep_on=ON`; see [`wsrep_enabled`]).
+    pub async fn is_galera(&self, dbid: u32) -> Result<bool> {
+        let db = self.db(dbid)?;
+        self.attempt(db, || async {
+            let mut conn = db.pool().get_conn().await?;
+            read_wsrep_on(&mut conn).await
+        })
+        .await
+    }
+
+    /// Compares the `job` table of database `dbid` with schema.sql's (or
+    /// schema-cluster.sql's), asking the server whether it is a Galera
+    /// node.
     pub async fn check_schema(&self, dbid: u32) -> Result<SchemaReport> {
+        self.check_schema_with(dbid, CheckOptions::default()).await
+    }
+
+    /// [`Store::check_schema`] with options: `cluster` wants the cluster
+    /// variant on any server; `galera` says whether the server is a Galera
+    /// node instead of asking it.
+    pub async fn check_schema_with(
+        &self,
+        dbid: u32,
+        options: CheckOptions,
+    ) -> Result<SchemaReport> {
         let table = self.describe_job_table(dbid).await?;
+        let galera = match options.galera {
+            Some(galera) => galera,
+            None => self.is_galera(dbid).await?,
+        };
+        let expect = Expect {
+            galera,
+            cluster: options.cluster,
+        };
+        let mut findings = compare_with(table.as_ref(), expect);
+        if expect.wants_cluster() && !self.has_claimer_table(dbid).await? {
+            findings.push(Finding::needs(
+                "no garivini_claimer table: QueueRunners on different nodes cannot elect one claimer, \
+                 and fight over the same rows (FOR UPDATE SKIP LOCKED skips only rows locked on the same node)"
+                    .into(),
+                Some(claimer_table().to_string()),
+            ));
+        }
         let db = self.db(dbid)?;
         Ok(SchemaReport {
             dbid,
             dsn: db.cfg.masked(),
-            findings: compare(table.as_ref()),
+            expect,
+            findings,
         })
     }
 
+    /// Whether database `dbid` has the `garivini_claimer` table
+    /// ([`Store::claim_turn`]).
+    async fn has_claimer_table(&self, dbid: u32) -> Result<bool> {
+        let db = self.db(dbid)?;
+        self.attempt(db, || async {
+            let mut conn = db.pool().get_conn().await?;
+            let found: Option<u8> = conn
+                .query_first(
+                    "SELECT 1 FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'garivini_claimer'",
+                )
+                .await?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
     /// Runs the mends of `report` on its database, in order, stopping at
-    /// the first that fails.
+    /// the first that fails. Those that convert the table to the cluster
+    /// variant ([`Finding::cluster_only`]) run only with `cluster`.
     ///
     /// Each waits at most 10 s for the table's metadata lock (then fails
     /// rather than block the roles behind it), but is not otherwise timed:
     /// adding an index to a large table takes a while. The ALTERs are
     /// InnoDB's online ones where the server has them: the roles keep
-    /// running meanwhile.
-    pub async fn apply_schema(&self, report: &SchemaReport) -> Applied {
+    /// running meanwhile. The conversion to the cluster variant is not
+    /// online (adding a stored generated column copies the table): reads
+    /// go on, writes wait until it is done. Each ALTER is atomic: one that
+    /// fails leaves the table as it was.
+    pub async fn apply_schema(&self, report: &SchemaReport, cluster: bool) -> Applied {
         let mut applied = Applied {
             statements: Vec::new(),
             failed: None,
         };
-        for statement in report.mends() {
+        for statement in report.mends_for(cluster) {
             match self.run_mend(report.dbid, statement).await {
                 Ok(()) => applied.statements.push(statement.to_string()),
                 Err(err) => {
@@ -297,14 +465,23 @@ async fn read_table(conn: &mut impl Queryable) -> mysql_async::Result<Option<Tab
     let Some(table) = tables.into_iter().next() else {
         return Ok(None);
     };
-    let rows: Vec<Texts> = conn
-        .query(
+    let columns_sql = |generation: &str| {
+        format!(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, \
-             CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, EXTRA, COLUMN_COMMENT \
-             FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' ORDER BY ORDINAL_POSITION",
+             CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, EXTRA, COLUMN_COMMENT, \
+             {generation} FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' ORDER BY ORDINAL_POSITION"
         )
-        .await?;
+    };
+    let rows: Vec<Texts> = match conn.query(columns_sql("GENERATION_EXPRESSION")).await {
+        Ok(rows) => rows,
+        // A server older than generated columns (MariaDB 10.1, MySQL 5.6)
+        // has no GENERATION_EXPRESSION: ER_BAD_FIELD_ERROR.
+        Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
+            conn.query(columns_sql("NULL")).await?
+        }
+        Err(e) => return Err(e),
+    };
     let columns = rows
         .iter()
         .map(|r| Column {
@@ -318,6 +495,7 @@ async fn read_table(conn: &mut impl Queryable) -> mysql_async::Result<Option<Tab
             collation: r.get(7),
             extra: r.text(8),
             comment: r.text(9),
+            generation: r.get(10).filter(|g| !g.is_empty()),
         })
         .collect();
     let parts: Vec<Texts> = conn
@@ -352,6 +530,14 @@ async fn read_table(conn: &mut impl Queryable) -> mysql_async::Result<Option<Tab
     }))
 }
 
+/// Reads `wsrep_on` of the connection's server (see [`wsrep_enabled`]).
+async fn read_wsrep_on(conn: &mut impl Queryable) -> mysql_async::Result<bool> {
+    let rows: Vec<Texts> = conn.query("SHOW VARIABLES LIKE 'wsrep_on'").await?;
+    Ok(wsrep_enabled(
+        rows.first().and_then(|r| r.get(1)).as_deref(),
+    ))
+}
+
 /// A `COLUMN_DEFAULT` as its value. MariaDB quotes a string literal
 /// (`'shim'`) and writes a NULL default as `NULL`; MySQL writes the value
 /// bare (and a NULL default as SQL NULL).
@@ -380,13 +566,20 @@ fn ident(name: &str) -> String {
     }
 }
 
+/// The CREATE TABLE statement of a schema file, without the final `;`.
+fn create_statement(sql: &'static str) -> &'static str {
+    let start = sql.find("\nCREATE TABLE").map_or(0, |at| at + 1);
+    sql[start..].trim().trim_end_matches(';').trim_end()
+}
+
 /// schema.sql's CREATE TABLE statement, without the final `;`.
 pub fn create_table_sql() -> &'static str {
-    let start = SCHEMA_SQL
-        .find("\nCREATE TABLE")
-        .expect("schema.sql has a CREATE TABLE")
-        + 1;
-    SCHEMA_SQL[start..].trim().trim_end_matches(';').trim_end()
+    create_statement(SCHEMA_SQL)
+}
+
+/// schema-cluster.sql's CREATE TABLE statement, without the final `;`.
+pub fn create_cluster_table_sql() -> &'static str {
+    create_statement(SCHEMA_CLUSTER_SQL)
 }
 
 /// What a column's type is, as far as the roles care.
@@ -536,6 +729,9 @@ struct Findings {
     modify: Vec<Finding>,
     /// Missing indexes.
     add_indexes: Vec<Finding>,
+    /// The conversion to the cluster variant (a copy of the table: after
+    /// the cheap ones).
+    convert: Vec<Finding>,
     /// Needs with no statement to mend them.
     by_hand: Vec<Finding>,
     notes: Vec<Finding>,
@@ -568,6 +764,7 @@ impl Findings {
             self.primary,
             self.modify,
             self.add_indexes,
+            self.convert,
             self.by_hand,
             self.notes,
         ]
@@ -577,13 +774,32 @@ impl Findings {
 
 /// Compares a `job` table (`None`: there is none) with schema.sql's and
 /// says what differs: needs first, in the order their mends must run,
-/// then notes.
+/// then notes. The cluster variant's dedup key is healthy too; see
+/// [`compare_with`].
 pub fn compare(table: Option<&Table>) -> Vec<Finding> {
+    compare_with(table, Expect::default())
+}
+
+/// [`compare`], expecting of the unique-key dedup what `expect` says: on a
+/// Galera server or when the cluster variant is asked for, a plain UNIQUE
+/// (funcname, uniqkey) gets the conversion to the cluster variant (a
+/// [`Finding::cluster_only`] mend), a missing dedup key is added as the
+/// cluster variant's, and a missing table is made as schema-cluster.sql
+/// makes it.
+pub fn compare_with(table: Option<&Table>, expect: Expect) -> Vec<Finding> {
     let Some(t) = table else {
-        return vec![Finding::needs(
-            "table job is missing: create it as schema.sql does".to_string(),
-            Some(create_table_sql().to_string()),
-        )];
+        return vec![if expect.wants_cluster() {
+            Finding::needs(
+                "table job is missing: create it as schema-cluster.sql does (the cluster variant)"
+                    .to_string(),
+                Some(create_cluster_table_sql().to_string()),
+            )
+        } else {
+            Finding::needs(
+                "table job is missing: create it as schema.sql does".to_string(),
+                Some(create_table_sql().to_string()),
+            )
+        }];
     };
     let mut f = Findings::default();
     if !matches!(
@@ -616,7 +832,7 @@ pub fn compare(table: Option<&Table>) -> Vec<Finding> {
     check_flag(&mut f, t);
     check_failcount(&mut f, t);
     check_extra_columns(&mut f, t);
-    check_indexes(&mut f, t);
+    check_indexes(&mut f, t, expect);
     check_charset(&mut f, t);
     f.into_vec()
 }
@@ -1025,9 +1241,11 @@ const CONTRACT_COLUMNS: [&str; 8] = [
 
 fn check_extra_columns(f: &mut Findings, t: &Table) {
     for col in &t.columns {
+        // The cluster variant's column is checked with its index.
         if CONTRACT_COLUMNS
             .iter()
             .any(|c| c.eq_ignore_ascii_case(&col.name))
+            || is_keyed_funcname(col)
         {
             continue;
         }
@@ -1077,7 +1295,7 @@ fn same_columns(have: &[String], want: &[&str]) -> bool {
             .all(|(h, w)| h.eq_ignore_ascii_case(w))
 }
 
-fn check_indexes(f: &mut Findings, t: &Table) {
+fn check_indexes(f: &mut Findings, t: &Table, expect: Expect) {
     let mut used = vec![false; t.indexes.len()];
     // PRIMARY (jobid).
     match t.indexes.iter().position(|i| i.name == "PRIMARY") {
@@ -1097,6 +1315,9 @@ fn check_indexes(f: &mut Findings, t: &Table) {
         )),
     }
     for (name, unique, want, why) in WANTED_INDEXES {
+        if name == "funcname_uniqkey" && !check_dedup(f, t, expect, &mut used) {
+            continue;
+        }
         // A unique index is the same constraint whatever its columns'
         // order; a plain one serves when it starts with the columns.
         let serves = |i: &Index| {
@@ -1156,6 +1377,316 @@ fn check_indexes(f: &mut Findings, t: &Table) {
             ));
         }
     }
+}
+
+/// A generation expression without what servers write differently:
+/// case, quotes, spaces and parentheses (MariaDB writes
+/// ``if(`uniqkey` is null,NULL,`funcname`)``, MySQL
+/// ``if((`uniqkey` is null),NULL,`funcname`)``).
+fn normalized_expr(expr: &str) -> String {
+    expr.chars()
+        .filter(|c| !matches!(c, '`' | '(' | ')') && !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Whether `col` is the cluster variant's column: generated as
+/// `IF(uniqkey IS NULL, NULL, funcname)`, whatever its name.
+fn is_keyed_funcname(col: &Column) -> bool {
+    col.generated()
+        && col.generation.as_deref().map(normalized_expr).as_deref()
+            == Some("ifuniqkeyisnull,null,funcname")
+}
+
+/// An index's column name, without a prefix length (`uniqkey(100)`).
+fn part_name(part: &str) -> &str {
+    part.split('(').next().unwrap_or(part)
+}
+
+/// Whether index `i` is the cluster variant's: UNIQUE (keyed_funcname,
+/// uniqkey) in either order, keyed_funcname being the generated column.
+fn is_cluster_dedup(t: &Table, i: &Index) -> bool {
+    if !i.unique || i.columns.len() != 2 || i.columns.iter().any(|c| c.contains('(')) {
+        return false;
+    }
+    let keyed = |c: &String| column(t, c).is_some_and(is_keyed_funcname);
+    let uniqkey = |c: &String| c.eq_ignore_ascii_case("uniqkey");
+    (keyed(&i.columns[0]) && uniqkey(&i.columns[1]))
+        || (uniqkey(&i.columns[0]) && keyed(&i.columns[1]))
+}
+
+/// Whether index `i` is UNIQUE (funcname, uniqkey), in either order.
+fn is_plain_dedup(i: &Index) -> bool {
+    let mut have: Vec<String> = i.columns.iter().map(|c| c.to_ascii_lowercase()).collect();
+    have.sort();
+    i.unique && same_columns(&have, &["funcname", "uniqkey"])
+}
+
+/// A unique index of our own making on a generated column computed from
+/// funcname and uniqkey (a CONCAT of the two, say): a dedup key, but one
+/// this check cannot vouch for.
+fn is_other_generated_dedup(t: &Table, i: &Index) -> bool {
+    i.unique
+        && i.columns.iter().any(|c| {
+            column(t, part_name(c)).is_some_and(|col| {
+                col.generated()
+                    && col.generation.as_deref().is_some_and(|g| {
+                        let g = normalized_expr(g);
+                        g.contains("funcname") && g.contains("uniqkey")
+                    })
+            })
+        })
+}
+
+/// The definition of keyed_funcname for table `t`: funcname's type (as
+/// the MODIFYs before it leave it), charset and collation, so that it
+/// compares function names exactly as funcname does; Err says why there
+/// is none.
+fn keyed_funcname_definition(t: &Table) -> std::result::Result<String, String> {
+    let ty = match column(t, "funcname") {
+        // Added before it (ADD COLUMN) with the table's charset, which
+        // this one takes too.
+        None => "VARCHAR(200)".to_string(),
+        Some(col) => {
+            let ty = match col.data_type.as_str() {
+                "varchar" | "char" | "varbinary" | "binary" => {
+                    widen(col, 200).unwrap_or_else(|| col.column_type.clone())
+                }
+                _ => {
+                    return Err(format!(
+                        "funcname is {}, which a unique index cannot hold whole",
+                        col.column_type
+                    ))
+                }
+            };
+            match (&col.charset, &col.collation) {
+                (Some(charset), Some(collation)) => {
+                    format!("{ty} CHARACTER SET {charset} COLLATE {collation}")
+                }
+                _ => ty,
+            }
+        }
+    };
+    Ok(format!(
+        "{KEYED_FUNCNAME} {ty} AS ({KEYED_FUNCNAME_EXPR}) STORED"
+    ))
+}
+
+/// A name for a new index: `name`, or `name_2`, ... when taken.
+fn free_index_name(t: &Table, name: &str) -> String {
+    let mut index_name = name.to_string();
+    let mut n = 2;
+    while t
+        .indexes
+        .iter()
+        .any(|i| i.name.eq_ignore_ascii_case(&index_name))
+    {
+        index_name = format!("{name}_{n}");
+        n += 1;
+    }
+    index_name
+}
+
+/// The ALTER that makes the cluster variant: adds keyed_funcname and
+/// UNIQUE dedup_key (keyed_funcname, uniqkey), and drops `drop` (the plain
+/// UNIQUE (funcname, uniqkey)), in one statement, so that the table is
+/// never without a dedup key. Err says why no statement does it safely.
+fn conversion_sql(t: &Table, drop: &[&Index]) -> std::result::Result<String, String> {
+    let index = free_index_name(t, DEDUP_KEY);
+    let mut sql = match t.columns.iter().find(|c| is_keyed_funcname(c)) {
+        // Half made: the column is there, its index is not.
+        Some(keyed) => format!(
+            "ALTER TABLE job ADD UNIQUE {index} ({}, uniqkey)",
+            ident(&keyed.name)
+        ),
+        None => {
+            if let Some(taken) = column(t, KEYED_FUNCNAME) {
+                return Err(format!(
+                    "a column {} ({}) already exists and is not the cluster variant's ({})",
+                    taken.name, taken.column_type, KEYED_FUNCNAME_EXPR
+                ));
+            }
+            let definition = keyed_funcname_definition(t)?;
+            format!(
+                "ALTER TABLE job ADD COLUMN {definition}, ADD UNIQUE {index} ({KEYED_FUNCNAME}, \
+                 uniqkey)"
+            )
+        }
+    };
+    for i in drop {
+        sql.push_str(&format!(", DROP INDEX {}", ident(&i.name)));
+    }
+    Ok(sql)
+}
+
+/// What a cluster variant does for a Galera cluster, and that it dedups
+/// as the plain index does.
+const CLUSTER_VARIANT: &str = "the cluster variant (schema-cluster.sql) has UNIQUE dedup_key \
+     (keyed_funcname, uniqkey) instead, keyed_funcname being funcname for a row with a uniqkey \
+     and NULL for a keyless one: no certification key for keyless rows, and exactly the same \
+     duplicates refused";
+/// What the conversion costs.
+const CONVERSION_COST: &str = "the ALTER copies the table: reads go on, writes wait until it is \
+     done, and on Galera the whole cluster waits for it";
+
+/// The dedup by unique key: schema.sql's UNIQUE (funcname, uniqkey), or
+/// the cluster variant's (see schema-cluster.sql), whichever the table
+/// has, checked against `expect`. Marks the indexes it accounts for in
+/// `used`. Returns true when the plain index is to be checked (and added
+/// when missing) as schema.sql's, false when this has said all there is.
+fn check_dedup(f: &mut Findings, t: &Table, expect: Expect, used: &mut [bool]) -> bool {
+    let plain: Vec<usize> = (0..t.indexes.len())
+        .filter(|&k| is_plain_dedup(&t.indexes[k]))
+        .collect();
+    let cluster: Vec<usize> = (0..t.indexes.len())
+        .filter(|&k| is_cluster_dedup(t, &t.indexes[k]))
+        .collect();
+    let where_ = if expect.galera {
+        "on a Galera cluster (wsrep_on=ON)"
+    } else {
+        "and --cluster asks for the cluster variant"
+    };
+    if let Some(&k) = cluster.first() {
+        for &k in plain.iter().chain(&cluster) {
+            used[k] = true;
+        }
+        let index = &t.indexes[k];
+        check_keyed_funcname(f, t, index);
+        if !plain.is_empty() {
+            let names: Vec<&str> = plain.iter().map(|&k| t.indexes[k].name.as_str()).collect();
+            if expect.wants_cluster() {
+                let drops: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("DROP INDEX {}", ident(n)))
+                    .collect();
+                f.convert.push(Finding::conversion(
+                    format!(
+                        "UNIQUE {} (funcname, uniqkey) is kept beside the cluster variant's {} \
+                         {where_}: it still gives every keyless row of a function the one \
+                         certification key (funcname, NULL); dropping it refuses no fewer \
+                         duplicates ({} refuses the same)",
+                        names.join(", "),
+                        index.name,
+                        index.name
+                    ),
+                    format!("ALTER TABLE job {}", drops.join(", ")),
+                ));
+            } else {
+                f.note(format!(
+                    "UNIQUE {} (funcname, uniqkey) and the cluster variant's {} refuse the same \
+                     duplicates: one of them is enough; kept",
+                    names.join(", "),
+                    index.name
+                ));
+            }
+        }
+        return false;
+    }
+    if !plain.is_empty() {
+        for &k in &plain {
+            used[k] = true;
+        }
+        if expect.wants_cluster() {
+            let drop: Vec<&Index> = plain.iter().map(|&k| &t.indexes[k]).collect();
+            let names: Vec<&str> = drop.iter().map(|i| i.name.as_str()).collect();
+            let why = if expect.galera {
+                "Galera certifies every write by its unique keys and leaves a key out only when \
+                 all its columns are NULL, so every keyless row of a function has the same one, \
+                 (funcname, NULL): keyless inserts and completions of one function on different \
+                 nodes conflict, and one of each pair fails (retries, and rows left leased until \
+                 their lease ends)"
+            } else {
+                "on a Galera cluster every keyless row of a function would have the one \
+                 certification key (funcname, NULL)"
+            };
+            let message = format!(
+                "UNIQUE {} (funcname, uniqkey) {where_}: {why}; {CLUSTER_VARIANT}; \
+                 `garivini schema check --apply --cluster` converts the table ({CONVERSION_COST})",
+                names.join(", ")
+            );
+            match conversion_sql(t, &drop) {
+                Ok(sql) => f.convert.push(Finding::conversion(message, sql)),
+                Err(why) => f.by_hand(format!("{message}; convert it by hand: {why}")),
+            }
+        }
+        return false;
+    }
+    let others: Vec<usize> = (0..t.indexes.len())
+        .filter(|&k| is_other_generated_dedup(t, &t.indexes[k]))
+        .collect();
+    if let Some(&k) = others.first() {
+        for &k in &others {
+            used[k] = true;
+        }
+        let i = &t.indexes[k];
+        f.note(format!(
+            "UNIQUE {} ({}) on a generated column is taken for the dedup by unique key, but this \
+             check cannot tell whether it refuses exactly what UNIQUE (funcname, uniqkey) \
+             refuses (a CONCAT of the two does not: under utf8mb4_unicode_ci, which ignores \
+             NUL, ('ab', 'c') and ('a', 'bc') are one job, and 'f ' and 'f' with one key are \
+             two); the cluster variant's (schema-cluster.sql) does by construction",
+            i.name,
+            cols(&i.columns)
+        ));
+        return false;
+    }
+    if expect.wants_cluster() {
+        let message = format!(
+            "the dedup by unique key is missing {where_}: jobs with the same unique key are \
+             stored twice; {CLUSTER_VARIANT}; `garivini schema check --apply --cluster` adds it \
+             ({CONVERSION_COST}; it fails while such duplicates exist)"
+        );
+        match conversion_sql(t, &[]) {
+            Ok(sql) => f.convert.push(Finding::conversion(message, sql)),
+            Err(why) => f.by_hand(format!("{message}; add it by hand: {why}")),
+        }
+        return false;
+    }
+    true
+}
+
+/// The cluster variant's column must compare function names as funcname
+/// does: its type, charset and collation.
+fn check_keyed_funcname(f: &mut Findings, t: &Table, index: &Index) {
+    let Some(keyed) = index
+        .columns
+        .iter()
+        .filter_map(|c| column(t, c))
+        .find(|c| is_keyed_funcname(c))
+    else {
+        return;
+    };
+    if !keyed.extra.to_ascii_lowercase().contains("stored") {
+        f.note(format!(
+            "{} is {} (schema-cluster.sql: STORED): it refuses the same duplicates; Galera \
+             computes certification keys from the stored row, so STORED is the form measured",
+            keyed.name, keyed.extra
+        ));
+    }
+    let Some(funcname) = column(t, "funcname") else {
+        return;
+    };
+    let same_type = keyed
+        .column_type
+        .eq_ignore_ascii_case(&funcname.column_type);
+    if same_type && keyed.collation == funcname.collation {
+        return;
+    }
+    let described = |c: &Column| match &c.collation {
+        Some(collation) => format!("{} {collation}", c.column_type),
+        None => c.column_type.clone(),
+    };
+    let definition = keyed_funcname_definition(t).unwrap_or_default();
+    f.by_hand(format!(
+        "{} is {} and funcname {}: {} does not compare function names as UNIQUE (funcname, \
+         uniqkey) would (a longer name is refused, or names another collation tells apart are \
+         merged, or the reverse); make it funcname's by hand (ALTER TABLE job MODIFY {definition}, \
+         which fails while rows it would merge exist)",
+        keyed.name,
+        described(keyed),
+        described(funcname),
+        index.name,
+    ));
 }
 
 /// The charset of a collation: the name up to its first `_`
@@ -1226,6 +1757,15 @@ fn check_charset(f: &mut Findings, t: &Table) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_claimer_table_is_schema_sqls_and_schema_cluster_sqls() {
+        let create = claimer_table();
+        assert!(create.starts_with("CREATE TABLE IF NOT EXISTS garivini_claimer ("));
+        assert!(create.ends_with("COLLATE=utf8mb4_bin"), "{create}");
+        assert!(SCHEMA_CLUSTER_SQL.contains(create));
+    }
+
     use super::*;
 
     fn col(name: &str, column_type: &str, nullable: bool, default: Option<&str>) -> Column {
@@ -1261,6 +1801,7 @@ mod tests {
                 String::new()
             },
             comment: String::new(),
+            generation: None,
         }
     }
 
@@ -1537,6 +2078,248 @@ mod tests {
         let needs = needs(&findings);
         assert_eq!(needs.len(), 2, "{findings:?}");
         assert!(needs.iter().all(|f| f.mend.is_none()));
+    }
+
+    /// `t` converted to the cluster variant as the conversion does it:
+    /// keyed_funcname with funcname's type and collation, UNIQUE
+    /// dedup_key instead of the plain index.
+    fn converted(mut t: Table, generation: &str) -> Table {
+        let funcname = column(&t, "funcname").unwrap().clone();
+        t.columns.push(Column {
+            name: KEYED_FUNCNAME.into(),
+            nullable: true,
+            extra: "STORED GENERATED".into(),
+            generation: Some(generation.into()),
+            ..funcname
+        });
+        t.indexes.retain(|i| !is_plain_dedup(i));
+        t.indexes
+            .push(index(DEDUP_KEY, true, &[KEYED_FUNCNAME, "uniqkey"]));
+        t
+    }
+
+    const MARIADB_EXPR: &str = "if(`uniqkey` is null,NULL,`funcname`)";
+    const MYSQL_EXPR: &str = "if((`uniqkey` is null),NULL,`funcname`)";
+
+    fn galera() -> Expect {
+        Expect {
+            galera: true,
+            cluster: false,
+        }
+    }
+
+    fn cluster() -> Expect {
+        Expect {
+            galera: false,
+            cluster: true,
+        }
+    }
+
+    #[test]
+    fn wsrep_on_is_read_from_the_variable() {
+        assert!(wsrep_enabled(Some("ON")));
+        assert!(wsrep_enabled(Some("on")));
+        assert!(wsrep_enabled(Some("1")));
+        assert!(!wsrep_enabled(Some("OFF")));
+        assert!(!wsrep_enabled(Some("0")));
+        assert!(!wsrep_enabled(Some("")));
+        // MySQL without Galera has no such variable.
+        assert!(!wsrep_enabled(None));
+    }
+
+    #[test]
+    fn the_cluster_variant_is_healthy_on_any_server_and_never_converted_back() {
+        for expr in [MARIADB_EXPR, MYSQL_EXPR] {
+            let t = converted(ours(), expr);
+            for expect in [Expect::default(), galera(), cluster()] {
+                assert_eq!(compare_with(Some(&t), expect), vec![], "{expr} {expect:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn schema_cluster_sql_is_schema_sql_with_the_dedup_key_on_keyed_funcname() {
+        let cluster =
+            SCHEMA_CLUSTER_SQL[SCHEMA_CLUSTER_SQL.find("\nCREATE TABLE").unwrap()..].to_string();
+        let back = cluster
+            .replace(
+                "    keyed_funcname VARCHAR(200) AS (IF(uniqkey IS NULL, NULL, funcname)) STORED,\n",
+                "",
+            )
+            .replace(
+                "UNIQUE dedup_key (keyed_funcname, uniqkey)",
+                "UNIQUE funcname_uniqkey (funcname, uniqkey)",
+            );
+        assert_ne!(back, cluster);
+        let plain = &SCHEMA_SQL[SCHEMA_SQL.find("\nCREATE TABLE").unwrap()..];
+        assert_eq!(back, plain, "the two files differ elsewhere");
+        assert!(create_cluster_table_sql().contains(KEYED_FUNCNAME_EXPR));
+    }
+
+    #[test]
+    fn on_galera_the_plain_unique_key_gets_the_conversion_in_the_columns_collation() {
+        let t = original("latin1_swedish_ci");
+        let findings = compare_with(Some(&t), galera());
+        let conversion = "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET \
+                          latin1 COLLATE latin1_swedish_ci AS (IF(uniqkey IS NULL, NULL, \
+                          funcname)) STORED, ADD UNIQUE dedup_key (keyed_funcname, uniqkey), \
+                          DROP INDEX funcname";
+        assert_eq!(
+            mends(&findings),
+            vec![
+                "ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)",
+                conversion,
+            ]
+        );
+        let f = findings.iter().find(|f| f.cluster_only).unwrap();
+        assert!(f.message.starts_with(
+            "UNIQUE funcname (funcname, uniqkey) on a Galera cluster (wsrep_on=ON): "
+        ));
+        assert!(f.message.contains("(funcname, NULL)"), "{}", f.message);
+        assert!(f.message.contains("--apply --cluster"), "{}", f.message);
+        assert_eq!(findings.iter().filter(|f| f.cluster_only).count(), 1);
+        let report = SchemaReport {
+            dbid: 1,
+            dsn: String::new(),
+            expect: galera(),
+            findings,
+        };
+        // Plain --apply leaves it; --apply --cluster runs it, last.
+        assert_eq!(report.mends_for(false).count(), 1);
+        assert_eq!(report.mends_for(true).last(), Some(conversion));
+        assert!(report.has_cluster_only());
+        // On a server that is no Galera node, without --cluster: as before.
+        assert_eq!(compare(Some(&t)), compare_with(Some(&t), Expect::default()));
+        assert!(!compare(Some(&t)).iter().any(|f| f.cluster_only));
+    }
+
+    #[test]
+    fn cluster_asked_for_on_a_single_server_offers_the_same_conversion() {
+        let t = ours();
+        let findings = compare_with(Some(&t), cluster());
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(findings[0].cluster_only);
+        assert!(findings[0]
+            .message
+            .starts_with("UNIQUE funcname_uniqkey (funcname, uniqkey) and --cluster asks"));
+        assert_eq!(
+            findings[0].mend.as_deref(),
+            Some(
+                "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET utf8mb4 \
+                 COLLATE utf8mb4_bin AS (IF(uniqkey IS NULL, NULL, funcname)) STORED, ADD UNIQUE \
+                 dedup_key (keyed_funcname, uniqkey), DROP INDEX funcname_uniqkey"
+            )
+        );
+        // A funcname still to be widened: keyed_funcname gets the new width.
+        let mut narrow = ours();
+        let f = column_mut(&mut narrow, "funcname");
+        f.column_type = "varchar(64)".into();
+        f.max_length = Some(64);
+        let findings = compare_with(Some(&narrow), cluster());
+        let mends = mends(&findings);
+        assert!(mends[0].starts_with("ALTER TABLE job MODIFY funcname VARCHAR(200)"));
+        assert!(mends[1].contains("keyed_funcname VARCHAR(200) CHARACTER SET utf8mb4"));
+    }
+
+    #[test]
+    fn a_missing_dedup_key_on_galera_is_added_as_the_cluster_variant() {
+        let mut t = ours();
+        t.indexes.retain(|i| !is_plain_dedup(i));
+        t.indexes.push(index("dedup_key", false, &["run_after"]));
+        let findings = compare_with(Some(&t), galera());
+        let conversion: Vec<&Finding> = findings.iter().filter(|f| f.cluster_only).collect();
+        assert_eq!(conversion.len(), 1, "{findings:?}");
+        assert_eq!(
+            conversion[0].mend.as_deref(),
+            Some(
+                "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET utf8mb4 \
+                 COLLATE utf8mb4_bin AS (IF(uniqkey IS NULL, NULL, funcname)) STORED, ADD UNIQUE \
+                 dedup_key_2 (keyed_funcname, uniqkey)"
+            )
+        );
+        // Without Galera: schema.sql's index, as before.
+        assert_eq!(
+            mends(&compare(Some(&t))),
+            vec!["ALTER TABLE job ADD UNIQUE funcname_uniqkey (funcname, uniqkey)"]
+        );
+        // A missing table on Galera is made as schema-cluster.sql does.
+        let missing = compare_with(None, galera());
+        assert_eq!(missing[0].mend.as_deref(), Some(create_cluster_table_sql()));
+        assert!(!missing[0].cluster_only);
+    }
+
+    #[test]
+    fn the_plain_key_beside_the_variant_is_dropped_only_for_a_cluster() {
+        let mut t = converted(ours(), MARIADB_EXPR);
+        t.indexes
+            .push(index("funcname_uniqkey", true, &["funcname", "uniqkey"]));
+        let findings = compare(Some(&t));
+        assert_eq!(needs(&findings), Vec::<&Finding>::new());
+        assert_eq!(notes(&findings).len(), 1, "{findings:?}");
+        let findings = compare_with(Some(&t), galera());
+        assert_eq!(
+            mends(&findings),
+            vec!["ALTER TABLE job DROP INDEX funcname_uniqkey"]
+        );
+        assert!(findings[0].cluster_only);
+        // Half converted: the column without its index.
+        let mut half = converted(ours(), MARIADB_EXPR);
+        half.indexes.retain(|i| i.name != DEDUP_KEY);
+        half.indexes
+            .push(index("funcname_uniqkey", true, &["funcname", "uniqkey"]));
+        assert_eq!(compare(Some(&half)), vec![]);
+        assert_eq!(
+            mends(&compare_with(Some(&half), galera())),
+            vec![
+                "ALTER TABLE job ADD UNIQUE dedup_key (keyed_funcname, uniqkey), DROP INDEX \
+                 funcname_uniqkey"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_keyed_funcname_of_another_collation_is_a_need_by_hand() {
+        let mut t = converted(original("utf8mb4_bin"), MARIADB_EXPR);
+        t.indexes.push(index(
+            "funcname_run_after",
+            false,
+            &["funcname", "run_after", "failcount"],
+        ));
+        column_mut(&mut t, KEYED_FUNCNAME).collation = Some("utf8mb4_general_ci".into());
+        let findings = compare(Some(&t));
+        let needs = needs(&findings);
+        assert_eq!(needs.len(), 1, "{findings:?}");
+        assert!(needs[0].mend.is_none());
+        assert!(needs[0]
+            .message
+            .starts_with("keyed_funcname is varchar(200) utf8mb4_general_ci and funcname varchar(200) utf8mb4_bin"));
+    }
+
+    #[test]
+    fn another_generated_dedup_key_is_a_note_not_a_missing_index() {
+        let mut t = ours();
+        t.indexes.retain(|i| !is_plain_dedup(i));
+        t.columns.push(Column {
+            name: "dedup".into(),
+            data_type: "varchar".into(),
+            column_type: "varchar(456)".into(),
+            nullable: true,
+            extra: "STORED GENERATED".into(),
+            generation: Some("concat(`funcname`,char(0 using utf8mb4),`uniqkey`)".into()),
+            ..Column::default()
+        });
+        t.indexes.push(index("dedup_key", true, &["dedup"]));
+        for expect in [Expect::default(), galera()] {
+            let findings = compare_with(Some(&t), expect);
+            assert_eq!(needs(&findings), Vec::<&Finding>::new(), "{findings:?}");
+            let notes = notes(&findings);
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with("UNIQUE dedup_key (dedup) on a generated column")),
+                "{notes:?}"
+            );
+        }
     }
 
     #[test]

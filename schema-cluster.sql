@@ -1,0 +1,50 @@
+-- The Garivini job table for a replicated cluster (MariaDB Galera, Percona
+-- XtraDB Cluster): schema.sql's table, the same columns and indexes, with
+-- one difference in how unique keys are deduplicated.
+--
+-- Galera certifies a write by the values of every unique index of the row,
+-- and leaves out an index only when all of its columns are NULL. schema.sql's
+-- UNIQUE funcname_uniqkey (funcname, uniqkey) therefore gives every keyless
+-- row of a function (uniqkey NULL) the one key (funcname, NULL): each keyless
+-- insert and each completion of that function conflicts with every other
+-- one committed meanwhile on another node, and one of them fails.
+--
+-- Here the unique index is on (keyed_funcname, uniqkey), where
+-- keyed_funcname is funcname for a row with a uniqkey and NULL for a keyless
+-- row: a keyless row has no unique key for Galera to certify, and a keyed row
+-- has the same values, in the same collations, as in (funcname, uniqkey), so
+-- the index refuses exactly what schema.sql's refuses (case, trailing spaces,
+-- '' and NULL alike). keyed_funcname must have funcname's type, charset and
+-- collation (here the table's, utf8mb4_bin).
+--
+-- Every client statement works unchanged on it (a generated column is never
+-- named by an INSERT). `garivini schema check --apply --cluster` converts an
+-- existing table to it (one ALTER; it copies the table, and writes to it wait
+-- meanwhile). It is a plain InnoDB table: a single server runs it as well.
+CREATE TABLE IF NOT EXISTS job (
+    jobid      BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
+    funcname   VARCHAR(200)     NOT NULL,
+    arg        MEDIUMBLOB,
+    uniqkey    VARCHAR(255)     NULL,
+    run_after  INT UNSIGNED     NOT NULL,
+    `coalesce` VARCHAR(255)     NULL,
+    flag       ENUM('controller','shim') NULL DEFAULT 'shim',
+    failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
+    keyed_funcname VARCHAR(200) AS (IF(uniqkey IS NULL, NULL, funcname)) STORED,
+    PRIMARY KEY (jobid),
+    INDEX run_after (run_after),
+    UNIQUE dedup_key (keyed_funcname, uniqkey),
+    INDEX funcname_run_after (funcname, run_after, failcount)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Which QueueRunner claims, where QueueRunners elect one claimer per
+-- database: on a Galera cluster (whose SKIP LOCKED skips only the rows
+-- locked on the same node, and which refuses GET_LOCK), or where the DSN
+-- says `single_claimer=true`. One row; without the table every
+-- QueueRunner claims, as before.
+CREATE TABLE IF NOT EXISTS garivini_claimer (
+    name       VARCHAR(64)      NOT NULL,
+    owner      VARCHAR(128)     NOT NULL,
+    expires    INT UNSIGNED     NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
