@@ -26,10 +26,12 @@ CREATE TABLE IF NOT EXISTS job (
     `coalesce` VARCHAR(255)     NULL,
     flag       ENUM('controller','shim') NULL DEFAULT 'shim',
     failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
+    priority   TINYINT UNSIGNED NOT NULL DEFAULT 1,
     PRIMARY KEY (jobid),
     INDEX run_after (run_after),
     UNIQUE funcname_uniqkey (funcname, uniqkey),
-    INDEX funcname_run_after (funcname, run_after, failcount)
+    INDEX funcname_run_after (funcname, run_after, failcount),
+    INDEX priority_run_after (priority, run_after)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Which QueueRunner claims, where QueueRunners elect one claimer per
@@ -41,5 +43,16 @@ CREATE TABLE IF NOT EXISTS garivini_claimer (
     name       VARCHAR(64)      NOT NULL,
     owner      VARCHAR(128)     NOT NULL,
     expires    INT UNSIGNED     NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Periodic jobs ([[periodic]] in the config file): each entry's newest tick
+-- that a QueueRunner inserted, per database. A QueueRunner inserts a tick's
+-- job only in the transaction that moves last_tick forwards to it, so that
+-- each tick is inserted once however many QueueRunners run. Without the
+-- table, periodic entries are not run (one warning); nothing else changes.
+CREATE TABLE IF NOT EXISTS garivini_periodic (
+    name       VARCHAR(64)      NOT NULL,
+    last_tick  INT UNSIGNED     NOT NULL,
     PRIMARY KEY (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -27,7 +27,7 @@ use example::Mode;
 use garivini::gearman::{ForegroundClient, Outcome};
 use garivini::injector::answer_refs;
 use garivini::names::INJECT_JOBS;
-use garivini::{Client, JobRef, NewJob};
+use garivini::{Client, JobRef, NewJob, Priority};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -60,6 +60,10 @@ struct Cli {
     /// Seconds from now until the jobs are due.
     #[arg(long, default_value_t = 0)]
     delay: u32,
+    /// Priority of the jobs: high, normal or low (due jobs of higher
+    /// priority are dispatched first).
+    #[arg(long, default_value_t = Priority::Normal, value_parser = parse_priority)]
+    priority: Priority,
     /// Give job N the unique key PREFIX-N (jobs with one key are stored once).
     #[arg(long)]
     unique_prefix: Option<String>,
@@ -80,13 +84,19 @@ struct Cli {
     keep_going: bool,
 }
 
+fn parse_priority(value: &str) -> Result<Priority, String> {
+    value.parse().map_err(|e: garivini::Error| e.to_string())
+}
+
 impl Cli {
     fn job(&self, seq: u64) -> NewJob {
         let mut arg = format!("{seq} {} ", example::unix_micros()).into_bytes();
         if arg.len() < self.arg_size {
             arg.resize(self.arg_size, b'x');
         }
-        let mut job = NewJob::new(self.funcname.clone(), arg).delay(self.delay);
+        let mut job = NewJob::new(self.funcname.clone(), arg)
+            .delay(self.delay)
+            .priority(self.priority);
         if let Some(prefix) = &self.unique_prefix {
             job = job.unique(format!("{prefix}-{seq}"));
         }
@@ -103,6 +113,7 @@ impl Cli {
                     "arg": String::from_utf8(job.arg).expect("ASCII arg"),
                     "uniqkey": job.uniqkey,
                     "run_after": job.delay,
+                    "priority": job.priority,
                 })
             })
             .collect();

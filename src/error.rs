@@ -192,6 +192,23 @@ pub enum Error {
         /// The job.
         job: crate::job::JobRef,
     },
+    /// A priority that is not one of the three.
+    #[error("invalid priority {value:?}: expected high, normal or low")]
+    InvalidPriority {
+        /// What was given.
+        value: String,
+    },
+    /// A job of high or low priority for a table without the `priority`
+    /// column (the original's, or one of an older schema.sql): nothing is
+    /// stored, rather than the job stored at normal priority.
+    #[error(
+        "database {dbid}: the job table has no priority column, so only normal-priority jobs can be stored \
+         (garivini schema check --apply adds it)"
+    )]
+    NoPriorityColumn {
+        /// The database.
+        dbid: u32,
+    },
     /// An `inject_jobs` request that cannot be stored.
     #[error("invalid inject_jobs request: {reason}")]
     InvalidRequest {

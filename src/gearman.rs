@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::job::Priority;
 use crate::error::{Error, Result};
 use crate::outage::Outage;
 
@@ -427,6 +428,9 @@ pub struct BackgroundJob {
     pub unique: String,
     /// The workload.
     pub data: Bytes,
+    /// Its place in gearmand's queue of the function: a high job goes
+    /// before the normal and low ones waiting there.
+    pub priority: Priority,
 }
 
 /// Submits background jobs to a set of gearmand servers, pipelined: a
@@ -526,8 +530,13 @@ impl Submitter {
         let conn = self.conns[s].as_mut().expect("connected above");
         for &i in pending {
             let job = &jobs[i];
+            let kind = match job.priority {
+                Priority::High => PacketType::SubmitJobHighBg,
+                Priority::Normal => PacketType::SubmitJobBg,
+                Priority::Low => PacketType::SubmitJobLowBg,
+            };
             let pkt = req(
-                PacketType::SubmitJobBg,
+                kind,
                 vec![
                     Bytes::copy_from_slice(job.function.as_bytes()),
                     Bytes::copy_from_slice(job.unique.as_bytes()),

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::gearman::{
     serve, BackgroundJob, StatusReader, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::{Flag, Job, JobRef, NewJob, MAX_DELAY};
+use crate::job::{Flag, Job, JobRef, NewJob, Priority, MAX_DELAY};
 use crate::names::{
     DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY, INJECT_JOBS,
     RUN_QUEUED_JOB,
@@ -181,6 +181,10 @@ fn parse_job(value: &Value) -> std::result::Result<NewJob, String> {
         delay,
         flag: Flag::Controller,
         coalesce: text("coalesce")?.map(str::to_string),
+        priority: match text("priority")? {
+            None => Priority::Normal,
+            Some(p) => p.parse().map_err(|e: Error| e.to_string())?,
+        },
     };
     job.validate().map_err(|e| e.to_string())?;
     Ok(job)
@@ -388,6 +392,7 @@ impl Injector {
                     run_after: self.store.clock(r.dbid).await,
                     flag: Flag::Controller,
                     failcount: 0,
+                    priority: job.priority,
                 };
                 // Waits when the dispatcher is behind: backpressure on the
                 // clients rather than an unbounded queue.
@@ -525,6 +530,7 @@ async fn dispatch_loop(
                 function: RUN_QUEUED_JOB.to_string(),
                 unique: job.dispatch_unique(),
                 data: Bytes::from(job.to_json()),
+                priority: job.priority,
             })
             .collect();
         let acked = tokio::select! {

@@ -53,6 +53,80 @@ impl Flag {
     }
 }
 
+/// Which due jobs are dispatched first, with the matching gearmand
+/// background submit (SUBMIT_JOB_HIGH_BG, _BG, _LOW_BG), so that a high
+/// job also overtakes a backlog queued inside gearmand. Stored in the
+/// `priority` column as 0, 1 (the default) and 2; any larger value reads
+/// as low.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Before every normal and low job that is due.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// After every high and normal job that is due.
+    Low,
+}
+
+impl Priority {
+    /// Every level, first dispatched first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The value of the `priority` column.
+    pub fn column(self) -> u8 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+
+    /// Reads the `priority` column: 0 high, 1 normal, anything else low
+    /// (so that no value the column allows leaves a row unclaimed).
+    pub fn from_column(value: u64) -> Priority {
+        match value {
+            0 => Priority::High,
+            1 => Priority::Normal,
+            _ => Priority::Low,
+        }
+    }
+
+    /// `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = Error;
+
+    /// Reads `high`, `normal` or `low`.
+    fn from_str(value: &str) -> Result<Priority> {
+        match value {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            _ => Err(Error::InvalidPriority {
+                value: value.to_string(),
+            }),
+        }
+    }
+}
+
 /// What keeps a function name from being dispatched, if anything: a
 /// control character (newline, tab, ESC, ...). gearmand takes such a name,
 /// but its line-based admin protocol then prints a `status` line that no
@@ -128,6 +202,8 @@ pub struct NewJob {
     pub flag: Flag,
     /// Reserved, stored as given.
     pub coalesce: Option<String>,
+    /// Which due jobs go first.
+    pub priority: Priority,
 }
 
 impl NewJob {
@@ -140,7 +216,14 @@ impl NewJob {
             delay: 0,
             flag: Flag::Shim,
             coalesce: None,
+            priority: Priority::Normal,
         }
+    }
+
+    /// Sets its priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// Sets the dedup key.
@@ -210,6 +293,8 @@ pub struct Job {
     pub flag: Flag,
     /// Failures so far.
     pub failcount: u8,
+    /// Which due jobs go first.
+    pub priority: Priority,
 }
 
 /// Where a stored job lives.
@@ -270,6 +355,7 @@ struct JobJsonOut<'a> {
     run_after: u32,
     flag: Flag,
     failcount: u8,
+    priority: Priority,
 }
 
 /// What a JSON value is, for an error message that names the type and
@@ -363,6 +449,7 @@ impl Job {
             run_after: self.run_after,
             flag: self.flag,
             failcount: self.failcount,
+            priority: self.priority,
         };
         serde_json::to_vec(&out).expect("a struct of strings and integers always serializes")
     }
@@ -424,6 +511,13 @@ impl Job {
             run_after,
             flag: Flag::from_column(f.text("flag")?.as_deref().map(str::as_bytes)),
             failcount,
+            // Lenient, as for flag: a writer of ours or another's.
+            priority: f
+                .text("priority")
+                .ok()
+                .flatten()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default(),
         })
     }
 }
@@ -469,6 +563,7 @@ mod tests {
             run_after: 1_790_000_000,
             flag: Flag::Shim,
             failcount: 3,
+            priority: Priority::High,
         }
     }
 
@@ -536,6 +631,7 @@ mod tests {
                 run_after: 1_790_000_000,
                 flag: Flag::Shim,
                 failcount: 0,
+                priority: Priority::Normal,
             }
         );
         // Unknown fields (a newer or older writer's) are ignored; absent

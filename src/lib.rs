@@ -18,6 +18,8 @@
 //!   TCP_NODELAY sockets).
 //! - [`queue_runner`]: claims due rows in batches and submits them to
 //!   gearmand, under a queue-depth watermark.
+//! - [`periodic`]: `[[periodic]]` entries (cron or interval): the
+//!   QueueRunners insert each tick's job once, however many run.
 //! - [`injector`]: low-latency mode's `inject_jobs` worker: commit, answer,
 //!   dispatch to a Controller.
 //! - [`controller`]: low-latency mode's `run_queued_job` worker: runs the
@@ -69,6 +71,7 @@ pub mod injector;
 pub mod job;
 pub mod names;
 pub mod outage;
+pub mod periodic;
 pub mod queue_runner;
 pub mod roles;
 pub mod store;
@@ -77,5 +80,5 @@ mod tls;
 
 pub use client::{Client, Retry};
 pub use error::{Error, Result};
-pub use job::{Flag, Job, JobRef, NewJob, When};
+pub use job::{Flag, Job, JobRef, NewJob, Priority, When};
 pub use store::Store;

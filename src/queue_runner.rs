@@ -24,6 +24,7 @@ use crate::names::{
     DEFAULT_SUBMIT_RETRY_DELAY,
 };
 use crate::outage::Outage;
+use crate::periodic;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -80,6 +81,9 @@ pub struct Config {
     /// Count due rows for the `garivini_due_rows` gauge every few seconds
     /// (a bounded index scan): worth it only when metrics are served.
     pub report_due_rows: bool,
+    /// Periodic jobs to insert, each tick once across all QueueRunners
+    /// ([`periodic`]); none by default.
+    pub periodic: Vec<periodic::Entry>,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             no_worker_delay: DEFAULT_NO_WORKER_DELAY,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             report_due_rows: false,
+            periodic: Vec::new(),
         }
     }
 }
@@ -118,6 +123,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        periodic::validate(&self.periodic)?;
         Ok(())
     }
 }
@@ -389,6 +395,7 @@ impl QueueRunner {
                 function: dispatch_function(job.flag, &job.funcname).to_string(),
                 unique: job.dispatch_unique(),
                 data: Bytes::from(job.to_json()),
+                priority: job.priority,
             })
             .collect();
         // On shutdown, what gearmand has not acknowledged yet is given
@@ -451,6 +458,13 @@ impl QueueRunner {
     /// overshoot it by a batch per database.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.shutdown = shutdown.clone();
+        // Periodic ticks on a task of their own: a claim loop held up by
+        // its database or gearmand does not delay them.
+        // (The entries were checked by `new`.)
+        let ticker = (!self.config.periodic.is_empty())
+            .then(|| periodic::Ticker::new(self.config.periodic.clone(), self.store.clone()).ok())
+            .flatten()
+            .map(|ticker| tokio::spawn(ticker.run(shutdown.clone())));
         if self.dbids.len() > 1 {
             let mut loops = tokio::task::JoinSet::new();
             for dbid in self.dbids.clone() {
@@ -461,9 +475,14 @@ impl QueueRunner {
                     tracing::error!(error = %err, "queuerunner claim loop ended badly");
                 }
             }
-            return;
+        } else {
+            self.claim_loop(shutdown).await;
         }
-        self.claim_loop(shutdown).await;
+        if let Some(ticker) = ticker {
+            if let Err(err) = ticker.await {
+                tracing::error!(error = %err, "periodic ticker ended badly");
+            }
+        }
     }
 
     async fn claim_loop(mut self, shutdown: CancellationToken) {
@@ -647,6 +666,7 @@ mod tests {
             run_after: 0,
             flag,
             failcount: 0,
+            priority: Default::default(),
         }
     }
 

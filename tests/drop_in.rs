@@ -388,6 +388,7 @@ async fn a_controller_parks_a_job_whose_function_cannot_be_sent() {
         function: garivini::names::RUN_QUEUED_JOB.into(),
         unique: String::new(),
         data: serde_json::to_vec(&json).unwrap().into(),
+        priority: Default::default(),
     };
     let acked = within(LIMIT, "gearmand takes the job", submitter.submit(&[job])).await;
     assert_eq!(acked, vec![true]);

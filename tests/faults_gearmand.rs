@@ -498,6 +498,7 @@ fn jobs(function: &str, from: usize, n: usize) -> Vec<BackgroundJob> {
             function: function.to_string(),
             unique: String::new(),
             data: Bytes::from(format!("job {i}")),
+            priority: Default::default(),
         })
         .collect()
 }

@@ -159,7 +159,7 @@ async fn an_arg_near_16_mib_is_stored_whole_or_refused_before_it_is_sent() {
     let pattern = |len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8).collect() };
     // The largest arg whose INSERT fits one packet (within the store's
     // margin) is stored and read back byte for byte.
-    let fits = (server.min(16 * MIB as u64) - 1 - 64 - 80) as usize - "big".len() - "shim".len();
+    let fits = (server.min(16 * MIB as u64) - 1 - 64 - 88) as usize - "big".len() - "shim".len();
     let arg = pattern(fits.min(MAX_ARG_LEN));
     let r = within(
         LIMIT,

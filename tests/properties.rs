@@ -135,6 +135,7 @@ impl Sent {
             delay: self.run_after.map_or(0, |(_, secs)| secs),
             flag: Flag::Controller,
             coalesce: self.coalesce.clone(),
+            priority: Default::default(),
         }
     }
 }
@@ -203,10 +204,12 @@ proptest! {
         run_after in any::<u32>(),
         controller in any::<bool>(),
         failcount in any::<u8>(),
+        level in 0u64..3,
     ) {
         let job = Job {
             dbid, jobid, funcname, arg, uniqkey, coalesce, run_after, failcount,
             flag: if controller { Flag::Controller } else { Flag::Shim },
+            priority: garivini::Priority::from_column(level),
         };
         prop_assert_eq!(Job::from_json(&job.to_json()).unwrap(), job.clone());
         // As the Perl original writes it: every number a string.

@@ -353,6 +353,7 @@ async fn a_completion_that_finds_no_row_is_logged() {
             function: "miss_f".into(),
             unique: String::new(),
             data: json.as_bytes().to_vec().into(),
+            priority: Default::default(),
         }])
         .await;
     assert_eq!(acked, [true]);

@@ -39,6 +39,70 @@ fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `schema` (a job table kept from elsewhere) with what `--apply` adds
+/// to any table beside the checks below, which are about the rest: our
+/// `priority` column and its index, and schema.sql's garivini_periodic
+/// table. Each missing is a need of its own
+/// (`the_original_table_gets_the_priority_column_from_apply`,
+/// `a_missing_table_is_reported_with_the_create_and_apply_creates_it`
+/// here, and tests/periodic.rs).
+fn kept(schema: &str) -> String {
+    let start = SCHEMA
+        .find("CREATE TABLE IF NOT EXISTS garivini_periodic")
+        .expect("schema.sql creates garivini_periodic");
+    format!(
+        "{schema};\n{ADD_PRIORITY};\n{ADD_PRIORITY_INDEX};\n{}",
+        &SCHEMA[start..]
+    )
+}
+
+const ADD_PRIORITY: &str =
+    "ALTER TABLE job ADD COLUMN priority TINYINT UNSIGNED NOT NULL DEFAULT 1";
+const ADD_PRIORITY_INDEX: &str =
+    "ALTER TABLE job ADD INDEX priority_run_after (priority, run_after)";
+
+/// The original's table has no priority column: the check says what it
+/// costs, `--apply` adds it and its index, and then a high job is stored
+/// and claimed first.
+#[tokio::test]
+async fn the_original_table_gets_the_priority_column_from_apply() {
+    let start = SCHEMA
+        .find("CREATE TABLE IF NOT EXISTS garivini_periodic")
+        .expect("schema.sql creates garivini_periodic");
+    let db = TestDb::with_schema(&format!("{ORIGINAL_SCHEMA};\n{}", &SCHEMA[start..])).await;
+    let (code, out, _) = check(&db.url, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert_has(
+        &out,
+        "needs: column priority is missing: jobs are claimed oldest first whatever their priority, \
+         and a high or low one is refused",
+    );
+    let alters = lines_starting(&out, "ALTER");
+    assert!(
+        alters.contains(&format!("{ADD_PRIORITY};").as_str()),
+        "{out}"
+    );
+    assert!(
+        alters.contains(&format!("{ADD_PRIORITY_INDEX};").as_str()),
+        "{out}"
+    );
+    let (code, out, _) = check(&db.url, &["--apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("    ok: nothing needs mending\n"), "{out}");
+    original_statements_work(&db).await;
+    db.exec("DELETE FROM job").await;
+    let client = garivini::Client::new(db.store().await);
+    within(
+        LIMIT,
+        "a high job",
+        client.insert_job(garivini::NewJob::new("f", "x").priority(garivini::Priority::High)),
+    )
+    .await
+    .unwrap();
+    let stored: Vec<u8> = query(&db, "SELECT priority FROM job").await;
+    assert_eq!(stored, vec![0]);
+}
+
 /// schema.sql as our older versions had it: flag NOT NULL.
 fn old_schema() -> String {
     let old = SCHEMA.replace(
@@ -110,7 +174,7 @@ async fn original_statements_work(db: &TestDb) {
 
 #[tokio::test]
 async fn the_original_table_needs_the_status_index_only_and_apply_adds_it() {
-    let db = TestDb::with_schema(ORIGINAL_SCHEMA).await;
+    let db = TestDb::with_schema(&kept(ORIGINAL_SCHEMA)).await;
     let (code, out, err) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -229,7 +293,14 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
         "{out}"
     );
     assert!(
-        err.starts_with("error: database 1 needs 1 change;"),
+        out.contains(
+            "  needs: no garivini_periodic table: QueueRunners do not run [[periodic]] entries \
+                      (each logs a warning)\n    CREATE TABLE IF NOT EXISTS garivini_periodic (\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.starts_with("error: database 1 needs 2 changes;"),
         "{err}"
     );
 
@@ -239,13 +310,17 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
         out.contains("  applied: CREATE TABLE IF NOT EXISTS job ( …\n"),
         "{out}"
     );
+    assert!(
+        out.contains("  applied: CREATE TABLE IF NOT EXISTS garivini_periodic ( …\n"),
+        "{out}"
+    );
     assert!(out.ends_with("  checked again:\n    ok\n"), "{out}");
     original_statements_work(&db).await;
 }
 
 #[tokio::test]
 async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
-    let db = TestDb::with_schema(&format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET=latin1")).await;
+    let db = TestDb::with_schema(&kept(&format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET=latin1"))).await;
     let (code, out, _) = check(&db.url, &[]).await;
     assert_eq!(code, 1, "{out}");
     assert_eq!(lines_starting(&out, "needs:").len(), 1, "{out}");
@@ -281,7 +356,7 @@ async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
 
 #[tokio::test]
 async fn every_shard_is_checked_and_json_carries_the_statements() {
-    let original = TestDb::with_schema(ORIGINAL_SCHEMA).await;
+    let original = TestDb::with_schema(&kept(ORIGINAL_SCHEMA)).await;
     let ours = TestDb::new().await;
     let dsn = format!("{},{}", original.url, ours.url);
     let (code, out, err) = check(&dsn, &[]).await;
@@ -324,7 +399,7 @@ async fn a_mend_that_fails_stops_and_is_reported() {
     // No UNIQUE (funcname, uniqkey), and rows that break it.
     let schema = ORIGINAL_SCHEMA.replace(",\n    UNIQUE (funcname, uniqkey)", "");
     assert_ne!(schema, ORIGINAL_SCHEMA);
-    let db = TestDb::with_schema(&schema).await;
+    let db = TestDb::with_schema(&kept(&schema)).await;
     within(
         LIMIT,
         "seeding duplicates",
@@ -773,7 +848,7 @@ async fn a_concat_key_merges_jobs_the_original_keeps_apart() {
         ("utf8mb4_bin", "funcname with a trailing space"),
     ] {
         let original = TestDb::with_schema(&original_in(collation)).await;
-        let other = TestDb::with_schema(&concat(collation)).await;
+        let other = TestDb::with_schema(&kept(&concat(collation))).await;
         let o = run_cases(
             &original,
             &garivini::Client::new(original.store().await),
@@ -865,7 +940,7 @@ async fn converting_a_table_holding_duplicates_fails_and_changes_nothing() {
 #[tokio::test]
 async fn on_galera_the_plain_key_gets_the_conversion_which_apply_runs_only_with_cluster() {
     use garivini::store::schema::{CheckOptions, Kind};
-    let db = TestDb::with_schema(&original_in("latin1_swedish_ci")).await;
+    let db = TestDb::with_schema(&kept(&original_in("latin1_swedish_ci"))).await;
     for (id, key) in [(1, Some("k")), (2, None), (3, None)] {
         assert_eq!(db.perl_insert_job("f", "x", key).await, id);
     }

@@ -39,6 +39,7 @@ async fn rows_and_copies(db: &TestDb, funcname: &str, flag: Flag) -> [Job; 3] {
         run_after: 0,
         flag,
         failcount: 0,
+        priority: Default::default(),
     };
     let copies = [
         copy(ids[0], "failed since"),
@@ -63,6 +64,7 @@ async fn send(gearmand: &Gearmand, function: &str, copies: &[Job]) {
             function: function.to_string(),
             unique: String::new(),
             data: Bytes::from(j.to_json()),
+            priority: Default::default(),
         })
         .collect();
     let acked = Submitter::new(gearmand.servers()).submit(&jobs).await;

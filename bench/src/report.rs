@@ -368,6 +368,8 @@ fn queuerunner_defaults() -> Vec<(&'static str, String)> {
         no_worker_delay,
         submit_retry_delay,
         report_due_rows: _,
+        // Config-file entries, not flags.
+        periodic: _,
     } = queue_runner::Config::default();
     let secs = |d: std::time::Duration| d.as_secs_f64().to_string();
     vec![

@@ -189,6 +189,7 @@ impl Bench {
             function: func.to_string(),
             unique,
             data: payload.clone(),
+            priority: Default::default(),
         };
         let mut submitter = Submitter::new(servers.clone());
 

@@ -3,7 +3,7 @@
 //! and `garivini config check`.
 
 use clap::{ArgMatches, ValueEnum};
-use garivini::{client, controller, injector, names, queue_runner, roles};
+use garivini::{client, controller, injector, names, periodic, queue_runner, roles};
 
 use crate::seconds::seconds;
 use crate::servers::Servers;
@@ -90,6 +90,9 @@ pub struct Settings {
     /// Controller: failures after which a job is parked as dead.
     #[arg(long, default_value_t = client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
+    /// QueueRunner: the config file's `[[periodic]]` entries (no flag).
+    #[arg(skip)]
+    pub periodic: Vec<periodic::Entry>,
 }
 
 impl Settings {
@@ -107,6 +110,7 @@ impl Settings {
             no_worker_delay: self.no_worker_delay,
             submit_retry_delay: self.submit_retry_delay,
             report_due_rows: self.metrics_addr.is_some(),
+            periodic: self.periodic.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -198,13 +202,20 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         &file.as_ref().map(|f| f.top()).unwrap_or_default(),
         name_str,
     )?;
+    let periodic = match &file {
+        Some(file) if roles.contains(&Role::Queuerunner) => file.periodic()?,
+        _ => Vec::new(),
+    };
     let mut per_role = Vec::new();
     for role in roles {
         let keys = file
             .as_ref()
             .map(|f| f.role(role.name()))
             .unwrap_or_default();
-        let (settings, shown) = layered::<Settings>(given, &keys, name_str)?;
+        let (mut settings, shown) = layered::<Settings>(given, &keys, name_str)?;
+        if role == Role::Queuerunner {
+            settings.periodic = periodic.clone();
+        }
         per_role.push((role, settings, shown));
     }
     let lease = match &cli.command {
@@ -281,7 +292,32 @@ pub fn check(e: &Effective) -> anyhow::Result<()> {
         for s in shown {
             println!("  {} = {} ({})", s.flag, s.value, s.source.name());
         }
+        if *role == Role::Queuerunner {
+            for entry in &settings.periodic {
+                println!("  {}", describe_periodic(entry));
+            }
+        }
     }
     println!("ok");
     Ok(())
+}
+
+/// One `[[periodic]]` entry as `config check` prints it.
+fn describe_periodic(e: &periodic::Entry) -> String {
+    let schedule = match &e.schedule {
+        periodic::Schedule::Cron(expression) => format!("cron {expression:?} (UTC)"),
+        periodic::Schedule::Every(secs) => format!("every {secs} s"),
+    };
+    format!(
+        "[[periodic]] {:?}: {} {schedule}, arg {} bytes, priority {}, missed ticks {}",
+        e.name,
+        e.funcname,
+        e.arg.len(),
+        e.priority,
+        if e.catch_up {
+            "caught up (the last one)"
+        } else {
+            "skipped"
+        }
+    )
 }

@@ -17,6 +17,11 @@
 //!
 //! [controller]
 //! concurrency = 400
+//!
+//! [[periodic]]     # a periodic job; one table per entry (QueueRunners)
+//! name = "nightly-report"
+//! funcname = "report"
+//! cron = "0 3 * * *"
 //! ```
 
 use std::ffi::OsString;
@@ -25,9 +30,50 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context as _};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
+use garivini::periodic;
 
 /// The role sections a file may have, besides `[roles]`.
 pub const ROLE_SECTIONS: [&str; 3] = ["queuerunner", "injector", "controller"];
+/// The array of tables of periodic jobs, `[[periodic]]`.
+pub const PERIODIC: &str = "periodic";
+
+/// One `[[periodic]]` table as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeriodicTable {
+    name: String,
+    funcname: String,
+    /// A cron expression (UTC); or `every`.
+    cron: Option<String>,
+    /// An interval, seconds; or `cron`.
+    every: Option<u32>,
+    #[serde(default)]
+    arg: String,
+    priority: Option<String>,
+    #[serde(default, rename = "catch-up", alias = "catch_up")]
+    catch_up: bool,
+}
+
+impl PeriodicTable {
+    fn entry(self) -> anyhow::Result<periodic::Entry> {
+        let schedule = match (self.cron, self.every) {
+            (Some(cron), None) => periodic::Schedule::Cron(cron),
+            (None, Some(every)) => periodic::Schedule::Every(every),
+            _ => bail!(
+                "{:?}: give one of cron = \"...\" or every = SECONDS",
+                self.name
+            ),
+        };
+        let priority = match self.priority.as_deref() {
+            None => garivini::Priority::Normal,
+            Some(p) => p.parse().map_err(|e| anyhow!("{:?}: {e}", self.name))?,
+        };
+        Ok(periodic::Entry::new(self.name, self.funcname, schedule)
+            .arg(self.arg)
+            .priority(priority)
+            .catch_up(self.catch_up))
+    }
+}
 
 /// A parsed configuration file.
 pub struct File {
@@ -81,7 +127,17 @@ impl File {
         };
         for (key, value) in &file.table {
             let section = key.as_str();
-            if section == "roles" || ROLE_SECTIONS.contains(&section) {
+            if section == PERIODIC {
+                let tables = value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|v| v.is_table()));
+                if !tables {
+                    bail!(
+                        "config file {}: periodic must be [[periodic]] tables, one per entry",
+                        file.path
+                    );
+                }
+            } else if section == "roles" || ROLE_SECTIONS.contains(&section) {
                 if !value.is_table() {
                     bail!("config file {}: [{section}] must be a table", file.path);
                 }
@@ -96,11 +152,39 @@ impl File {
         Ok(file)
     }
 
+    /// The `[[periodic]]` entries, each checked
+    /// ([`garivini::periodic::validate`]).
+    pub fn periodic(&self) -> anyhow::Result<Vec<periodic::Entry>> {
+        let Some(toml::Value::Array(tables)) = self.table.get(PERIODIC) else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::with_capacity(tables.len());
+        for (i, table) in tables.iter().enumerate() {
+            let raw: PeriodicTable = table.clone().try_into().map_err(|e: toml::de::Error| {
+                anyhow!(
+                    "config file {}: [[periodic]] entry {}: {}",
+                    self.path,
+                    i + 1,
+                    e.message().replace('\n', " ")
+                )
+            })?;
+            entries.push(raw.entry().map_err(|e| {
+                anyhow!(
+                    "config file {}: [[periodic]] entry {}: {e}",
+                    self.path,
+                    i + 1
+                )
+            })?);
+        }
+        periodic::validate(&entries).map_err(|e| anyhow!("config file {}: {e}", self.path))?;
+        Ok(entries)
+    }
+
     /// The top-level keys (the connection flags).
     pub fn top(&self) -> Vec<(&str, &toml::Value)> {
         self.table
             .iter()
-            .filter(|(_, v)| !v.is_table())
+            .filter(|(k, v)| !v.is_table() && k.as_str() != PERIODIC)
             .map(|(k, v)| (k.as_str(), v))
             .collect()
     }

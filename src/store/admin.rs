@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
-use super::rows::{db_now, in_list, RawRow, COLUMNS, MAX_IN_LIST};
+use super::rows::{columns, db_now, in_list, priority, RawRow, MAX_IN_LIST};
 use super::{tx_opts, Store};
 use crate::error::Result;
 use serde::Serialize;
@@ -264,6 +264,7 @@ impl Store {
     /// `limit`; rows due at the same second come in no set order.
     pub async fn list(&self, dbid: u32, query: &ListQuery) -> Result<(u32, Vec<Listed>)> {
         let db = self.db(dbid)?;
+        let priority = priority(self.optional(db).await?);
         self.attempt(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
@@ -281,7 +282,7 @@ impl Store {
                 .exec(
                     format!(
                         "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
-                         `coalesce`, flag, failcount, COALESCE(LENGTH(arg), 0) \
+                         `coalesce`, flag, failcount, {priority}, COALESCE(LENGTH(arg), 0) \
                          FROM job WHERE {condition} {by_func} ORDER BY run_after LIMIT ?"
                     ),
                     Params::Positional(params),
@@ -307,6 +308,7 @@ impl Store {
     /// particular order). Takes no lock.
     pub async fn get_many(&self, dbid: u32, jobids: &[u64]) -> Result<(u32, Vec<Job>)> {
         let db = self.db(dbid)?;
+        let columns = &columns(self.optional(db).await?);
         self.attempt(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
@@ -315,7 +317,7 @@ impl Store {
                 let (list, params) = in_list(chunk);
                 let rows: Vec<RawRow> = conn
                     .exec(
-                        format!("SELECT {COLUMNS} FROM job WHERE jobid IN ({list})"),
+                        format!("SELECT {columns} FROM job WHERE jobid IN ({list})"),
                         params,
                     )
                     .await?;

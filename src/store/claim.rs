@@ -7,7 +7,7 @@ use mysql_async::{Params, Value};
 
 use std::time::{Duration, Instant};
 
-use super::rows::{db_now, in_list, RawRow, COLUMNS, MAX_IN_LIST};
+use super::rows::{columns, db_now, in_list, Optional, RawRow, MAX_IN_LIST};
 use super::{tx_opts, Store};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobRef, When, NEVER};
@@ -80,6 +80,7 @@ impl Store {
     ) -> Result<Claim> {
         let admit = &decide;
         let db = self.db(dbid)?;
+        let cols = self.optional(db).await?;
         let claim = self
             .run(db, move || async move {
                 let mut tx = db.pool().start_transaction(tx_opts()).await?;
@@ -88,15 +89,7 @@ impl Store {
                 // come back with its new run_after. The locked row's current
                 // run_after is what counts, so such rows are left alone.
                 let now = db_now(&mut tx).await?;
-                let rows: Vec<RawRow> = tx
-                    .exec(
-                        format!(
-                            "SELECT {COLUMNS} FROM job WHERE run_after <= ? \
-                         ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
-                        ),
-                        (now, limit as u64),
-                    )
-                    .await?;
+                let rows = due_rows(&mut tx, cols, now, limit).await?;
                 let mut claim = Claim::default();
                 let mut due = Vec::with_capacity(rows.len());
                 for read in rows.into_iter().map(|r| r.read(dbid)) {
@@ -418,11 +411,12 @@ impl Store {
     /// Reads one row, if it exists.
     pub async fn get(&self, job: JobRef) -> Result<Option<Job>> {
         let db = self.db(job.dbid)?;
+        let columns = &columns(self.optional(db).await?);
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let row: Option<RawRow> = conn
                 .exec_first(
-                    format!("SELECT {COLUMNS} FROM job WHERE jobid = ?"),
+                    format!("SELECT {columns} FROM job WHERE jobid = ?"),
                     (job.jobid,),
                 )
                 .await?;
@@ -430,6 +424,52 @@ impl Store {
         })
         .await
     }
+}
+
+/// Up to `limit` rows due at `now`, locked, skipping those other claimers
+/// hold: oldest first, and on a table with priorities, high before normal
+/// before low. One range of the `priority_run_after` index per level,
+/// each read only while the levels before left room: a single ORDER BY
+/// priority, run_after would scan every row of a level that is not due
+/// (leased, scheduled, dead) before reaching the next.
+async fn due_rows(
+    tx: &mut impl Queryable,
+    cols: Optional,
+    now: u32,
+    limit: usize,
+) -> mysql_async::Result<Vec<RawRow>> {
+    let columns = columns(cols);
+    if !cols.priority {
+        return tx
+            .exec(
+                format!(
+                    "SELECT {columns} FROM job WHERE run_after <= ? \
+                     ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+                (now, limit as u64),
+            )
+            .await;
+    }
+    let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
+    // Each an equality, so that the index gives the run_after order; a
+    // value above low's (set by hand) is claimed last, so that no value
+    // the column allows leaves a row unclaimed.
+    for level in ["priority = 0", "priority = 1", "priority = 2", "priority > 2"] {
+        if rows.len() >= limit {
+            break;
+        }
+        let more: Vec<RawRow> = tx
+            .exec(
+                format!(
+                    "SELECT {columns} FROM job WHERE {level} AND run_after <= ? \
+                     ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+                (now, (limit - rows.len()) as u64),
+            )
+            .await?;
+        rows.extend(more);
+    }
+    Ok(rows)
 }
 
 /// When [`set_run_after`] makes rows due.

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
-use super::rows::{repeat_placeholders, MAX_IN_LIST};
+use super::rows::{repeat_placeholders, Optional, MAX_IN_LIST};
 use super::{tx_opts, Db, Store};
 use crate::error::{Error, Result};
-use crate::job::{JobRef, NewJob};
+use crate::job::{JobRef, NewJob, Priority};
 use crate::telemetry;
 
 /// Largest payload of one protocol packet. The driver (mysql_async) sends
@@ -23,10 +23,10 @@ const MAX_PAYLOAD: u64 = 0xff_ffff;
 /// id, flags, iteration count, and slack.
 const STATEMENT_OVERHEAD: u64 = 64;
 /// Bytes one row adds to an INSERT's packet besides its values, at most:
-/// a type (2 bytes) for each of its six values, a length prefix (up to 9)
+/// a type (2 bytes) for each of its seven values, a length prefix (up to 9)
 /// for each of its five strings, 8 for the run_after integer, and its share
 /// of the null bitmap.
-const ROW_OVERHEAD: u64 = 80;
+const ROW_OVERHEAD: u64 = 88;
 
 impl Store {
     /// Refuses, before anything is sent, a job whose INSERT would be over
@@ -121,6 +121,17 @@ impl Store {
             .collect())
     }
 
+    /// The optional columns of `db`'s table, which the INSERTs name where
+    /// they are. A job of high or low priority for a table without the
+    /// column is refused rather than stored at normal.
+    async fn columns_for(&self, db: &Arc<Db>, jobs: &[NewJob], idx: &[usize]) -> Result<Optional> {
+        let cols = self.optional(db).await?;
+        if !cols.priority && idx.iter().any(|&i| jobs[i].priority != Priority::Normal) {
+            return Err(Error::NoPriorityColumn { dbid: db.cfg.dbid });
+        }
+        Ok(cols)
+    }
+
     async fn insert_keyless(
         &self,
         db: &Arc<Db>,
@@ -130,6 +141,7 @@ impl Store {
     ) -> Result<Vec<u64>> {
         let statements = statements(jobs, idx, max_packet);
         let statements = &statements;
+        let cols = self.columns_for(db, jobs, idx).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let returning = match db.returning.load(Ordering::Relaxed) {
@@ -146,7 +158,7 @@ impl Store {
                 if let [one] = statements.as_slice() {
                     // One statement is atomic on its own: no transaction, so
                     // one round trip instead of three.
-                    return insert_rows(&mut conn, jobs, one).await;
+                    return insert_rows(&mut conn, jobs, one, cols).await;
                 }
             }
             // Several statements in one transaction: stored whole or not at
@@ -155,7 +167,7 @@ impl Store {
             let mut ids = Vec::with_capacity(idx.len());
             if returning {
                 for chunk in statements {
-                    ids.extend(insert_rows(&mut tx, jobs, chunk).await?);
+                    ids.extend(insert_rows(&mut tx, jobs, chunk, cols).await?);
                 }
             } else {
                 // Without RETURNING only a one-row INSERT's id is known for
@@ -163,7 +175,7 @@ impl Store {
                 // when the step changes under the session (Galera changes
                 // it at once when the cluster's size changes).
                 for &i in idx {
-                    ids.push(insert_one(&mut tx, &jobs[i]).await?);
+                    ids.push(insert_one(&mut tx, &jobs[i], cols).await?);
                 }
             }
             tx.commit().await?;
@@ -173,15 +185,16 @@ impl Store {
     }
 
     async fn insert_keyed(&self, db: &Arc<Db>, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
+        let cols = self.columns_for(db, jobs, idx).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             if let [i] = idx {
-                return Ok(vec![insert_keyed_row(&mut conn, &jobs[*i]).await?]);
+                return Ok(vec![insert_keyed_row(&mut conn, &jobs[*i], cols).await?]);
             }
             let mut tx = conn.start_transaction(tx_opts()).await?;
             let mut ids = Vec::with_capacity(idx.len());
             for &i in idx {
-                ids.push(insert_keyed_row(&mut tx, &jobs[i]).await?);
+                ids.push(insert_keyed_row(&mut tx, &jobs[i], cols).await?);
             }
             tx.commit().await?;
             Ok(ids)
@@ -255,18 +268,43 @@ fn takes_returning(version: &str) -> bool {
     version.contains("MariaDB") && (major, minor) >= (10, 5)
 }
 
-const INSERT_KEYLESS: &str =
-    "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES ";
-const KEYLESS_ROW: &str = "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)";
+/// `INSERT INTO job (...) VALUES ` for a table with `cols`.
+fn insert_into(cols: Optional) -> &'static str {
+    if cols.priority {
+        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag, priority) VALUES "
+    } else {
+        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES "
+    }
+}
 
-fn keyless_values(job: &NewJob) -> [Value; 5] {
-    [
+/// One row's placeholders for [`insert_into`], the unique key bound or
+/// NULL.
+fn placeholders(keyed: bool, cols: Optional) -> &'static str {
+    match (keyed, cols.priority) {
+        (false, false) => "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)",
+        (false, true) => "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?, ?)",
+        (true, false) => "(?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?)",
+        (true, true) => "(?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?, ?)",
+    }
+}
+
+/// A row's values for [`placeholders`].
+fn values(job: &NewJob, keyed: bool, cols: Optional, out: &mut Vec<Value>) {
+    out.extend([
         Value::from(job.funcname.as_str()),
         Value::from(job.arg.as_slice()),
+    ]);
+    if keyed {
+        out.push(Value::from(job.uniqkey.as_deref()));
+    }
+    out.extend([
         Value::from(job.delay),
         Value::from(job.coalesce.as_deref()),
         Value::from(job.flag.as_str()),
-    ]
+    ]);
+    if cols.priority {
+        out.push(Value::from(job.priority.column()));
+    }
 }
 
 /// One multi-row INSERT of keyless jobs; returns their ids, as the server
@@ -276,21 +314,28 @@ async fn insert_rows(
     q: &mut impl Queryable,
     jobs: &[NewJob],
     idx: &[usize],
+    cols: Optional,
 ) -> mysql_async::Result<Vec<u64>> {
     let sql = format!(
-        "{INSERT_KEYLESS}{} RETURNING jobid",
-        repeat_placeholders(KEYLESS_ROW, idx.len())
+        "{}{} RETURNING jobid",
+        insert_into(cols),
+        repeat_placeholders(placeholders(false, cols), idx.len())
     );
-    let params: Vec<Value> = idx.iter().flat_map(|&i| keyless_values(&jobs[i])).collect();
+    let mut params = Vec::with_capacity(idx.len() * 6);
+    for &i in idx {
+        values(&jobs[i], false, cols, &mut params);
+    }
     q.exec(sql, Params::Positional(params)).await
 }
 
 /// One INSERT of one keyless job (servers without `RETURNING`).
-async fn insert_one(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result<u64> {
+async fn insert_one(q: &mut impl Queryable, job: &NewJob, cols: Optional) -> mysql_async::Result<u64> {
+    let mut params = Vec::with_capacity(6);
+    values(job, false, cols, &mut params);
     let result = q
         .exec_iter(
-            format!("{INSERT_KEYLESS}{KEYLESS_ROW}"),
-            Params::Positional(keyless_values(job).to_vec()),
+            format!("{}{}", insert_into(cols), placeholders(false, cols)),
+            Params::Positional(params),
         )
         .await?;
     let id = result.last_insert_id().unwrap_or_default();
@@ -300,20 +345,21 @@ async fn insert_one(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result
 
 /// One INSERT of a job with a unique key; on a duplicate key,
 /// LAST_INSERT_ID(jobid) makes it report the existing row's id.
-async fn insert_keyed_row(q: &mut impl Queryable, job: &NewJob) -> mysql_async::Result<u64> {
+pub(super) async fn insert_keyed_row(
+    q: &mut impl Queryable,
+    job: &NewJob,
+    cols: Optional,
+) -> mysql_async::Result<u64> {
+    let mut params = Vec::with_capacity(7);
+    values(job, true, cols, &mut params);
     let result = q
         .exec_iter(
-            "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) \
-             VALUES (?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?) \
-             ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
-            (
-                job.funcname.as_str(),
-                job.arg.as_slice(),
-                job.uniqkey.as_deref(),
-                job.delay,
-                job.coalesce.as_deref(),
-                job.flag.as_str(),
+            format!(
+                "{}{} ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
+                insert_into(cols),
+                placeholders(true, cols)
             ),
+            Params::Positional(params),
         )
         .await?;
     let id = result.last_insert_id().unwrap_or_default();

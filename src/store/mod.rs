@@ -35,6 +35,7 @@ use crate::telemetry;
 mod admin;
 mod claim;
 mod insert;
+pub mod periodic;
 mod rows;
 pub mod schema;
 
@@ -177,6 +178,9 @@ struct Db {
     /// Completions that found no row since the last warning, and when
     /// that was ([`Db::missed`]).
     missed: Mutex<(u64, Option<Instant>)>,
+    /// Which of our optional columns its table has, and when that was read
+    /// ([`Store::optional`]).
+    optional: Mutex<Option<(Instant, rows::Optional)>>,
 }
 
 /// A database's health, as its calls found it.
@@ -258,6 +262,7 @@ impl Store {
                     client_max_packet,
                     clock: Mutex::new(None),
                     missed: Mutex::default(),
+                    optional: Mutex::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -403,6 +408,26 @@ impl Store {
                 secs.saturating_add(at.elapsed().as_secs() as u32)
             }),
         }
+    }
+
+    /// Which of our optional columns the job table of `db` has: read from
+    /// the server at first use and again after [`COLUMNS_REREAD`], so that
+    /// a column added by `garivini schema check --apply` is used without
+    /// a restart.
+    async fn optional(&self, db: &Arc<Db>) -> Result<rows::Optional> {
+        if let Some((at, known)) = *db.optional.lock().unwrap() {
+            if at.elapsed() < COLUMNS_REREAD {
+                return Ok(known);
+            }
+        }
+        let read = self
+            .run(db, || async {
+                let mut conn = db.pool().get_conn().await?;
+                rows::Optional::read(&mut conn).await
+            })
+            .await?;
+        *db.optional.lock().unwrap() = Some((Instant::now(), read));
+        Ok(read)
     }
 
     /// Sets how long one operation may take (default [`DEFAULT_OP_TIMEOUT`]).
@@ -697,6 +722,9 @@ fn pool_opts(opts: mysql_async::Opts, constraints: PoolConstraints) -> mysql_asy
         .tcp_nodelay(true)
         .into()
 }
+
+/// How long [`Store::optional`] trusts its reading of a table's columns.
+const COLUMNS_REREAD: Duration = Duration::from_secs(60);
 
 /// How long [`Store::clock`] trusts its last reading of a database's clock.
 const CLOCK_REREAD: Duration = Duration::from_secs(60);

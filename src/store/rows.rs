@@ -12,11 +12,49 @@
 use mysql_async::prelude::{FromRow, Queryable};
 use mysql_async::{FromRowError, Row, Value};
 
-use crate::job::{unsendable_funcname, Flag, Job};
+use crate::job::{unsendable_funcname, Flag, Job, Priority};
 
-/// The columns a [`RawRow`] reads, in its order.
-pub(super) const COLUMNS: &str =
-    "jobid, funcname, arg, uniqkey, run_after, `coalesce`, flag, failcount";
+/// The columns a [`RawRow`] reads, in its order, on a table with
+/// `columns`: those of the contract, then `priority` (normal where the
+/// table has no such column).
+pub(super) fn columns(columns: Optional) -> String {
+    format!(
+        "jobid, funcname, arg, uniqkey, run_after, `coalesce`, flag, failcount, {}",
+        priority(columns)
+    )
+}
+
+/// The `priority` column, or normal's value where the table has none.
+pub(super) fn priority(columns: Optional) -> &'static str {
+    if columns.priority {
+        "priority"
+    } else {
+        "1"
+    }
+}
+
+/// Columns of ours that a job table may lack (the original's, or one made
+/// by an older schema.sql): a statement names them only where they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Optional {
+    /// `priority`.
+    pub priority: bool,
+}
+
+impl Optional {
+    /// Reads which of ours the job table has.
+    pub(super) async fn read(conn: &mut impl Queryable) -> mysql_async::Result<Optional> {
+        let names: Vec<String> = conn
+            .query(
+                "SELECT LOWER(COLUMN_NAME) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job'",
+            )
+            .await?;
+        Ok(Optional {
+            priority: names.iter().any(|n| n == "priority"),
+        })
+    }
+}
 
 /// One row as the server sent it, each column as a plain value; any
 /// columns after [`COLUMNS`] are kept in `extra` (a listing's arg length).
@@ -73,6 +111,10 @@ impl RawRow {
         let coalesce = bytes(next()).map(lossy);
         let flag = Flag::from_column(bytes(next()).as_deref());
         let failcount = number(next()).unwrap_or(0).clamp(0, 255) as u8;
+        // NULL (a nullable column added by hand) is the default, normal.
+        let priority = number(next()).map_or(Priority::Normal, |n| {
+            Priority::from_column(n.clamp(0, i128::from(u64::MAX)) as u64)
+        });
         if jobid == 0 && unsendable.is_none() {
             unsendable = Some("jobid is not a positive integer".into());
         }
@@ -88,6 +130,7 @@ impl RawRow {
                 run_after,
                 flag,
                 failcount,
+                priority,
             },
             unsendable,
             extra,
@@ -228,6 +271,7 @@ mod tests {
             Value::NULL,
             Value::NULL,
             Value::UInt(0),
+            Value::UInt(1),
         ];
         for (i, v) in changes {
             values[*i] = v.clone();

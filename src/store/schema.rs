@@ -44,6 +44,15 @@ fn claimer_table() -> &'static str {
     &SCHEMA_SQL[start..start + len]
 }
 
+/// schema.sql's CREATE TABLE of `garivini_periodic`, without its `;`.
+fn periodic_table() -> &'static str {
+    let start = SCHEMA_SQL
+        .find("CREATE TABLE IF NOT EXISTS garivini_periodic")
+        .expect("schema.sql creates garivini_periodic");
+    let len = SCHEMA_SQL[start..].find(';').expect("a statement ends");
+    &SCHEMA_SQL[start..start + len]
+}
+
 /// The cluster variant's generated column: funcname for a row with a
 /// uniqkey, NULL for a keyless one.
 pub const KEYED_FUNCNAME: &str = "keyed_funcname";
@@ -328,6 +337,24 @@ impl Store {
                 Some(claimer_table().to_string()),
             ));
         }
+        // Needed whatever this host's config says: the QueueRunners that
+        // run [[periodic]] entries may be configured elsewhere, and the
+        // mend is an empty two-column table.
+        if !self.has_table(dbid, "garivini_periodic").await? {
+            let at = findings
+                .iter()
+                .position(|f| f.kind != Kind::Needs)
+                .unwrap_or(findings.len());
+            findings.insert(
+                at,
+                Finding::needs(
+                    "no garivini_periodic table: QueueRunners do not run [[periodic]] entries \
+                     (each logs a warning)"
+                        .into(),
+                    Some(periodic_table().to_string()),
+                ),
+            );
+        }
         let db = self.db(dbid)?;
         Ok(SchemaReport {
             dbid,
@@ -337,21 +364,27 @@ impl Store {
         })
     }
 
-    /// Whether database `dbid` has the `garivini_claimer` table
-    /// ([`Store::claim_turn`]).
-    async fn has_claimer_table(&self, dbid: u32) -> Result<bool> {
+    /// Whether database `dbid` has a table (or view) `name`.
+    async fn has_table(&self, dbid: u32, name: &str) -> Result<bool> {
         let db = self.db(dbid)?;
         self.attempt(db, || async {
             let mut conn = db.pool().get_conn().await?;
             let found: Option<u8> = conn
-                .query_first(
+                .exec_first(
                     "SELECT 1 FROM information_schema.TABLES \
-                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'garivini_claimer'",
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                    (name,),
                 )
                 .await?;
             Ok(found.is_some())
         })
         .await
+    }
+
+    /// Whether database `dbid` has the `garivini_claimer` table
+    /// ([`Store::claim_turn`]).
+    async fn has_claimer_table(&self, dbid: u32) -> Result<bool> {
+        self.has_table(dbid, "garivini_claimer").await
     }
 
     /// Runs the mends of `report` on its database, in order, stopping at
@@ -831,6 +864,7 @@ pub fn compare_with(table: Option<&Table>, expect: Expect) -> Vec<Finding> {
     check_key_column(&mut f, t, "coalesce");
     check_flag(&mut f, t);
     check_failcount(&mut f, t);
+    check_priority(&mut f, t);
     check_extra_columns(&mut f, t);
     check_indexes(&mut f, t, expect);
     check_charset(&mut f, t);
@@ -1169,6 +1203,24 @@ fn check_flag(f: &mut Findings, t: &Table) {
     }
 }
 
+/// `priority` (ours, not the original's): which due jobs go first.
+fn check_priority(f: &mut Findings, t: &Table) {
+    let Some(col) = column(t, "priority") else {
+        f.add_column(
+            "priority",
+            "priority TINYINT UNSIGNED NOT NULL DEFAULT 1",
+            "jobs are claimed oldest first whatever their priority, and a high or low one is refused",
+        );
+        return;
+    };
+    if !matches!(col.family(), Family::Int { .. }) {
+        f.by_hand(format!(
+            "priority is {} (schema.sql: TINYINT UNSIGNED NOT NULL DEFAULT 1): change it by hand",
+            col.column_type
+        ));
+    }
+}
+
 fn check_failcount(f: &mut Findings, t: &Table) {
     let Some(col) = column(t, "failcount") else {
         f.add_column(
@@ -1228,7 +1280,8 @@ fn check_failcount(f: &mut Findings, t: &Table) {
     }
 }
 
-const CONTRACT_COLUMNS: [&str; 8] = [
+/// The contract's columns and ours (checked one by one above).
+const CONTRACT_COLUMNS: [&str; 9] = [
     "jobid",
     "funcname",
     "arg",
@@ -1237,6 +1290,7 @@ const CONTRACT_COLUMNS: [&str; 8] = [
     "coalesce",
     "flag",
     "failcount",
+    "priority",
 ];
 
 fn check_extra_columns(f: &mut Findings, t: &Table) {
@@ -1265,7 +1319,7 @@ fn check_extra_columns(f: &mut Findings, t: &Table) {
 }
 
 /// The indexes the roles need: name, unique, columns, and why.
-const WANTED_INDEXES: [(&str, bool, &[&str], &str); 3] = [
+const WANTED_INDEXES: [(&str, bool, &[&str], &str); 4] = [
     (
         "run_after",
         false,
@@ -1284,6 +1338,12 @@ const WANTED_INDEXES: [(&str, bool, &[&str], &str); 3] = [
         false,
         &["funcname", "run_after", "failcount"],
         "`garivini status` and `garivini jobs list --funcname` scan the table instead of the index",
+    ),
+    (
+        "priority_run_after",
+        false,
+        &["priority", "run_after"],
+        "every claim of due rows by priority scans the table",
     ),
 ];
 
@@ -1766,6 +1826,18 @@ mod tests {
         assert!(SCHEMA_CLUSTER_SQL.contains(create));
     }
 
+    #[test]
+    fn the_periodic_table_is_schema_sqls_and_schema_cluster_sqls() {
+        let create = periodic_table();
+        assert!(create.starts_with("CREATE TABLE IF NOT EXISTS garivini_periodic ("));
+        assert!(
+            create.contains("last_tick  INT UNSIGNED     NOT NULL"),
+            "{create}"
+        );
+        assert!(create.ends_with("COLLATE=utf8mb4_bin"), "{create}");
+        assert!(SCHEMA_CLUSTER_SQL.contains(create));
+    }
+
     use super::*;
 
     fn col(name: &str, column_type: &str, nullable: bool, default: Option<&str>) -> Column {
@@ -1828,6 +1900,7 @@ mod tests {
                 col("coalesce", "varchar(255)", true, None),
                 col("flag", "enum('controller','shim')", true, Some("shim")),
                 col("failcount", "tinyint(3) unsigned", false, Some("0")),
+                col("priority", "tinyint(3) unsigned", false, Some("1")),
             ],
             indexes: vec![
                 index("PRIMARY", true, &["jobid"]),
@@ -1838,6 +1911,7 @@ mod tests {
                     false,
                     &["funcname", "run_after", "failcount"],
                 ),
+                index("priority_run_after", false, &["priority", "run_after"]),
             ],
         }
     }
@@ -1853,11 +1927,30 @@ mod tests {
                 c.collation = Some(collation.into());
             }
         }
+        t.columns.retain(|c| c.name != "priority");
         t.indexes = vec![
             index("PRIMARY", true, &["jobid"]),
             index("run_after", false, &["run_after"]),
             index("funcname", true, &["funcname", "uniqkey"]),
         ];
+        t
+    }
+
+    /// What the original's table needs besides the status index: ours.
+    const ADD_PRIORITY: &str =
+        "ALTER TABLE job ADD COLUMN priority TINYINT UNSIGNED NOT NULL DEFAULT 1";
+    const ADD_PRIORITY_INDEX: &str =
+        "ALTER TABLE job ADD INDEX priority_run_after (priority, run_after)";
+
+    /// `t` with our priority column and its index, as `--apply` leaves it.
+    fn with_priority(mut t: Table) -> Table {
+        t.columns
+            .push(col("priority", "tinyint(3) unsigned", false, Some("1")));
+        t.indexes.push(index(
+            "priority_run_after",
+            false,
+            &["priority", "run_after"],
+        ));
         t
     }
 
@@ -1887,13 +1980,17 @@ mod tests {
     }
 
     #[test]
-    fn the_original_table_needs_only_the_status_index() {
+    fn the_original_table_needs_the_status_index_and_the_priority_column() {
         let findings = compare(Some(&original("latin1_swedish_ci")));
         assert_eq!(
             mends(&findings),
-            vec!["ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)"]
+            vec![
+                ADD_PRIORITY,
+                "ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)",
+                ADD_PRIORITY_INDEX,
+            ]
         );
-        assert_eq!(needs(&findings).len(), 1);
+        assert_eq!(needs(&findings).len(), 3);
         let notes = notes(&findings);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
@@ -1908,7 +2005,7 @@ mod tests {
 
     #[test]
     fn a_case_insensitive_utf8mb4_table_gets_the_collation_note_only() {
-        let findings = compare(Some(&original("utf8mb4_general_ci")));
+        let findings = compare(Some(&with_priority(original("utf8mb4_general_ci"))));
         assert_eq!(needs(&findings).len(), 1);
         let notes = notes(&findings);
         assert_eq!(notes.len(), 1);
@@ -2005,7 +2102,7 @@ mod tests {
 
     #[test]
     fn narrow_or_strict_columns_are_loosened_keeping_their_charset() {
-        let mut t = original("utf8mb4_bin");
+        let mut t = with_priority(original("utf8mb4_bin"));
         let u = column_mut(&mut t, "uniqkey");
         u.column_type = "varchar(64)".into();
         u.max_length = Some(64);
@@ -2039,6 +2136,7 @@ mod tests {
             index("due", false, &["run_after", "funcname"]),
             index("k", true, &["uniqkey", "funcname"]),
             index("funcname_run_after", false, &["funcname"]),
+            index("priority_run_after", false, &["priority", "run_after"]),
         ];
         let findings = compare(Some(&t));
         assert_eq!(
@@ -2158,7 +2256,7 @@ mod tests {
 
     #[test]
     fn on_galera_the_plain_unique_key_gets_the_conversion_in_the_columns_collation() {
-        let t = original("latin1_swedish_ci");
+        let t = with_priority(original("latin1_swedish_ci"));
         let findings = compare_with(Some(&t), galera());
         let conversion = "ALTER TABLE job ADD COLUMN keyed_funcname varchar(200) CHARACTER SET \
                           latin1 COLLATE latin1_swedish_ci AS (IF(uniqkey IS NULL, NULL, \
@@ -2279,7 +2377,7 @@ mod tests {
 
     #[test]
     fn a_keyed_funcname_of_another_collation_is_a_need_by_hand() {
-        let mut t = converted(original("utf8mb4_bin"), MARIADB_EXPR);
+        let mut t = with_priority(converted(original("utf8mb4_bin"), MARIADB_EXPR));
         t.indexes.push(index(
             "funcname_run_after",
             false,

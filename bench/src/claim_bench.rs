@@ -1,0 +1,70 @@
+//! `gv_claim_bench`: the QueueRunner's claim cost per job on a table with
+//! the `priority` column (schema.sql) and on one without it (the table
+//! before priorities), in one run: both tables filled alike, then claimed
+//! in batches in turn, so that both see the same machine at the same time.
+//!
+//!   cargo run --release -p garivini-bench --bin gv_claim_bench -- [ROWS] [BATCH] [ROUNDS]
+
+use std::time::{Duration, Instant};
+
+use garivini::{NewJob, Store};
+use testkit::{TestDb, SCHEMA};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let rows = args.next().transpose()?.unwrap_or(200_000);
+    let batch = args.next().transpose()?.unwrap_or(1000);
+    let rounds = args.next().transpose()?.unwrap_or(150);
+    let without = SCHEMA
+        .replace("    priority   TINYINT UNSIGNED NOT NULL DEFAULT 1,\n", "")
+        .replace(",\n    INDEX priority_run_after (priority, run_after)", "");
+    anyhow::ensure!(
+        without != SCHEMA,
+        "schema.sql has no priority column to take out"
+    );
+    let server = testkit::server_url();
+    let mut tables = Vec::new();
+    for (name, schema) in [("with priority", SCHEMA), ("without", without.as_str())] {
+        let db = TestDb::create(&server, "gv_claim_bench", Some(schema)).await?;
+        let store = db.store().await;
+        let jobs: Vec<NewJob> = (0..1000)
+            .map(|i| NewJob::new(format!("f{}", i % 20), "x".repeat(100)))
+            .collect();
+        for _ in 0..rows / 1000 {
+            store.insert(&jobs).await?;
+        }
+        tables.push((name, db, store, Duration::ZERO, 0usize));
+    }
+    eprintln!("{rows} rows in each table; claiming {rounds} batches of {batch} from each, in turn");
+    for _ in 0..rounds {
+        for (_, _, store, took, claimed) in tables.iter_mut() {
+            let at = Instant::now();
+            let claim = claim(store, batch).await?;
+            *took += at.elapsed();
+            *claimed += claim;
+        }
+    }
+    let per_job = |t: &(_, _, _, Duration, usize)| t.3.as_secs_f64() * 1e6 / t.4.max(1) as f64;
+    for t in &tables {
+        println!(
+            "{:>14}: {} jobs claimed, {:.2} µs per job",
+            t.0,
+            t.4,
+            per_job(t)
+        );
+    }
+    println!(
+        "claim cost with priorities / without: {:.3}",
+        per_job(&tables[0]) / per_job(&tables[1])
+    );
+    Ok(())
+}
+
+async fn claim(store: &Store, batch: usize) -> anyhow::Result<usize> {
+    Ok(store
+        .claim(1, batch, 3600, |due| vec![None; due.len()])
+        .await?
+        .jobs
+        .len())
+}
