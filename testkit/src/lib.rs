@@ -5,6 +5,8 @@
 //! - [`db`]: a scratch database per test or phase on the MariaDB of
 //!   `scripts/services up`, dropped on drop; the original Perl Garivini's
 //!   table and statements;
+//! - [`galera`]: a private 3-node MariaDB Galera cluster per test
+//!   (scripts/galera), stopped on drop;
 //! - [`gearmand`]: a private gearmand on a free loopback port, killed on
 //!   drop;
 //! - [`mariadbd`]: a private MariaDB server (TLS-only, say) in a
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod db;
+pub mod galera;
 pub mod gearmand;
 pub mod mariadbd;
 pub mod process;
@@ -43,6 +46,7 @@ pub mod worker;
 pub use db::{
     cleanup_sql, server_url, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, PERL_INSERT_JOB, SCHEMA,
 };
+pub use galera::{Cluster, ClusterDb, CLUSTER_SCHEMA};
 pub use gearmand::{Gearmand, GearmandConfig, IdleWorker};
 pub use mariadbd::{MariaDb, TestCerts};
 pub use process::{
