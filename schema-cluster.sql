@@ -21,6 +21,11 @@
 -- named by an INSERT). `garivini schema check --apply --cluster` converts an
 -- existing table to it (one ALTER; it copies the table, and writes to it wait
 -- meanwhile). It is a plain InnoDB table: a single server runs it as well.
+-- Its other indexes are schema.sql's (see there for priority_run_after).
+-- created_at, attempted_at, failed_at and last_error say what happened to
+-- a job (garivini jobs show) and make in flight and retrying exact
+-- (garivini status); each has a default, so the original's statements and
+-- foreign workers work unchanged, and a table without them works as before.
 CREATE TABLE IF NOT EXISTS job (
     jobid      BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
     funcname   VARCHAR(200)     NOT NULL,
@@ -31,9 +36,12 @@ CREATE TABLE IF NOT EXISTS job (
     flag       ENUM('controller','shim') NULL DEFAULT 'shim',
     failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
     priority   TINYINT UNSIGNED NOT NULL DEFAULT 1,
+    created_at   TIMESTAMP      NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    attempted_at INT UNSIGNED   NULL DEFAULT NULL,
+    failed_at    INT UNSIGNED   NULL DEFAULT NULL,
+    last_error   VARCHAR(1000)  NULL DEFAULT NULL,
     keyed_funcname VARCHAR(200) AS (IF(uniqkey IS NULL, NULL, funcname)) STORED,
     PRIMARY KEY (jobid),
-    INDEX run_after (run_after),
     UNIQUE dedup_key (keyed_funcname, uniqkey),
     INDEX funcname_run_after (funcname, run_after, failcount),
     INDEX priority_run_after (priority, run_after)
@@ -60,4 +68,15 @@ CREATE TABLE IF NOT EXISTS garivini_periodic (
     name       VARCHAR(64)      NOT NULL,
     last_tick  INT UNSIGNED     NOT NULL,
     PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Paused functions (`garivini functions pause F`): their due jobs stay in
+-- the table, not dispatched, until `garivini functions resume F`. Every
+-- role reads it about once a second; `functions pause` writes the row to
+-- every database, and a pause found on any database holds for all. Without
+-- the table nothing is paused (one warning per role process and database).
+CREATE TABLE IF NOT EXISTS garivini_paused (
+    funcname   VARCHAR(200)     NOT NULL,
+    since      INT UNSIGNED     NOT NULL,
+    PRIMARY KEY (funcname)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -17,6 +17,16 @@
 -- scan of the rows) and `garivini jobs list --funcname`. A table created
 -- before it works without it, only slower; to add it:
 --   ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount);
+--
+-- priority_run_after is the claim's index: one range per priority level,
+-- high first. It takes the place of the original's INDEX (run_after),
+-- which every lease would also rewrite (a claim cost ~40 % more with
+-- both); a Perl Garivini QueueRunner, which claims by run_after alone,
+-- would scan without it.
+-- created_at, attempted_at, failed_at and last_error say what happened to
+-- a job (garivini jobs show) and make in flight and retrying exact
+-- (garivini status); each has a default, so the original's statements and
+-- foreign workers work unchanged, and a table without them works as before.
 CREATE TABLE IF NOT EXISTS job (
     jobid      BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
     funcname   VARCHAR(200)     NOT NULL,
@@ -27,8 +37,11 @@ CREATE TABLE IF NOT EXISTS job (
     flag       ENUM('controller','shim') NULL DEFAULT 'shim',
     failcount  TINYINT UNSIGNED NOT NULL DEFAULT 0,
     priority   TINYINT UNSIGNED NOT NULL DEFAULT 1,
+    created_at   TIMESTAMP      NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    attempted_at INT UNSIGNED   NULL DEFAULT NULL,
+    failed_at    INT UNSIGNED   NULL DEFAULT NULL,
+    last_error   VARCHAR(1000)  NULL DEFAULT NULL,
     PRIMARY KEY (jobid),
-    INDEX run_after (run_after),
     UNIQUE funcname_uniqkey (funcname, uniqkey),
     INDEX funcname_run_after (funcname, run_after, failcount),
     INDEX priority_run_after (priority, run_after)
@@ -55,4 +68,15 @@ CREATE TABLE IF NOT EXISTS garivini_periodic (
     name       VARCHAR(64)      NOT NULL,
     last_tick  INT UNSIGNED     NOT NULL,
     PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Paused functions (`garivini functions pause F`): their due jobs stay in
+-- the table, not dispatched, until `garivini functions resume F`. Every
+-- role reads it about once a second; `functions pause` writes the row to
+-- every database, and a pause found on any database holds for all. Without
+-- the table nothing is paused (one warning per role process and database).
+CREATE TABLE IF NOT EXISTS garivini_paused (
+    funcname   VARCHAR(200)     NOT NULL,
+    since      INT UNSIGNED     NOT NULL,
+    PRIMARY KEY (funcname)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -140,10 +140,11 @@ struct Worker {
 }
 
 /// How a job's work ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Ended {
     Succeeded,
-    Failed,
+    /// Its command failed: why (exit status and the tail of its stderr).
+    Failed(String),
     /// Its command outlived --kill-timeout and was killed.
     TimedOut,
     /// Still running at shutdown: its command was stopped.
@@ -188,7 +189,7 @@ impl Worker {
         };
         let ok = match ended {
             Ended::Succeeded => true,
-            Ended::Failed | Ended::TimedOut => false,
+            Ended::Failed(_) | Ended::TimedOut => false,
             Ended::Abandoned => {
                 // The connection is closed by now: gearmand gives the job
                 // to another worker, and the row keeps its lease meanwhile.
@@ -206,6 +207,8 @@ impl Worker {
                     Ended::TimedOut => WorkResult::FailWith(Bytes::from_static(
                         b"killed after gv_consume --kill-timeout",
                     )),
+                    // The Controller records it as the row's last error.
+                    Ended::Failed(why) => WorkResult::FailWith(Bytes::from(why)),
                     _ => WorkResult::Fail,
                 }
             };
@@ -216,7 +219,11 @@ impl Worker {
             // runs again after its lease).
             client.complete_job_deferred(&job).await.map(|_| None)
         } else {
-            client.failed_job(&job).await.map(Some)
+            let why = match &ended {
+                Ended::Failed(why) => why.clone(),
+                _ => "killed after gv_consume --kill-timeout".to_string(),
+            };
+            client.failed_job_with(&job, &why).await.map(Some)
         };
         self.rows.track(&outcome);
         match outcome {
@@ -296,6 +303,7 @@ async fn run_command(
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn();
@@ -303,12 +311,13 @@ async fn run_command(
         Ok(child) => child,
         Err(err) => {
             tracing::error!(error = %err, "cannot start the command");
-            return Ended::Failed;
+            return Ended::Failed(format!("cannot start the command: {err}"));
         }
     };
+    let stderr = child.stderr.take().map(StderrTail::start);
     let Some(group) = child.id().map(Group) else {
         // Already exited and reaped: nothing left to stop.
-        return Ended::Failed;
+        return Ended::Failed("the command exited before it could be watched".into());
     };
     if let Some(mut stdin) = child.stdin.take() {
         let arg = arg.to_vec();
@@ -328,9 +337,14 @@ async fn run_command(
     tokio::select! {
         status = child.wait() => {
             group.disarm();
+            let tail = match stderr {
+                Some(tail) => tail.finish().await,
+                None => String::new(),
+            };
             match status {
                 Ok(status) if status.success() => Ended::Succeeded,
-                _ => Ended::Failed,
+                Ok(status) => Ended::Failed(failure_text(&status.to_string(), &tail)),
+                Err(err) => Ended::Failed(failure_text(&format!("cannot wait for it: {err}"), &tail)),
             }
         }
         _ = sleep => {
@@ -347,6 +361,64 @@ async fn run_command(
             group.stop(&mut child).await;
             Ended::Abandoned
         }
+    }
+}
+
+/// Bytes of a command's stderr kept for its failure's last error.
+const STDERR_TAIL: usize = 800;
+/// How long, after a command exited, its stderr may take to end (a child
+/// it left behind may hold it open).
+const STDERR_DRAIN: Duration = Duration::from_millis(200);
+
+/// A command's stderr, copied to ours as it comes, its last
+/// [`STDERR_TAIL`] bytes kept.
+struct StderrTail {
+    tail: Arc<Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl StderrTail {
+    fn start(mut pipe: tokio::process::ChildStderr) -> StderrTail {
+        use tokio::io::AsyncReadExt as _;
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let kept = tail.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = std::io::stderr().write_all(&buf[..n]);
+                let mut kept = kept.lock().unwrap();
+                kept.extend_from_slice(&buf[..n]);
+                let over = kept.len().saturating_sub(STDERR_TAIL);
+                kept.drain(..over);
+            }
+        });
+        StderrTail { tail, reader }
+    }
+
+    /// The tail as text, once the pipe ended or [`STDERR_DRAIN`] passed.
+    async fn finish(self) -> String {
+        let mut reader = self.reader;
+        if tokio::time::timeout(STDERR_DRAIN, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+        let tail = self.tail.lock().unwrap();
+        String::from_utf8_lossy(&tail).trim().to_string()
+    }
+}
+
+/// A failed command's last error: its exit status, then the tail of its
+/// stderr.
+fn failure_text(status: &str, stderr_tail: &str) -> String {
+    if stderr_tail.is_empty() {
+        format!("command failed: {status}")
+    } else {
+        format!("command failed: {status}; stderr: {stderr_tail}")
     }
 }
 

@@ -1,14 +1,17 @@
 //! Operating a deployment: the report behind `garivini status` and the job
-//! commands behind `garivini jobs` (list, show, retry, cancel). Everything
+//! commands behind `garivini jobs` (list, show, retry, cancel) and
+//! `garivini functions` (pause, resume, list). Everything
 //! here builds plain values that serialize to JSON; the binary formats
 //! them for people.
 //!
-//! "In flight" is an approximation, stated wherever it is shown: the table
-//! has no lease column (the original's schema), and a dispatched row is
-//! one whose `run_after` was moved to now + lease. So a row counts as in
-//! flight when it is due within the next `lease` seconds; a row delayed or
-//! backed off by less than the lease counts too. See
-//! [`Selection`](crate::store::Selection).
+//! On a table without our history columns (`attempted_at`, `failed_at`:
+//! the original's schema) "in flight" is an approximation, stated wherever
+//! it is shown: a dispatched row is one whose `run_after` was moved to
+//! now plus the lease, so a row counts as in flight when it is due within
+//! the next `lease` seconds; a row delayed or backed off by less than the lease
+//! counts too. With them it is exact (leased, lease not run out, not
+//! failed since), and a failed row waiting out its backoff is "retrying".
+//! See [`Selection`](crate::store::Selection).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +20,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::job::JobRef;
 use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
-use crate::store::{Change, Listed, Store};
+use crate::store::{Change, History, Listed, Store};
 pub use crate::store::{Counts, FunctionStatus, JobState, ListQuery};
 
 /// Rows `jobs list` shows unless told otherwise.
@@ -36,6 +39,10 @@ pub struct DbStatus {
     pub now: Option<u32>,
     /// Why it could not be read, if it could not.
     pub error: Option<String>,
+    /// Whether its table has the history columns (`attempted_at`,
+    /// `failed_at`): its in flight is then exact and it counts retrying
+    /// rows; without them, in flight is the lease-window approximation.
+    pub history: bool,
     /// Per function, by name.
     pub functions: Vec<FunctionStatus>,
     /// The sum over its functions.
@@ -80,6 +87,9 @@ pub struct Status {
     /// in the database (the QueueRunner holds them back). Empty when no
     /// gearmand was given or none answered.
     pub without_worker: Vec<String>,
+    /// Paused functions (`garivini functions pause`): their jobs wait in
+    /// the database until resumed.
+    pub paused: PausedReport,
 }
 
 impl Status {
@@ -123,13 +133,14 @@ pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
             },
         }
     }));
-    let (databases, gearmand) = futures::join!(dbs, servers);
+    let (databases, gearmand, paused) = futures::join!(dbs, servers, paused(store));
     let without_worker = without_worker(&databases, &gearmand);
     Status {
         lease,
         databases,
         gearmand,
         without_worker,
+        paused,
     }
 }
 
@@ -167,6 +178,8 @@ async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
                 dsn,
                 now: Some(now),
                 error: None,
+                // Read by the count just made: no second round trip.
+                history: store.has_history(dbid).await.unwrap_or(false),
                 functions,
                 total,
             }
@@ -176,6 +189,7 @@ async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
             dsn,
             now: None,
             error: Some(e.to_string()),
+            history: false,
             functions: Vec::new(),
             total: Counts::default(),
         },
@@ -214,6 +228,10 @@ pub struct ListedJob {
     /// claim that meets it parks it, dead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsendable: Option<String>,
+    /// What happened to it (`created_at`, `attempted_at`, `failed_at`,
+    /// `last_error`), where the table has the history columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 fn due_in(state: JobState, run_after: u32, now: u32) -> Option<i64> {
@@ -223,7 +241,7 @@ fn due_in(state: JobState, run_after: u32, now: u32) -> Option<i64> {
 impl ListedJob {
     fn new(listed: Listed, now: u32, lease: u32) -> ListedJob {
         let job = listed.job;
-        let state = JobState::of(job.run_after, now, lease);
+        let state = JobState::of_job(&job, listed.history.as_ref(), now, lease);
         ListedJob {
             id: JobRef::from(&job).to_string(),
             dbid: job.dbid,
@@ -236,6 +254,7 @@ impl ListedJob {
             arg_bytes: listed.arg_len,
             arg_preview: String::from_utf8_lossy(&job.arg).into_owned(),
             unsendable: listed.unsendable,
+            history: listed.history,
             uniqkey: job.uniqkey,
             funcname: job.funcname,
         }
@@ -302,6 +321,9 @@ pub struct Shown {
     /// Why the row cannot be dispatched as it is, if it cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsendable: Option<String>,
+    /// What happened to it, where the table has the history columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
     /// The job JSON a worker receives for it.
     pub job: serde_json::Value,
     /// The same, byte for byte as a worker receives it (field order kept).
@@ -311,12 +333,12 @@ pub struct Shown {
 
 /// Reads one row; [`Error::UnknownJobs`] when there is none.
 pub async fn show(store: &Store, id: JobRef, lease: u32) -> Result<Shown> {
-    let (now, jobs) = store.get_many(id.dbid, &[id.jobid]).await?;
-    let job: Job = jobs
+    let (now, jobs) = store.get_many_with_history(id.dbid, &[id.jobid]).await?;
+    let (job, history): (Job, Option<History>) = jobs
         .into_iter()
         .next()
         .ok_or_else(|| Error::UnknownJobs { jobs: vec![id] })?;
-    let state = JobState::of(job.run_after, now, lease);
+    let state = JobState::of_job(&job, history.as_ref(), now, lease);
     let json = job.to_json();
     Ok(Shown {
         id: id.to_string(),
@@ -326,6 +348,7 @@ pub async fn show(store: &Store, id: JobRef, lease: u32) -> Result<Shown> {
         due_in_secs: due_in(state, job.run_after, now),
         arg_bytes: job.arg.len(),
         unsendable: unsendable_funcname(&job.funcname),
+        history,
         job: serde_json::from_slice(&json).expect("the job JSON is JSON"),
         job_json: String::from_utf8(json).expect("JSON is UTF-8"),
     })
@@ -358,15 +381,16 @@ fn by_db(ids: &[JobRef]) -> BTreeMap<u32, Vec<u64>> {
 async fn preflight(store: &Store, ids: &BTreeMap<u32, Vec<u64>>, guard: Guard) -> Result<()> {
     let (mut missing, mut in_flight) = (Vec::new(), Vec::new());
     for (&dbid, jobids) in ids {
-        let (now, rows) = store.get_many(dbid, jobids).await?;
-        let found: std::collections::HashMap<u64, u32> =
-            rows.iter().map(|j| (j.jobid, j.run_after)).collect();
+        let (now, rows) = store.get_many_with_history(dbid, jobids).await?;
+        let found: std::collections::HashMap<u64, &(Job, Option<History>)> =
+            rows.iter().map(|row| (row.0.jobid, row)).collect();
         for &jobid in jobids {
             match found.get(&jobid) {
                 None => missing.push(JobRef { dbid, jobid }),
-                Some(&run_after)
+                Some((job, history))
                     if !guard.force
-                        && JobState::of(run_after, now, guard.lease) == JobState::InFlight =>
+                        && JobState::of_job(job, history.as_ref(), now, guard.lease)
+                            == JobState::InFlight =>
                 {
                     in_flight.push(JobRef { dbid, jobid })
                 }
@@ -464,6 +488,126 @@ pub async fn retry_dead(
         ));
     }
     Ok(out)
+}
+
+/// A paused function across the databases (`garivini functions list`,
+/// `garivini status`): its due jobs wait in the table until it is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Paused {
+    /// The function.
+    pub funcname: String,
+    /// When it was paused: the earliest over the databases (unix time).
+    pub since: u32,
+    /// The databases that hold its pause (a pause on any one holds for
+    /// all).
+    pub databases: Vec<u32>,
+}
+
+/// Every paused function, by name, and the databases that could not say.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PausedReport {
+    /// The paused functions, by name.
+    pub functions: Vec<Paused>,
+    /// Databases without the `garivini_paused` table: nothing is paused
+    /// there (`garivini schema check --apply` creates it).
+    pub without_table: Vec<u32>,
+    /// Databases that could not be read, one line each.
+    pub errors: Vec<String>,
+}
+
+/// Reads the paused functions of every database at once.
+pub async fn paused(store: &Store) -> PausedReport {
+    let reads = futures::future::join_all(
+        store
+            .dbids()
+            .map(|dbid| async move { (dbid, store.list_paused(dbid).await) }),
+    )
+    .await;
+    let mut report = PausedReport::default();
+    let mut by_name: BTreeMap<String, Paused> = BTreeMap::new();
+    for (dbid, read) in reads {
+        match read {
+            Ok(Some(rows)) => {
+                for row in rows {
+                    let entry = by_name
+                        .entry(row.funcname.clone())
+                        .or_insert_with(|| Paused {
+                            funcname: row.funcname,
+                            since: row.since,
+                            databases: Vec::new(),
+                        });
+                    entry.since = entry.since.min(row.since);
+                    entry.databases.push(dbid);
+                }
+            }
+            Ok(None) => report.without_table.push(dbid),
+            Err(err) => report.errors.push(err.to_string()),
+        }
+    }
+    report.functions = by_name.into_values().collect();
+    report
+}
+
+/// What `garivini functions pause` or `resume` did, per database.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PauseReport {
+    /// The function.
+    pub funcname: String,
+    /// Databases where it was paused (or resumed) now.
+    pub changed: Vec<u32>,
+    /// Databases where it was so already.
+    pub unchanged: Vec<u32>,
+    /// Databases without the `garivini_paused` table: nothing changed there.
+    pub without_table: Vec<u32>,
+    /// Databases that failed, one line each.
+    pub errors: Vec<String>,
+}
+
+/// Pauses `funcname` on every database: the roles stop dispatching its
+/// jobs within a couple of seconds (they stay due in the table). A name
+/// [`check_funcname`](crate::job::check_funcname) refuses changes nothing.
+pub async fn pause(store: &Store, funcname: &str) -> Result<PauseReport> {
+    crate::job::check_funcname(funcname)?;
+    let changes = futures::future::join_all(
+        store
+            .dbids()
+            .map(|dbid| async move { (dbid, store.pause_function(dbid, funcname).await) }),
+    )
+    .await;
+    Ok(pause_report(funcname, changes))
+}
+
+/// Resumes `funcname` on every database (as [`pause`] pauses it): its
+/// waiting jobs run within a couple of seconds.
+pub async fn resume(store: &Store, funcname: &str) -> Result<PauseReport> {
+    crate::job::check_funcname(funcname)?;
+    let changes = futures::future::join_all(
+        store
+            .dbids()
+            .map(|dbid| async move { (dbid, store.resume_function(dbid, funcname).await) }),
+    )
+    .await;
+    Ok(pause_report(funcname, changes))
+}
+
+fn pause_report(
+    funcname: &str,
+    changes: Vec<(u32, Result<crate::store::functions::PauseChange>)>,
+) -> PauseReport {
+    use crate::store::functions::PauseChange;
+    let mut report = PauseReport {
+        funcname: funcname.to_string(),
+        ..PauseReport::default()
+    };
+    for (dbid, change) in changes {
+        match change {
+            Ok(PauseChange::Changed) => report.changed.push(dbid),
+            Ok(PauseChange::Unchanged) => report.unchanged.push(dbid),
+            Ok(PauseChange::NoTable) => report.without_table.push(dbid),
+            Err(err) => report.errors.push(err.to_string()),
+        }
+    }
+    report
 }
 
 #[cfg(test)]

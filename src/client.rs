@@ -69,11 +69,18 @@ struct Completion {
 enum Kept {
     /// A completion.
     Delete(JobRef),
-    /// A reschedule: [`Client::reschedule_job`] or [`Client::failed_job`].
+    /// A reschedule: [`Client::reschedule_job`].
     Reschedule {
         job: JobRef,
         when: When,
         failcount: u8,
+    },
+    /// A failure: [`Client::failed_job`] or [`Client::failed_job_with`].
+    Fail {
+        job: JobRef,
+        when: When,
+        failcount: u8,
+        error: Option<String>,
     },
 }
 
@@ -298,8 +305,27 @@ impl Client {
     /// the original's backoff (2^failcount minutes, at most a day), or is
     /// parked dead once it has failed `max_attempts` times. On a fault of
     /// the database the change is kept and written once it answers (and
-    /// the fault returned).
+    /// the fault returned). Where the table has the columns, the row's
+    /// `failed_at` is set (it shows as retrying) and its `last_error`
+    /// cleared: see [`Client::failed_job_with`] to say why.
     pub async fn failed_job(&self, job: &Job) -> Result<Retry> {
+        self.failed(job, None).await
+    }
+
+    /// [`Client::failed_job`], recording `error` as the row's last error
+    /// where the table has the `last_error` column (`garivini jobs show`
+    /// shows it): its last [`MAX_LAST_ERROR_CHARS`] characters, cut on a
+    /// character boundary.
+    ///
+    /// [`MAX_LAST_ERROR_CHARS`]: crate::store::MAX_LAST_ERROR_CHARS
+    pub async fn failed_job_with(&self, job: &Job, error: &str) -> Result<Retry> {
+        // Bounded here too: a failure kept through an outage holds no more.
+        let error =
+            crate::store::bound_error(error, crate::store::MAX_LAST_ERROR_CHARS, false, false);
+        self.failed(job, Some(error)).await
+    }
+
+    async fn failed(&self, job: &Job, error: Option<String>) -> Result<Retry> {
         let failcount = job.failcount.saturating_add(1);
         let retry = if failcount >= self.max_attempts {
             Retry::Dead
@@ -310,7 +336,29 @@ impl Client {
             Retry::Dead => When::Never,
             Retry::In(secs) => When::In(secs),
         };
-        self.reschedule(JobRef::from(job), when, failcount).await?;
+        let job = JobRef::from(job);
+        match self
+            .store
+            .fail(job, when, failcount, error.as_deref())
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if err.is_connection_fault() => {
+                keep(
+                    &self.unwritten,
+                    &self.kept,
+                    Kept::Fail {
+                        job,
+                        when,
+                        failcount,
+                        error,
+                    },
+                    &err,
+                );
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        }
         telemetry::failed(retry == Retry::Dead);
         Ok(retry)
     }
@@ -364,7 +412,13 @@ async fn write_kept(store: &Store, unwritten: &Unwritten, kept: Vec<Kept>) -> Ve
                 job,
                 when,
                 failcount,
-            } => reschedules.push((job, when, failcount)),
+            } => reschedules.push((job, when, failcount, None, false)),
+            Kept::Fail {
+                job,
+                when,
+                failcount,
+                error,
+            } => reschedules.push((job, when, failcount, error, true)),
         }
     }
     let mut again = Vec::new();
@@ -391,14 +445,28 @@ async fn write_kept(store: &Store, unwritten: &Unwritten, kept: Vec<Kept>) -> Ve
             }
         }
     }
-    for (job, when, failcount) in reschedules {
-        match store.reschedule(job, when, failcount).await {
+    for (job, when, failcount, error, failure) in reschedules {
+        let written = if failure {
+            store.fail(job, when, failcount, error.as_deref()).await
+        } else {
+            store.reschedule(job, when, failcount).await
+        };
+        match written {
             Ok(_) => done += 1,
             Err(err) if err.is_connection_fault() => {
-                again.push(Kept::Reschedule {
-                    job,
-                    when,
-                    failcount,
+                again.push(if failure {
+                    Kept::Fail {
+                        job,
+                        when,
+                        failcount,
+                        error,
+                    }
+                } else {
+                    Kept::Reschedule {
+                        job,
+                        when,
+                        failcount,
+                    }
                 });
                 fault = Some(err);
             }

@@ -33,6 +33,7 @@ use crate::names::{
     DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
 };
 use crate::outage::Outage;
+use crate::store::functions::PAUSED_PUSHBACK;
 use crate::telemetry;
 
 /// Jobs run at once, per gearmand.
@@ -121,6 +122,10 @@ pub enum Ran {
     /// No worker serves the job's function: the row waits in the database
     /// (`no_worker_delay`) rather than hold a Controller slot.
     NoWorker,
+    /// The job's function is paused (`garivini functions pause`): its row
+    /// is given back, due again in a second, its failcount kept; nothing
+    /// was run.
+    Paused,
     /// The workload was not a job JSON; nothing was run.
     NotAJob,
     /// The job's function name cannot be sent to gearmand (see
@@ -233,6 +238,27 @@ impl Controller {
             );
             return Ran::Stale;
         }
+        if self
+            .client
+            .store()
+            .paused_functions()
+            .await
+            .contains(&job.funcname)
+        {
+            // Sent before the pause took hold: given back, due again
+            // shortly, its failcount kept; the QueueRunner holds it until
+            // the resume.
+            let given = self
+                .client
+                .reschedule_job(&job, When::In(PAUSED_PUSHBACK))
+                .await;
+            return match self
+                .row_update(given, "function paused, and its row could not be put back")
+            {
+                Some(()) => Ran::Paused,
+                None => Ran::Unknown,
+            };
+        }
         if !self.has_worker(&job.funcname).await {
             let released = self
                 .client
@@ -289,8 +315,11 @@ impl Controller {
                     None => Ran::Unknown,
                 }
             }
-            Ok(Outcome::Fail(_) | Outcome::Exception(_)) => {
-                let failed = self.client.failed_job(&job).await;
+            Ok(outcome @ (Outcome::Fail(_) | Outcome::Exception(_))) => {
+                let failed = self
+                    .client
+                    .failed_job_with(&job, &failure_text(&outcome))
+                    .await;
                 match self.row_update(failed, "job failed and its row could not be rescheduled") {
                     Some(retry) => {
                         tracing::info!(?retry, "job failed");
@@ -307,7 +336,11 @@ impl Controller {
     /// foreground submit is dropped: the worker's answer, should it come,
     /// finds nobody waiting.
     async fn timed_out(&self, job: &Job) -> Ran {
-        let failed = self.client.failed_job(job).await;
+        let error = format!(
+            "timed out after {} s: no answer from the worker",
+            self.config.job_timeout.map_or(0, |t| t.as_secs())
+        );
+        let failed = self.client.failed_job_with(job, &error).await;
         match self.row_update(failed, "job timed out and its row could not be rescheduled") {
             Some(retry) => {
                 tracing::warn!(
@@ -461,6 +494,22 @@ enum Waited {
     Answered(Result<Outcome>),
     TimedOut,
     Abandoned,
+}
+
+/// The last error a failed job's row records: which answer, and what the
+/// worker said with it (its last WORK_WARNING before a WORK_FAIL, or the
+/// WORK_EXCEPTION's data), as text.
+fn failure_text(outcome: &Outcome) -> String {
+    let (what, data) = match outcome {
+        Outcome::Fail(data) => ("WORK_FAIL", data),
+        Outcome::Exception(data) => ("WORK_EXCEPTION", data),
+        Outcome::Complete(data) => ("WORK_COMPLETE", data),
+    };
+    if data.is_empty() {
+        format!("{what} (the worker said nothing more)")
+    } else {
+        format!("{what}: {}", String::from_utf8_lossy(data))
+    }
 }
 
 /// Sleeps until `deadline`; for ever when there is none.

@@ -56,8 +56,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::job::Priority;
 use crate::error::{Error, Result};
+use crate::job::Priority;
 use crate::outage::Outage;
 
 /// How long a connect to gearmand may take.

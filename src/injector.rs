@@ -8,7 +8,8 @@
 //! (due at now + lease), so a job lost anywhere after the commit comes
 //! back through the QueueRunner. A delayed job, or one arriving while
 //! `run_queued_job` is over the queue watermark, is stored due when it
-//! should run and left to the QueueRunner.
+//! should run and left to the QueueRunner, as is a job of a paused
+//! function (`garivini functions pause`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -333,12 +334,16 @@ impl Injector {
     pub async fn inject(&self, workload: &[u8]) -> Result<Bytes> {
         let started = std::time::Instant::now();
         let mut request = parse_request(workload, self.config.max_batch)?;
-        let due_now = request.jobs.iter().filter(|j| j.delay == 0).count() as u64;
+        // A paused function's job is stored due, and waits for the
+        // QueueRunner to send it after the resume.
+        let paused = self.store.paused_functions().await;
+        let dispatchable = |job: &NewJob| job.delay == 0 && !paused.contains(&job.funcname);
+        let due_now = request.jobs.iter().filter(|j| dispatchable(j)).count() as u64;
         let taken = self.depth.take(due_now, self.config.queue_watermark_depth);
         let mut room = taken;
         let mut dispatch = Vec::with_capacity(request.jobs.len());
         for job in &mut request.jobs {
-            let now = job.delay == 0 && room > 0;
+            let now = dispatchable(job) && room > 0;
             if now {
                 room -= 1;
                 // Stored leased: the dispatch below is its first run.

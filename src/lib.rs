@@ -32,8 +32,10 @@
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
 //!   outage, capped and jittered retries.
 //! - [`telemetry`]: the Prometheus metrics the roles record (the catalogue).
-//! - [`admin`]: operating it: the `garivini status` report and the
-//!   `garivini jobs` commands (list, show, retry, cancel).
+//! - [`admin`]: operating it: the `garivini status` report, the
+//!   `garivini jobs` commands (list, show, retry, cancel) and pausing a
+//!   function (`garivini functions pause|resume`, the roles honour it
+//!   through [`Store::paused_functions`]).
 //!
 //! Storing a job and, in a worker, completing it:
 //!

@@ -8,6 +8,8 @@
 //! wait out its lease. Rows of a function whose gearmand queue is over the
 //! watermark are pushed back instead of sent, so gearmand's memory stays
 //! bounded however long the table's backlog is.
+//! Rows of a paused function (`garivini functions pause`) are neither
+//! leased nor sent: they stay due, pushed back a second at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::names::{
 };
 use crate::outage::Outage;
 use crate::periodic;
+use crate::store::functions::{PausedFunctions, PAUSED_PUSHBACK};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -362,25 +365,42 @@ impl QueueRunner {
             return Ok(());
         }
         let limit = self.batches[&dbid].get();
+        let paused = self.store.paused_functions().await;
+        // Set, not added to, by each call of the decision: a claim that is
+        // retried leaves the count of the one that committed.
+        let paused_rows = std::sync::atomic::AtomicUsize::new(0);
         let claim = self
             .store
-            .claim(dbid, limit, self.config.lease, |due| match room.as_ref() {
-                Some(room) => room.admit(due),
-                None => vec![None; due.len()],
+            .claim(dbid, limit, self.config.lease, |due| {
+                let decided: Vec<Option<u32>> = match room.as_ref() {
+                    Some(room) => room.admit(due, &paused),
+                    None => due
+                        .iter()
+                        .map(|job| paused.contains(&job.funcname).then_some(PAUSED_PUSHBACK))
+                        .collect(),
+                };
+                if !paused.is_empty() {
+                    let n = due.iter().filter(|j| paused.contains(&j.funcname)).count();
+                    paused_rows.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                decided
             })
             .await?;
         if let Some(room) = room.as_mut() {
             room.take(&claim.jobs);
         }
         // Sized by what was dispatched: while gearmand is full, smaller
-        // claims mean fewer rows read only to be pushed back.
-        self.batches
-            .get_mut(&dbid)
-            .expect("known db")
-            .update(claim.jobs.len());
-        // Full means dispatched full: a batch of pushed-back rows is no
-        // reason to go again at once (it would only push back more).
-        stats.full |= claim.jobs.len() >= limit;
+        // claims mean fewer rows read only to be pushed back. A paused
+        // function's rows count as dispatched: they are moved out of the
+        // way of the rows behind them, which would otherwise wait for
+        // the whole paused backlog to be pushed back a small batch at a
+        // time.
+        let moved = claim.jobs.len() + paused_rows.into_inner();
+        self.batches.get_mut(&dbid).expect("known db").update(moved);
+        // Full means dispatched (or paused) full: a batch of rows pushed
+        // back by the watermark is no reason to go again at once (it
+        // would only push back more).
+        stats.full |= moved >= limit;
         stats.claimed += claim.jobs.len();
         stats.pushed_back += claim.pushed_back;
         stats.parked += claim.parked.len();
@@ -581,11 +601,15 @@ impl Room {
     /// waits in the database: in gearmand it would only be submitted again
     /// each lease and pile up (and a `controller` row would hold a
     /// Controller's slot until a worker came). Keeps no state (a claim may
-    /// be retried).
-    fn admit(&self, due: &[Job]) -> Vec<Option<u32>> {
+    /// be retried). A paused function's rows wait too, due again after
+    /// [`PAUSED_PUSHBACK`], and take no room.
+    fn admit(&self, due: &[Job], paused: &PausedFunctions) -> Vec<Option<u32>> {
         let mut taken: HashMap<&str, u64> = HashMap::new();
         due.iter()
             .map(|job| {
+                if paused.contains(&job.funcname) {
+                    return Some(PAUSED_PUSHBACK);
+                }
                 if !self.served.contains(&job.funcname) {
                     return Some(self.no_worker_delay);
                 }
@@ -695,7 +719,10 @@ mod tests {
             job("served", Flag::Controller),
             job("served", Flag::Controller),
         ];
-        assert_eq!(room.admit(&due), vec![None, Some(1), None, None, Some(1)]);
+        assert_eq!(
+            room.admit(&due, &PausedFunctions::default()),
+            vec![None, Some(1), None, None, Some(1)]
+        );
     }
 
     #[test]
@@ -714,8 +741,31 @@ mod tests {
             job("busy", Flag::Shim),
         ];
         assert_eq!(
-            room.admit(&due),
+            room.admit(&due, &PausedFunctions::default()),
             vec![Some(30), Some(30), Some(30), Some(30), None]
+        );
+    }
+
+    #[test]
+    fn a_paused_functions_rows_wait_and_leave_the_room_to_the_others() {
+        let status: HashMap<String, FunctionLoad> = [
+            ("paused".to_string(), load(0, 1)),
+            ("other".to_string(), load(0, 1)),
+        ]
+        .into();
+        let room = Room::new(1, 7, 30, status);
+        let due = [
+            job("paused", Flag::Shim),
+            job("paused", Flag::Shim),
+            job("other", Flag::Shim),
+        ];
+        assert_eq!(
+            room.admit(&due, &PausedFunctions::of(["paused"])),
+            vec![Some(PAUSED_PUSHBACK), Some(PAUSED_PUSHBACK), None]
+        );
+        assert_eq!(
+            room.admit(&due, &PausedFunctions::default()),
+            vec![None, Some(7), None]
         );
     }
 

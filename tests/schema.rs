@@ -41,8 +41,9 @@ fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
 
 /// `schema` (a job table kept from elsewhere) with what `--apply` adds
 /// to any table beside the checks below, which are about the rest: our
-/// `priority` column and its index, and schema.sql's garivini_periodic
-/// table. Each missing is a need of its own
+/// `priority` column and its index, our history columns (`ADD_HISTORY`),
+/// and schema.sql's garivini_periodic
+/// table (and garivini_paused after it). Each missing is a need of its own
 /// (`the_original_table_gets_the_priority_column_from_apply`,
 /// `a_missing_table_is_reported_with_the_create_and_apply_creates_it`
 /// here, and tests/periodic.rs).
@@ -51,10 +52,20 @@ fn kept(schema: &str) -> String {
         .find("CREATE TABLE IF NOT EXISTS garivini_periodic")
         .expect("schema.sql creates garivini_periodic");
     format!(
-        "{schema};\n{ADD_PRIORITY};\n{ADD_PRIORITY_INDEX};\n{}",
+        "{schema};\n{ADD_PRIORITY};\n{ADD_PRIORITY_INDEX};\n{};\n{}",
+        ADD_HISTORY.join(";\n"),
         &SCHEMA[start..]
     )
 }
+
+/// Our history columns, which `kept` adds too (tests/history.rs has
+/// `--apply` add them to the original's table).
+const ADD_HISTORY: [&str; 4] = [
+    "ALTER TABLE job ADD COLUMN created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
+    "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NULL DEFAULT NULL",
+    "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NULL DEFAULT NULL",
+    "ALTER TABLE job ADD COLUMN last_error VARCHAR(1000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL",
+];
 
 const ADD_PRIORITY: &str =
     "ALTER TABLE job ADD COLUMN priority TINYINT UNSIGNED NOT NULL DEFAULT 1";
@@ -300,7 +311,14 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
         "{out}"
     );
     assert!(
-        err.starts_with("error: database 1 needs 2 changes;"),
+        out.contains(
+            "  needs: no garivini_paused table: functions cannot be paused \
+             (garivini functions pause fails; each role logs a warning)\n    CREATE TABLE IF NOT EXISTS garivini_paused (\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.starts_with("error: database 1 needs 3 changes;"),
         "{err}"
     );
 
@@ -314,6 +332,10 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
         out.contains("  applied: CREATE TABLE IF NOT EXISTS garivini_periodic ( …\n"),
         "{out}"
     );
+    assert!(
+        out.contains("  applied: CREATE TABLE IF NOT EXISTS garivini_paused ( …\n"),
+        "{out}"
+    );
     assert!(out.ends_with("  checked again:\n    ok\n"), "{out}");
     original_statements_work(&db).await;
 }
@@ -325,12 +347,16 @@ async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(lines_starting(&out, "needs:").len(), 1, "{out}");
     let notes = lines_starting(&out, "note:");
-    assert_eq!(notes.len(), 1, "{out}");
+    assert_eq!(notes.len(), 2, "{out}");
     assert!(
-        notes[0].starts_with("note: table charset latin1: "),
+        notes[0].starts_with("note: index run_after (run_after) is the original's claim index"),
         "{out}"
     );
-    assert!(notes[0].contains("'?'"), "{out}");
+    assert!(
+        notes[1].starts_with("note: table charset latin1: "),
+        "{out}"
+    );
+    assert!(notes[1].contains("'?'"), "{out}");
     let statements = lines_starting(&out, "ALTER");
     assert_eq!(statements, vec![ADD_STATUS_INDEX], "{out}");
 

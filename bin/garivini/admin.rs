@@ -133,6 +133,10 @@ pub struct StateFilter {
     /// Rows with failcount > 0 that are not dead.
     #[arg(long)]
     failing: bool,
+    /// Rows that failed and wait out their backoff (needs the table's
+    /// attempted_at and failed_at columns; none without them).
+    #[arg(long)]
+    retrying: bool,
 }
 
 impl StateFilter {
@@ -147,6 +151,7 @@ impl StateFilter {
             } => Selection::Scheduled,
             StateFilter { dead: true, .. } => Selection::Dead,
             StateFilter { failing: true, .. } => Selection::Failing,
+            StateFilter { retrying: true, .. } => Selection::Retrying,
             _ => Selection::All,
         }
     }
@@ -192,10 +197,24 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
         out.push_str(&s);
         out.push('\n');
     };
-    line(format!(
-        "in flight = due within the {} s lease (leased, or delayed by less); failing = failcount > 0, not dead",
-        status.lease
-    ));
+    let exact = status.databases.iter().filter(|db| db.history).count();
+    if exact < status.databases.len() {
+        line(format!(
+            "in flight = due within the {} s lease (leased, or delayed by less); failing = failcount > 0, not dead",
+            status.lease
+        ));
+    }
+    if exact > 0 {
+        let which = if exact < status.databases.len() {
+            "where the table has attempted_at and failed_at: "
+        } else {
+            ""
+        };
+        line(format!(
+            "{which}in flight = leased and its {} s lease not run out; retrying = failed, waiting out its backoff; failing = failcount > 0, not dead",
+            status.lease
+        ));
+    }
     for db in &status.databases {
         line(String::new());
         let clock = db.now.map_or(String::new(), |n| format!("  at {}", utc(n)));
@@ -208,33 +227,37 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
             line("  no jobs".into());
             continue;
         }
-        let mut rows = vec![header(&[
-            "function",
-            "due",
-            "in flight",
-            "scheduled",
-            "dead",
-            "failing",
-            "oldest due",
-        ])];
+        let mut titles = vec!["function", "due", "in flight", "scheduled"];
+        if db.history {
+            titles.push("retrying");
+        }
+        titles.extend(["dead", "failing", "oldest due"]);
+        let mut rows = vec![header(&titles)];
         let counts = |name: &str, c: &admin::Counts| {
-            vec![
+            let mut row = vec![
                 name.to_string(),
                 c.due.to_string(),
                 c.in_flight.to_string(),
                 c.scheduled.to_string(),
+            ];
+            if db.history {
+                row.push(c.retrying.to_string());
+            }
+            row.extend([
                 c.dead.to_string(),
                 c.failing.to_string(),
                 c.oldest_due_secs.map_or("-".into(), age),
-            ]
+            ]);
+            row
         };
+        let numeric: Vec<usize> = (1..titles.len()).collect();
         for f in &db.functions {
             rows.push(counts(&printable(&f.funcname), &f.counts));
         }
         if db.functions.len() > 1 {
             rows.push(counts("(all)", &db.total));
         }
-        for l in table(&rows, &[1, 2, 3, 4, 5, 6]) {
+        for l in table(&rows, &numeric) {
             line(format!("  {l}"));
         }
     }
@@ -265,6 +288,21 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
         for l in table(&rows, &[1, 2, 3]) {
             line(format!("  {l}"));
         }
+    }
+    if !status.paused.functions.is_empty() || !status.paused.without_table.is_empty() {
+        line(String::new());
+    }
+    for f in &status.paused.functions {
+        line(format!(
+            "paused: {} since {} (its jobs wait in the database until `garivini functions resume`)",
+            printable(&f.funcname),
+            utc(f.since)
+        ));
+    }
+    for dbid in &status.paused.without_table {
+        line(format!(
+            "database {dbid}: no garivini_paused table, so nothing is paused there (garivini schema check --apply creates it)"
+        ));
     }
     if !status.without_worker.is_empty() {
         let names: Vec<String> = status.without_worker.iter().map(|f| printable(f)).collect();
@@ -372,6 +410,25 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             println!("  uniqkey    {}", text("uniqkey"));
             println!("  coalesce   {}", text("coalesce"));
             println!("  arg        {} bytes", shown.arg_bytes);
+            if let Some(h) = &shown.history {
+                let at = |t: Option<u64>| {
+                    t.map_or("-".to_string(), |t| {
+                        let ago = u64::from(shown.now).saturating_sub(t);
+                        format!(
+                            "{} ({} ago)",
+                            utc(t.min(u64::from(u32::MAX)) as u32),
+                            age(ago)
+                        )
+                    })
+                };
+                println!("  created    {}", at(h.created_at));
+                println!("  attempted  {}", at(h.attempted_at));
+                if h.failed_at.is_some() {
+                    println!("  failed     {}", at(h.failed_at));
+                }
+                let error = h.last_error.as_deref().map_or("-".into(), printable);
+                println!("  last error {error}");
+            }
             if let Some(why) = &shown.unsendable {
                 println!("  cannot be dispatched: {why} (parked dead by a QueueRunner)");
             }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod format;
+mod functions;
 mod schema;
 mod settings;
 mod settings_file;
@@ -62,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
+    /// Pauses or resumes a function's jobs in every database, or lists
+    /// the paused ones.
+    Functions {
+        #[command(subcommand)]
+        command: functions::FunctionsCommand,
+    },
     /// Runs several roles in one process, sharing its database pools.
     Workers {
         /// The roles, comma separated.
@@ -96,6 +103,7 @@ fn main() {
             Command::Config(ConfigCommand::Check) => return settings::check(&e),
             Command::Status(args) => return admin::status(args, e.lease, &e.servers.0).await,
             Command::Jobs { command } => return admin::jobs(command, e.lease, &e.servers.0).await,
+            Command::Functions { command } => return functions::run(command, &e.servers.0).await,
             Command::Schema(schema::SchemaCommand::Check(args)) => {
                 return schema::check(args, &e.servers.0).await
             }

@@ -189,6 +189,7 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
         Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), &none),
         Command::Status(_) | Command::Jobs { .. } | Command::Schema(_) => (Vec::new(), &none),
+        Command::Functions { .. } => (Vec::new(), &none),
     };
     let file = cli
         .config

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
-use super::rows::{columns, db_now, in_list, priority, RawRow, MAX_IN_LIST};
+use super::history::History;
+use super::rows::{columns, db_now, in_list, levels, priority, RawRow, MAX_IN_LIST};
 use super::{tx_opts, Store};
 use crate::error::Result;
 use serde::Serialize;
@@ -18,11 +19,20 @@ use crate::job::{Job, NEVER};
 /// and a lease window of `lease` seconds. The four states partition the
 /// table; failing cuts across them.
 ///
-/// There is no lease column: a row a QueueRunner, Injector or Controller
-/// has dispatched has `run_after = now + lease`, just as a row delayed by
+/// On a table without our `attempted_at` and `failed_at` columns (the
+/// original's), a row a QueueRunner, Injector or Controller has
+/// dispatched has `run_after = now + lease`, just as a row delayed by
 /// that long. So "in flight" is *run_after within the next `lease`
 /// seconds*: every leased row (while its lease holds) is in it, and so is
-/// any row delayed, backed off or pushed back by less than the lease.
+/// any row delayed, backed off or pushed back by less than the lease; and
+/// nothing is retrying.
+///
+/// With them, a row is *retrying* when our Client or Controller recorded
+/// its failure (`failed_at`) and it is not due yet, and *in flight* when it
+/// was leased (`attempted_at`; or, never attempted, it has flag
+/// `controller`: an Injector stores its rows leased) and its lease has not
+/// run out (due within `lease` seconds, not failed since). A row delayed
+/// at insert is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
@@ -30,10 +40,14 @@ pub enum Selection {
     All,
     /// `run_after <= now`: waiting for a QueueRunner.
     Due,
-    /// `now < run_after <= now + lease`: leased (or due again soon).
+    /// `now < run_after <= now + lease` (leased, or due again soon); with
+    /// the history columns, only rows leased and not failed since.
     InFlight,
-    /// `now + lease < run_after < NEVER`: delayed beyond the lease.
+    /// Not due, not dead, and neither in flight nor retrying.
     Scheduled,
+    /// Not due, not dead, failed since its last lease (`failed_at` set):
+    /// waiting out its backoff. None without the history columns.
+    Retrying,
     /// `run_after >= NEVER`: given up, kept for inspection.
     Dead,
     /// `failcount > 0` and not dead.
@@ -41,9 +55,28 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// The WHERE condition, whose `?`s [`Selection::params`] binds.
-    fn condition(self) -> String {
+    /// The WHERE condition, whose `?`s [`Selection::params`] binds, on a
+    /// table with (`history`) or without the history columns.
+    fn condition(self, history: bool) -> String {
+        if history {
+            let waiting = format!("run_after > ? AND run_after < {NEVER}");
+            match self {
+                Selection::InFlight => {
+                    return format!(
+                        "run_after > ? AND run_after <= ? AND failed_at IS NULL AND {LEASED}"
+                    )
+                }
+                Selection::Scheduled => {
+                    return format!(
+                        "{waiting} AND failed_at IS NULL AND NOT (run_after <= ? AND {LEASED})"
+                    )
+                }
+                Selection::Retrying => return format!("{waiting} AND failed_at IS NOT NULL"),
+                _ => {}
+            }
+        }
         match self {
+            Selection::Retrying => "FALSE".into(),
             Selection::All => "TRUE".into(),
             Selection::Due => "run_after <= ?".into(),
             Selection::InFlight => "run_after > ? AND run_after <= ?".into(),
@@ -53,16 +86,22 @@ impl Selection {
         }
     }
 
-    fn params(self, now: u32, lease: u32) -> Vec<Value> {
+    fn params(self, now: u32, lease: u32, history: bool) -> Vec<Value> {
         let until = Value::from(u64::from(now) + u64::from(lease));
         match self {
             Selection::All | Selection::Dead | Selection::Failing => vec![],
-            Selection::Due => vec![Value::from(now)],
+            Selection::Retrying if !history => vec![],
+            Selection::Due | Selection::Retrying => vec![Value::from(now)],
             Selection::InFlight => vec![Value::from(now), until],
+            Selection::Scheduled if history => vec![Value::from(now), until],
             Selection::Scheduled => vec![until],
         }
     }
 }
+
+/// With the history columns: a row that was leased, or (never attempted)
+/// stored leased by an Injector.
+const LEASED: &str = "(attempted_at IS NOT NULL OR CAST(flag AS BINARY) <=> 'controller')";
 
 /// A row's state, as listings and `show` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,8 +111,12 @@ pub enum JobState {
     Due,
     /// Due within the lease window (leased, or due again soon).
     InFlight,
-    /// Due later than the lease window.
+    /// Due later than the lease window; with the history columns, any
+    /// row not due, not leased and not failed (delayed, rescheduled).
     Scheduled,
+    /// Failed (our Client or Controller recorded it), waiting out its
+    /// backoff: nothing runs it now. Only with the history columns.
+    Retrying,
     /// Never runs again unless retried.
     Dead,
 }
@@ -94,12 +137,31 @@ impl JobState {
         }
     }
 
+    /// The state of `job` at `now`, for a lease window of `lease`
+    /// seconds, given its `history` (`None`: the table has no history
+    /// columns, and [`JobState::of`] says): the same bounds as the SQL of
+    /// [`Selection`].
+    pub fn of_job(job: &Job, history: Option<&History>, now: u32, lease: u32) -> JobState {
+        let state = JobState::of(job.run_after, now, lease);
+        let Some(h) = history else {
+            return state;
+        };
+        let leased = h.attempted_at.is_some() || job.flag == crate::job::Flag::Controller;
+        match state {
+            JobState::Due | JobState::Dead => state,
+            _ if h.failed_at.is_some() => JobState::Retrying,
+            JobState::InFlight if leased => JobState::InFlight,
+            _ => JobState::Scheduled,
+        }
+    }
+
     /// How people read it.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Due => "due",
             JobState::InFlight => "in flight",
             JobState::Scheduled => "scheduled",
+            JobState::Retrying => "retrying",
             JobState::Dead => "dead",
         }
     }
@@ -112,8 +174,11 @@ pub struct Counts {
     pub due: u64,
     /// Due within the lease window: leased (dispatched), or due again soon.
     pub in_flight: u64,
-    /// Due later than the lease window.
+    /// Due later than the lease window (with the history columns: not
+    /// leased, not failed).
     pub scheduled: u64,
+    /// Failed, waiting out the backoff (only with the history columns).
+    pub retrying: u64,
     /// Given up (run_after = never), kept for inspection.
     pub dead: u64,
     /// failcount > 0 and not dead (also counted in their state).
@@ -128,6 +193,7 @@ impl Counts {
         self.due += other.due;
         self.in_flight += other.in_flight;
         self.scheduled += other.scheduled;
+        self.retrying += other.retrying;
         self.dead += other.dead;
         self.failing += other.failing;
         self.oldest_due_secs = self.oldest_due_secs.max(other.oldest_due_secs);
@@ -168,6 +234,8 @@ pub struct Listed {
     /// Why the row cannot be dispatched as it is, if it cannot (such a
     /// row is parked, dead, by the first claim that meets it).
     pub unsendable: Option<String>,
+    /// What happened to it, where the table has the history columns.
+    pub history: Option<History>,
 }
 
 /// Bytes of each arg a listing reads.
@@ -216,6 +284,11 @@ impl Store {
         self.attempt(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
+            // Read here, not through `optional`'s `run`: an admin command
+            // reports a database it cannot read, it logs no outage.
+            let cols = super::rows::Optional::read(&mut conn).await?;
+            *db.optional.lock().unwrap() = Some((std::time::Instant::now(), cols));
+            let history = cols.history();
             let until = u64::from(now) + u64::from(lease);
             let rows: Vec<RawRow> = conn
                 .exec(
@@ -232,7 +305,7 @@ impl Store {
                     (now, now, until, until, now),
                 )
                 .await?;
-            let counts = rows
+            let mut counts: Vec<FunctionStatus> = rows
                 .into_iter()
                 .map(|row| {
                     let (funcname, n) = row.name_and_numbers();
@@ -244,6 +317,7 @@ impl Store {
                             due: at(0).unwrap_or(0),
                             in_flight: at(1).unwrap_or(0),
                             scheduled: at(2).unwrap_or(0),
+                            retrying: 0,
                             dead: at(3).unwrap_or(0),
                             failing: at(4).unwrap_or(0),
                             oldest_due_secs: oldest_due,
@@ -251,6 +325,39 @@ impl Store {
                     }
                 })
                 .collect();
+            if history {
+                // The rows due later, read (not only their index entries)
+                // to tell leased from failed from delayed; due and dead
+                // rows stay counted from the index above.
+                let rows: Vec<RawRow> = conn
+                    .exec(
+                        format!(
+                            "SELECT funcname, \
+                               CAST(SUM(failed_at IS NULL AND run_after <= ? AND {LEASED}) AS UNSIGNED), \
+                               CAST(SUM(failed_at IS NOT NULL) AS UNSIGNED) \
+                             FROM job WHERE run_after > ? AND run_after < {NEVER} \
+                             GROUP BY funcname ORDER BY funcname"
+                        ),
+                        (until, now),
+                    )
+                    .await?;
+                let later: HashMap<String, (u64, u64)> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let (funcname, n) = row.name_and_numbers();
+                        let at = |i: usize| n.get(i).copied().flatten().unwrap_or(0);
+                        (funcname, (at(0), at(1)))
+                    })
+                    .collect();
+                for f in &mut counts {
+                    let (in_flight, retrying) = later.get(&f.funcname).copied().unwrap_or((0, 0));
+                    let c = &mut f.counts;
+                    let waiting = c.in_flight + c.scheduled;
+                    c.in_flight = in_flight.min(waiting);
+                    c.retrying = retrying.min(waiting - c.in_flight);
+                    c.scheduled = waiting - c.in_flight - c.retrying;
+                }
+            }
             Ok((now, counts))
         })
         .await
@@ -264,12 +371,15 @@ impl Store {
     /// `limit`; rows due at the same second come in no set order.
     pub async fn list(&self, dbid: u32, query: &ListQuery) -> Result<(u32, Vec<Listed>)> {
         let db = self.db(dbid)?;
-        let priority = priority(self.optional(db).await?);
+        let cols = self.optional_quiet(db).await?;
+        let priority = priority(cols);
+        let history = cols.history();
+        let history_columns = &super::history::columns(cols);
         self.attempt(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
-            let condition = query.selection.condition();
-            let mut params = query.selection.params(now, query.lease);
+            let condition = query.selection.condition(history);
+            let mut params = query.selection.params(now, query.lease, history);
             let by_func = match query.funcname.as_deref() {
                 Some(f) => {
                     params.push(Value::from(f));
@@ -278,27 +388,39 @@ impl Store {
                 None => "",
             };
             params.push(Value::from(query.limit as u64));
-            let rows: Vec<RawRow> = conn
-                .exec(
-                    format!(
-                        "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
-                         `coalesce`, flag, failcount, {priority}, COALESCE(LENGTH(arg), 0) \
-                         FROM job WHERE {condition} {by_func} ORDER BY run_after LIMIT ?"
-                    ),
-                    Params::Positional(params),
-                )
-                .await?;
-            let listed = rows
-                .into_iter()
-                .map(|row| {
+            // With a funcname, funcname_run_after gives the order; without,
+            // one range of the claim index per priority level, merged here
+            // (a table with priorities has no plain run_after index).
+            let levels = match query.funcname {
+                Some(_) => &[""][..],
+                None => levels(cols),
+            };
+            let mut listed: Vec<Listed> = Vec::new();
+            for level in levels {
+                let rows: Vec<RawRow> = conn
+                    .exec(
+                        format!(
+                            "SELECT jobid, funcname, LEFT(arg, {LISTED_ARG_BYTES}), uniqkey, run_after, \
+                             `coalesce`, flag, failcount, {priority}, COALESCE(LENGTH(arg), 0), \
+                             {history_columns} \
+                             FROM job WHERE {level}({condition}) {by_func} ORDER BY run_after LIMIT ?"
+                        ),
+                        Params::Positional(params.clone()),
+                    )
+                    .await?;
+                listed.extend(rows.into_iter().map(|mut row| {
+                    let tail = History::from_values(row.take_tail(4));
                     let read = row.read(dbid);
                     Listed {
                         arg_len: read.extra.first().copied().unwrap_or(0),
                         unsendable: read.unsendable,
                         job: read.job,
+                        history: history.then_some(tail),
                     }
-                })
-                .collect();
+                }));
+            }
+            listed.sort_by_key(|l| l.job.run_after);
+            listed.truncate(query.limit);
             Ok((now, listed))
         })
         .await
@@ -307,8 +429,21 @@ impl Store {
     /// The database's clock and the rows of `jobids` that exist (in no
     /// particular order). Takes no lock.
     pub async fn get_many(&self, dbid: u32, jobids: &[u64]) -> Result<(u32, Vec<Job>)> {
+        let (now, rows) = self.get_many_with_history(dbid, jobids).await?;
+        Ok((now, rows.into_iter().map(|(job, _)| job).collect()))
+    }
+
+    /// [`Store::get_many`], each row with its history where the table has
+    /// the history columns (`None` where it has not). Takes no lock.
+    pub async fn get_many_with_history(
+        &self,
+        dbid: u32,
+        jobids: &[u64],
+    ) -> Result<(u32, Vec<(Job, Option<History>)>)> {
         let db = self.db(dbid)?;
-        let columns = &columns(self.optional(db).await?);
+        let cols = self.optional_quiet(db).await?;
+        let history = cols.history();
+        let columns = &format!("{}, {}", columns(cols), super::history::columns(cols));
         self.attempt(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             let now = db_now(&mut conn).await?;
@@ -321,7 +456,10 @@ impl Store {
                         params,
                     )
                     .await?;
-                jobs.extend(rows.into_iter().map(|r| r.read(dbid).job));
+                jobs.extend(rows.into_iter().map(|mut r| {
+                    let tail = History::from_values(r.take_tail(4));
+                    (r.read(dbid).job, history.then_some(tail))
+                }));
             }
             Ok((now, jobs))
         })
@@ -374,29 +512,36 @@ impl Store {
         wanted.sort_unstable();
         wanted.dedup();
         let wanted = &wanted;
+        let cols = self.optional_quiet(db).await?;
+        let history = cols.history();
+        let columns = &format!("{}, {}", columns(cols), super::history::columns(cols));
         self.attempt(db, move || async move {
             let mut tx = db.pool().start_transaction(tx_opts()).await?;
             let now = db_now(&mut tx).await?;
-            let mut found: HashMap<u64, u32> = HashMap::new();
+            let mut found: HashMap<u64, (Job, Option<History>)> = HashMap::new();
             for chunk in wanted.chunks(MAX_IN_LIST) {
                 let (list, params) = in_list(chunk);
-                let rows: Vec<(u64, u32)> = tx
+                let rows: Vec<RawRow> = tx
                     .exec(
-                        format!(
-                            "SELECT jobid, run_after FROM job WHERE jobid IN ({list}) FOR UPDATE"
-                        ),
+                        format!("SELECT {columns} FROM job WHERE jobid IN ({list}) FOR UPDATE"),
                         params,
                     )
                     .await?;
-                found.extend(rows);
+                found.extend(rows.into_iter().map(|mut r| {
+                    let tail = History::from_values(r.take_tail(4));
+                    let job = r.read(dbid).job;
+                    (job.jobid, (job, history.then_some(tail)))
+                }));
             }
             let mut change = Change::default();
             for &id in wanted {
                 match found.get(&id) {
                     None => change.missing.push(id),
-                    Some(&run_after) => {
+                    Some((job, history)) => {
                         if let Some(lease) = guard {
-                            if JobState::of(run_after, now, lease) == JobState::InFlight {
+                            if JobState::of_job(job, history.as_ref(), now, lease)
+                                == JobState::InFlight
+                            {
                                 change.in_flight.push(id);
                             }
                         }

@@ -7,7 +7,7 @@ use mysql_async::{Params, Value};
 
 use std::time::{Duration, Instant};
 
-use super::rows::{columns, db_now, in_list, Optional, RawRow, MAX_IN_LIST};
+use super::rows::{columns, db_now, in_list, levels, Optional, RawRow, MAX_IN_LIST};
 use super::{tx_opts, Store};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobRef, When, NEVER};
@@ -108,7 +108,7 @@ impl Store {
                     }
                 }
                 let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
-                set_run_after(&mut tx, &leased, Due::In(lease)).await?;
+                set_run_after(&mut tx, &leased, Due::Leased(lease, cols)).await?;
                 for (secs, ids) in &later {
                     set_run_after(&mut tx, ids, Due::In(*secs)).await?;
                     claim.pushed_back += ids.len();
@@ -132,39 +132,58 @@ impl Store {
         Ok(claim)
     }
 
-    /// Whether database `dbid` has a due row: one probe of the run_after
-    /// index, no lock taken. Cheap enough for an idle QueueRunner to ask
-    /// ten times a second, where a claim round would also open a
-    /// transaction and ask gearmand for its queue depths.
+    /// Whether database `dbid` has a due row: a probe of the claim index
+    /// (one per priority level at most), no lock taken. Cheap enough for
+    /// an idle QueueRunner to ask ten times a second, where a claim round
+    /// would also open a transaction and ask gearmand for its queue
+    /// depths.
     pub async fn any_due(&self, dbid: u32) -> Result<bool> {
         let db = self.db(dbid)?;
+        let cols = self.optional(db).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
-            let due: Option<u8> = conn
-                .exec_first(
-                    "SELECT 1 FROM job WHERE run_after <= UNIX_TIMESTAMP() LIMIT 1",
-                    (),
-                )
-                .await?;
-            Ok(due.is_some())
+            for level in levels(cols) {
+                let due: Option<u8> = conn
+                    .exec_first(
+                        format!(
+                            "SELECT 1 FROM job WHERE {level}run_after <= UNIX_TIMESTAMP() LIMIT 1"
+                        ),
+                        (),
+                    )
+                    .await?;
+                if due.is_some() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         })
         .await
     }
 
-    /// Rows of database `dbid` due now, counted up to `cap` (the scan of
-    /// the run_after index stops there).
+    /// Rows of database `dbid` due now, counted up to `cap` (the scans of
+    /// the claim index stop there).
     pub async fn count_due(&self, dbid: u32, cap: u64) -> Result<u64> {
         let db = self.db(dbid)?;
+        let cols = self.optional(db).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
-            let rows: Option<u64> = conn
-                .exec_first(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM job \
-                     WHERE run_after <= UNIX_TIMESTAMP() LIMIT ?) due",
-                    (cap,),
-                )
-                .await?;
-            Ok(rows.unwrap_or(0))
+            let mut due = 0;
+            for level in levels(cols) {
+                let rows: Option<u64> = conn
+                    .exec_first(
+                        format!(
+                            "SELECT COUNT(*) FROM (SELECT 1 FROM job \
+                             WHERE {level}run_after <= UNIX_TIMESTAMP() LIMIT ?) due"
+                        ),
+                        (cap - due,),
+                    )
+                    .await?;
+                due += rows.unwrap_or(0);
+                if due >= cap {
+                    break;
+                }
+            }
+            Ok(due)
         })
         .await
     }
@@ -199,11 +218,12 @@ impl Store {
     /// waited in gearmand past its lease, or one left on another gearmand).
     pub async fn renew_if_current(&self, job: JobRef, failcount: u8, lease: u32) -> Result<bool> {
         let db = self.db(job.dbid)?;
+        let history = super::history::lease_set(self.optional(db).await?);
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
             conn.exec_drop(
                 format!(
-                    "UPDATE job SET run_after = UNIX_TIMESTAMP() + ? \
+                    "UPDATE job SET run_after = UNIX_TIMESTAMP() + ?{history} \
                      WHERE jobid = ? AND failcount = ? AND run_after < {NEVER}"
                 ),
                 (lease, job.jobid, failcount),
@@ -220,7 +240,7 @@ impl Store {
     /// and logged, at most once per [`MISSED_LOG_EVERY`] per database: a
     /// copy of a job completed or cancelled since, or, on a replica that
     /// has not applied the row's INSERT yet, a row left to run again (the
-    /// DSN's `wsrep_sync_wait=1` makes a Galera node wait for it).
+    /// DSN's `wsrep_sync_wait=3` makes a Galera node wait for it).
     pub async fn delete(&self, dbid: u32, jobids: &[u64]) -> Result<u64> {
         let db = self.db(dbid)?;
         let deleted = self
@@ -428,8 +448,8 @@ impl Store {
 
 /// Up to `limit` rows due at `now`, locked, skipping those other claimers
 /// hold: oldest first, and on a table with priorities, high before normal
-/// before low. One range of the `priority_run_after` index per level,
-/// each read only while the levels before left room: a single ORDER BY
+/// before low. One range of the claim index per level ([`levels`]), each
+/// read only while the levels before left room: a single ORDER BY
 /// priority, run_after would scan every row of a level that is not due
 /// (leased, scheduled, dead) before reaching the next.
 async fn due_rows(
@@ -439,29 +459,15 @@ async fn due_rows(
     limit: usize,
 ) -> mysql_async::Result<Vec<RawRow>> {
     let columns = columns(cols);
-    if !cols.priority {
-        return tx
-            .exec(
-                format!(
-                    "SELECT {columns} FROM job WHERE run_after <= ? \
-                     ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
-                ),
-                (now, limit as u64),
-            )
-            .await;
-    }
     let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
-    // Each an equality, so that the index gives the run_after order; a
-    // value above low's (set by hand) is claimed last, so that no value
-    // the column allows leaves a row unclaimed.
-    for level in ["priority = 0", "priority = 1", "priority = 2", "priority > 2"] {
+    for level in levels(cols) {
         if rows.len() >= limit {
             break;
         }
         let more: Vec<RawRow> = tx
             .exec(
                 format!(
-                    "SELECT {columns} FROM job WHERE {level} AND run_after <= ? \
+                    "SELECT {columns} FROM job WHERE {level}run_after <= ? \
                      ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
                 ),
                 (now, (limit - rows.len()) as u64),
@@ -477,6 +483,9 @@ async fn due_rows(
 enum Due {
     /// This many seconds from the database's now.
     In(u32),
+    /// Leased for this many seconds from now: an attempt starts (its time
+    /// recorded where the table has the columns, see `history`).
+    Leased(u32, Optional),
     /// Never: dead (rows no worker can be given).
     Never,
 }
@@ -486,15 +495,20 @@ async fn set_run_after(
     jobids: &[u64],
     due: Due,
 ) -> mysql_async::Result<()> {
-    let (expr, value) = match due {
-        Due::In(delay) => ("UNIX_TIMESTAMP() + ?", delay),
-        Due::Never => ("?", NEVER),
+    let (expr, value, history) = match due {
+        Due::In(delay) => ("UNIX_TIMESTAMP() + ?", delay, ""),
+        Due::Leased(lease, cols) => (
+            "UNIX_TIMESTAMP() + ?",
+            lease,
+            super::history::lease_set(cols),
+        ),
+        Due::Never => ("?", NEVER, ""),
     };
     for chunk in jobids.chunks(MAX_IN_LIST) {
         let (list, mut params) = in_list(chunk);
         params.insert(0, Value::from(value));
         conn.exec_drop(
-            format!("UPDATE job SET run_after = {expr} WHERE jobid IN ({list})"),
+            format!("UPDATE job SET run_after = {expr}{history} WHERE jobid IN ({list})"),
             Params::Positional(params),
         )
         .await?;

@@ -329,7 +329,11 @@ async fn insert_rows(
 }
 
 /// One INSERT of one keyless job (servers without `RETURNING`).
-async fn insert_one(q: &mut impl Queryable, job: &NewJob, cols: Optional) -> mysql_async::Result<u64> {
+async fn insert_one(
+    q: &mut impl Queryable,
+    job: &NewJob,
+    cols: Optional,
+) -> mysql_async::Result<u64> {
     let mut params = Vec::with_capacity(6);
     values(job, false, cols, &mut params);
     let result = q

@@ -15,6 +15,10 @@
 //! - `claim`: a job's life after it is stored: claim and lease, probe,
 //!   give back, extend a lease, delete, reschedule, read one;
 //! - `admin`: what `garivini status` and `garivini jobs` read and change;
+//! - `history`: what happened to a job (attempt, failure, last error), in
+//!   our optional columns;
+//! - [`functions`]: paused functions (`garivini functions pause`), as the
+//!   roles read them;
 //! - `rows`: reading rows without failing on any, and SQL helpers;
 //! - [`schema`]: `garivini schema check`.
 
@@ -34,6 +38,8 @@ use crate::telemetry;
 
 mod admin;
 mod claim;
+pub mod functions;
+mod history;
 mod insert;
 pub mod periodic;
 mod rows;
@@ -43,6 +49,7 @@ pub use admin::{
     Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Selection, LISTED_ARG_BYTES,
 };
 pub use claim::{Claim, CLAIMER_TTL};
+pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};
 
 /// How long one database operation may take before it counts as failed.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,7 +131,7 @@ impl Db {
             db.id = self.cfg.dbid,
             rows = missed.0,
             what,
-            "completions found no row: another copy completed it or it was cancelled, or this node has not applied its INSERT yet (on a cluster, set wsrep_sync_wait=1 in the DSN)"
+            "completions found no row: another copy completed it or it was cancelled, or this node has not applied its INSERT yet (on a cluster, set wsrep_sync_wait=3 in the DSN)"
         );
         *missed = (0, Some(Instant::now()));
     }
@@ -181,6 +188,8 @@ struct Db {
     /// Which of our optional columns its table has, and when that was read
     /// ([`Store::optional`]).
     optional: Mutex<Option<(Instant, rows::Optional)>>,
+    /// Its paused functions as last read ([`Store::paused_functions`]).
+    paused: functions::PauseCache,
 }
 
 /// A database's health, as its calls found it.
@@ -263,6 +272,7 @@ impl Store {
                     clock: Mutex::new(None),
                     missed: Mutex::default(),
                     optional: Mutex::default(),
+                    paused: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -413,21 +423,43 @@ impl Store {
     /// Which of our optional columns the job table of `db` has: read from
     /// the server at first use and again after [`COLUMNS_REREAD`], so that
     /// a column added by `garivini schema check --apply` is used without
-    /// a restart.
+    /// a restart. Read as the roles' calls are ([`Store::run`]: a fault
+    /// marks the database down); a reading that fails once one is known
+    /// keeps the known one, and the call it was for meets the fault itself.
     async fn optional(&self, db: &Arc<Db>) -> Result<rows::Optional> {
-        if let Some((at, known)) = *db.optional.lock().unwrap() {
+        self.optional_by(db, true).await
+    }
+
+    /// [`Store::optional`] for the admin commands, whose faults are theirs
+    /// to report ([`Store::attempt_nodes`]: no outage logged, no health
+    /// changed).
+    async fn optional_quiet(&self, db: &Arc<Db>) -> Result<rows::Optional> {
+        self.optional_by(db, false).await
+    }
+
+    async fn optional_by(&self, db: &Arc<Db>, track: bool) -> Result<rows::Optional> {
+        let known = *db.optional.lock().unwrap();
+        if let Some((at, cols)) = known {
             if at.elapsed() < COLUMNS_REREAD {
-                return Ok(known);
+                return Ok(cols);
             }
         }
-        let read = self
-            .run(db, || async {
-                let mut conn = db.pool().get_conn().await?;
-                rows::Optional::read(&mut conn).await
-            })
-            .await?;
-        *db.optional.lock().unwrap() = Some((Instant::now(), read));
-        Ok(read)
+        let read = || async {
+            let mut conn = db.pool().get_conn().await?;
+            rows::Optional::read(&mut conn).await
+        };
+        let read = match track {
+            true => self.run(db, read).await,
+            false => self.attempt_nodes(db, read).await,
+        };
+        match (read, known) {
+            (Ok(cols), _) => {
+                *db.optional.lock().unwrap() = Some((Instant::now(), cols));
+                Ok(cols)
+            }
+            (Err(_), Some((_, cols))) => Ok(cols),
+            (Err(err), None) => Err(err),
+        }
     }
 
     /// Sets how long one operation may take (default [`DEFAULT_OP_TIMEOUT`]).

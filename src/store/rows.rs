@@ -33,26 +33,108 @@ pub(super) fn priority(columns: Optional) -> &'static str {
     }
 }
 
+/// The parts of a table's rows that one range of its claim index reads,
+/// each as a condition to put before `run_after ...`: on a table with
+/// priorities one per level of the `priority_run_after (priority,
+/// run_after)` index, first claimed first (an equality each, so that the
+/// index gives the run_after order; a value above low's, set by hand,
+/// comes last, so that no value the column allows leaves a row out);
+/// without, the whole `run_after` index.
+pub(super) fn levels(columns: Optional) -> &'static [&'static str] {
+    if columns.priority {
+        &[
+            "priority = 0 AND ",
+            "priority = 1 AND ",
+            "priority = 2 AND ",
+            "priority > 2 AND ",
+        ]
+    } else {
+        &[""]
+    }
+}
+
 /// Columns of ours that a job table may lack (the original's, or one made
 /// by an older schema.sql): a statement names them only where they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Optional {
     /// `priority`.
     pub priority: bool,
+    /// `created_at`, and how to read it as unix seconds.
+    pub created_at: Option<Stamp>,
+    /// `attempted_at` (an integer column: unix seconds).
+    pub attempted_at: bool,
+    /// `failed_at` (an integer column: unix seconds).
+    pub failed_at: bool,
+    /// `last_error`: most characters (bytes for a binary column) it holds
+    /// and whether it holds only ASCII safely (a text column of another
+    /// charset than utf8mb4); `None` without it.
+    pub last_error: Option<ErrorColumn>,
+}
+
+/// How a `created_at` column reads as unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// TIMESTAMP or DATETIME: `UNIX_TIMESTAMP(created_at)`.
+    Date,
+    /// An integer column: unix seconds already.
+    Int,
+}
+
+/// A `last_error` column as the table has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ErrorColumn {
+    /// Most characters (bytes, if binary) it holds.
+    pub max: u32,
+    /// Its charset cannot hold every character (not utf8mb4, not binary):
+    /// anything beyond ASCII is written as `?`.
+    pub ascii: bool,
+    /// A binary column: `max` counts bytes.
+    pub binary: bool,
 }
 
 impl Optional {
+    /// Whether the table tells a leased row from one waiting out a backoff
+    /// (`attempted_at` and `failed_at`): the states of `garivini status`
+    /// and `jobs` are then exact, see [`crate::store::Selection`].
+    pub fn history(self) -> bool {
+        self.attempted_at && self.failed_at
+    }
+
     /// Reads which of ours the job table has.
     pub(super) async fn read(conn: &mut impl Queryable) -> mysql_async::Result<Optional> {
-        let names: Vec<String> = conn
+        let rows: Vec<(String, String, Option<u64>, Option<String>)> = conn
             .query(
-                "SELECT LOWER(COLUMN_NAME) FROM information_schema.COLUMNS \
+                "SELECT LOWER(COLUMN_NAME), LOWER(DATA_TYPE), CHARACTER_MAXIMUM_LENGTH, \
+                 LOWER(CHARACTER_SET_NAME) FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job'",
             )
             .await?;
-        Ok(Optional {
-            priority: names.iter().any(|n| n == "priority"),
-        })
+        Ok(Optional::from_columns(&rows))
+    }
+
+    /// From (name, data type, character length, charset) of each column.
+    pub(super) fn from_columns(rows: &[(String, String, Option<u64>, Option<String>)]) -> Optional {
+        let find = |name: &str| rows.iter().find(|r| r.0 == name);
+        let int = |name: &str| find(name).is_some_and(|r| r.1.ends_with("int"));
+        Optional {
+            priority: find("priority").is_some(),
+            created_at: find("created_at").and_then(|r| match r.1.as_str() {
+                "timestamp" | "datetime" => Some(Stamp::Date),
+                t if t.ends_with("int") => Some(Stamp::Int),
+                _ => None,
+            }),
+            attempted_at: int("attempted_at"),
+            failed_at: int("failed_at"),
+            last_error: find("last_error").and_then(|r| {
+                let text = r.1.contains("char") || r.1.contains("text");
+                let binary = r.1.contains("binary") || r.1.contains("blob");
+                (text || binary).then(|| ErrorColumn {
+                    max: r.2.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+                    ascii: text && r.3.as_deref() != Some("utf8mb4"),
+                    binary: !text,
+                })
+            }),
+        }
     }
 }
 
@@ -139,6 +221,15 @@ impl RawRow {
 }
 
 impl RawRow {
+    /// Takes the last `n` values off the row (columns read after those of
+    /// [`columns`] and its extras), as they came.
+    pub fn take_tail(&mut self, n: usize) -> Vec<Value> {
+        let at = self.values.len().saturating_sub(n);
+        self.values.split_off(at)
+    }
+}
+
+impl RawRow {
     /// A name column then numbers (a count by function): the name as text
     /// for people ([`escape_bytes`]), each number `None` when NULL.
     pub fn name_and_numbers(self) -> (String, Vec<Option<u64>>) {
@@ -152,7 +243,7 @@ impl RawRow {
 }
 
 /// A string column's bytes; numbers and dates as their text. `None` for NULL.
-fn bytes(value: Value) -> Option<Vec<u8>> {
+pub(super) fn bytes(value: Value) -> Option<Vec<u8>> {
     match value {
         Value::NULL => None,
         Value::Bytes(b) => Some(b),
@@ -164,7 +255,7 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
 
 /// An integer column, whatever its width and sign (text-protocol values
 /// come as digits). `None` for NULL or anything that is not a number.
-fn number(value: Value) -> Option<i128> {
+pub(super) fn number(value: Value) -> Option<i128> {
     match value {
         Value::Int(n) => Some(i128::from(n)),
         Value::UInt(n) => Some(i128::from(n)),

@@ -35,22 +35,26 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// schema-cluster.sql: the table for a replicated cluster.
 const SCHEMA_CLUSTER_SQL: &str = include_str!("../../schema-cluster.sql");
 
-/// schema.sql's CREATE TABLE of `garivini_claimer`, without its `;`.
-fn claimer_table() -> &'static str {
+/// schema.sql's CREATE TABLE of one of our side tables (`garivini_claimer`,
+/// `garivini_periodic`, `garivini_paused`), without its `;`.
+fn side_table(name: &str) -> &'static str {
     let start = SCHEMA_SQL
-        .find("CREATE TABLE IF NOT EXISTS garivini_claimer")
-        .expect("schema.sql creates garivini_claimer");
+        .find(&format!("CREATE TABLE IF NOT EXISTS {name} ("))
+        .unwrap_or_else(|| panic!("schema.sql creates {name}"));
     let len = SCHEMA_SQL[start..].find(';').expect("a statement ends");
     &SCHEMA_SQL[start..start + len]
 }
 
-/// schema.sql's CREATE TABLE of `garivini_periodic`, without its `;`.
+fn claimer_table() -> &'static str {
+    side_table("garivini_claimer")
+}
+
 fn periodic_table() -> &'static str {
-    let start = SCHEMA_SQL
-        .find("CREATE TABLE IF NOT EXISTS garivini_periodic")
-        .expect("schema.sql creates garivini_periodic");
-    let len = SCHEMA_SQL[start..].find(';').expect("a statement ends");
-    &SCHEMA_SQL[start..start + len]
+    side_table("garivini_periodic")
+}
+
+fn paused_table() -> &'static str {
+    side_table("garivini_paused")
 }
 
 /// The cluster variant's generated column: funcname for a row with a
@@ -352,6 +356,23 @@ impl Store {
                      (each logs a warning)"
                         .into(),
                     Some(periodic_table().to_string()),
+                ),
+            );
+        }
+        // Needed whatever this host runs, as garivini_periodic: any host
+        // may `garivini functions pause`.
+        if !self.has_table(dbid, "garivini_paused").await? {
+            let at = findings
+                .iter()
+                .position(|f| f.kind != Kind::Needs)
+                .unwrap_or(findings.len());
+            findings.insert(
+                at,
+                Finding::needs(
+                    "no garivini_paused table: functions cannot be paused \
+                     (garivini functions pause fails; each role logs a warning)"
+                        .into(),
+                    Some(paused_table().to_string()),
                 ),
             );
         }
@@ -865,6 +886,7 @@ pub fn compare_with(table: Option<&Table>, expect: Expect) -> Vec<Finding> {
     check_flag(&mut f, t);
     check_failcount(&mut f, t);
     check_priority(&mut f, t);
+    check_history(&mut f, t);
     check_extra_columns(&mut f, t);
     check_indexes(&mut f, t, expect);
     check_charset(&mut f, t);
@@ -1221,6 +1243,61 @@ fn check_priority(f: &mut Findings, t: &Table) {
     }
 }
 
+/// Our history columns (not the original's): what happened to a job, and
+/// the exact in flight and retrying of `garivini status` and `jobs`.
+const HISTORY_COLUMNS: [(&str, &str, &str); 4] = [
+    (
+        "created_at",
+        "created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
+        "jobs show cannot say when a job was stored",
+    ),
+    (
+        "attempted_at",
+        "attempted_at INT UNSIGNED NULL DEFAULT NULL",
+        "in flight is only told by the lease window, and jobs show cannot say when a job last ran",
+    ),
+    (
+        "failed_at",
+        "failed_at INT UNSIGNED NULL DEFAULT NULL",
+        "a failed job waiting out its backoff is not told apart (retrying), and jobs retry wants --force for it",
+    ),
+    (
+        "last_error",
+        "last_error VARCHAR(1000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL",
+        "jobs show cannot say why a job failed",
+    ),
+];
+
+fn check_history(f: &mut Findings, t: &Table) {
+    for (name, definition, why) in HISTORY_COLUMNS {
+        let Some(col) = column(t, name) else {
+            f.add_column(name, definition, why);
+            continue;
+        };
+        let family = col.family();
+        let fits = match name {
+            "created_at" => {
+                matches!(family, Family::Int { .. })
+                    || matches!(col.data_type.as_str(), "timestamp" | "datetime")
+            }
+            "last_error" => matches!(family, Family::Text { .. } | Family::Binary { .. }),
+            _ => matches!(family, Family::Int { .. }),
+        };
+        let schema_sql = definition.split_once(' ').map_or("", |(_, d)| d);
+        if !fits {
+            f.by_hand(format!(
+                "{name} is {} (schema.sql: {schema_sql}): the roles leave it alone; change it by hand",
+                col.column_type
+            ));
+        } else if !col.nullable && col.default.is_none() && name != "created_at" {
+            f.by_hand(format!(
+                "{name} is NOT NULL without a default: the original's INSERTs are refused; \
+                 change it by hand to {schema_sql}"
+            ));
+        }
+    }
+}
+
 fn check_failcount(f: &mut Findings, t: &Table) {
     let Some(col) = column(t, "failcount") else {
         f.add_column(
@@ -1281,7 +1358,7 @@ fn check_failcount(f: &mut Findings, t: &Table) {
 }
 
 /// The contract's columns and ours (checked one by one above).
-const CONTRACT_COLUMNS: [&str; 9] = [
+const CONTRACT_COLUMNS: [&str; 13] = [
     "jobid",
     "funcname",
     "arg",
@@ -1291,6 +1368,10 @@ const CONTRACT_COLUMNS: [&str; 9] = [
     "flag",
     "failcount",
     "priority",
+    "created_at",
+    "attempted_at",
+    "failed_at",
+    "last_error",
 ];
 
 fn check_extra_columns(f: &mut Findings, t: &Table) {
@@ -1319,13 +1400,11 @@ fn check_extra_columns(f: &mut Findings, t: &Table) {
 }
 
 /// The indexes the roles need: name, unique, columns, and why.
-const WANTED_INDEXES: [(&str, bool, &[&str], &str); 4] = [
-    (
-        "run_after",
-        false,
-        &["run_after"],
-        "every claim of due rows scans the table",
-    ),
+///
+/// The original's INDEX (run_after) is not among them: the claim's index is
+/// priority_run_after, and a plain run_after index beside it only costs
+/// every lease a write (see [`check_indexes`]'s note for it).
+const WANTED_INDEXES: [(&str, bool, &[&str], &str); 3] = [
     (
         "funcname_uniqkey",
         true,
@@ -1343,7 +1422,7 @@ const WANTED_INDEXES: [(&str, bool, &[&str], &str); 4] = [
         "priority_run_after",
         false,
         &["priority", "run_after"],
-        "every claim of due rows by priority scans the table",
+        "every claim of due rows scans the table",
     ),
 ];
 
@@ -1420,6 +1499,15 @@ fn check_indexes(f: &mut Findings, t: &Table, expect: Expect) {
     }
     for (k, i) in t.indexes.iter().enumerate() {
         if used[k] {
+            continue;
+        }
+        if !i.unique && same_columns(&i.columns, &["run_after"]) {
+            f.note(format!(
+                "index {} (run_after) is the original's claim index; ours is priority_run_after, \
+                 and every lease rewrites both: `ALTER TABLE job DROP INDEX {}` saves that write, \
+                 unless a Perl Garivini QueueRunner still claims from this table",
+                i.name, i.name
+            ));
             continue;
         }
         if i.unique {
@@ -1838,6 +1926,18 @@ mod tests {
         assert!(SCHEMA_CLUSTER_SQL.contains(create));
     }
 
+    #[test]
+    fn the_paused_table_is_schema_sqls_and_schema_cluster_sqls() {
+        let create = paused_table();
+        assert!(create.starts_with("CREATE TABLE IF NOT EXISTS garivini_paused ("));
+        assert!(
+            create.contains("funcname   VARCHAR(200)     NOT NULL"),
+            "{create}"
+        );
+        assert!(create.ends_with("COLLATE=utf8mb4_bin"), "{create}");
+        assert!(SCHEMA_CLUSTER_SQL.contains(create));
+    }
+
     use super::*;
 
     fn col(name: &str, column_type: &str, nullable: bool, default: Option<&str>) -> Column {
@@ -1901,10 +2001,18 @@ mod tests {
                 col("flag", "enum('controller','shim')", true, Some("shim")),
                 col("failcount", "tinyint(3) unsigned", false, Some("0")),
                 col("priority", "tinyint(3) unsigned", false, Some("1")),
+                col(
+                    "created_at",
+                    "timestamp",
+                    false,
+                    Some("current_timestamp()"),
+                ),
+                col("attempted_at", "int(10) unsigned", true, None),
+                col("failed_at", "int(10) unsigned", true, None),
+                col("last_error", "varchar(1000)", true, None),
             ],
             indexes: vec![
                 index("PRIMARY", true, &["jobid"]),
-                index("run_after", false, &["run_after"]),
                 index("funcname_uniqkey", true, &["funcname", "uniqkey"]),
                 index(
                     "funcname_run_after",
@@ -1927,7 +2035,8 @@ mod tests {
                 c.collation = Some(collation.into());
             }
         }
-        t.columns.retain(|c| c.name != "priority");
+        t.columns
+            .retain(|c| c.name != "priority" && !HISTORY.contains(&c.name.as_str()));
         t.indexes = vec![
             index("PRIMARY", true, &["jobid"]),
             index("run_after", false, &["run_after"]),
@@ -1942,8 +2051,26 @@ mod tests {
     const ADD_PRIORITY_INDEX: &str =
         "ALTER TABLE job ADD INDEX priority_run_after (priority, run_after)";
 
-    /// `t` with our priority column and its index, as `--apply` leaves it.
+    /// Our history columns, which the original's table lacks.
+    const HISTORY: [&str; 4] = ["created_at", "attempted_at", "failed_at", "last_error"];
+
+    /// What `--apply` adds for them, in order.
+    const ADD_HISTORY: [&str; 4] = [
+        "ALTER TABLE job ADD COLUMN created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
+        "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NULL DEFAULT NULL",
+        "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NULL DEFAULT NULL",
+        "ALTER TABLE job ADD COLUMN last_error VARCHAR(1000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL",
+    ];
+
+    /// `t` with our priority column, its index and the history columns, as
+    /// `--apply` leaves it.
     fn with_priority(mut t: Table) -> Table {
+        let history = ours().columns;
+        t.columns.extend(
+            history
+                .into_iter()
+                .filter(|c| HISTORY.contains(&c.name.as_str())),
+        );
         t.columns
             .push(col("priority", "tinyint(3) unsigned", false, Some("1")));
         t.indexes.push(index(
@@ -1982,23 +2109,29 @@ mod tests {
     #[test]
     fn the_original_table_needs_the_status_index_and_the_priority_column() {
         let findings = compare(Some(&original("latin1_swedish_ci")));
-        assert_eq!(
-            mends(&findings),
-            vec![
-                ADD_PRIORITY,
-                "ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)",
-                ADD_PRIORITY_INDEX,
-            ]
-        );
-        assert_eq!(needs(&findings).len(), 3);
+        let mut want = vec![ADD_PRIORITY];
+        want.extend(ADD_HISTORY);
+        want.extend([
+            "ALTER TABLE job ADD INDEX funcname_run_after (funcname, run_after, failcount)",
+            ADD_PRIORITY_INDEX,
+        ]);
+        assert_eq!(mends(&findings), want);
+        assert_eq!(needs(&findings).len(), 7);
         let notes = notes(&findings);
-        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        // Its run_after index is kept: the check never drops, and says what
+        // it costs.
         assert!(
-            notes[0].starts_with("table charset latin1: "),
+            notes[0].starts_with("index run_after (run_after) is the original's claim index"),
             "{}",
             notes[0]
         );
-        assert!(notes[0].contains("'?'") && notes[0].contains("without case"));
+        assert!(
+            notes[1].starts_with("table charset latin1: "),
+            "{}",
+            notes[1]
+        );
+        assert!(notes[1].contains("'?'") && notes[1].contains("without case"));
         // Its unnamed UNIQUE (named `funcname` by the server) is ours.
         assert!(!findings.iter().any(|f| f.message.contains("UNIQUE")));
     }
@@ -2008,8 +2141,9 @@ mod tests {
         let findings = compare(Some(&with_priority(original("utf8mb4_general_ci"))));
         assert_eq!(needs(&findings).len(), 1);
         let notes = notes(&findings);
-        assert_eq!(notes.len(), 1);
-        assert!(notes[0].starts_with("collation utf8mb4_general_ci compares"));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("index run_after (run_after) is the original's"));
+        assert!(notes[1].starts_with("collation utf8mb4_general_ci compares"));
     }
 
     #[test]
@@ -2049,7 +2183,7 @@ mod tests {
         t.columns
             .retain(|c| c.name != "coalesce" && c.name != "failcount");
         t.columns.push(col("note", "varchar(20)", true, None));
-        t.indexes.retain(|i| i.name != "run_after");
+        t.indexes.retain(|i| i.name != "priority_run_after");
         t.indexes.push(index("by_note", false, &["note"]));
         let findings = compare(Some(&t));
         assert_eq!(
@@ -2057,7 +2191,7 @@ mod tests {
             vec![
                 "ALTER TABLE job ADD COLUMN `coalesce` VARCHAR(255) NULL",
                 "ALTER TABLE job ADD COLUMN failcount TINYINT UNSIGNED NOT NULL DEFAULT 0",
-                "ALTER TABLE job ADD INDEX run_after (run_after)",
+                ADD_PRIORITY_INDEX,
             ]
         );
         assert_eq!(notes(&findings).len(), 2, "{findings:?}");
@@ -2143,7 +2277,7 @@ mod tests {
             mends(&findings),
             vec!["ALTER TABLE job ADD INDEX funcname_run_after_2 (funcname, run_after, failcount)"]
         );
-        assert_eq!(notes(&findings).len(), 2, "{findings:?}");
+        assert_eq!(notes(&findings).len(), 3, "{findings:?}");
     }
 
     #[test]

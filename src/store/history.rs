@@ -1,0 +1,198 @@
+//! What happened to a job: our optional columns `created_at`,
+//! `attempted_at`, `failed_at` and `last_error`, where the table has them
+//! ([`Optional`]). A lease (a claim, a Controller starting an Injector's
+//! job) sets `attempted_at` and clears `failed_at`; a failure recorded by
+//! our Client or Controller ([`Store::fail`]) sets `failed_at` and
+//! `last_error`. A foreign worker's plain `UPDATE job SET run_after=?,
+//! failcount=? WHERE jobid=?` leaves them as they were, and the original's
+//! INSERT fills `created_at` by its default.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+use serde::Serialize;
+
+use super::rows::{bytes, number, Optional, Stamp};
+use super::Store;
+use crate::error::Result;
+use crate::job::{JobRef, When, NEVER};
+
+/// Most characters of a last error stored (the `last_error VARCHAR(1000)`
+/// of schema.sql); a longer text keeps its end, where a command's stderr
+/// says what went wrong.
+pub const MAX_LAST_ERROR_CHARS: usize = 1000;
+
+/// A row's history, as far as its table records it (`None`: not recorded,
+/// or the table has no such column).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct History {
+    /// Unix time the row was stored (an existing row: when the column was
+    /// added, at the latest).
+    pub created_at: Option<u64>,
+    /// Unix time of its last lease: a QueueRunner's claim, or a Controller
+    /// starting it.
+    pub attempted_at: Option<u64>,
+    /// Unix time its last failure was recorded, while it waits out the
+    /// backoff; cleared by its next lease.
+    pub failed_at: Option<u64>,
+    /// What its last failure said (bounded, see [`MAX_LAST_ERROR_CHARS`]).
+    pub last_error: Option<String>,
+}
+
+impl History {
+    /// From the values of [`columns`], in their order.
+    pub(super) fn from_values(values: Vec<Value>) -> History {
+        let mut values = values.into_iter();
+        let mut next = || values.next().unwrap_or(Value::NULL);
+        let stamp = |v: Value| number(v).map(|n| n.clamp(0, i128::from(u64::MAX)) as u64);
+        History {
+            created_at: stamp(next()),
+            attempted_at: stamp(next()),
+            failed_at: stamp(next()),
+            last_error: bytes(next()).map(|b| String::from_utf8_lossy(&b).into_owned()),
+        }
+    }
+}
+
+/// The four history columns a read appends (NULL for those the table lacks).
+pub(super) fn columns(cols: Optional) -> String {
+    let created = match cols.created_at {
+        Some(Stamp::Date) => "UNIX_TIMESTAMP(created_at)",
+        Some(Stamp::Int) => "created_at",
+        None => "NULL",
+    };
+    let pick = |has: bool, name: &'static str| if has { name } else { "NULL" };
+    format!(
+        "{created}, {}, {}, {}",
+        pick(cols.attempted_at, "attempted_at"),
+        pick(cols.failed_at, "failed_at"),
+        pick(cols.last_error.is_some(), "last_error")
+    )
+}
+
+/// What a lease adds to its `SET`: the attempt's time, and the end of the
+/// wait for a retry.
+pub(super) fn lease_set(cols: Optional) -> &'static str {
+    match (cols.attempted_at, cols.failed_at) {
+        (true, true) => ", attempted_at = UNIX_TIMESTAMP(), failed_at = NULL",
+        (true, false) => ", attempted_at = UNIX_TIMESTAMP()",
+        (false, true) => ", failed_at = NULL",
+        (false, false) => "",
+    }
+}
+
+/// `text` as `last_error` can hold it: its last `max` characters (or
+/// bytes, for a binary column), cut on a character boundary, with a
+/// leading `…` when cut; every character beyond ASCII as `?` in a column
+/// that cannot hold it.
+pub fn bound_error(text: &str, max: usize, ascii: bool, bytes: bool) -> String {
+    let text: std::borrow::Cow<'_, str> = if ascii {
+        text.chars()
+            .map(|c| if c.is_ascii() { c } else { '?' })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    };
+    let size = |s: &str| if bytes { s.len() } else { s.chars().count() };
+    if size(&text) <= max {
+        return text.into_owned();
+    }
+    // Room for the mark of the cut: "…" is 1 char, 3 bytes (or "." in ASCII).
+    let mark = if ascii { "." } else { "\u{2026}" };
+    let keep = max.saturating_sub(size(mark));
+    let start = if bytes {
+        let mut at = text.len() - keep.min(text.len());
+        while !text.is_char_boundary(at) {
+            at += 1;
+        }
+        at
+    } else {
+        let skip = text.chars().count() - keep;
+        text.char_indices().nth(skip).map_or(text.len(), |(i, _)| i)
+    };
+    if max < size(mark) {
+        return String::new();
+    }
+    format!("{mark}{}", &text[start..])
+}
+
+impl Store {
+    /// Whether the job table of database `dbid` has the history columns
+    /// (`attempted_at` and `failed_at`) that make its states exact.
+    pub async fn has_history(&self, dbid: u32) -> Result<bool> {
+        let db = self.db(dbid)?;
+        Ok(self.optional(db).await?.history())
+    }
+
+    /// Records a failed run: sets when the row runs next and its
+    /// failcount, as [`Store::reschedule`] does, and, where the table has
+    /// the columns, `failed_at` = now and `last_error` = `error` (bounded
+    /// to the column, see [`bound_error`]; NULL when none is given), in
+    /// one statement. Returns whether the row still existed.
+    pub async fn fail(
+        &self,
+        job: JobRef,
+        when: When,
+        failcount: u8,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let db = self.db(job.dbid)?;
+        let cols = self.optional(db).await?;
+        if !cols.failed_at && cols.last_error.is_none() {
+            return self.reschedule(job, when, failcount).await;
+        }
+        let mut set = String::new();
+        let mut extra = Vec::new();
+        if cols.failed_at {
+            set.push_str(", failed_at = UNIX_TIMESTAMP()");
+        }
+        if let Some(col) = cols.last_error {
+            let max = (col.max as usize).min(MAX_LAST_ERROR_CHARS);
+            set.push_str(", last_error = ?");
+            extra.push(Value::from(
+                error.map(|e| bound_error(e, max, col.ascii, col.binary)),
+            ));
+        }
+        let (run_after, mut params) = match when {
+            When::In(secs) => (
+                "LEAST(UNIX_TIMESTAMP() + ?, ?)",
+                vec![Value::from(secs), Value::from(NEVER)],
+            ),
+            When::At(at) => ("?", vec![Value::from(at.min(NEVER))]),
+            When::Never => ("?", vec![Value::from(NEVER)]),
+        };
+        params.push(Value::from(failcount));
+        params.extend(extra);
+        params.push(Value::from(job.jobid));
+        let sql =
+            format!("UPDATE job SET run_after = {run_after}, failcount = ?{set} WHERE jobid = ?");
+        let (sql, params) = (&sql, &params);
+        let found = self
+            .run(db, move || async move {
+                let mut conn = db.pool().get_conn().await?;
+                conn.exec_drop(sql.as_str(), params.clone()).await?;
+                Ok(conn.affected_rows() > 0)
+            })
+            .await?;
+        db.missed("rescheduled", u64::from(!found));
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_end_cut_on_a_character_boundary() {
+        assert_eq!(bound_error("short", 10, false, false), "short");
+        assert_eq!(bound_error("abcdefghij", 5, false, false), "\u{2026}ghij");
+        // é is two bytes: a byte bound never splits it.
+        let cut = bound_error("xxéé", 4, false, true);
+        assert_eq!(cut, "\u{2026}");
+        assert_eq!(bound_error("aaaaéé", 7, false, true), "\u{2026}éé");
+        assert_eq!(bound_error("été", 10, true, false), "?t?");
+        assert_eq!(bound_error("abcdef", 4, true, false), ".def");
+        assert_eq!(bound_error("abc", 0, false, false), "");
+    }
+}
