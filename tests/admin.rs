@@ -24,7 +24,8 @@ async fn seed(db: &TestDb, rows: &[(&str, Option<i64>, u8)]) {
         };
         let attempted_at = match delay {
             Some(d) if *d > 0 => "UNIX_TIMESTAMP()",
-            _ => "NULL",
+            // Never attempted: the column's default.
+            _ => "0",
         };
         db.exec(&format!(
             "INSERT INTO job (jobid, funcname, arg, run_after, failcount, attempted_at) \

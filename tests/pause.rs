@@ -242,7 +242,11 @@ async fn a_pause_is_written_to_every_shard_and_one_found_on_any_holds_for_all() 
     let worker = completing(&gearmand, "pz_shard", store.clone()).await;
     let roles = all_roles(store.clone(), &gearmand).await;
     let client = Client::new(store.clone());
-    insert_numbered(&client, "pz_shard", "s", 20).await;
+    // One insert each: a batch of keyless jobs goes to one shard, and
+    // both must hold some (all 20 on one: 1 in 2^19).
+    for i in 0..20 {
+        insert_numbered(&client, "pz_shard", &format!("s{i}-"), 1).await;
+    }
     let on_db1 = db1.count("1").await;
     assert!(on_db1 > 0, "keyless jobs spread over both shards");
     tokio::time::sleep(Duration::from_secs(2)).await;

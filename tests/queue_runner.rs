@@ -119,23 +119,25 @@ async fn delayed_job_is_not_dispatched_early() {
     let due = client.store().get(r).await.unwrap().unwrap().run_after;
     let mut qr = queue_runner(quick(), client.store().clone(), &gearmand);
     let _idle = gearmand.idle_worker("later").await;
-    // Until the database clock reaches run_after, every round claims nothing.
-    while db.now().await < due {
-        assert_eq!(
-            round(&mut qr).await.unwrap().claimed,
-            0,
-            "dispatched before {due}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut dispatched = 0;
-    for _ in 0..20 {
-        dispatched = round(&mut qr).await.unwrap().dispatched;
-        if dispatched > 0 {
+    // Rounds until it is dispatched: none before the database clock
+    // reaches run_after (read after the round, so that a round racing the
+    // second's tick cannot fail the test), and rounds did run before.
+    let (mut dispatched, mut early_rounds) = (0, 0);
+    for _ in 0..40 {
+        let stats = round(&mut qr).await.unwrap();
+        let now = db.now().await;
+        if stats.claimed > 0 {
+            assert!(now >= due, "dispatched at {now}, before {due}");
+            dispatched = stats.dispatched;
             break;
         }
+        early_rounds += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(
+        early_rounds >= 5,
+        "only {early_rounds} rounds before it was due"
+    );
     assert_eq!(dispatched, 1, "the delayed job is dispatched once due");
     assert_eq!(gearmand.depth("later").await, 1);
 }

@@ -62,8 +62,8 @@ fn kept(schema: &str) -> String {
 /// `--apply` add them to the original's table).
 const ADD_HISTORY: [&str; 4] = [
     "ALTER TABLE job ADD COLUMN created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
-    "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NULL DEFAULT NULL",
-    "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NULL DEFAULT NULL",
+    "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NOT NULL DEFAULT 0",
+    "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NOT NULL DEFAULT 0",
     "ALTER TABLE job ADD COLUMN last_error VARCHAR(1000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL",
 ];
 

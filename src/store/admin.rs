@@ -63,15 +63,15 @@ impl Selection {
             match self {
                 Selection::InFlight => {
                     return format!(
-                        "run_after > ? AND run_after <= ? AND failed_at IS NULL AND {LEASED}"
+                        "run_after > ? AND run_after <= ? AND {NOT_FAILED} AND {LEASED}"
                     )
                 }
                 Selection::Scheduled => {
                     return format!(
-                        "{waiting} AND failed_at IS NULL AND NOT (run_after <= ? AND {LEASED})"
+                        "{waiting} AND {NOT_FAILED} AND NOT (run_after <= ? AND {LEASED})"
                     )
                 }
-                Selection::Retrying => return format!("{waiting} AND failed_at IS NOT NULL"),
+                Selection::Retrying => return format!("{waiting} AND failed_at > 0"),
                 _ => {}
             }
         }
@@ -101,7 +101,12 @@ impl Selection {
 
 /// With the history columns: a row that was leased, or (never attempted)
 /// stored leased by an Injector.
-const LEASED: &str = "(attempted_at IS NOT NULL OR CAST(flag AS BINARY) <=> 'controller')";
+const LEASED: &str = "(attempted_at > 0 OR CAST(flag AS BINARY) <=> 'controller')";
+/// Not failed since its last lease. 0 is "not set": the columns are NOT
+/// NULL DEFAULT 0, so that a lease rewrites them in place (a NULL made a
+/// value grows the row, which InnoDB cannot do in place: the claim cost
+/// ~45 % more per job); NULL, in a column made nullable by hand, too.
+const NOT_FAILED: &str = "COALESCE(failed_at, 0) = 0";
 
 /// A row's state, as listings and `show` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -333,8 +338,8 @@ impl Store {
                     .exec(
                         format!(
                             "SELECT funcname, \
-                               CAST(SUM(failed_at IS NULL AND run_after <= ? AND {LEASED}) AS UNSIGNED), \
-                               CAST(SUM(failed_at IS NOT NULL) AS UNSIGNED) \
+                               CAST(SUM({NOT_FAILED} AND run_after <= ? AND {LEASED}) AS UNSIGNED), \
+                               CAST(SUM(failed_at > 0) AS UNSIGNED) \
                              FROM job WHERE run_after > ? AND run_after < {NEVER} \
                              GROUP BY funcname ORDER BY funcname"
                         ),

@@ -43,7 +43,12 @@ impl History {
     pub(super) fn from_values(values: Vec<Value>) -> History {
         let mut values = values.into_iter();
         let mut next = || values.next().unwrap_or(Value::NULL);
-        let stamp = |v: Value| number(v).map(|n| n.clamp(0, i128::from(u64::MAX)) as u64);
+        // 0 is "not set" (the columns' default), as NULL is.
+        let stamp = |v: Value| {
+            number(v)
+                .map(|n| n.clamp(0, i128::from(u64::MAX)) as u64)
+                .filter(|&n| n > 0)
+        };
         History {
             created_at: stamp(next()),
             attempted_at: stamp(next()),
@@ -73,9 +78,9 @@ pub(super) fn columns(cols: Optional) -> String {
 /// wait for a retry.
 pub(super) fn lease_set(cols: Optional) -> &'static str {
     match (cols.attempted_at, cols.failed_at) {
-        (true, true) => ", attempted_at = UNIX_TIMESTAMP(), failed_at = NULL",
+        (true, true) => ", attempted_at = UNIX_TIMESTAMP(), failed_at = 0",
         (true, false) => ", attempted_at = UNIX_TIMESTAMP()",
-        (false, true) => ", failed_at = NULL",
+        (false, true) => ", failed_at = 0",
         (false, false) => "",
     }
 }

@@ -1253,12 +1253,12 @@ const HISTORY_COLUMNS: [(&str, &str, &str); 4] = [
     ),
     (
         "attempted_at",
-        "attempted_at INT UNSIGNED NULL DEFAULT NULL",
+        "attempted_at INT UNSIGNED NOT NULL DEFAULT 0",
         "in flight is only told by the lease window, and jobs show cannot say when a job last ran",
     ),
     (
         "failed_at",
-        "failed_at INT UNSIGNED NULL DEFAULT NULL",
+        "failed_at INT UNSIGNED NOT NULL DEFAULT 0",
         "a failed job waiting out its backoff is not told apart (retrying), and jobs retry wants --force for it",
     ),
     (
@@ -2007,8 +2007,8 @@ mod tests {
                     false,
                     Some("current_timestamp()"),
                 ),
-                col("attempted_at", "int(10) unsigned", true, None),
-                col("failed_at", "int(10) unsigned", true, None),
+                col("attempted_at", "int(10) unsigned", false, Some("0")),
+                col("failed_at", "int(10) unsigned", false, Some("0")),
                 col("last_error", "varchar(1000)", true, None),
             ],
             indexes: vec![
@@ -2057,8 +2057,8 @@ mod tests {
     /// What `--apply` adds for them, in order.
     const ADD_HISTORY: [&str; 4] = [
         "ALTER TABLE job ADD COLUMN created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
-        "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NULL DEFAULT NULL",
-        "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NULL DEFAULT NULL",
+        "ALTER TABLE job ADD COLUMN attempted_at INT UNSIGNED NOT NULL DEFAULT 0",
+        "ALTER TABLE job ADD COLUMN failed_at INT UNSIGNED NOT NULL DEFAULT 0",
         "ALTER TABLE job ADD COLUMN last_error VARCHAR(1000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL",
     ];
 
