@@ -168,13 +168,9 @@ async fn running(config: Config, store: Arc<Store>, gearmand: &Gearmand) -> Role
     Roles::start(roles, store, gearmand).await
 }
 
-/// A database listed as two nodes: when the one in use stops answering,
-/// its calls (claims, completions, inserts) move to the next and nothing
-/// waits for it to come back; when that one goes too, they move back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_whose_node_stops_answering_moves_to_the_next_node() {
-    let db = TestDb::new().await;
-    let gearmand = Gearmand::start().await;
+/// Two proxies in front of `db` (the same rows behind two addresses, as
+/// replicas of one table are), and a DSN listing them as its nodes.
+async fn two_nodes(db: &TestDb) -> (DbProxy, DbProxy, String) {
     let upstream = host_port(&db.url);
     let first = DbProxy::start(upstream.clone(), false).await;
     let second = DbProxy::start(upstream, false).await;
@@ -183,6 +179,17 @@ async fn a_database_whose_node_stops_answering_moves_to_the_next_node() {
         via(&db.url, &first.addr),
         via(&db.url, &second.addr)
     );
+    (first, second, dsn)
+}
+
+/// A database listed as two nodes: when the one in use stops answering,
+/// its calls (claims, completions, inserts) move to the next and nothing
+/// waits for it to come back; when that one goes too, they move back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_whose_node_stops_answering_moves_to_the_next_node() {
+    let db = TestDb::new().await;
+    let gearmand = Gearmand::start().await;
+    let (first, second, dsn) = two_nodes(&db).await;
     let store = connect(&dsn).await;
     let client = Client::new(store.clone());
     let worker = Worker::serving("fo_f")
@@ -245,14 +252,7 @@ async fn a_database_whose_node_stops_answering_moves_to_the_next_node() {
 #[tokio::test]
 async fn a_database_is_down_only_when_no_node_answers() {
     let db = TestDb::new().await;
-    let upstream = host_port(&db.url);
-    let first = DbProxy::start(upstream.clone(), false).await;
-    let second = DbProxy::start(upstream, false).await;
-    let dsn = format!(
-        "{}|{}",
-        via(&db.url, &first.addr),
-        via(&db.url, &second.addr)
-    );
+    let (first, second, dsn) = two_nodes(&db).await;
     let store = connect(&dsn).await;
     let client = Client::new(store.clone());
     first.cut().await;

@@ -49,14 +49,6 @@ fn claimer_table() -> &'static str {
     side_table("garivini_claimer")
 }
 
-fn periodic_table() -> &'static str {
-    side_table("garivini_periodic")
-}
-
-fn paused_table() -> &'static str {
-    side_table("garivini_paused")
-}
-
 /// The cluster variant's generated column: funcname for a row with a
 /// uniqkey, NULL for a keyless one.
 pub const KEYED_FUNCNAME: &str = "keyed_funcname";
@@ -342,39 +334,30 @@ impl Store {
             ));
         }
         // Needed whatever this host's config says: the QueueRunners that
-        // run [[periodic]] entries may be configured elsewhere, and the
-        // mend is an empty two-column table.
-        if !self.has_table(dbid, "garivini_periodic").await? {
-            let at = findings
-                .iter()
-                .position(|f| f.kind != Kind::Needs)
-                .unwrap_or(findings.len());
-            findings.insert(
-                at,
-                Finding::needs(
-                    "no garivini_periodic table: QueueRunners do not run [[periodic]] entries \
-                     (each logs a warning)"
-                        .into(),
-                    Some(periodic_table().to_string()),
-                ),
-            );
-        }
-        // Needed whatever this host runs, as garivini_periodic: any host
-        // may `garivini functions pause`.
-        if !self.has_table(dbid, "garivini_paused").await? {
-            let at = findings
-                .iter()
-                .position(|f| f.kind != Kind::Needs)
-                .unwrap_or(findings.len());
-            findings.insert(
-                at,
-                Finding::needs(
-                    "no garivini_paused table: functions cannot be paused \
-                     (garivini functions pause fails; each role logs a warning)"
-                        .into(),
-                    Some(paused_table().to_string()),
-                ),
-            );
+        // run [[periodic]] entries may be configured elsewhere, any host may
+        // `garivini functions pause`, and each mend is an empty small table.
+        for (table, message) in [
+            (
+                "garivini_periodic",
+                "no garivini_periodic table: QueueRunners do not run [[periodic]] entries \
+                 (each logs a warning)",
+            ),
+            (
+                "garivini_paused",
+                "no garivini_paused table: functions cannot be paused \
+                 (garivini functions pause fails; each role logs a warning)",
+            ),
+        ] {
+            if !self.has_table(dbid, table).await? {
+                let at = findings
+                    .iter()
+                    .position(|f| f.kind != Kind::Needs)
+                    .unwrap_or(findings.len());
+                findings.insert(
+                    at,
+                    Finding::needs(message.into(), Some(side_table(table).to_string())),
+                );
+            }
         }
         let db = self.db(dbid)?;
         Ok(SchemaReport {
@@ -1916,7 +1899,7 @@ mod tests {
 
     #[test]
     fn the_periodic_table_is_schema_sqls_and_schema_cluster_sqls() {
-        let create = periodic_table();
+        let create = side_table("garivini_periodic");
         assert!(create.starts_with("CREATE TABLE IF NOT EXISTS garivini_periodic ("));
         assert!(
             create.contains("last_tick  INT UNSIGNED     NOT NULL"),
@@ -1928,7 +1911,7 @@ mod tests {
 
     #[test]
     fn the_paused_table_is_schema_sqls_and_schema_cluster_sqls() {
-        let create = paused_table();
+        let create = side_table("garivini_paused");
         assert!(create.starts_with("CREATE TABLE IF NOT EXISTS garivini_paused ("));
         assert!(
             create.contains("funcname   VARCHAR(200)     NOT NULL"),
