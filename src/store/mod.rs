@@ -237,23 +237,20 @@ impl Store {
             .into_iter()
             .map(|cfg| {
                 let mut nodes = Vec::new();
-                let mut single_claimer = None;
+                let (mut single_claimer, mut client_max_packet) = (None, None);
                 for url in cfg.nodes() {
                     let node = crate::config::node_options(url)?;
                     single_claimer = single_claimer.or(node.single_claimer);
+                    // Every node of one database is the same server as far
+                    // as packets go; the first URL's limit stands for all.
+                    if nodes.is_empty() {
+                        client_max_packet = node.opts.max_allowed_packet().map(|n| n as u64);
+                    }
                     nodes.push(Node {
                         pool: Pool::new(pool_opts(node.opts, node.pool)),
                         masked: crate::config::mask_dsn(url),
                     });
                 }
-                // Every node of one database is the same server as far as
-                // packets go; the first URL's limit stands for all.
-                let client_max_packet = cfg
-                    .nodes()
-                    .next()
-                    .and_then(|url| crate::config::node_options(url).ok())
-                    .and_then(|n| n.opts.max_allowed_packet())
-                    .map(|n| n as u64);
                 let outage = Outage::new(
                     "database unreachable: its calls fail at once until it answers again; keyless inserts go to the others",
                 )
