@@ -274,7 +274,7 @@ pub fn check(e: &Effective) -> anyhow::Result<()> {
         println!(
             "database {}: {} ({})",
             db.dbid,
-            garivini::config::mask_dsn(&db.url),
+            db.masked(),
             source(shown, "dsn")
         );
     }
