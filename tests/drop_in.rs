@@ -410,15 +410,14 @@ async fn a_controller_parks_a_job_whose_function_cannot_be_sent() {
 async fn a_tls_dsn_to_a_server_without_tls_fails_with_one_line_by_every_binary() {
     let dsn = format!("{}/garivini?require_ssl=true", testkit::server_url());
     let named = format!("database 1 ({dsn})");
-    for (bin, args) in [
-        ("garivini", vec!["queuerunner"]),
-        ("garivini", vec!["status"]),
-        ("gv_inject", vec!["--funcname", "f", "--count", "1"]),
-        ("gv_consume", vec!["--funcname", "f"]),
-    ] {
-        let mut all = vec!["--dsn", dsn.as_str(), "--gearmand", "127.0.0.1:1"];
-        all.extend(&args);
-        let (status, out, err) = run_bin(bin, &all, LIMIT).await;
+    for testkit::BinaryRun {
+        bin,
+        args,
+        status,
+        out,
+        err,
+    } in testkit::run_every_binary(&dsn, LIMIT).await
+    {
         assert_eq!(status.code(), Some(1), "{bin} {args:?}: {out}\n{err}");
         assert!(!err.contains("panicked"), "{bin}: {err}");
         let err = err.trim();

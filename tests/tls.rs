@@ -545,16 +545,15 @@ async fn bad_tls_files_stop_every_binary_at_start_up_with_one_line() {
         ),
     ];
     for (dsn, expected) in &cases {
-        for (bin, args) in [
-            ("garivini", vec!["queuerunner"]),
-            ("garivini", vec!["status"]),
-            ("gv_inject", vec!["--funcname", "f", "--count", "1"]),
-            ("gv_consume", vec!["--funcname", "f"]),
-        ] {
-            let mut all = vec!["--dsn", dsn.as_str(), "--gearmand", "127.0.0.1:1"];
-            all.extend(&args);
-            let (st, out, err) = run_bin(bin, &all, LIMIT).await;
-            assert_eq!(st.code(), Some(1), "{bin} {args:?} {dsn}: {out}\n{err}");
+        for testkit::BinaryRun {
+            bin,
+            args,
+            status,
+            out,
+            err,
+        } in testkit::run_every_binary(dsn, LIMIT).await
+        {
+            assert_eq!(status.code(), Some(1), "{bin} {args:?} {dsn}: {out}\n{err}");
             let line = one_line(bin, &err);
             assert!(line.contains(expected), "{bin} {args:?}: {line}");
             assert!(!line.contains("c2VjcmV0"), "key contents shown: {line}");

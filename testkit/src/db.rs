@@ -42,6 +42,23 @@ pub const PERL_INSERT_JOB: &str = "INSERT IGNORE INTO job (funcname, run_after, 
 /// The original worker's `complete_job`.
 pub const PERL_COMPLETE_JOB: &str = "DELETE FROM job WHERE jobid=?";
 
+/// The statements that make a database count the jobs it commits: a
+/// trigger copies each inserted jobid into a table `committed`, in the
+/// same transaction (and, on a cluster, replicated with it).
+pub(crate) const COUNT_COMMITS: [&str; 2] = [
+    "CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)",
+    "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
+     INSERT IGNORE INTO committed VALUES (NEW.jobid)",
+];
+
+/// The jobids [`COUNT_COMMITS`] counted.
+pub(crate) const COMMITTED: &str = "SELECT jobid FROM committed";
+
+/// `jobids` of database `dbid`.
+pub(crate) fn with_dbid(dbid: u32, jobids: Vec<u64>) -> HashSet<(u32, u64)> {
+    jobids.into_iter().map(|id| (dbid, id)).collect()
+}
+
 /// How long creating a database, and dropping it, may take.
 const SETUP_LIMIT: Duration = Duration::from_secs(20);
 const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
@@ -205,34 +222,22 @@ impl TestDb {
 
     /// (dbid 1, jobid) of every row: the jobs that were committed.
     pub async fn jobids(&self) -> HashSet<(u32, u64)> {
-        self.query::<u64>("SELECT jobid FROM job")
-            .await
-            .into_iter()
-            .map(|id| (1, id))
-            .collect()
+        with_dbid(1, self.query::<u64>("SELECT jobid FROM job").await)
     }
 
     /// From now on, counts the jobs this database commits, by the database
     /// itself: a trigger copies each inserted jobid into a table
     /// `committed` in the same transaction (see [`TestDb::committed`]).
     pub async fn count_commits(&self) {
-        self.exec("CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)")
-            .await;
-        self.exec(
-            "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
-             INSERT IGNORE INTO committed VALUES (NEW.jobid)",
-        )
-        .await;
+        for statement in COUNT_COMMITS {
+            self.exec(statement).await;
+        }
     }
 
     /// (`dbid`, jobid) of every job committed since
     /// [`TestDb::count_commits`], completed or not.
     pub async fn committed(&self, dbid: u32) -> HashSet<(u32, u64)> {
-        self.query::<u64>("SELECT jobid FROM committed")
-            .await
-            .into_iter()
-            .map(|id| (dbid, id))
-            .collect()
+        with_dbid(dbid, self.query::<u64>(COMMITTED).await)
     }
 
     /// The database clock, unix seconds.

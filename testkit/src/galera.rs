@@ -363,22 +363,14 @@ impl ClusterDb {
     /// itself: a trigger copies each inserted jobid into a table
     /// `committed` in the same transaction (replicated with it).
     pub async fn count_commits(&self) {
-        self.exec("CREATE TABLE committed (jobid BIGINT UNSIGNED PRIMARY KEY)")
-            .await;
-        self.exec(
-            "CREATE TRIGGER job_committed AFTER INSERT ON job FOR EACH ROW \
-             INSERT IGNORE INTO committed VALUES (NEW.jobid)",
-        )
-        .await;
+        for statement in crate::db::COUNT_COMMITS {
+            self.exec(statement).await;
+        }
     }
 
     /// (`dbid`, jobid) of every job committed since
     /// [`ClusterDb::count_commits`], completed or not.
     pub async fn committed(&self, dbid: u32) -> std::collections::HashSet<(u32, u64)> {
-        self.query::<u64>("SELECT jobid FROM committed")
-            .await
-            .into_iter()
-            .map(|id| (dbid, id))
-            .collect()
+        crate::db::with_dbid(dbid, self.query::<u64>(crate::db::COMMITTED).await)
     }
 }

@@ -281,6 +281,49 @@ pub async fn run_bin(name: &str, args: &[&str], limit: Duration) -> (ExitStatus,
     run_command(cmd, limit).await
 }
 
+/// Every binary that connects to a database, with the arguments that
+/// make it start a role or a command: to check that each takes (or
+/// refuses) a DSN the same way.
+pub const EVERY_BINARY: [(&str, &[&str]); 4] = [
+    ("garivini", &["queuerunner"]),
+    ("garivini", &["status"]),
+    ("gv_inject", &["--funcname", "f", "--count", "1"]),
+    ("gv_consume", &["--funcname", "f"]),
+];
+
+/// One run of [`run_every_binary`].
+pub struct BinaryRun {
+    /// The binary.
+    pub bin: &'static str,
+    /// Its arguments besides `--dsn` and `--gearmand`.
+    pub args: &'static [&'static str],
+    /// How it exited.
+    pub status: ExitStatus,
+    /// What it wrote to stdout.
+    pub out: String,
+    /// What it wrote to stderr.
+    pub err: String,
+}
+
+/// Runs each of [`EVERY_BINARY`] with `--dsn dsn --gearmand 127.0.0.1:1`,
+/// each bounded by `limit`.
+pub async fn run_every_binary(dsn: &str, limit: Duration) -> Vec<BinaryRun> {
+    let mut runs = Vec::new();
+    for (bin, args) in EVERY_BINARY {
+        let mut all = vec!["--dsn", dsn, "--gearmand", "127.0.0.1:1"];
+        all.extend(args);
+        let (status, out, err) = run_bin(bin, &all, limit).await;
+        runs.push(BinaryRun {
+            bin,
+            args,
+            status,
+            out,
+            err,
+        });
+    }
+    runs
+}
+
 /// Runs `garivini --dsn DSN ARGS` to completion (bounded) and returns
 /// (exit code, stdout, stderr), failing the test if it panicked.
 pub async fn run_garivini(dsn: &str, args: &[&str]) -> (i32, String, String) {
