@@ -65,6 +65,47 @@ async fn waiting(db: &TestDb, funcname: &str) -> u64 {
     .await
 }
 
+/// While `funcname` is paused: `other` runs its `n` jobs, and several
+/// rounds later `held` has run none and its `n` rows wait.
+async fn only_the_other_runs(db: &TestDb, held: &Worker, funcname: &str, other: &Worker, n: usize) {
+    wait_until(LIMIT, "the other function's jobs to run", || async {
+        other.count() == n
+    })
+    .await;
+    // Several QueueRunner rounds more: the paused rows are still not sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(held.count(), 0, "a paused function's job ran");
+    assert_eq!(
+        waiting(db, funcname).await,
+        n as u64,
+        "every paused row waits, due and not leased"
+    );
+}
+
+/// After the resume at `resumed`: `held` runs its `n` jobs within
+/// `within`, every row is completed, and the roles stop.
+async fn all_run_after_the_resume(
+    db: &TestDb,
+    held: &Worker,
+    n: usize,
+    resumed: Instant,
+    within: Duration,
+    roles: Roles,
+) {
+    wait_until(LIMIT, "the resumed function's jobs to run", || async {
+        held.count() == n
+    })
+    .await;
+    assert!(
+        resumed.elapsed() < within,
+        "ran {:?} after the resume",
+        resumed.elapsed()
+    );
+    db.wait_for_count(LIMIT, "every row completed", "1", 0)
+        .await;
+    roles.stop(LIMIT).await;
+}
+
 #[tokio::test]
 async fn a_paused_functions_jobs_wait_in_throughput_mode_while_others_run_and_run_after_resume() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
@@ -78,33 +119,11 @@ async fn a_paused_functions_jobs_wait_in_throughput_mode_while_others_run_and_ru
     let client = Client::new(store.clone());
     insert_numbered(&client, "pz_held", "h", 20).await;
     insert_numbered(&client, "pz_other", "o", 20).await;
-    wait_until(LIMIT, "the other function's 20 jobs to run", || async {
-        other.count() == 20
-    })
-    .await;
-    // Several QueueRunner rounds more: the paused rows are still not sent.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(held.count(), 0, "a paused function's job ran");
-    assert_eq!(
-        waiting(&db, "pz_held").await,
-        20,
-        "every paused row waits, due and not leased"
-    );
+    only_the_other_runs(&db, &held, "pz_held", &other, 20).await;
 
     let resumed = Instant::now();
     admin::resume(&store, "pz_held").await.expect("resumed");
-    wait_until(LIMIT, "the resumed function's 20 jobs to run", || async {
-        held.count() == 20
-    })
-    .await;
-    assert!(
-        resumed.elapsed() < RESUMED_WITHIN,
-        "ran {:?} after the resume",
-        resumed.elapsed()
-    );
-    db.wait_for_count(LIMIT, "every row completed", "1", 0)
-        .await;
-    roles.stop(LIMIT).await;
+    all_run_after_the_resume(&db, &held, 20, resumed, RESUMED_WITHIN, roles).await;
 }
 
 /// The pause comes from `garivini functions pause` (another process) while
@@ -139,31 +158,15 @@ async fn a_pause_by_the_binary_holds_inject_jobs_in_low_latency_mode_until_the_r
             );
         }
     }
-    wait_until(LIMIT, "the other function's 10 jobs to run", || async {
-        other.count() == 10
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(held.count(), 0, "a paused function's job ran");
-    assert_eq!(waiting(&db, "pz_llheld").await, 10, "stored, waiting");
+    only_the_other_runs(&db, &held, "pz_llheld", &other, 10).await;
 
     let (code, out, err) = functions(&db.url, &["resume", "pz_llheld"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), "resumed pz_llheld: its jobs run again");
     let resumed = Instant::now();
-    wait_until(LIMIT, "the resumed function's 10 jobs to run", || async {
-        held.count() == 10
-    })
-    .await;
     // The binary's resume reaches these roles at their next reading.
-    assert!(
-        resumed.elapsed() < RESUMED_WITHIN + PAUSED_REREAD,
-        "ran {:?} after the resume",
-        resumed.elapsed()
-    );
-    db.wait_for_count(LIMIT, "every row completed", "1", 0)
-        .await;
-    roles.stop(LIMIT).await;
+    let within = RESUMED_WITHIN + PAUSED_REREAD;
+    all_run_after_the_resume(&db, &held, 10, resumed, within, roles).await;
 }
 
 /// A `run_queued_job` sent before the pause reaches a Controller after it:
