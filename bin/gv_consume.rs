@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use example::Mode;
 use garivini::gearman::{serve, Assignment, WorkResult};
 use garivini::outage::Outage;
@@ -47,10 +47,12 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Garivini example worker")]
+#[command(name = "gv_consume", version, about = "Garivini example worker")]
 struct Cli {
     #[command(flatten)]
     servers: servers::Servers,
+    #[command(flatten)]
+    logging: terminal::Logging,
     /// How jobs are finished.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
     mode: Mode,
@@ -63,9 +65,15 @@ struct Cli {
     /// Run each job as `sh -c CMD` with its arg on stdin; exit 0 = success.
     #[arg(long)]
     exec: Option<String>,
-    /// Seconds an --exec command may run: then SIGTERM to its process
-    /// group, SIGKILL 5 s later, and the job fails (0 = no limit).
-    #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
+    /// Seconds an --exec command may run (the function's timeout): then
+    /// SIGTERM to its process group, SIGKILL 5 s later, and the job fails
+    /// with "timed out after SECS s" as its last error (0 = no limit).
+    #[arg(
+        long,
+        visible_alias = "timeout",
+        value_name = "SECS",
+        default_value_t = 3600.0
+    )]
     kill_timeout: f64,
     /// Throughput mode: seconds a running job's row is kept leased,
     /// renewed every half lease; as the QueueRunner's --lease.
@@ -152,6 +160,14 @@ enum Ended {
 }
 
 impl Worker {
+    /// The last error of a job whose command outlived --kill-timeout.
+    fn timed_out(&self) -> String {
+        format!(
+            "timed out after {} s: gv_consume stopped the command (SIGTERM, then SIGKILL)",
+            self.kill_timeout.map_or(0.0, |t| t.as_secs_f64())
+        )
+    }
+
     async fn handle(&self, assignment: Assignment) -> WorkResult {
         let started = example::unix_micros();
         let job = match Job::from_json(&assignment.data) {
@@ -204,9 +220,7 @@ impl Worker {
             } else {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 match ended {
-                    Ended::TimedOut => WorkResult::FailWith(Bytes::from_static(
-                        b"killed after gv_consume --kill-timeout",
-                    )),
+                    Ended::TimedOut => WorkResult::FailWith(Bytes::from(self.timed_out())),
                     // The Controller records it as the row's last error.
                     Ended::Failed(why) => WorkResult::FailWith(Bytes::from(why)),
                     _ => WorkResult::Fail,
@@ -221,7 +235,7 @@ impl Worker {
         } else {
             let why = match &ended {
                 Ended::Failed(why) => why.clone(),
-                _ => "killed after gv_consume --kill-timeout".to_string(),
+                _ => self.timed_out(),
             };
             client.failed_job_with(&job, &why).await.map(Some)
         };
@@ -233,7 +247,7 @@ impl Worker {
             }
             Ok(Some(retry)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(job.id = job.jobid, db.id = job.dbid, ?retry, "job failed");
+                tracing::info!(job.id = job.jobid, db.id = job.dbid, %retry, "job failed");
                 WorkResult::Fail
             }
             Err(err) => {
@@ -469,8 +483,9 @@ impl Drop for Group {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    terminal::init_tracing();
+    let matches = terminal::matches(Cli::command());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| terminal::usage_error(e));
+    terminal::init_tracing(&cli.logging);
     terminal::run(async move {
         if cli.mode == Mode::Throughput && cli.lease < 2 {
             anyhow::bail!(
@@ -560,7 +575,7 @@ async fn report(worker: Arc<Worker>, shutdown: tokio_util::sync::CancellationTok
         );
         if now != last.0 || stop {
             let secs = last.1.elapsed().as_secs_f64();
-            println!(
+            crate::say!(
                 "done {} jobs, failed {} ({:.0} jobs/s over the last {:.0} s)",
                 now.0,
                 now.1,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use example::Mode;
 use garivini::gearman::{ForegroundClient, Outcome};
 use garivini::injector::answer_refs;
@@ -31,22 +31,43 @@ use garivini::{Client, JobRef, NewJob, Priority};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Garivini example client and load generator")]
+#[command(
+    name = "gv_inject",
+    version,
+    about = "Garivini example client and load generator"
+)]
 struct Cli {
     #[command(flatten)]
     servers: servers::Servers,
+    #[command(flatten)]
+    logging: terminal::Logging,
     /// How jobs are submitted.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
     mode: Mode,
     /// Gearman function of the worker that runs the jobs.
     #[arg(long)]
     funcname: String,
-    /// How many jobs.
+    /// How many jobs (with --arg-lines: one per line read).
     #[arg(long, default_value_t = 1000)]
     count: u64,
-    /// Size of each job's arg in bytes (at least its `SEQ MICROS ` prefix).
+    /// Size of each job's arg in bytes (at least its `SEQ MICROS ` prefix);
+    /// the synthetic arg gv_consume's latency report reads.
     #[arg(long, default_value_t = 100)]
     arg_size: usize,
+    /// Give every job this arg instead of a synthetic one.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["arg_file", "arg_lines"])]
+    arg: Option<String>,
+    /// Give every job the contents of FILE as its arg (throughput mode:
+    /// any bytes; lowlatency mode: UTF-8 text, as inject_jobs takes it).
+    #[arg(long, value_name = "FILE", conflicts_with = "arg_lines")]
+    arg_file: Option<PathBuf>,
+    /// One job per line of stdin, the line (without its newline) as arg.
+    #[arg(long)]
+    arg_lines: bool,
+    /// The args given by --arg, --arg-file or --arg-lines (job N takes
+    /// the Nth, or the one).
+    #[arg(skip)]
+    given: Option<Vec<Vec<u8>>>,
     /// Jobs per insert (throughput) or per inject_jobs array (lowlatency;
     /// 1 sends a plain object).
     #[arg(long, default_value_t = 1)]
@@ -84,16 +105,56 @@ struct Cli {
     keep_going: bool,
 }
 
+/// The args of --arg, --arg-file or --arg-lines, if one was given.
+fn given_args(cli: &Cli) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+    let args = if let Some(text) = &cli.arg {
+        vec![text.clone().into_bytes()]
+    } else if let Some(path) = &cli.arg_file {
+        vec![std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?]
+    } else if cli.arg_lines {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)
+            .context("cannot read stdin")?;
+        let lines: Vec<Vec<u8>> = text
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
+            .collect();
+        // The newline ending the last line starts no job.
+        let n = lines.len() - usize::from(text.ends_with(b"\n") || text.is_empty());
+        lines.into_iter().take(n).collect()
+    } else {
+        return Ok(None);
+    };
+    if args.is_empty() {
+        anyhow::bail!("--arg-lines: no line on stdin, so no job");
+    }
+    if cli.mode == Mode::Lowlatency {
+        if let Some(i) = args.iter().position(|a| std::str::from_utf8(a).is_err()) {
+            anyhow::bail!(
+                "invalid arg{}: not UTF-8 text, which inject_jobs needs (--mode throughput takes any bytes)",
+                if cli.arg_lines { format!(" on line {}", i + 1) } else { String::new() }
+            );
+        }
+    }
+    Ok(Some(args))
+}
+
 fn parse_priority(value: &str) -> Result<Priority, String> {
     value.parse().map_err(|e: garivini::Error| e.to_string())
 }
 
 impl Cli {
     fn job(&self, seq: u64) -> NewJob {
-        let mut arg = format!("{seq} {} ", example::unix_micros()).into_bytes();
-        if arg.len() < self.arg_size {
-            arg.resize(self.arg_size, b'x');
-        }
+        let arg = match &self.given {
+            Some(args) => args[seq as usize % args.len()].clone(),
+            None => {
+                let mut arg = format!("{seq} {} ", example::unix_micros()).into_bytes();
+                if arg.len() < self.arg_size {
+                    arg.resize(self.arg_size, b'x');
+                }
+                arg
+            }
+        };
         let mut job = NewJob::new(self.funcname.clone(), arg)
             .delay(self.delay)
             .priority(self.priority);
@@ -110,7 +171,8 @@ impl Cli {
                 let job = self.job(seq);
                 serde_json::json!({
                     "funcname": job.funcname,
-                    "arg": String::from_utf8(job.arg).expect("ASCII arg"),
+                    // Checked to be UTF-8 before the first submit.
+                    "arg": String::from_utf8(job.arg).expect("a UTF-8 arg"),
                     "uniqkey": job.uniqkey,
                     "run_after": job.delay,
                     "priority": job.priority,
@@ -153,11 +215,19 @@ impl Sink {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    terminal::init_tracing();
+    let matches = terminal::matches(Cli::command());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| terminal::usage_error(e));
+    terminal::init_tracing(&cli.logging);
+    let mut cli = cli;
     terminal::run(async move {
         if cli.batch == 0 || cli.concurrency == 0 {
             anyhow::bail!("invalid setting: --batch and --concurrency must be at least 1");
+        }
+        cli.given = given_args(&cli)?;
+        if let Some(args) = &cli.given {
+            if cli.arg_lines {
+                cli.count = args.len() as u64;
+            }
         }
         // Refuse bad input before touching any server.
         cli.job(cli.count).validate()?;
@@ -268,19 +338,19 @@ fn main() {
         };
         let failed = failed.load(Ordering::Relaxed);
         let done = cli.count - failed;
-        println!(
+        crate::say!(
             "{verb} {done} jobs in {secs:.2} s: {:.0} jobs/s",
             done as f64 / secs.max(1e-9)
         );
         if failed > 0 {
-            println!("{failed} jobs failed (--keep-going)");
+            crate::say!("{failed} jobs failed (--keep-going)");
         }
         let acks = std::mem::take(&mut *acks.lock().unwrap());
-        println!("{}", latency_line("submit->ack (committed)", acks));
+        crate::say!("{}", latency_line("submit->ack (committed)", acks));
         if let Some(path) = &cli.latency_file {
             let samples =
                 wait_for_latencies(path, cli.count, Duration::from_secs(cli.latency_wait)).await?;
-            println!("{}", latency_line("submit->start", samples));
+            crate::say!("{}", latency_line("submit->start", samples));
         }
         Ok(())
     });

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::job::JobRef;
 use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
-use crate::store::{Change, History, Listed, Store};
+use crate::store::{After, Change, History, Listed, Page, Store};
 pub use crate::store::{Counts, FunctionStatus, JobState, ListQuery};
 
 /// Rows `jobs list` shows unless told otherwise.
@@ -29,6 +29,7 @@ pub const DEFAULT_LIST_LIMIT: usize = 50;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// One database's part of the report.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct DbStatus {
     /// Database id.
@@ -50,6 +51,7 @@ pub struct DbStatus {
 }
 
 /// One function as one gearmand sees it (admin `status`).
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GearmandFunction {
     /// The function.
@@ -63,6 +65,7 @@ pub struct GearmandFunction {
 }
 
 /// One gearmand's part of the report.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct GearmandStatus {
     /// Its `host:port`.
@@ -74,6 +77,7 @@ pub struct GearmandStatus {
 }
 
 /// The whole deployment on one screen (`garivini status`).
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The lease window that tells in flight from scheduled, in seconds.
@@ -197,6 +201,7 @@ async fn db_status(store: &Store, dbid: u32, lease: u32) -> DbStatus {
 }
 
 /// One row of a listing.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedJob {
     /// `DBID:JOBID`.
@@ -303,7 +308,117 @@ pub async fn list(store: &Store, query: &ListQuery) -> Result<Vec<ListedJob>> {
     Ok(all)
 }
 
+/// A position in a paged listing over every database: the last row of
+/// the page before, written `RUN_AFTER.FAILCOUNT.DBID.JOBID`. The order of
+/// pages is `(run_after, failcount, dbid, jobid)` with a function named,
+/// `(run_after, dbid, jobid)` without (its failcount then counts for
+/// nothing): the order of the indexes each database reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    /// Due time of the last row seen.
+    pub run_after: u32,
+    /// Its failcount.
+    pub failcount: u8,
+    /// Its database.
+    pub dbid: u32,
+    /// Its id.
+    pub jobid: u64,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Cursor {
+            run_after,
+            failcount,
+            dbid,
+            jobid,
+        } = self;
+        write!(f, "{run_after}.{failcount}.{dbid}.{jobid}")
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Cursor> {
+        let bad = || Error::InvalidConfig {
+            name: "after",
+            reason: format!("{s:?} is not a page cursor (RUN_AFTER.FAILCOUNT.DBID.JOBID)"),
+        };
+        let parts: Vec<&str> = s.split('.').collect();
+        let [run_after, failcount, dbid, jobid] = parts[..] else {
+            return Err(bad());
+        };
+        Ok(Cursor {
+            run_after: run_after.parse().map_err(|_| bad())?,
+            failcount: failcount.parse().map_err(|_| bad())?,
+            dbid: dbid.parse().map_err(|_| bad())?,
+            jobid: jobid.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page of a listing, and where the next one starts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListPage {
+    /// The rows, in page order.
+    pub jobs: Vec<ListedJob>,
+    /// The cursor of the next page; `None` when this one is the last.
+    pub next: Option<Cursor>,
+}
+
+/// Up to `query.limit` rows over all databases after `after` (from the
+/// first when `None`), of unique keys starting with `uniqkey_prefix` if
+/// given: keyset paging, so that a deep page costs what the first does
+/// (see [`Cursor`] for the order).
+pub async fn list_page(
+    store: &Store,
+    query: &ListQuery,
+    uniqkey_prefix: Option<&str>,
+    after: Option<Cursor>,
+) -> Result<ListPage> {
+    query.validate()?;
+    let by_func = query.funcname.is_some();
+    let mut all = Vec::new();
+    for dbid in store.dbids() {
+        let page = Page {
+            after: after.map(|c| After {
+                run_after: c.run_after,
+                failcount: if by_func { c.failcount } else { 0 },
+                jobid: match dbid.cmp(&c.dbid) {
+                    std::cmp::Ordering::Equal => c.jobid,
+                    std::cmp::Ordering::Greater => 0,
+                    std::cmp::Ordering::Less => u64::MAX,
+                },
+            }),
+            uniqkey_prefix: uniqkey_prefix.map(str::to_string),
+        };
+        let (now, rows) = store.list_page(dbid, query, &page).await?;
+        all.extend(
+            rows.into_iter()
+                .map(|r| ListedJob::new(r, now, query.lease)),
+        );
+    }
+    let key = |j: &ListedJob| {
+        let failcount = if by_func { j.failcount } else { 0 };
+        (j.run_after, failcount, j.dbid, j.jobid)
+    };
+    all.sort_by_key(key);
+    all.truncate(query.limit);
+    let next = (all.len() == query.limit)
+        .then(|| all.last())
+        .flatten()
+        .map(|j| Cursor {
+            run_after: j.run_after,
+            failcount: j.failcount,
+            dbid: j.dbid,
+            jobid: j.jobid,
+        });
+    Ok(ListPage { jobs: all, next })
+}
+
 /// One row in full (`jobs show`).
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Shown {
     /// `DBID:JOBID`.
@@ -490,8 +605,20 @@ pub async fn retry_dead(
     Ok(out)
 }
 
+/// Deletes every dead row of `funcname`, in every database; returns how
+/// many per database id. A dead row is never leased: no worker runs it.
+pub async fn purge_dead(store: &Store, funcname: &str) -> Result<Vec<(u32, u64)>> {
+    NewJob::new(funcname, "").validate()?;
+    let mut out = Vec::new();
+    for dbid in store.dbids() {
+        out.push((dbid, store.purge_dead(dbid, funcname).await?));
+    }
+    Ok(out)
+}
+
 /// A paused function across the databases (`garivini functions list`,
 /// `garivini status`): its due jobs wait in the table until it is resumed.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Paused {
     /// The function.
@@ -504,6 +631,7 @@ pub struct Paused {
 }
 
 /// Every paused function, by name, and the databases that could not say.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PausedReport {
     /// The paused functions, by name.
@@ -549,6 +677,7 @@ pub async fn paused(store: &Store) -> PausedReport {
 }
 
 /// What `garivini functions pause` or `resume` did, per database.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PauseReport {
     /// The function.
@@ -638,6 +767,21 @@ mod tests {
                 matches!(err, Error::InvalidJobId { ref id } if id == bad),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_page_cursor_reads_back_as_written() {
+        let c = Cursor {
+            run_after: 1_790_000_000,
+            failcount: 3,
+            dbid: 2,
+            jobid: 42,
+        };
+        assert_eq!(c.to_string(), "1790000000.3.2.42");
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        for bad in ["", "1.2.3", "1.2.3.4.5", "a.0.1.1", "1.300.1.1"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::batch;
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::job::{backoff, Job, JobRef, NewJob, When};
 use crate::outage::Outage;
 use crate::store::Store;
@@ -55,6 +56,16 @@ pub enum Retry {
     In(u32),
     /// It reached the attempt limit and is parked, dead.
     Dead,
+}
+
+impl std::fmt::Display for Retry {
+    /// As logs say it: `in 60 s`, or `dead`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retry::In(secs) => write!(f, "in {secs} s"),
+            Retry::Dead => f.write_str("dead"),
+        }
+    }
 }
 
 struct Completion {
@@ -114,6 +125,7 @@ pub struct Client {
     unwritten: Arc<Unwritten>,
     kept: mpsc::UnboundedSender<Kept>,
     max_attempts: u8,
+    functions: Functions,
 }
 
 impl Client {
@@ -148,6 +160,7 @@ impl Client {
             unwritten,
             kept,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            functions: Functions::default(),
         }
     }
 
@@ -155,6 +168,13 @@ impl Client {
     /// dead (default [`DEFAULT_MAX_ATTEMPTS`]; at least 1).
     pub fn with_max_attempts(mut self, max_attempts: u8) -> Self {
         self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// Sets per-function max attempts ([`crate::functions`]): a function's
+    /// own `max_attempts` wins over [`Client::with_max_attempts`].
+    pub fn with_functions(mut self, functions: Functions) -> Self {
+        self.functions = functions;
         self
     }
 
@@ -327,7 +347,12 @@ impl Client {
 
     async fn failed(&self, job: &Job, error: Option<String>) -> Result<Retry> {
         let failcount = job.failcount.saturating_add(1);
-        let retry = if failcount >= self.max_attempts {
+        let max_attempts = self
+            .functions
+            .get(&job.funcname)
+            .max_attempts
+            .unwrap_or(self.max_attempts);
+        let retry = if failcount >= max_attempts {
             Retry::Dead
         } else {
             Retry::In(backoff(job.failcount))

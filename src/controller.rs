@@ -13,8 +13,14 @@
 //! a WORK_FAIL); the worker's late answer, if any, is ignored. Jobs still
 //! running when shutdown gives up on them are not left leased: their rows
 //! are given back, due again after `give_back_delay`.
+//!
+//! Per-function settings ([`crate::functions`]): a function's own timeout
+//! replaces `job_timeout`; a function with a concurrency limit has at most
+//! that many jobs running in this Controller, and a job that finds the
+//! limit reached (here, or in gearmand's `status` read just before its
+//! submit) is given back, due again in a second, its failcount kept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,7 @@ use tracing::Instrument as _;
 
 use crate::client::{Client, Retry};
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::gearman::{
     gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
@@ -66,6 +73,8 @@ pub struct Config {
     /// Seconds before a job still running when shutdown gave up on it is
     /// due again (its row keeps its failcount).
     pub give_back_delay: u32,
+    /// Per-function timeouts and concurrency limits.
+    pub functions: Functions,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             no_worker_delay: DEFAULT_NO_WORKER_DELAY,
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             give_back_delay: DEFAULT_SUBMIT_RETRY_DELAY,
+            functions: Functions::default(),
         }
     }
 }
@@ -99,7 +109,7 @@ impl Config {
                 "must be more than 0 (no limit: none)",
             ));
         }
-        Ok(())
+        self.functions.validate()
     }
 }
 
@@ -126,6 +136,9 @@ pub enum Ran {
     /// is given back, due again in a second, its failcount kept; nothing
     /// was run.
     Paused,
+    /// The job's function is at its concurrency limit: its row is given
+    /// back, due again in a second, its failcount kept; nothing was run.
+    AtLimit,
     /// The workload was not a job JSON; nothing was run.
     NotAJob,
     /// The job's function name cannot be sent to gearmand (see
@@ -157,6 +170,8 @@ pub struct Controller {
     /// Cancelled once shutdown has given up on the jobs in hand: they stop
     /// waiting and give their rows back.
     abandon: CancellationToken,
+    /// The running jobs of each function with a concurrency limit.
+    limits: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// How long a status read from gearmand is trusted.
@@ -172,7 +187,17 @@ impl Controller {
         if gearmand.is_empty() {
             return Err(Error::NoGearmand);
         }
+        let limits = config
+            .functions
+            .entries()
+            .into_iter()
+            .filter_map(|(f, s)| {
+                let n = s.concurrency? as usize;
+                Some((f.to_string(), Arc::new(tokio::sync::Semaphore::new(n))))
+            })
+            .collect();
         Ok(Arc::new(Controller {
+            limits,
             foreground: ForegroundClient::new(gearmand.clone()),
             config,
             client,
@@ -248,16 +273,7 @@ impl Controller {
             // Sent before the pause took hold: given back, due again
             // shortly, its failcount kept; the QueueRunner holds it until
             // the resume.
-            let given = self
-                .client
-                .reschedule_job(&job, When::In(PAUSED_PUSHBACK))
-                .await;
-            return match self
-                .row_update(given, "function paused, and its row could not be put back")
-            {
-                Some(()) => Ran::Paused,
-                None => Ran::Unknown,
-            };
+            return self.put_back(&job, "paused", Ran::Paused).await;
         }
         if !self.has_worker(&job.funcname).await {
             let released = self
@@ -272,6 +288,19 @@ impl Controller {
                 None => Ran::Unknown,
             };
         }
+        // Held until the answer (or the timeout): the limit counts jobs
+        // running here, whatever became of them in gearmand.
+        let _slot = match self.limits.get(&job.funcname) {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) if !self.at_limit_elsewhere(&job.funcname).await => Some(slot),
+                _ => {
+                    return self
+                        .put_back(&job, "at its concurrency limit", Ran::AtLimit)
+                        .await
+                }
+            },
+        };
         let started = Instant::now();
         let unique = gearman_unique(job.uniqkey.as_deref());
         let run = self
@@ -279,10 +308,8 @@ impl Controller {
             .submit(&job.funcname, unique, workload.clone());
         tokio::pin!(run);
         let beat = Duration::from_secs(u64::from(self.config.lease / 2));
-        let deadline = self
-            .config
-            .job_timeout
-            .map(|t| tokio::time::Instant::now() + t);
+        let timeout = self.timeout_of(&job.funcname);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let waited = loop {
             tokio::select! {
                 outcome = &mut run => break Waited::Answered(outcome),
@@ -297,7 +324,7 @@ impl Controller {
         telemetry::controller_job(started.elapsed());
         let outcome = match waited {
             Waited::Answered(outcome) => outcome,
-            Waited::TimedOut => return self.timed_out(&job).await,
+            Waited::TimedOut => return self.timed_out(&job, timeout.unwrap_or_default()).await,
             Waited::Abandoned => return self.give_back(&job).await,
         };
         match &outcome {
@@ -322,7 +349,7 @@ impl Controller {
                     .await;
                 match self.row_update(failed, "job failed and its row could not be rescheduled") {
                     Some(retry) => {
-                        tracing::info!(?retry, "job failed");
+                        tracing::info!(%retry, "job failed");
                         Ran::Failed(retry)
                     }
                     None => Ran::Unknown,
@@ -335,23 +362,59 @@ impl Controller {
     /// Fails a job whose worker did not answer within `job_timeout`. Its
     /// foreground submit is dropped: the worker's answer, should it come,
     /// finds nobody waiting.
-    async fn timed_out(&self, job: &Job) -> Ran {
+    async fn timed_out(&self, job: &Job, timeout: Duration) -> Ran {
         let error = format!(
             "timed out after {} s: no answer from the worker",
-            self.config.job_timeout.map_or(0, |t| t.as_secs())
+            timeout.as_secs_f64()
         );
         let failed = self.client.failed_job_with(job, &error).await;
         match self.row_update(failed, "job timed out and its row could not be rescheduled") {
             Some(retry) => {
                 tracing::warn!(
-                    timeout_s = self.config.job_timeout.map_or(0.0, |t| t.as_secs_f64()),
-                    ?retry,
+                    timeout_s = timeout.as_secs_f64(),
+                    %retry,
                     "job timed out: no answer from its worker; failed, and its slot freed"
                 );
                 Ran::TimedOut(retry)
             }
             None => Ran::Unknown,
         }
+    }
+
+    /// Gives back the row of a job not run because its function is `why`:
+    /// due again in a second, its failcount kept.
+    async fn put_back(&self, job: &Job, why: &str, ran: Ran) -> Ran {
+        let given = self
+            .client
+            .reschedule_job(job, When::In(PAUSED_PUSHBACK))
+            .await;
+        let what = format!("function {why}, and its row could not be put back");
+        match self.row_update(given, &what) {
+            Some(()) => ran,
+            None => Ran::Unknown,
+        }
+    }
+
+    /// The job timeout of `funcname`: its own, else the role's.
+    fn timeout_of(&self, funcname: &str) -> Option<Duration> {
+        self.config
+            .functions
+            .get(funcname)
+            .timeout
+            .or(self.config.job_timeout)
+    }
+
+    /// Whether gearmand already holds `funcname`'s limit of jobs, queued or
+    /// running (other Controllers' included), read afresh: a limited
+    /// function's jobs are few at a time, and a stale reading would hold
+    /// the next one back for a second after each answer. No answer: no.
+    async fn at_limit_elsewhere(&self, funcname: &str) -> bool {
+        let Some(limit) = self.config.functions.concurrency(funcname) else {
+            return false;
+        };
+        let (load, _) = self.foreground.function_status().await;
+        load.get(funcname)
+            .is_some_and(|l| l.queued >= u64::from(limit))
     }
 
     /// Gives back the row of a job still running when shutdown gave up on

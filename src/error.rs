@@ -37,7 +37,7 @@ pub enum Error {
         reason: String,
     },
     /// A database id that is not configured.
-    #[error("unknown database id {dbid} (configured: 1..={configured})")]
+    #[error("unknown database id {dbid} ({})", configured_ids(*configured))]
     UnknownDb {
         /// The id asked for.
         dbid: u32,
@@ -70,7 +70,7 @@ pub enum Error {
         lease: u32,
     },
     /// A database operation failed.
-    #[error("database {dbid} ({dsn}): {source}")]
+    #[error("database {dbid} ({dsn}): {}", driver_text(source))]
     Db {
         /// The database id.
         dbid: u32,
@@ -240,6 +240,14 @@ pub enum Error {
         #[source]
         source: gearman::GearmanError,
     },
+    /// The web role's address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// gearmand answered with something we did not expect.
     #[error("gearmand {server}: unexpected {what}")]
     GearmanProtocol {
@@ -315,6 +323,33 @@ pub const REFUSED_CONNECTION: &[u16] = &[
 ];
 
 /// Ids as `1:7, 1:8`.
+/// The ids of `n` configured databases, as people say it.
+fn configured_ids(n: usize) -> String {
+    match n {
+        0 => "no database is configured".into(),
+        1 => "only database 1 is configured".into(),
+        n => format!("databases 1 to {n} are configured"),
+    }
+}
+
+/// What the driver said, without its wrappers' repeated prefixes and odd
+/// quotes: `ERROR 1045 (28000): Access denied ...`, `connection refused
+/// (os error 111)`; a missing job table with what to do about it.
+fn driver_text(err: &mysql_async::Error) -> String {
+    match err {
+        mysql_async::Error::Server(e) => {
+            let text = format!("ERROR {} ({}): {}", e.code, e.state, e.message);
+            if e.code == 1146 && e.message.contains(".job'") {
+                format!("{text} (load schema.sql)")
+            } else {
+                text
+            }
+        }
+        mysql_async::Error::Io(mysql_async::IoError::Io(e)) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
 fn list(jobs: &[crate::job::JobRef]) -> String {
     jobs.iter()
         .map(ToString::to_string)

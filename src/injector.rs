@@ -9,7 +9,8 @@
 //! back through the QueueRunner. A delayed job, or one arriving while
 //! `run_queued_job` is over the queue watermark, is stored due when it
 //! should run and left to the QueueRunner, as is a job of a paused
-//! function (`garivini functions pause`).
+//! function (`garivini functions pause`) or of one with a concurrency limit
+//! ([`crate::functions`]): the QueueRunner sends those within the limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch;
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::gearman::{
     serve, BackgroundJob, StatusReader, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
@@ -62,6 +64,9 @@ pub struct Config {
     pub submit_retry_delay: u32,
     /// How long shutdown waits for the requests in hand.
     pub shutdown_timeout: Duration,
+    /// Per-function settings: a function with a concurrency limit is left
+    /// to the QueueRunner.
+    pub functions: Functions,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             concurrency: DEFAULT_CONCURRENCY,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            functions: Functions::default(),
         }
     }
 }
@@ -92,7 +98,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        self.functions.validate()
     }
 }
 
@@ -337,7 +343,12 @@ impl Injector {
         // A paused function's job is stored due, and waits for the
         // QueueRunner to send it after the resume.
         let paused = self.store.paused_functions().await;
-        let dispatchable = |job: &NewJob| job.delay == 0 && !paused.contains(&job.funcname);
+        let functions = &self.config.functions;
+        let dispatchable = |job: &NewJob| {
+            job.delay == 0
+                && !paused.contains(&job.funcname)
+                && functions.concurrency(&job.funcname).is_none()
+        };
         let due_now = request.jobs.iter().filter(|j| dispatchable(j)).count() as u64;
         let taken = self.depth.take(due_now, self.config.queue_watermark_depth);
         let mut room = taken;

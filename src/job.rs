@@ -23,6 +23,7 @@ pub const MAX_DELAY: u32 = 10 * 365 * 86_400;
 pub const MAX_BACKOFF_SECS: u32 = 86_400;
 
 /// Who completes a job's row once a worker has run it.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Flag {

@@ -18,6 +18,8 @@
 //!   TCP_NODELAY sockets).
 //! - [`queue_runner`]: claims due rows in batches and submits them to
 //!   gearmand, under a queue-depth watermark.
+//! - [`functions`]: per-function settings (`[functions.NAME]`): a
+//!   concurrency limit, a watermark, a timeout, max attempts.
 //! - [`periodic`]: `[[periodic]]` entries (cron or interval): the
 //!   QueueRunners insert each tick's job once, however many run.
 //! - [`injector`]: low-latency mode's `inject_jobs` worker: commit, answer,
@@ -36,6 +38,8 @@
 //!   `garivini jobs` commands (list, show, retry, cancel) and pausing a
 //!   function (`garivini functions pause|resume`, the roles honour it
 //!   through [`Store::paused_functions`]).
+//! - `web` (feature `web`, on by default): the dashboard and the HTTP JSON
+//!   API (`garivini web`), on [`admin`]'s functions.
 //!
 //! Storing a job and, in a worker, completing it:
 //!
@@ -68,6 +72,7 @@ pub mod client;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod functions;
 pub mod gearman;
 pub mod injector;
 pub mod job;
@@ -79,6 +84,8 @@ pub mod roles;
 pub mod store;
 pub mod telemetry;
 mod tls;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use client::{Client, Retry};
 pub use error::{Error, Result};

@@ -9,7 +9,9 @@
 //! watermark are pushed back instead of sent, so gearmand's memory stays
 //! bounded however long the table's backlog is.
 //! Rows of a paused function (`garivini functions pause`) are neither
-//! leased nor sent: they stay due, pushed back a second at a time.
+//! leased nor sent: they stay due, pushed back a second at a time. A
+//! function with a concurrency limit ([`crate::functions`]) gets no more rows
+//! sent than the room its limit leaves beside what gearmand holds of it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::gearman::{BackgroundJob, FunctionLoad, Submitter};
 use crate::job::Job;
 use crate::names::{
@@ -87,6 +90,8 @@ pub struct Config {
     /// Periodic jobs to insert, each tick once across all QueueRunners
     /// ([`periodic`]); none by default.
     pub periodic: Vec<periodic::Entry>,
+    /// Per-function concurrency limits and watermarks ([`crate::functions`]).
+    pub functions: Functions,
 }
 
 impl Default for Config {
@@ -104,6 +109,7 @@ impl Default for Config {
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             report_due_rows: false,
             periodic: Vec::new(),
+            functions: Functions::default(),
         }
     }
 }
@@ -127,6 +133,7 @@ impl Config {
             ));
         }
         periodic::validate(&self.periodic)?;
+        self.functions.validate()?;
         Ok(())
     }
 }
@@ -311,7 +318,7 @@ impl QueueRunner {
         let mut stats = Stats::default();
         let watermark = self.config.queue_watermark_depth;
         let mut room: Option<Room> = None;
-        if watermark > 0 {
+        if watermark > 0 || self.config.functions.limits_any() {
             // Raced against shutdown: a gearmand that accepts and never
             // answers would hold a stopping role for the reply timeout.
             let (load, errors) = tokio::select! {
@@ -333,6 +340,7 @@ impl QueueRunner {
                 self.config.watermark_pushback,
                 self.config.no_worker_delay,
                 load,
+                self.config.functions.clone(),
             ));
         }
         for dbid in self.dbids.clone() {
@@ -558,6 +566,7 @@ impl QueueRunner {
 
 /// What gearmand can take in this round, from its `status`.
 struct Room {
+    /// The roles' watermark (0: none).
     watermark: u64,
     /// Push-back of a row over the watermark, seconds.
     pushback: u32,
@@ -568,6 +577,10 @@ struct Room {
     left: HashMap<String, u64>,
     /// Functions with at least one worker.
     served: HashSet<String>,
+    /// Places left under each limited function's concurrency limit, by
+    /// its real name (whichever mode its rows are in).
+    limit_left: HashMap<String, u64>,
+    functions: Functions,
 }
 
 impl Room {
@@ -576,22 +589,54 @@ impl Room {
         pushback: u32,
         no_worker_delay: u32,
         load: HashMap<String, FunctionLoad>,
+        functions: Functions,
     ) -> Room {
         let served = load
             .iter()
             .filter(|(_, l)| l.workers > 0)
             .map(|(f, _)| f.clone())
             .collect();
-        let left = load
+        let limit_left = functions
+            .entries()
             .into_iter()
-            .map(|(f, l)| (f, watermark.saturating_sub(l.queued)))
+            .filter_map(|(f, s)| {
+                let queued = load.get(f).map_or(0, |l| l.queued);
+                Some((
+                    f.to_string(),
+                    u64::from(s.concurrency?).saturating_sub(queued),
+                ))
+            })
             .collect();
-        Room {
+        let mut room = Room {
             watermark,
             pushback,
             no_worker_delay,
-            left,
+            left: HashMap::new(),
             served,
+            limit_left,
+            functions,
+        };
+        room.left = load
+            .into_iter()
+            .map(|(f, l)| {
+                let left = room.watermark_of(&f).saturating_sub(l.queued);
+                (f, left)
+            })
+            .collect();
+        room
+    }
+
+    /// The watermark of dispatch function `function`: its own
+    /// ([`crate::functions::Settings::watermark`]), else the roles'; 0 is none.
+    fn watermark_of(&self, function: &str) -> u64 {
+        match self
+            .functions
+            .get(function)
+            .watermark
+            .unwrap_or(self.watermark)
+        {
+            0 => u64::MAX,
+            w => w,
         }
     }
 
@@ -605,6 +650,7 @@ impl Room {
     /// [`PAUSED_PUSHBACK`], and take no room.
     fn admit(&self, due: &[Job], paused: &PausedFunctions) -> Vec<Option<u32>> {
         let mut taken: HashMap<&str, u64> = HashMap::new();
+        let mut limited: HashMap<&str, u64> = HashMap::new();
         due.iter()
             .map(|job| {
                 if paused.contains(&job.funcname) {
@@ -613,8 +659,19 @@ impl Room {
                 if !self.served.contains(&job.funcname) {
                     return Some(self.no_worker_delay);
                 }
+                if let Some(&limit_left) = self.limit_left.get(&job.funcname) {
+                    let n = limited.entry(&job.funcname).or_insert(0);
+                    if *n >= limit_left {
+                        return Some(self.pushback);
+                    }
+                    *n += 1;
+                }
                 let function = dispatch_function(job.flag, &job.funcname);
-                let left = self.left.get(function).copied().unwrap_or(self.watermark);
+                let left = self
+                    .left
+                    .get(function)
+                    .copied()
+                    .unwrap_or_else(|| self.watermark_of(function));
                 let n = taken.entry(function).or_insert(0);
                 *n += 1;
                 (*n > left).then_some(self.pushback)
@@ -626,11 +683,12 @@ impl Room {
     fn take(&mut self, dispatched: &[Job]) {
         for job in dispatched {
             let function = dispatch_function(job.flag, &job.funcname);
-            let left = self
-                .left
-                .entry(function.to_string())
-                .or_insert(self.watermark);
+            let watermark = self.watermark_of(function);
+            let left = self.left.entry(function.to_string()).or_insert(watermark);
             *left = left.saturating_sub(1);
+            if let Some(left) = self.limit_left.get_mut(&job.funcname) {
+                *left = left.saturating_sub(1);
+            }
         }
     }
 }
@@ -638,6 +696,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions;
     use crate::job::Flag;
     use crate::names::RUN_QUEUED_JOB;
 
@@ -711,7 +770,7 @@ mod tests {
             ("served".to_string(), load(0, 1)),
         ]
         .into();
-        let room = Room::new(2, 1, 30, status);
+        let room = Room::new(2, 1, 30, status, Functions::default());
         let due = [
             job("a", Flag::Shim),
             job("a", Flag::Shim),
@@ -732,7 +791,7 @@ mod tests {
             ("busy".to_string(), load(3, 1)),
         ]
         .into();
-        let room = Room::new(10, 1, 30, status);
+        let room = Room::new(10, 1, 30, status, Functions::default());
         let due = [
             job("idle", Flag::Controller),
             job("unknown", Flag::Controller),
@@ -753,7 +812,7 @@ mod tests {
             ("other".to_string(), load(0, 1)),
         ]
         .into();
-        let room = Room::new(1, 7, 30, status);
+        let room = Room::new(1, 7, 30, status, Functions::default());
         let due = [
             job("paused", Flag::Shim),
             job("paused", Flag::Shim),
@@ -766,6 +825,45 @@ mod tests {
         assert_eq!(
             room.admit(&due, &PausedFunctions::default()),
             vec![None, Some(7), None]
+        );
+    }
+
+    #[test]
+    fn a_limited_function_gets_only_the_room_its_limit_leaves() {
+        let status: HashMap<String, FunctionLoad> = [
+            ("one".to_string(), load(0, 1)),
+            ("busy".to_string(), load(1, 1)),
+            ("own".to_string(), load(3, 1)),
+            ("free".to_string(), load(0, 1)),
+        ]
+        .into();
+        let limit = |c: u32| functions::Settings {
+            concurrency: Some(c),
+            ..Default::default()
+        };
+        let own = functions::Settings {
+            watermark: Some(4),
+            ..Default::default()
+        };
+        let functions = Functions::new([
+            ("one".to_string(), limit(1)),
+            ("busy".to_string(), limit(1)),
+            ("own".to_string(), own),
+        ]);
+        // No watermark of the roles': only the function's own settings hold.
+        let room = Room::new(0, 1, 30, status, functions);
+        let due = [
+            job("one", Flag::Shim),
+            job("one", Flag::Controller),
+            job("busy", Flag::Shim),
+            job("own", Flag::Shim),
+            job("own", Flag::Shim),
+            job("free", Flag::Shim),
+            job("free", Flag::Shim),
+        ];
+        assert_eq!(
+            room.admit(&due, &PausedFunctions::default()),
+            vec![None, Some(1), Some(1), None, Some(1), None, None]
         );
     }
 

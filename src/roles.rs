@@ -22,6 +22,9 @@ pub struct Config {
     pub injector: Option<injector::Config>,
     /// Serves `run_queued_job`.
     pub controller: Option<controller::Config>,
+    /// Serves the dashboard and the HTTP JSON API.
+    #[cfg(feature = "web")]
+    pub web: Option<crate::web::Config>,
     /// The Controller's: failures after which a job is parked as dead.
     pub max_attempts: u8,
 }
@@ -33,6 +36,8 @@ impl Default for Config {
             queue_runner: None,
             injector: None,
             controller: None,
+            #[cfg(feature = "web")]
+            web: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -41,7 +46,15 @@ impl Default for Config {
 impl Config {
     /// Checks that there is a role to run and every role's settings.
     pub fn validate(&self) -> Result<()> {
-        if self.queue_runner.is_none() && self.injector.is_none() && self.controller.is_none() {
+        #[cfg(feature = "web")]
+        let web = self.web.is_some();
+        #[cfg(not(feature = "web"))]
+        let web = false;
+        if self.queue_runner.is_none()
+            && self.injector.is_none()
+            && self.controller.is_none()
+            && !web
+        {
             return Err(Error::invalid_config("roles", "name at least one role"));
         }
         if let Some(c) = &self.queue_runner {
@@ -51,6 +64,10 @@ impl Config {
             c.validate()?;
         }
         if let Some(c) = &self.controller {
+            c.validate()?;
+        }
+        #[cfg(feature = "web")]
+        if let Some(c) = &self.web {
             c.validate()?;
         }
         Ok(())
@@ -82,10 +99,17 @@ pub async fn run(
     let controller = roles
         .controller
         .map(|c| {
-            let client = Client::new(store.clone()).with_max_attempts(roles.max_attempts);
+            let client = Client::new(store.clone())
+                .with_max_attempts(roles.max_attempts)
+                .with_functions(c.functions.clone());
             controller::Controller::new(c, client, gearmand.clone())
         })
         .transpose()?;
+    #[cfg(feature = "web")]
+    let web = match roles.web {
+        Some(c) => Some(crate::web::Web::bind(c, store.clone(), gearmand.clone()).await?),
+        None => None,
+    };
     let mut tasks = JoinSet::new();
     if let Some(role) = queue_runner {
         tasks.spawn(role.run(shutdown.clone()));
@@ -94,6 +118,10 @@ pub async fn run(
         tasks.spawn(role.run(shutdown.clone()));
     }
     if let Some(role) = controller {
+        tasks.spawn(role.run(shutdown.clone()));
+    }
+    #[cfg(feature = "web")]
+    if let Some(role) = web {
         tasks.spawn(role.run(shutdown.clone()));
     }
     while let Some(ended) = tasks.join_next().await {

@@ -258,7 +258,7 @@ async fn list_filters_by_state_and_function_soonest_first() {
 async fn list_refuses_two_state_filters_a_zero_limit_and_a_bad_funcname() {
     let db = TestDb::new().await;
     let (code, _, err) = run_garivini(&db.url, &["jobs", "list", "--dead", "--due"]).await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("'--due' cannot be used with '--dead'")
             || err.contains("'--dead' cannot be used with '--due'"),
@@ -317,10 +317,13 @@ async fn show_of_an_unknown_id_says_so() {
     let err = fails(&db.url, &["jobs", "show", "99"]).await;
     assert_eq!(
         err,
-        "error: invalid job id \"99\": expected DBID:JOBID, e.g. 1:42"
+        "error: invalid job id \"99\": expected DBID:JOBID, e.g. 1:42 (see --help)"
     );
     let err = fails(&db.url, &["jobs", "show", "2:1"]).await;
-    assert_eq!(err, "error: unknown database id 2 (configured: 1..=1)");
+    assert_eq!(
+        err,
+        "error: unknown database id 2 (only database 1 is configured)"
+    );
 }
 
 #[tokio::test]
@@ -390,7 +393,7 @@ async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
     );
 
     let (code, _, err) = run_garivini(&db.url, &["jobs", "retry", "--dead"]).await;
-    assert_eq!(code, 2, "--dead needs --funcname: {err}");
+    assert_eq!(code, 1, "--dead needs --funcname: {err}");
     assert!(err.contains("--funcname"), "{err}");
 }
 
@@ -521,4 +524,32 @@ async fn status_names_the_functions_whose_rows_wait_for_a_worker() {
     // Without gearmand it cannot be told.
     let status = json(&db.url, &["status", "--json"]).await;
     assert_eq!(status["without_worker"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn cancel_dead_of_a_function_deletes_only_its_dead_rows() {
+    let db = seeded(&[
+        ("resize", None, 25),
+        ("resize", None, 3),
+        ("email", None, 25),
+        ("resize", Some(7200), 1),
+        ("resize", Some(0), 0),
+    ])
+    .await;
+    let (code, out, err) = run_garivini(
+        &db.url,
+        &["jobs", "cancel", "--dead", "--funcname", "resize"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2 dead jobs of resize cancelled (deleted)");
+    assert_eq!(db.count("funcname = 'resize'").await, 2, "live rows kept");
+    assert_eq!(
+        db.count("funcname = 'email'").await,
+        1,
+        "other function kept"
+    );
+    let (code, _, err) = run_garivini(&db.url, &["jobs", "cancel", "--dead"]).await;
+    assert_eq!(code, 1, "--dead needs --funcname: {err}");
+    assert!(err.contains("--funcname"), "{err}");
 }

@@ -34,7 +34,7 @@ queue-watermark-depth = 2000
     );
     let mut check = bin("garivini");
     check
-        .args(["--config", &file, "config", "check"])
+        .args(["--config", &file, "config", "check", "--offline"])
         .env("GARIVINI_GEARMAND", "from-env:4730");
     let (status, stdout, stderr) = run_command(check, LIMIT).await;
     assert!(status.success(), "{stdout}{stderr}");
@@ -105,6 +105,10 @@ async fn a_bad_config_file_is_refused_in_one_line_naming_it() {
         ("[queuerunnr]\nlease = 3\n", "unknown section [queuerunnr]"),
         ("[roles]\nlease = -3\n", "invalid value '-3' for '--lease"),
         ("lease = \n", "garivini.toml"),
+        (
+            "[roles]\nlease = 3\nlease = = 4\n",
+            "garivini.toml line 3: ",
+        ),
     ] {
         let file = write(&dir, text);
         let (status, out, err) =
@@ -125,4 +129,40 @@ async fn connection_flags_work_after_the_subcommand_too() {
     let (status, out, err) = run_bin("garivini", &["status", "--dsn", &db.url], LIMIT).await;
     assert!(status.success(), "{out}{err}");
     assert!(out.contains("database 1"), "{out}");
+}
+
+#[tokio::test]
+async fn config_check_tries_each_database_and_gearmand_and_says_which_answered() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let servers = gearmand.servers().join(",");
+    let check = |dsn: String| {
+        let servers = servers.clone();
+        async move {
+            let args = ["--dsn", &dsn, "--gearmand", &servers, "config", "check"];
+            run_bin("garivini", &args, LIMIT).await
+        }
+    };
+    let (status, out, err) = check(db.url.clone()).await;
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("database 1 (") && out.contains("): answered; job table readable"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("gearmand {servers}: answered")),
+        "{out}"
+    );
+
+    let wrong = db.url.replacen("root@", "root:wrong@", 1);
+    let (status, out, err) = check(wrong).await;
+    assert_eq!(status.code(), Some(1), "a wrong password was ok: {out}");
+    assert!(
+        out.contains("NO ANSWER: database 1") && out.contains("Access denied"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(":wrong@") && !err.contains(":wrong@"),
+        "{out}{err}"
+    );
+    assert_eq!(err.trim(), "error: config check: no answer from database 1");
 }

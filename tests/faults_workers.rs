@@ -449,4 +449,7 @@ async fn a_command_past_the_kill_timeout_is_killed_and_its_job_fails() {
         "killed before its timeout: {took:?}"
     );
     assert_eq!(recorded_runs(&record).len(), 1, "it ran once");
+    let error: Vec<Option<String>> = db.query("SELECT last_error FROM job").await;
+    let error = error[0].clone().unwrap_or_default();
+    assert!(error.starts_with("timed out after 2 s"), "{error}");
 }

@@ -80,6 +80,7 @@ async fn a_work_fail_through_the_controller_shows_its_data_and_attempt_time_and_
         }),
         queue_runner: None,
         max_attempts: 25,
+        ..roles::Config::default()
     };
     let _roles = Roles::start(config, db.store().await, &gearmand).await;
     let _worker = Worker::serving("h_flaky")
@@ -229,6 +230,51 @@ async fn in_flight_means_leased_and_not_expired() {
             (leased.to_string(), "due".into())
         ]
     );
+}
+
+/// `jobs show ID --json`'s last error.
+async fn last_error(db: &TestDb, id: garivini::JobRef) -> Value {
+    show(db, &id.to_string()).await["history"]["last_error"].clone()
+}
+
+/// Makes the rows of `db` due now, as a lease running out does.
+async fn due_now(db: &TestDb) {
+    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP() - 1")
+        .await;
+}
+
+#[tokio::test]
+async fn a_claim_after_an_expired_lease_says_so_and_a_given_back_row_does_not() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let client = Client::new(store.clone());
+    let lost = client.insert_job(NewJob::new("h_lost", "a")).await.unwrap();
+    let given = client
+        .insert_job(NewJob::new("h_given", "b"))
+        .await
+        .unwrap();
+    let lease_all = || store.claim(1, 10, 600, |jobs| vec![None; jobs.len()]);
+    assert_eq!(lease_all().await.unwrap().jobs.len(), 2);
+    // `given`'s submit failed: given back unrun. `lost`'s worker vanished.
+    store.release(1, &[given.jobid], 0).await.unwrap();
+    due_now(&db).await;
+    assert_eq!(lease_all().await.unwrap().jobs.len(), 2);
+    let text = last_error(&db, lost).await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.starts_with("lease expired")),
+        "{text}"
+    );
+    assert_eq!(last_error(&db, given).await, Value::Null);
+    // A failure recorded since is what the next claim leaves shown.
+    let job = store.get(lost).await.unwrap().unwrap();
+    client
+        .failed_job_with(&job, "WORK_FAIL: disk full")
+        .await
+        .unwrap();
+    due_now(&db).await;
+    lease_all().await.unwrap();
+    assert_eq!(last_error(&db, lost).await, "WORK_FAIL: disk full");
 }
 
 #[tokio::test]

@@ -43,6 +43,7 @@ async fn start_roles(
             ..quick_queue_runner()
         }),
         max_attempts,
+        ..roles::Config::default()
     };
     Roles::start(config, db.store().await, gearmand).await
 }

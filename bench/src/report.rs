@@ -370,6 +370,7 @@ fn queuerunner_defaults() -> Vec<(&'static str, String)> {
         report_due_rows: _,
         // Config-file entries, not flags.
         periodic: _,
+        functions: _,
     } = queue_runner::Config::default();
     let secs = |d: std::time::Duration| d.as_secs_f64().to_string();
     vec![

@@ -22,9 +22,7 @@ impl Servers {
     /// Connects to every database and checks it has the job table.
     pub async fn store(&self) -> anyhow::Result<Arc<Store>> {
         let dbs = parse_dsn_list(self.dsn.as_deref().unwrap_or_default())?;
-        let store = Store::connect(dbs)
-            .await
-            .context("cannot start: database unreachable or not set up (load schema.sql)")?;
+        let store = Store::connect(dbs).await.context("cannot start")?;
         Ok(Arc::new(store))
     }
 

@@ -1,20 +1,196 @@
 //! What every binary shows on the terminal around its work: logs on
-//! stderr, and an error as one line and exit status 1, with the library's
-//! settings named as the flags that set them.
+//! stderr (coloured only on a terminal, or as JSON lines), an error as one
+//! line and exit status 1, with the library's settings named as the flags
+//! that set them (clap's own usage errors too), and output to a pipe that
+//! closes early ending the command quietly.
 
 use std::future::Future;
+use std::io::{IsTerminal as _, Write as _};
 
+use clap::ArgMatches;
 use garivini::Error;
 
-/// Logs to stderr, filtered by RUST_LOG (default: info).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event, for people (coloured on a terminal, unless
+    /// NO_COLOR is set).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The logging flags every binary has.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Logging {
+    /// Log format on stderr: text, or json (one object per line).
+    #[arg(long, global = true, value_enum, env = "GARIVINI_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info), in `format`;
+/// colours only when stderr is a terminal and NO_COLOR is unset or empty.
+pub fn init_tracing(logging: &Logging) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match logging.log_format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+    }
+}
+
+/// The command line, parsed by `command`: help and version are printed as
+/// clap prints them; any other usage error as one line, exit status 1.
+///
+/// Two flags of their own, before any other, write what packagers install
+/// (`scripts/install-extras`) from the same definitions, and exit:
+/// `--completions SHELL` (bash, zsh, fish, elvish, powershell) and
+/// `--man DIR` (a page per command, `garivini-jobs.1` and so on).
+pub fn matches(command: clap::Command) -> ArgMatches {
+    let command = negative_values(command);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("--completions") => completions(command, argv.get(2)),
+        Some("--man") => man_pages(command, argv.get(2)),
+        _ => command
+            .try_get_matches_from(argv)
+            .unwrap_or_else(|err| usage_error(err)),
+    }
+}
+
+/// Writes `command`'s completion script for the shell named in `shell`.
+fn completions(mut command: clap::Command, shell: Option<&std::ffi::OsString>) -> ! {
+    use clap::ValueEnum as _;
+    let name = shell.and_then(|s| s.to_str()).unwrap_or_default();
+    let Ok(shell) = clap_complete::Shell::from_str(name, true) else {
+        eprintln!("error: --completions takes bash, zsh, fish, elvish or powershell, not {name:?}");
+        std::process::exit(1);
+    };
+    let bin = command.get_name().to_string();
+    clap_complete::generate(shell, &mut command, bin, &mut std::io::stdout());
+    std::process::exit(0);
+}
+
+/// Writes a man page for `command` and one per subcommand into `dir`.
+fn man_pages(command: clap::Command, dir: Option<&std::ffi::OsString>) -> ! {
+    let Some(dir) = dir else {
+        eprintln!("error: --man takes the directory to write the pages into");
+        std::process::exit(1);
+    };
+    if let Err(err) = clap_mangen::generate_to(command, dir) {
+        eprintln!(
+            "error: cannot write man pages into {}: {err}",
+            dir.to_string_lossy()
+        );
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+/// Every flag that takes a value takes a negative number too, so that
+/// `--lease -1` is refused as a bad value of `--lease` rather than taken
+/// for an unknown flag `-1`.
+fn negative_values(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            if arg.get_action().takes_values() && arg.get_long().is_some() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(negative_values)
+}
+
+/// Ends the process for a clap error: help and version on stdout (exit
+/// 0), a usage error as one line on stderr naming the flag and the value
+/// (exit 1).
+pub fn usage_error(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        err.exit();
+    }
+    let text = err.render().to_string();
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // No command given: what there is to give, on stderr.
+        eprint!("{text}");
+        std::process::exit(1);
+    }
+    // A positional's bad value: its own error names the value and what it
+    // should be ("<ID>" would add nothing).
+    let positional = matches!(
+        err.get(clap::error::ContextKind::InvalidArg),
+        Some(clap::error::ContextValue::String(arg)) if !arg.starts_with('-')
+    );
+    let cause = std::error::Error::source(&err).map(|e| e.to_string());
+    // The first paragraph, its lines joined: "required arguments were not
+    // provided:" is followed by the arguments, indented.
+    let first: Vec<&str> = text
+        .trim_start()
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = first.join(" ");
+    let line = match cause {
+        Some(cause) if positional && err.kind() == ErrorKind::ValueValidation => cause,
+        _ => joined.trim_start_matches("error: ").to_string(),
+    };
+    let line = line.as_str();
+    eprintln!("error: {} (see --help)", plain_range(line));
+    std::process::exit(1);
+}
+
+/// clap's `is not in 0..=4294967295` as people write it.
+fn plain_range(line: &str) -> String {
+    let Some((head, range)) = line.split_once(" is not in ") else {
+        return line.to_string();
+    };
+    match range.split_once("..=") {
+        Some((low, high)) => format!("{head} is not between {low} and {high}"),
+        None => line.to_string(),
+    }
+}
+
+/// Writes one line on stdout; see [`write_out`].
+pub fn say(line: std::fmt::Arguments<'_>) {
+    write_out(format_args!("{line}\n"));
+}
+
+/// Writes `text` on stdout as it is; a reader that went away (`| head`)
+/// ends the process quietly, exit status 0, instead of a panic.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for command output: see [`say`].
+#[macro_export]
+macro_rules! say {
+    () => {
+        $crate::terminal::say(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::terminal::say(format_args!($($arg)*))
+    };
 }
 
 /// Runs `main` on a Tokio runtime; an error is printed as one line on
@@ -36,7 +212,8 @@ pub fn run(main: impl Future<Output = anyhow::Result<()>>) {
 fn one_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
-        let text = match cause.downcast_ref::<Error>() {
+        let ours = cause.downcast_ref::<Error>();
+        let text = match ours {
             Some(err) => for_terminal(err),
             None => cause.to_string(),
         };
@@ -45,6 +222,10 @@ fn one_line(err: &anyhow::Error) -> String {
                 line.push_str(": ");
             }
             line.push_str(&text);
+        }
+        if ours.is_some() {
+            // Our errors say what their sources said, in their own words.
+            break;
         }
     }
     line

@@ -59,7 +59,7 @@ pub enum JobsCommand {
     /// Shows one row, its job JSON, and when it runs next.
     Show {
         /// DBID:JOBID, e.g. 1:42.
-        id: String,
+        id: JobRef,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -74,7 +74,7 @@ pub enum JobsCommand {
     Retry {
         /// DBID:JOBID ids, e.g. 1:42 1:43.
         #[arg(required_unless_present = "dead", conflicts_with = "dead")]
-        ids: Vec<String>,
+        ids: Vec<JobRef>,
         /// Every dead row of --funcname, in every database.
         #[arg(long, requires = "funcname")]
         dead: bool,
@@ -94,17 +94,25 @@ pub enum JobsCommand {
         #[arg(long, help = lease_help())]
         lease: Option<u32>,
     },
-    /// Deletes rows, all or nothing.
+    /// Deletes rows: by id, all or nothing; or every dead row of a
+    /// function.
     ///
-    /// Refused if an id has no row, or if a row is in flight (due within
-    /// --lease seconds: a worker may be running it, and deleting the row
-    /// does not stop it) unless --force.
+    /// By id, refused if an id has no row, or if a row is in flight (due
+    /// within --lease seconds: a worker may be running it, and deleting the
+    /// row does not stop it) unless --force.
     Cancel {
         /// DBID:JOBID ids, e.g. 1:42 1:43.
-        #[arg(required = true)]
-        ids: Vec<String>,
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<JobRef>,
+        /// Every dead row of --funcname, in every database (a dead row is
+        /// never leased: no worker runs it).
+        #[arg(long, requires = "funcname")]
+        dead: bool,
+        /// The function whose dead rows to delete (with --dead).
+        #[arg(long, requires = "dead")]
+        funcname: Option<String>,
         /// Delete rows in flight too.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dead")]
         force: bool,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -165,7 +173,7 @@ fn open_store(servers: &Servers) -> anyhow::Result<Store> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    crate::say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -182,7 +190,10 @@ pub async fn status(args: &StatusArgs, lease: u32, servers: &Servers) -> anyhow:
     if args.json {
         print_json(&status)?;
     } else {
-        print!("{}", status_text(&status, servers.gearmand.is_none()));
+        crate::terminal::write_out(format_args!(
+            "{}",
+            status_text(&status, servers.gearmand.is_none())
+        ));
     }
     let errors = status.errors();
     if !errors.is_empty() {
@@ -327,14 +338,6 @@ pub async fn jobs(command: &JobsCommand, lease: u32, servers: &Servers) -> anyho
     })
 }
 
-/// Parses every id before anything is read, so that a typo changes nothing.
-fn parse_ids(ids: &[String]) -> anyhow::Result<Vec<JobRef>> {
-    Ok(ids
-        .iter()
-        .map(|id| id.parse::<JobRef>())
-        .collect::<Result<_, _>>()?)
-}
-
 async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
@@ -355,7 +358,7 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 return print_json(&jobs);
             }
             if jobs.is_empty() {
-                println!("no jobs");
+                crate::say!("no jobs");
                 return Ok(());
             }
             let mut rows = vec![header(&[
@@ -373,16 +376,15 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 ]);
             }
             for l in table(&rows, &[4]) {
-                println!("{l}");
+                crate::say!("{l}");
             }
             if jobs.len() == *limit {
-                println!("(first {limit}; --limit N for more)");
+                crate::say!("(first {limit}; --limit N for more)");
             }
             Ok(())
         }
         JobsCommand::Show { id, json, lease } => {
-            let id: JobRef = id.parse()?;
-            let shown = admin::show(store, id, lease.unwrap_or(default_lease)).await?;
+            let shown = admin::show(store, *id, lease.unwrap_or(default_lease)).await?;
             if *json {
                 return print_json(&shown);
             }
@@ -396,20 +398,20 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 None => "never (dead: `garivini jobs retry` makes it due)".to_string(),
                 Some(_) => format!("{} ({})", next_run(shown.due_in_secs), utc(run_after)),
             };
-            println!("job {}", shown.id);
-            println!("  funcname   {}", text("funcname"));
-            println!("  state      {}", shown.state.as_str());
-            println!("  next run   {when}");
-            println!("  run_after  {run_after}");
-            println!(
+            crate::say!("job {}", shown.id);
+            crate::say!("  funcname   {}", text("funcname"));
+            crate::say!("  state      {}", shown.state.as_str());
+            crate::say!("  next run   {when}");
+            crate::say!("  run_after  {run_after}");
+            crate::say!(
                 "  failcount  {}{}",
                 text("failcount"),
                 if shown.failing { " (failing)" } else { "" }
             );
-            println!("  flag       {}", text("flag"));
-            println!("  uniqkey    {}", text("uniqkey"));
-            println!("  coalesce   {}", text("coalesce"));
-            println!("  arg        {} bytes", shown.arg_bytes);
+            crate::say!("  flag       {}", text("flag"));
+            crate::say!("  uniqkey    {}", text("uniqkey"));
+            crate::say!("  coalesce   {}", text("coalesce"));
+            crate::say!("  arg        {} bytes", shown.arg_bytes);
             if let Some(h) = &shown.history {
                 let at = |t: Option<u64>| {
                     t.map_or("-".to_string(), |t| {
@@ -421,19 +423,19 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                         )
                     })
                 };
-                println!("  created    {}", at(h.created_at));
-                println!("  attempted  {}", at(h.attempted_at));
+                crate::say!("  created    {}", at(h.created_at));
+                crate::say!("  attempted  {}", at(h.attempted_at));
                 if h.failed_at.is_some() {
-                    println!("  failed     {}", at(h.failed_at));
+                    crate::say!("  failed     {}", at(h.failed_at));
                 }
                 let error = h.last_error.as_deref().map_or("-".into(), printable);
-                println!("  last error {error}");
+                crate::say!("  last error {error}");
             }
             if let Some(why) = &shown.unsendable {
-                println!("  cannot be dispatched: {why} (parked dead by a QueueRunner)");
+                crate::say!("  cannot be dispatched: {why} (parked dead by a QueueRunner)");
             }
-            println!("job JSON (what a worker receives):");
-            println!("{}", shown.job_json);
+            crate::say!("job JSON (what a worker receives):");
+            crate::say!("{}", shown.job_json);
             Ok(())
         }
         JobsCommand::Retry {
@@ -458,25 +460,24 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                         "by_database": per_db, "failcount": failcount,
                     }));
                 }
-                println!(
+                crate::say!(
                     "{total} dead {} of {funcname} made due now (failcount {failcount})",
                     plural(total as usize, "job")
                 );
                 return Ok(());
             }
-            let ids = parse_ids(ids)?;
             let guard = Guard {
                 lease: lease.unwrap_or(default_lease),
                 force: *force,
             };
-            let done = admin::retry(store, &ids, *reset_failcount, guard).await?;
+            let done = admin::retry(store, ids, *reset_failcount, guard).await?;
             if *json {
                 return print_json(&serde_json::json!({
                     "retried": done.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "failcount": failcount,
                 }));
             }
-            println!(
+            crate::say!(
                 "{} {} made due now (failcount {failcount}): {}",
                 done.len(),
                 plural(done.len(), "job"),
@@ -486,22 +487,40 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
         }
         JobsCommand::Cancel {
             ids,
+            dead,
+            funcname,
             force,
             json,
             lease,
         } => {
-            let ids = parse_ids(ids)?;
+            if *dead {
+                let funcname = funcname.as_deref().context("--dead needs --funcname")?;
+                let per_db = admin::purge_dead(store, funcname).await?;
+                let total: u64 = per_db.iter().map(|(_, n)| n).sum();
+                if *json {
+                    let per_db: std::collections::BTreeMap<String, u64> =
+                        per_db.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+                    return print_json(&serde_json::json!({
+                        "funcname": funcname, "cancelled": total, "by_database": per_db,
+                    }));
+                }
+                crate::say!(
+                    "{total} dead {} of {funcname} cancelled (deleted)",
+                    plural(total as usize, "job")
+                );
+                return Ok(());
+            }
             let guard = Guard {
                 lease: lease.unwrap_or(default_lease),
                 force: *force,
             };
-            let done = admin::cancel(store, &ids, guard).await?;
+            let done = admin::cancel(store, ids, guard).await?;
             if *json {
                 return print_json(&serde_json::json!({
                     "cancelled": done.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 }));
             }
-            println!(
+            crate::say!(
                 "{} {} cancelled (deleted): {}",
                 done.len(),
                 plural(done.len(), "job"),

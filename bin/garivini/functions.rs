@@ -47,9 +47,9 @@ pub async fn run(command: &FunctionsCommand, servers: &Servers) -> anyhow::Resul
             let name = printable(funcname);
             check(&report, "paused")?;
             if report.changed.is_empty() {
-                println!("{name} was paused already");
+                crate::say!("{name} was paused already");
             } else {
-                println!("paused {name}: its jobs wait in the database until `garivini functions resume {name}`");
+                crate::say!("paused {name}: its jobs wait in the database until `garivini functions resume {name}`");
             }
         }
         FunctionsCommand::Resume { funcname } => {
@@ -57,20 +57,20 @@ pub async fn run(command: &FunctionsCommand, servers: &Servers) -> anyhow::Resul
             let name = printable(funcname);
             check(&report, "resumed")?;
             if report.changed.is_empty() {
-                println!("{name} was not paused");
+                crate::say!("{name} was not paused");
             } else {
-                println!("resumed {name}: its jobs run again");
+                crate::say!("resumed {name}: its jobs run again");
             }
         }
         FunctionsCommand::List { json } => {
             let report = admin::paused(&store).await;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for f in &report.functions {
                     // The database's clock, as `since` is.
                     let now = store.clock(f.databases[0]).await;
-                    println!(
+                    crate::say!(
                         "{}  paused since {} ({} ago)",
                         printable(&f.funcname),
                         utc(f.since),
@@ -78,7 +78,7 @@ pub async fn run(command: &FunctionsCommand, servers: &Servers) -> anyhow::Resul
                     );
                 }
                 if report.functions.is_empty() && report.errors.is_empty() {
-                    println!("no function is paused");
+                    crate::say!("no function is paused");
                 }
             }
             if !report.errors.is_empty() {

@@ -13,6 +13,7 @@ mod functions;
 mod schema;
 mod settings;
 mod settings_file;
+mod web;
 
 #[path = "../common/seconds.rs"]
 mod seconds;
@@ -34,6 +35,8 @@ use settings::{Role, Settings};
 struct Cli {
     #[command(flatten)]
     servers: Servers,
+    #[command(flatten)]
+    logging: terminal::Logging,
     /// A TOML file holding any of the flags (keys are their long names):
     /// top-level dsn and gearmand, then [roles] for every role and
     /// [queuerunner], [injector], [controller] over it. Flags and the
@@ -69,6 +72,13 @@ enum Command {
         #[command(subcommand)]
         command: functions::FunctionsCommand,
     },
+    /// Serves the web dashboard and the HTTP JSON API (/api/v1).
+    Web {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        web: web::WebArgs,
+    },
     /// Runs several roles in one process, sharing its database pools.
     Workers {
         /// The roles, comma separated.
@@ -76,6 +86,8 @@ enum Command {
         roles: Vec<Role>,
         #[command(flatten)]
         settings: Settings,
+        #[command(flatten)]
+        web: web::WebArgs,
     },
     /// The configuration file.
     #[command(subcommand)]
@@ -88,19 +100,27 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Checks --config FILE (with the flags and environment given) and
-    /// prints the settings each role would run with, passwords masked.
-    Check,
+    /// Checks --config FILE (with the flags and environment given), prints
+    /// the settings each role would run with, passwords masked, and tries
+    /// each database and gearmand, saying which answered (exit 1 if one
+    /// did not).
+    Check {
+        /// Check the settings only; connect to nothing.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 fn main() {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    terminal::init_tracing();
+    let matches = terminal::matches(Cli::command());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| terminal::usage_error(e));
+    terminal::init_tracing(&cli.logging);
     terminal::run(async move {
         let e = settings::effective(&cli, &matches)?;
         match &cli.command {
-            Command::Config(ConfigCommand::Check) => return settings::check(&e),
+            Command::Config(ConfigCommand::Check { offline }) => {
+                return settings::check(&e, *offline).await
+            }
             Command::Status(args) => return admin::status(args, e.lease, &e.servers.0).await,
             Command::Jobs { command } => return admin::jobs(command, e.lease, &e.servers.0).await,
             Command::Functions { command } => return functions::run(command, &e.servers.0).await,
@@ -110,16 +130,35 @@ fn main() {
             _ => {}
         }
         let roles: Vec<(Role, Settings)> = e.roles.into_iter().map(|(r, s, _)| (r, s)).collect();
-        run_roles(&roles, &e.servers.0).await
+        let web = match &cli.command {
+            Command::Web { web, .. } => Some(web.config(e.lease)?),
+            Command::Workers { web, .. } if roles.iter().any(|(r, _)| *r == Role::Web) => {
+                Some(web.config(e.lease)?)
+            }
+            _ => None,
+        };
+        run_roles(&roles, web, &e.servers.0).await
     });
 }
 
 /// Starts `roles`, each with its settings, on shared pools and runs them
 /// until a signal.
-async fn run_roles(roles: &[(Role, Settings)], servers: &Servers) -> anyhow::Result<()> {
+async fn run_roles(
+    roles: &[(Role, Settings)],
+    web: Option<garivini::web::Config>,
+    servers: &Servers,
+) -> anyhow::Result<()> {
     // Every setting is checked before anything is connected to.
-    let plan = settings::plan(roles)?;
-    let gearmand = servers.gearmand()?;
+    let mut plan = settings::plan(roles)?;
+    plan.web = web;
+    // The web role alone reads gearmand only for the overview: none given,
+    // it shows none.
+    let web_only = roles.iter().all(|(r, _)| *r == Role::Web);
+    let gearmand = if web_only && servers.gearmand.is_none() {
+        Vec::new()
+    } else {
+        servers.gearmand()?
+    };
     // One exporter per process: the first role's address (the roles of a
     // `workers` process share it).
     if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {

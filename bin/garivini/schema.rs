@@ -96,13 +96,13 @@ pub async fn check(args: &SchemaCheck, servers: &Servers) -> anyhow::Result<()> 
     store.close().await;
     if args.json {
         let value: Vec<serde_json::Value> = outcomes.iter().map(schema_json).collect();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::say!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         for (k, o) in outcomes.iter().enumerate() {
             if k > 0 {
-                println!();
+                crate::say!();
             }
-            print!("{}", schema_text(o));
+            crate::terminal::write_out(format_args!("{}", schema_text(o)));
         }
     }
     let mut problems = Vec::new();

@@ -3,7 +3,7 @@
 //! and `garivini config check`.
 
 use clap::{ArgMatches, ValueEnum};
-use garivini::{client, controller, injector, names, periodic, queue_runner, roles};
+use garivini::{client, controller, functions, injector, names, periodic, queue_runner, roles};
 
 use crate::seconds::seconds;
 use crate::servers::Servers;
@@ -15,6 +15,8 @@ pub enum Role {
     Queuerunner,
     Injector,
     Controller,
+    /// The web dashboard and the HTTP API (its flags: `web::WebArgs`).
+    Web,
 }
 
 impl Role {
@@ -26,6 +28,7 @@ impl Role {
             Role::Queuerunner => "queuerunner",
             Role::Injector => "injector",
             Role::Controller => "controller",
+            Role::Web => "web",
         }
     }
 }
@@ -90,12 +93,31 @@ pub struct Settings {
     /// Controller: failures after which a job is parked as dead.
     #[arg(long, default_value_t = client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
+    /// A function's own settings, NAME:KEY=VALUE[,KEY=VALUE...] with keys
+    /// concurrency, watermark, timeout (seconds) and max-attempts; may be
+    /// repeated; over the config file's [functions.NAME].
+    #[arg(long = "function", value_name = "NAME:KEY=VALUE,...")]
+    function: Vec<String>,
     /// QueueRunner: the config file's `[[periodic]]` entries (no flag).
     #[arg(skip)]
     pub periodic: Vec<periodic::Entry>,
+    /// The config file's `[functions.NAME]` sections (see --function).
+    #[arg(skip)]
+    pub file_functions: Vec<(String, functions::Settings)>,
 }
 
 impl Settings {
+    /// Every function's settings: the file's, then --function over them.
+    pub fn functions(&self) -> anyhow::Result<functions::Functions> {
+        let mut entries = self.file_functions.clone();
+        for text in &self.function {
+            entries.push(functions::Functions::parse_flag(text)?);
+        }
+        let functions = functions::Functions::new(entries);
+        functions.validate()?;
+        Ok(functions)
+    }
+
     fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
         let sleep = seconds("--batch-run-sleep", self.batch_run_sleep)?;
         let config = queue_runner::Config {
@@ -111,6 +133,7 @@ impl Settings {
             submit_retry_delay: self.submit_retry_delay,
             report_due_rows: self.metrics_addr.is_some(),
             periodic: self.periodic.clone(),
+            functions: self.functions()?,
         };
         config.validate()?;
         Ok(config)
@@ -124,6 +147,7 @@ impl Settings {
             concurrency: self.inject_concurrency,
             submit_retry_delay: self.submit_retry_delay,
             shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
+            functions: self.functions()?,
         };
         config.validate()?;
         Ok(config)
@@ -137,6 +161,7 @@ impl Settings {
             shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
             job_timeout: Some(seconds("--job-timeout", self.job_timeout)?).filter(|t| !t.is_zero()),
             give_back_delay: self.submit_retry_delay,
+            functions: self.functions()?,
         };
         config.validate()?;
         Ok(config)
@@ -164,6 +189,8 @@ pub fn plan(roles: &[(Role, Settings)]) -> anyhow::Result<roles::Config> {
                     plan.max_attempts = settings.max_attempts;
                 }
             }
+            // Its settings come from the web flags (main.rs, web.rs).
+            Role::Web => {}
         }
     }
     Ok(plan)
@@ -186,8 +213,9 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         Command::Queuerunner(_) => (vec![Role::Queuerunner], sub_matches(matches)),
         Command::Injector(_) => (vec![Role::Injector], sub_matches(matches)),
         Command::Controller(_) => (vec![Role::Controller], sub_matches(matches)),
+        Command::Web { .. } => (vec![Role::Web], sub_matches(matches)),
         Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
-        Command::Config(ConfigCommand::Check) => (Role::ALL.to_vec(), &none),
+        Command::Config(ConfigCommand::Check { .. }) => (Role::ALL.to_vec(), &none),
         Command::Status(_) | Command::Jobs { .. } | Command::Schema(_) => (Vec::new(), &none),
         Command::Functions { .. } => (Vec::new(), &none),
     };
@@ -207,6 +235,10 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         Some(file) if roles.contains(&Role::Queuerunner) => file.periodic()?,
         _ => Vec::new(),
     };
+    let file_functions = match &file {
+        Some(file) => file.functions()?,
+        None => Vec::new(),
+    };
     let mut per_role = Vec::new();
     for role in roles {
         let keys = file
@@ -217,10 +249,13 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         if role == Role::Queuerunner {
             settings.periodic = periodic.clone();
         }
+        settings.file_functions = file_functions.clone();
         per_role.push((role, settings, shown));
     }
     let lease = match &cli.command {
-        Command::Status(_) | Command::Jobs { .. } => longest_lease(file.as_ref(), name_str)?,
+        Command::Status(_) | Command::Jobs { .. } | Command::Web { .. } => {
+            longest_lease(file.as_ref(), name_str)?
+        }
         _ => names::DEFAULT_LEASE,
     };
     Ok(Effective {
@@ -257,8 +292,12 @@ fn longest_lease(file: Option<&settings_file::File>, name: &str) -> anyhow::Resu
     Ok(longest)
 }
 
-/// `garivini config check`: every role's settings checked and printed.
-pub fn check(e: &Effective) -> anyhow::Result<()> {
+/// How long `config check` waits for one database or gearmand.
+const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `garivini config check`: every role's settings checked and printed;
+/// then, unless `offline`, each database and gearmand tried.
+pub async fn check(e: &Effective, offline: bool) -> anyhow::Result<()> {
     let source = |settings: &[Setting], flag: &str| {
         settings
             .iter()
@@ -269,16 +308,16 @@ pub fn check(e: &Effective) -> anyhow::Result<()> {
     let (servers, shown) = &e.servers;
     let dbs = garivini::config::parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
     let gearmand = servers.gearmand()?;
-    println!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
+    crate::say!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
     for db in &dbs {
-        println!(
+        crate::say!(
             "database {}: {} ({})",
             db.dbid,
             db.masked(),
             source(shown, "dsn")
         );
     }
-    println!(
+    crate::say!(
         "gearmand: {} ({})",
         gearmand.join(","),
         source(shown, "gearmand")
@@ -288,19 +327,86 @@ pub fn check(e: &Effective) -> anyhow::Result<()> {
             Role::Queuerunner => settings.queue_runner().map(|_| ())?,
             Role::Injector => settings.injector().map(|_| ())?,
             Role::Controller => settings.controller().map(|_| ())?,
+            Role::Web => {}
         }
-        println!("[{}]", role.name());
+        crate::say!("[{}]", role.name());
         for s in shown {
-            println!("  {} = {} ({})", s.flag, s.value, s.source.name());
+            crate::say!("  {} = {} ({})", s.flag, s.value, s.source.name());
         }
         if *role == Role::Queuerunner {
             for entry in &settings.periodic {
-                println!("  {}", describe_periodic(entry));
+                crate::say!("  {}", describe_periodic(entry));
+            }
+        }
+        for (name, f) in settings.functions()?.entries() {
+            crate::say!("  [functions.{name}] {}", describe_function(&f));
+        }
+    }
+    if !offline {
+        let silent = try_servers(dbs, &gearmand).await;
+        if !silent.is_empty() {
+            anyhow::bail!("config check: no answer from {}", silent.join(", "));
+        }
+    }
+    crate::say!("ok");
+    Ok(())
+}
+
+/// Tries each database (a read of its job table) and each gearmand (its
+/// `status`), one line each; answers the names of those that did not.
+async fn try_servers(dbs: Vec<garivini::config::DbConfig>, gearmand: &[String]) -> Vec<String> {
+    let mut silent = Vec::new();
+    let names: Vec<(u32, String)> = dbs.iter().map(|d| (d.dbid, d.masked())).collect();
+    match garivini::Store::open(dbs) {
+        Err(err) => silent.push(format!("the databases ({err})")),
+        Ok(store) => {
+            for (dbid, masked) in names {
+                let tried = tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid)).await;
+                let verdict = match tried {
+                    Ok(Ok(_)) => "answered; job table readable".to_string(),
+                    Ok(Err(err)) => format!("NO ANSWER: {err}"),
+                    Err(_) => format!("NO ANSWER within {} s", ANSWER_LIMIT.as_secs()),
+                };
+                if !verdict.starts_with("answered") {
+                    silent.push(format!("database {dbid}"));
+                }
+                crate::say!("database {dbid} ({masked}): {verdict}");
             }
         }
     }
-    println!("ok");
-    Ok(())
+    for server in gearmand {
+        let one = [server.clone()];
+        let tried =
+            tokio::time::timeout(ANSWER_LIMIT, garivini::gearman::function_status(&one)).await;
+        let verdict = match tried {
+            Ok((_, errors)) if errors.is_empty() => "answered".to_string(),
+            Ok((_, errors)) => format!("NO ANSWER: {}", errors[0]),
+            Err(_) => format!("NO ANSWER within {} s", ANSWER_LIMIT.as_secs()),
+        };
+        if verdict != "answered" {
+            silent.push(format!("gearmand {server}"));
+        }
+        crate::say!("gearmand {server}: {verdict}");
+    }
+    silent
+}
+
+/// One function's settings as `config check` prints them.
+fn describe_function(f: &functions::Settings) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = f.concurrency {
+        parts.push(format!("concurrency {c}"));
+    }
+    if let Some(w) = f.watermark {
+        parts.push(format!("watermark {w}"));
+    }
+    if let Some(t) = f.timeout {
+        parts.push(format!("timeout {} s", t.as_secs_f64()));
+    }
+    if let Some(m) = f.max_attempts {
+        parts.push(format!("max-attempts {m}"));
+    }
+    parts.join(", ")
 }
 
 /// One `[[periodic]]` entry as `config check` prints it.

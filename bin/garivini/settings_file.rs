@@ -22,6 +22,11 @@
 //! name = "nightly-report"
 //! funcname = "report"
 //! cron = "0 3 * * *"
+//!
+//! [functions.resize]   # one function's own settings (every role)
+//! concurrency = 2
+//! timeout = 30
+//! max-attempts = 5
 //! ```
 
 use std::ffi::OsString;
@@ -30,12 +35,14 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context as _};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
-use garivini::periodic;
+use garivini::{functions, periodic};
 
 /// The role sections a file may have, besides `[roles]`.
 pub const ROLE_SECTIONS: [&str; 3] = ["queuerunner", "injector", "controller"];
 /// The array of tables of periodic jobs, `[[periodic]]`.
 pub const PERIODIC: &str = "periodic";
+/// The tables of per-function settings, `[functions.NAME]`.
+pub const FUNCTIONS: &str = "functions";
 
 /// One `[[periodic]]` table as written.
 #[derive(serde::Deserialize)]
@@ -115,9 +122,14 @@ impl File {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            // The line the parser stopped on, counted from 1.
+            let line = e
+                .span()
+                .map(|at| text[..at.start.min(text.len())].matches('\n').count() + 1);
             anyhow!(
-                "config file {}: {}",
+                "config file {}{}: {}",
                 path.display(),
+                line.map(|l| format!(" line {l}")).unwrap_or_default(),
                 e.message().replace('\n', " ")
             )
         })?;
@@ -137,13 +149,23 @@ impl File {
                         file.path
                     );
                 }
+            } else if section == FUNCTIONS {
+                let tables = value
+                    .as_table()
+                    .is_some_and(|t| t.values().all(|v| v.is_table()));
+                if !tables {
+                    bail!(
+                        "config file {}: functions must be [functions.NAME] tables, one per function",
+                        file.path
+                    );
+                }
             } else if section == "roles" || ROLE_SECTIONS.contains(&section) {
                 if !value.is_table() {
                     bail!("config file {}: [{section}] must be a table", file.path);
                 }
             } else if value.is_table() {
                 bail!(
-                    "config file {}: unknown section [{section}] (known: roles, {})",
+                    "config file {}: unknown section [{section}] (known: roles, {}, functions.NAME)",
                     file.path,
                     ROLE_SECTIONS.join(", ")
                 );
@@ -177,6 +199,27 @@ impl File {
             })?);
         }
         periodic::validate(&entries).map_err(|e| anyhow!("config file {}: {e}", self.path))?;
+        Ok(entries)
+    }
+
+    /// The `[functions.NAME]` sections, each key checked.
+    pub fn functions(&self) -> anyhow::Result<Vec<(String, functions::Settings)>> {
+        let Some(toml::Value::Table(tables)) = self.table.get(FUNCTIONS) else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::with_capacity(tables.len());
+        for (name, table) in tables {
+            let mut settings = functions::Settings::default();
+            for (key, value) in table.as_table().into_iter().flatten() {
+                scalar(value)
+                    .and_then(|v| settings.set(key, &v))
+                    .map_err(|e| anyhow!("config file {}: [functions.{name}]: {e}", self.path))?;
+            }
+            settings
+                .validate(name)
+                .map_err(|e| anyhow!("config file {}: {e}", self.path))?;
+            entries.push((name.clone(), settings));
+        }
         Ok(entries)
     }
 

@@ -189,12 +189,14 @@ impl Store {
     }
 
     /// Makes rows of database `dbid` due again `delay` secs from now: used
-    /// to give back leased rows that could not be dispatched.
+    /// to give back leased rows that could not be dispatched (their attempt
+    /// never started).
     pub async fn release(&self, dbid: u32, jobids: &[u64], delay: u32) -> Result<()> {
         let db = self.db(dbid)?;
+        let cols = self.optional(db).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
-            set_run_after(&mut conn, jobids, Due::In(delay)).await
+            set_run_after(&mut conn, jobids, Due::GivenBack(delay, cols)).await
         })
         .await
     }
@@ -268,33 +270,25 @@ impl Store {
     /// [`Store::delete`]).
     pub async fn reschedule(&self, job: JobRef, when: When, failcount: u8) -> Result<bool> {
         let db = self.db(job.dbid)?;
+        // Not a failure: the attempt, if any, is over without one.
+        let given_back = super::history::give_back_set(self.optional(db).await?);
+        let (run_after, mut params): (&str, Vec<Value>) = match when {
+            When::In(secs) => (
+                "LEAST(UNIX_TIMESTAMP() + ?, ?)",
+                vec![secs.into(), NEVER.into()],
+            ),
+            When::At(at) => ("?", vec![at.min(NEVER).into()]),
+            When::Never => ("?", vec![NEVER.into()]),
+        };
+        params.extend([Value::from(failcount), Value::from(job.jobid)]);
+        let sql = format!(
+            "UPDATE job SET run_after = {run_after}, failcount = ?{given_back} WHERE jobid = ?"
+        );
+        let (sql, params) = (&sql, &params);
         let found = self
             .run(db, move || async move {
                 let mut conn = db.pool().get_conn().await?;
-                match when {
-                When::In(secs) => {
-                    conn.exec_drop(
-                        "UPDATE job SET run_after = LEAST(UNIX_TIMESTAMP() + ?, ?), failcount = ? \
-                         WHERE jobid = ?",
-                        (secs, NEVER, failcount, job.jobid),
-                    )
-                    .await?
-                }
-                When::At(at) => {
-                    conn.exec_drop(
-                        "UPDATE job SET run_after = ?, failcount = ? WHERE jobid = ?",
-                        (at.min(NEVER), failcount, job.jobid),
-                    )
-                    .await?
-                }
-                When::Never => {
-                    conn.exec_drop(
-                        "UPDATE job SET run_after = ?, failcount = ? WHERE jobid = ?",
-                        (NEVER, failcount, job.jobid),
-                    )
-                    .await?
-                }
-            }
+                conn.exec_drop(sql.as_str(), params.clone()).await?;
                 Ok(conn.affected_rows() > 0)
             })
             .await?;
@@ -483,6 +477,8 @@ async fn due_rows(
 enum Due {
     /// This many seconds from the database's now.
     In(u32),
+    /// The same, for rows given back unrun (see `history`).
+    GivenBack(u32, Optional),
     /// Leased for this many seconds from now: an attempt starts (its time
     /// recorded where the table has the columns, see `history`).
     Leased(u32, Optional),
@@ -496,13 +492,18 @@ async fn set_run_after(
     due: Due,
 ) -> mysql_async::Result<()> {
     let (expr, value, history) = match due {
-        Due::In(delay) => ("UNIX_TIMESTAMP() + ?", delay, ""),
+        Due::In(delay) => ("UNIX_TIMESTAMP() + ?", delay, String::new()),
+        Due::GivenBack(delay, cols) => (
+            "UNIX_TIMESTAMP() + ?",
+            delay,
+            super::history::give_back_set(cols).to_string(),
+        ),
         Due::Leased(lease, cols) => (
             "UNIX_TIMESTAMP() + ?",
             lease,
-            super::history::lease_set(cols),
+            super::history::claim_set(cols),
         ),
-        Due::Never => ("?", NEVER, ""),
+        Due::Never => ("?", NEVER, String::new()),
     };
     for chunk in jobids.chunks(MAX_IN_LIST) {
         let (list, mut params) = in_list(chunk);

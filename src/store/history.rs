@@ -3,7 +3,10 @@
 //! ([`Optional`]). A lease (a claim, a Controller starting an Injector's
 //! job) sets `attempted_at` and clears `failed_at`; a failure recorded by
 //! our Client or Controller ([`Store::fail`]) sets `failed_at` and
-//! `last_error`. A foreign worker's plain `UPDATE job SET run_after=?,
+//! `last_error`; giving a row back unrun (a failed submit, a paused
+//! function, no worker) clears `attempted_at`. So a claim that finds a row
+//! attempted and neither failed nor given back knows that its last
+//! attempt's lease ran out, and says so in `last_error` ([`LEASE_EXPIRED`]). A foreign worker's plain `UPDATE job SET run_after=?,
 //! failcount=? WHERE jobid=?` leaves them as they were, and the original's
 //! INSERT fills `created_at` by its default.
 
@@ -23,6 +26,7 @@ pub const MAX_LAST_ERROR_CHARS: usize = 1000;
 
 /// A row's history, as far as its table records it (`None`: not recorded,
 /// or the table has no such column).
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct History {
     /// Unix time the row was stored (an existing row: when the column was
@@ -72,6 +76,40 @@ pub(super) fn columns(cols: Optional) -> String {
         pick(cols.failed_at, "failed_at"),
         pick(cols.last_error.is_some(), "last_error")
     )
+}
+
+/// The last error a claim records for a row whose last attempt ended
+/// with no outcome recorded.
+pub const LEASE_EXPIRED: &str = "lease expired: the last attempt recorded no completion or \
+     failure before its lease ran out (its worker lost or stopped, or slower than the lease \
+     without renewing it; or a worker rescheduled the row without our client)";
+
+/// What a claim's lease adds to its `SET`: [`LEASE_EXPIRED`] as the last
+/// error of a row whose last attempt's lease ran out, then what
+/// [`lease_set`] sets. (Assignments are made left to right: the test sees
+/// the old `attempted_at`.)
+pub(super) fn claim_set(cols: Optional) -> String {
+    let expired = match (cols.attempted_at, cols.failed_at, cols.last_error) {
+        (true, true, Some(col)) => {
+            let max = (col.max as usize).min(MAX_LAST_ERROR_CHARS);
+            let text = bound_error(LEASE_EXPIRED, max, col.ascii, col.binary);
+            format!(
+                ", last_error = IF(attempted_at > 0 AND failed_at = 0, '{}', last_error)",
+                text.replace('\'', "''")
+            )
+        }
+        _ => String::new(),
+    };
+    format!("{expired}{}", lease_set(cols))
+}
+
+/// What giving a row back unrun adds to its `SET`: no attempt pending.
+pub(super) fn give_back_set(cols: Optional) -> &'static str {
+    if cols.attempted_at {
+        ", attempted_at = 0"
+    } else {
+        ""
+    }
 }
 
 /// What a lease adds to its `SET`: the attempt's time, and the end of the

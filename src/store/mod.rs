@@ -46,7 +46,8 @@ mod rows;
 pub mod schema;
 
 pub use admin::{
-    Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Selection, LISTED_ARG_BYTES,
+    After, Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Page, Selection,
+    LISTED_ARG_BYTES,
 };
 pub use claim::{Claim, CLAIMER_TTL};
 pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};

@@ -2,6 +2,8 @@
 //! dev-dependency) and its benchmark (`bench/`): the real MariaDB and a
 //! real gearmand, never mocks.
 //!
+//! - [`chromedriver`]: a private chromedriver (headless Chromium) on a
+//!   free loopback port, killed on drop;
 //! - [`db`]: a scratch database per test or phase on the MariaDB of
 //!   `scripts/services up`, dropped on drop; the original Perl Garivini's
 //!   table and statements;
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chromedriver;
 pub mod db;
 pub mod galera;
 pub mod gearmand;
@@ -43,6 +46,7 @@ pub mod silent;
 pub mod wait;
 pub mod worker;
 
+pub use chromedriver::ChromeDriver;
 pub use db::{
     cleanup_sql, server_url, TestDb, ORIGINAL_SCHEMA, PERL_COMPLETE_JOB, PERL_INSERT_JOB, SCHEMA,
 };

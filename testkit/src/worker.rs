@@ -1,6 +1,7 @@
 //! A real worker's stand-in: a Gearman worker in the test's process that
 //! records every job it is handed and answers as told.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,14 +88,21 @@ impl WorkerSpec {
             answer,
         } = self;
         let recorded = runs.clone();
+        let overlap = Arc::new(Overlap::default());
+        let counted = overlap.clone();
         tokio::spawn(serve(
             gearmand.servers(),
             function.clone(),
             CONCURRENCY,
             move |a: Assignment| {
-                let (recorded, completion, answer) =
-                    (recorded.clone(), completion.clone(), answer.clone());
+                let (recorded, completion, answer, counted) = (
+                    recorded.clone(),
+                    completion.clone(),
+                    answer.clone(),
+                    counted.clone(),
+                );
                 async move {
+                    let _running = counted.enter();
                     let job = Job::from_json(&a.data).expect("job JSON");
                     recorded.lock().unwrap().push(Run {
                         function: a.function,
@@ -121,7 +129,34 @@ impl WorkerSpec {
             SHUTDOWN_TIMEOUT,
         ));
         gearmand.wait_for_worker(&function).await;
-        Worker { runs, stop }
+        Worker {
+            runs,
+            stop,
+            overlap,
+        }
+    }
+}
+
+/// Jobs in the worker's hands now, and the most there ever were.
+#[derive(Default)]
+struct Overlap {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Overlap {
+    /// Counts one job in until the guard is dropped (after its answer
+    /// is decided and its row completed).
+    fn enter(self: &Arc<Self>) -> impl Drop {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        struct Left(Arc<Overlap>);
+        impl Drop for Left {
+            fn drop(&mut self) {
+                self.0.now.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        Left(self.clone())
     }
 }
 
@@ -131,6 +166,7 @@ impl WorkerSpec {
 pub struct Worker {
     runs: Arc<Mutex<Vec<Run>>>,
     stop: CancellationToken,
+    overlap: Arc<Overlap>,
 }
 
 impl Worker {
@@ -163,6 +199,11 @@ impl Worker {
     /// Jobs handed to it so far.
     pub fn count(&self) -> usize {
         self.runs.lock().unwrap().len()
+    }
+
+    /// The most jobs it ever had in hand at once (it runs up to 8).
+    pub fn most_at_once(&self) -> usize {
+        self.overlap.most.load(Ordering::SeqCst)
     }
 }
 

@@ -1,0 +1,763 @@
+//! The HTML pages: the overview (every database's jobs per function and
+//! state, every gearmand's queues, functions without a worker, the
+//! chart), the job list (filters, keyset paging), the job page, a
+//! confirmation page before every change, and the login. Rendered on the
+//! server (maud); they work without JavaScript, and the overview refreshes
+//! itself (an HTTP refresh).
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State as Shared};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde::Deserialize;
+
+use super::api::{selection, Failure, ListParams};
+use super::auth::{Access, Keys};
+use super::{Report, State};
+use crate::admin::{self, Guard, Status};
+use crate::job::JobRef;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}\
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}\
+td.name,th.name{text-align:left}tr.warn td{background:#fff3cd}\
+.notice{background:#d1e7dd;padding:.5em}.error{background:#f8d7da;padding:.5em}\
+.muted{color:#777}nav a{margin-right:1em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap;word-break:break-all}\
+.axis{stroke:#999}.tick,.chart-title{font-size:11px;fill:#555}\
+polyline{stroke-width:2}.depth{stroke:#444}.added{stroke:#1f6feb}.gone{stroke:#2da44e}\
+form.inline{display:inline}";
+
+/// The page around `body`; `refresh`: seconds between reloads.
+fn layout(title: &str, access: Access, keys: &Keys, refresh: Option<u32>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                @if let Some(secs) = refresh {
+                    // Back to the plain overview: a notice is shown once.
+                    meta http-equiv="refresh" content=(format!("{secs}; url=/"));
+                }
+                title { (title) " · Garivini" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                nav {
+                    a href="/" { "Overview" }
+                    a href="/jobs" { "Jobs" }
+                    a href="/jobs?state=dead" { "Dead jobs" }
+                    @if keys.has_token() {
+                        @if access == Access::Write {
+                            form.inline method="post" action="/logout" {
+                                input type="hidden" name="csrf" value=(keys.csrf());
+                                button id="logout" type="submit" { "Log out" }
+                            }
+                        } @else {
+                            a id="login-link" href="/login" { "Log in" }
+                        }
+                    } @else {
+                        span.muted { "read-only: no token configured" }
+                    }
+                }
+                h1 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+/// A page that is an error.
+fn error_page(state: &State, access: Access, status: StatusCode, message: &str) -> Response {
+    let body = html! { p.error id="error" { (message) } };
+    (status, layout("Error", access, &state.keys, None, body)).into_response()
+}
+
+impl Failure {
+    fn page(self, state: &State, access: Access) -> Response {
+        error_page(state, access, self.status, &self.message)
+    }
+}
+
+/// The access of a page's request, or the answer that refuses it: to the
+/// login page for a read, 401 for a change.
+fn access(state: &State, headers: &HeaderMap, need: Access) -> Result<Access, Box<Response>> {
+    let have = state.keys.page_access(headers);
+    match super::api::require(have, need, state.keys.has_token()) {
+        Ok(()) => Ok(have),
+        Err(_) if need == Access::Read => Err(Box::new(Redirect::to("/login").into_response())),
+        Err(f) => Err(Box::new(f.page(state, have))),
+    }
+}
+
+/// `secs` as people read a span: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
+fn date(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn due_in(secs: Option<i64>) -> String {
+    match secs {
+        None => "never (dead)".into(),
+        Some(s) if s <= 0 => format!("due, {} overdue", span(s.unsigned_abs())),
+        Some(s) => format!("in {}", span(s as u64)),
+    }
+}
+
+fn url(path: &str, pairs: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let query: Vec<String> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+/// What a change just did, read back from the redirect that follows it
+/// (`done=ACTION:SUBJECT`): fixed wording, the subject only named.
+fn notice(done: Option<&str>) -> Option<String> {
+    let (action, subject) = done?.split_once(':')?;
+    let what = match action {
+        "retried" => "Retried job",
+        "cancelled" => "Cancelled job",
+        "retried_dead" => "Retried the dead jobs of",
+        "purged_dead" => "Purged the dead jobs of",
+        "paused" => "Paused",
+        "resumed" => "Resumed",
+        _ => return None,
+    };
+    Some(format!("{what} {subject}."))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Done {
+    done: Option<String>,
+}
+
+/// One row of a database's table: a function's counts, or (`total`) the
+/// database's sum, which links nowhere.
+struct Row<'a> {
+    funcname: &'a str,
+    total: bool,
+}
+
+fn counts_row(
+    row: Row<'_>,
+    c: &admin::Counts,
+    paused: bool,
+    dbid: u32,
+    actions: Option<Markup>,
+) -> Markup {
+    let Row { funcname, total } = row;
+    let cell = |column: &str, n: u64| {
+        let id = format!("db{dbid}-{funcname}-{column}");
+        html! { td id=(id) class=(column) { (n) } }
+    };
+    html! {
+        td.name {
+            @if total { (funcname) } @else { a href=(url("/jobs", &[("funcname", funcname)])) { (funcname) } }
+        }
+        (cell("due", c.due))
+        (cell("in_flight", c.in_flight))
+        (cell("retrying", c.retrying))
+        (cell("scheduled", c.scheduled))
+        td id=(format!("db{dbid}-{funcname}-dead")) class="dead" {
+            @if c.dead > 0 && !total {
+                a href=(url("/jobs", &[("funcname", funcname), ("state", "dead")])) { (c.dead) }
+            } @else { (c.dead) }
+        }
+        (cell("failing", c.failing))
+        td { @if paused { "paused" } }
+        td { (c.oldest_due_secs.map(span).unwrap_or_default()) }
+        @if let Some(actions) = actions { td.name { (actions) } }
+    }
+}
+
+fn function_actions(funcname: &str, dead: u64, paused: bool) -> Markup {
+    let confirm = |action: &str| url("/confirm", &[("action", action), ("funcname", funcname)]);
+    html! {
+        @if paused {
+            a href=(confirm("resume")) { "resume" }
+        } @else {
+            a href=(confirm("pause")) { "pause" }
+        }
+        @if dead > 0 {
+            " · " a href=(confirm("retry_dead")) { "retry dead" }
+            " · " a href=(confirm("purge_dead")) { "purge dead" }
+        }
+    }
+}
+
+fn overview_body(report: &Report, can_act: bool, notice: Option<String>) -> Markup {
+    let status: &Status = &report.status;
+    let paused: std::collections::HashSet<&str> = status
+        .paused
+        .functions
+        .iter()
+        .map(|p| p.funcname.as_str())
+        .collect();
+    html! {
+        @if let Some(n) = notice { p.notice id="notice" { (n) } }
+        @for f in &status.without_worker {
+            table { tr.warn id=(format!("no-worker-{f}")) {
+                td.name { "⚠ " b { (f) } " has jobs waiting and no worker registered on any gearmand: they wait in the database." }
+            } }
+        }
+        @for db in &status.databases {
+            h2 { "Database " (db.dbid) " " span.muted { (db.dsn) } }
+            @if let Some(e) = &db.error {
+                p.error { (e) }
+            } @else {
+                @if !db.history {
+                    p.muted { "No history columns: in flight means due within the lease (" (status.lease) " s)." }
+                }
+                table id=(format!("db{}", db.dbid)) {
+                    tr {
+                        th.name { "function" } th { "due" } th { "in flight" } th { "retrying" }
+                        th { "scheduled" } th { "dead" } th { "failing" } th { "paused" }
+                        th { "oldest due" }
+                        @if can_act { th.name { "actions" } }
+                    }
+                    @for f in &db.functions {
+                        @let is_paused = paused.contains(f.funcname.as_str());
+                        tr {
+                            (counts_row(Row { funcname: &f.funcname, total: false }, &f.counts, is_paused, db.dbid,
+                                can_act.then(|| function_actions(&f.funcname, f.counts.dead, is_paused))))
+                        }
+                    }
+                    tr { (counts_row(Row { funcname: "(all)", total: true }, &db.total, false, db.dbid, can_act.then(|| html! {}))) }
+                }
+            }
+        }
+        h2 { "gearmand" }
+        @for g in &status.gearmand {
+            h3 { (g.server) }
+            @if let Some(e) = &g.error {
+                p.error { (e) }
+            } @else {
+                table {
+                    tr { th.name { "function" } th { "queued" } th { "running" } th { "workers" } }
+                    @for f in &g.functions {
+                        tr {
+                            td.name { (f.funcname) }
+                            td { (f.depth.saturating_sub(f.running)) }
+                            td { (f.running) }
+                            td { (f.workers) }
+                        }
+                    }
+                }
+            }
+        }
+        @if status.gearmand.is_empty() { p.muted { "No gearmand configured." } }
+        @for p in &status.paused.errors { p.error { (p) } }
+        p.muted id="read-time" {
+            "Status read " (span(report.at.elapsed().as_secs())) " ago, in "
+            (report.took.as_millis()) " ms; one reading is shared by every browser."
+        }
+    }
+}
+
+async fn overview(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Query(done): Query<Done>,
+) -> Response {
+    let access = match access(&state, &headers, Access::Read) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let report = state.status().await;
+    let body = html! {
+        (overview_body(&report, access == Access::Write, notice(done.done.as_deref())))
+        h2 { "The last hour" }
+        (super::sample::chart(&state.samples.points()))
+    };
+    layout(
+        "Overview",
+        access,
+        &state.keys,
+        Some(state.config.refresh_secs),
+        body,
+    )
+    .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JobsQuery {
+    #[serde(flatten)]
+    list: ListParamsForm,
+    done: Option<String>,
+}
+
+/// [`ListParams`] as a form sends it (every value a string).
+#[derive(Debug, Default, Deserialize)]
+struct ListParamsForm {
+    funcname: Option<String>,
+    state: Option<String>,
+    uniqkey_prefix: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+const STATES: [&str; 7] = [
+    "all",
+    "due",
+    "in_flight",
+    "scheduled",
+    "retrying",
+    "dead",
+    "failing",
+];
+
+async fn jobs(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Query(q): Query<JobsQuery>,
+) -> Response {
+    let access = match access(&state, &headers, Access::Read) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let form = &q.list;
+    let limit = match form.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => None,
+        Some(l) => match l.parse() {
+            Ok(l) => Some(l),
+            Err(_) => {
+                return error_page(
+                    &state,
+                    access,
+                    StatusCode::BAD_REQUEST,
+                    "limit: not a number",
+                )
+            }
+        },
+    };
+    let params = ListParams {
+        funcname: form.funcname.clone(),
+        state: form.state.clone(),
+        uniqkey_prefix: form.uniqkey_prefix.clone(),
+        limit,
+        after: form.after.clone(),
+    };
+    let page = match params.query(state.config.lease) {
+        Ok((query, prefix, after)) => {
+            admin::list_page(&state.store, &query, prefix.as_deref(), after)
+                .await
+                .map_err(Failure::from)
+        }
+        Err(f) => Err(f),
+    };
+    let page = match page {
+        Ok(page) => page,
+        Err(f) => return f.page(&state, access),
+    };
+    let funcname = form.funcname.as_deref().unwrap_or_default();
+    let chosen = form.state.as_deref().unwrap_or("all");
+    let prefix = form.uniqkey_prefix.as_deref().unwrap_or_default();
+    let body = html! {
+        @if let Some(n) = notice(q.done.as_deref()) { p.notice id="notice" { (n) } }
+        form method="get" action="/jobs" {
+            label { "function " input type="text" name="funcname" value=(funcname); }
+            " "
+            label { "state "
+                select name="state" {
+                    @for s in STATES {
+                        option value=(s) selected[s == chosen] { (s.replace('_', " ")) }
+                    }
+                }
+            }
+            " "
+            label { "unique key starts with " input type="text" name="uniqkey_prefix" value=(prefix); }
+            " "
+            button type="submit" { "Filter" }
+        }
+        table id="jobs" {
+            tr {
+                th.name { "id" } th.name { "function" } th.name { "state" } th.name { "next run" }
+                th { "failcount" } th.name { "unique key" } th { "arg bytes" } th.name { "arg" }
+            }
+            @for j in &page.jobs {
+                tr id=(format!("job-{}-{}", j.dbid, j.jobid)) {
+                    td.name { a href=(format!("/jobs/{}", j.id)) { (j.id) } }
+                    td.name { (j.funcname) }
+                    td.name { (j.state.as_str()) }
+                    td.name { (due_in(j.due_in_secs)) }
+                    td { (j.failcount) }
+                    td.name { (j.uniqkey.as_deref().unwrap_or("")) }
+                    td { (j.arg_bytes) }
+                    td.name { code { (j.arg_preview) } }
+                }
+            }
+        }
+        @if page.jobs.is_empty() { p.muted id="no-jobs" { "No jobs." } }
+        @if let Some(next) = page.next {
+            @let next = next.to_string();
+            a id="next-page" href=(url("/jobs", &[("funcname", funcname), ("state", chosen),
+                ("uniqkey_prefix", prefix), ("after", &next)])) { "Next page →" }
+        }
+    };
+    let title = match selection(chosen) {
+        Some(crate::store::Selection::All) | None => "Jobs".to_string(),
+        Some(_) => format!("Jobs: {}", chosen.replace('_', " ")),
+    };
+    layout(&title, access, &state.keys, None, body).into_response()
+}
+
+async fn job(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let access = match access(&state, &headers, Access::Read) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let shown = match id.parse::<JobRef>() {
+        Ok(id) => admin::show(&state.store, id, state.config.lease)
+            .await
+            .map_err(Failure::from),
+        Err(e) => Err(Failure::from(e)),
+    };
+    let shown = match shown {
+        Ok(s) => s,
+        Err(f) => return f.page(&state, access),
+    };
+    let field = |name: &str| shown.job.get(name).cloned().unwrap_or_default();
+    let text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        v => v.to_string(),
+    };
+    let funcname = text(field("funcname"));
+    let run_after = field("run_after").as_u64().unwrap_or_default();
+    let stamp = |t: Option<u64>| t.map(date).unwrap_or_default();
+    let history = shown.history.clone().unwrap_or_default();
+    let body = html! {
+        table id="job" {
+            tr { th.name { "id" } td.name { (shown.id) } }
+            tr { th.name { "function" } td.name { (funcname) } }
+            tr { th.name { "state" } td.name id="state" { (shown.state.as_str()) } }
+            tr { th.name { "next run" } td.name { (due_in(shown.due_in_secs))
+                @if shown.due_in_secs.is_some() { " (" (date(run_after)) ")" } } }
+            tr { th.name { "failcount" } td.name { (text(field("failcount"))) } }
+            tr { th.name { "flag" } td.name { (text(field("flag"))) } }
+            tr { th.name { "unique key" } td.name { (text(field("uniqkey"))) } }
+            tr { th.name { "arg bytes" } td.name { (shown.arg_bytes) } }
+            tr { th.name { "created" } td.name { (stamp(history.created_at)) } }
+            tr { th.name { "last attempted" } td.name { (stamp(history.attempted_at)) } }
+            tr { th.name { "last failed" } td.name { (stamp(history.failed_at)) } }
+            tr { th.name { "last error" } td.name id="last-error" { (history.last_error.as_deref().unwrap_or("")) } }
+            @if let Some(u) = &shown.unsendable {
+                tr { th.name { "unsendable" } td.name { (u) } }
+            }
+        }
+        @if shown.history.is_none() { p.muted { "This table has no history columns." } }
+        @if access == Access::Write {
+            p {
+                a id="retry" href=(url("/confirm", &[("action", "retry"), ("id", &shown.id),
+                    ("funcname", &funcname)])) { "Retry" }
+                " · "
+                a id="cancel" href=(url("/confirm", &[("action", "cancel"), ("id", &shown.id),
+                    ("funcname", &funcname)])) { "Cancel (delete)" }
+            }
+        }
+        h2 { "Job JSON (what its worker receives)" }
+        @let (json, cut) = shown_json(&shown.job_json);
+        pre id="job-json" { (json) }
+        @if cut { p.muted { "(the first " (JSON_SHOWN) " bytes of " (shown.job_json.len()) ")" } }
+    };
+    layout(
+        &format!("Job {}", shown.id),
+        access,
+        &state.keys,
+        None,
+        body,
+    )
+    .into_response()
+}
+
+/// Bytes of a job's JSON its page shows: an arg may be 16 MiB.
+const JSON_SHOWN: usize = 64 * 1024;
+
+/// `json` cut to [`JSON_SHOWN`] bytes (at a character), and whether it was.
+fn shown_json(json: &str) -> (&str, bool) {
+    if json.len() <= JSON_SHOWN {
+        return (json, false);
+    }
+    let mut end = JSON_SHOWN;
+    while !json.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&json[..end], true)
+}
+
+/// A change as the confirmation page and its form name it.
+#[derive(Debug, Clone, Deserialize)]
+struct Act {
+    action: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    funcname: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+fn describe(act: &Act) -> Option<String> {
+    let (id, f) = (&act.id, &act.funcname);
+    Some(match act.action.as_str() {
+        "retry" => format!("Retry job {id} ({f}): make it due now?"),
+        "cancel" => format!("Cancel job {id} ({f}): delete its row?"),
+        "retry_dead" => format!("Retry every dead job of {f}, in every database?"),
+        "purge_dead" => format!("Delete every dead job of {f}, in every database?"),
+        "pause" => format!("Pause {f}: its jobs wait in the database until resumed?"),
+        "resume" => format!("Resume {f}?"),
+        _ => return None,
+    })
+}
+
+async fn confirm(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Query(act): Query<Act>,
+) -> Response {
+    let access = match access(&state, &headers, Access::Write) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let Some(question) = describe(&act) else {
+        return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action");
+    };
+    let body = html! {
+        p id="question" { (question) }
+        form method="post" action="/act" {
+            input type="hidden" name="action" value=(act.action);
+            input type="hidden" name="id" value=(act.id);
+            input type="hidden" name="funcname" value=(act.funcname);
+            input type="hidden" name="csrf" value=(state.keys.csrf());
+            button id="confirm" type="submit" { "Confirm" }
+            " "
+            a href="/" { "Back" }
+        }
+    };
+    layout("Confirm", access, &state.keys, None, body).into_response()
+}
+
+async fn act(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Form(act): Form<Act>,
+) -> Response {
+    let access = match access(&state, &headers, Access::Write) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !state.keys.csrf_ok(&act.csrf) {
+        return error_page(
+            &state,
+            access,
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is wrong: reload the page and try again",
+        );
+    }
+    let guard = Guard {
+        lease: state.config.lease,
+        force: false,
+    };
+    let f = act.funcname.as_str();
+    let dead_list = |done: &str| {
+        url(
+            "/jobs",
+            &[("funcname", f), ("state", "dead"), ("done", done)],
+        )
+    };
+    let done = match act.action.as_str() {
+        "retry" | "cancel" => {
+            let id = match act.id.parse::<JobRef>() {
+                Ok(id) => id,
+                Err(e) => return Failure::from(e).page(&state, access),
+            };
+            let changed = if act.action == "retry" {
+                admin::retry(&state.store, &[id], false, guard).await
+            } else {
+                admin::cancel(&state.store, &[id], guard).await
+            };
+            let word = if act.action == "retry" {
+                "retried"
+            } else {
+                "cancelled"
+            };
+            changed.map(|_| dead_list(&format!("{word}:{id}")))
+        }
+        "retry_dead" => admin::retry_dead(&state.store, f, false)
+            .await
+            .map(|_| url("/", &[("done", &format!("retried_dead:{f}"))])),
+        "purge_dead" => admin::purge_dead(&state.store, f)
+            .await
+            .map(|_| url("/", &[("done", &format!("purged_dead:{f}"))])),
+        "pause" => admin::pause(&state.store, f)
+            .await
+            .map(|_| url("/", &[("done", &format!("paused:{f}"))])),
+        "resume" => admin::resume(&state.store, f)
+            .await
+            .map(|_| url("/", &[("done", &format!("resumed:{f}"))])),
+        _ => return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action"),
+    };
+    match done {
+        Ok(to) => {
+            state.forget_status().await;
+            tracing::info!(action = %act.action, funcname = f, job.id = %act.id, "web: changed");
+            Redirect::to(&to).into_response()
+        }
+        Err(e) => Failure::from(e).page(&state, access),
+    }
+}
+
+fn login_form(state: &State, wrong: bool) -> Markup {
+    let body = html! {
+        @if !state.keys.has_token() {
+            p { "No token is configured: this dashboard is read-only, and open on loopback." }
+        } @else {
+            @if wrong { p.error id="error" { "Wrong token." } }
+            form method="post" action="/login" {
+                label { "Token " input id="token" type="password" name="token" autocomplete="off"; }
+                " "
+                button id="login" type="submit" { "Log in" }
+            }
+        }
+    };
+    layout("Log in", Access::Denied, &state.keys, None, body)
+}
+
+async fn login_page(Shared(state): Shared<Arc<State>>) -> Markup {
+    login_form(&state, false)
+}
+
+#[derive(Debug, Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(Shared(state): Shared<Arc<State>>, Form(form): Form<Login>) -> Response {
+    if state.keys.login(&form.token) {
+        let mut response = Redirect::to("/").into_response();
+        let cookie = state.keys.session_cookie();
+        response.headers_mut().insert(
+            header::SET_COOKIE,
+            cookie.parse().expect("a cookie is a header value"),
+        );
+        response
+    } else {
+        tracing::info!("web: a login with a wrong token");
+        (StatusCode::UNAUTHORIZED, login_form(&state, true)).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Csrf {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(Shared(state): Shared<Arc<State>>, Form(form): Form<Csrf>) -> Response {
+    if !state.keys.csrf_ok(&form.csrf) {
+        return error_page(
+            &state,
+            Access::Denied,
+            StatusCode::FORBIDDEN,
+            "wrong CSRF token",
+        );
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        Keys::logout_cookie()
+            .parse()
+            .expect("a cookie is a header value"),
+    );
+    response
+}
+
+/// The pages' routes, each request bounded in size and time.
+pub(crate) fn routes(limit: usize, timeout: std::time::Duration) -> Router<Arc<State>> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/confirm", get(confirm))
+        .route("/act", post(act))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_spans_read_as_people_write_them() {
+        assert_eq!(date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(date(1_790_000_000), "2026-09-21 14:13:20 UTC");
+        assert_eq!(span(45), "45 s");
+        assert_eq!(span(3 * 3600 + 300), "3 h 5 min");
+    }
+
+    #[test]
+    fn a_long_job_json_is_cut_at_a_character() {
+        let long = "é".repeat(JSON_SHOWN);
+        let (shown, cut) = shown_json(&long);
+        assert!(cut && shown.len() <= JSON_SHOWN && shown.len() > JSON_SHOWN - 2);
+        assert_eq!(shown_json("{}"), ("{}", false));
+    }
+
+    #[test]
+    fn a_notice_names_only_known_changes() {
+        assert_eq!(
+            notice(Some("retried:1:5")).as_deref(),
+            Some("Retried job 1:5.")
+        );
+        assert_eq!(notice(Some("<script>:x")), None);
+    }
+}

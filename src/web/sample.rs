@@ -1,0 +1,223 @@
+//! The chart's data: every [`Config::sample_every`](super::Config) this
+//! role reads the queue depth (due, in flight, retrying, scheduled: every
+//! row not dead), the rows held (dead too) and each database's highest job
+//! id, and keeps an hour of readings. Between two readings, rows added =
+//! the rise of the highest ids, and rows gone (completed, or cancelled) =
+//! rows added less the rise of the rows held: what the table shows of
+//! jobs stored and done, without a counter of its own. Drawn as SVG.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maud::{html, Markup};
+use tokio_util::sync::CancellationToken;
+
+use super::State;
+
+/// How far back the chart reaches.
+pub const WINDOW: Duration = Duration::from_secs(3600);
+
+/// One reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    /// Unix time of the reading (the first database's clock).
+    pub at: u64,
+    /// Rows not dead.
+    pub depth: u64,
+    /// Rows held, dead ones too.
+    pub rows: u64,
+    /// The sum over the databases of their highest job id.
+    pub high: u64,
+}
+
+/// Per minute between two readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Unix time of the later reading.
+    pub at: u64,
+    /// Rows added per minute.
+    pub added: f64,
+    /// Rows gone (completed or cancelled) per minute.
+    pub gone: f64,
+}
+
+/// The last hour of readings.
+#[derive(Debug, Default)]
+pub struct Samples(Mutex<VecDeque<Point>>);
+
+impl Samples {
+    /// Keeps `point`, dropping readings older than the window.
+    pub fn push(&self, point: Point) {
+        let mut points = self.0.lock().unwrap();
+        points.push_back(point);
+        while points
+            .front()
+            .is_some_and(|p| p.at + WINDOW.as_secs() < point.at)
+        {
+            points.pop_front();
+        }
+    }
+
+    /// The readings, oldest first.
+    pub fn points(&self) -> Vec<Point> {
+        self.0.lock().unwrap().iter().copied().collect()
+    }
+}
+
+/// Rows added and gone per minute between each two readings.
+pub fn rates(points: &[Point]) -> Vec<Rate> {
+    points
+        .windows(2)
+        .filter(|w| w[1].at > w[0].at)
+        .map(|w| {
+            let (a, b) = (w[0], w[1]);
+            let per_minute = 60.0 / (b.at - a.at) as f64;
+            // A table emptied by hand moves the ids back: no rise then.
+            let added = b.high.saturating_sub(a.high);
+            let held = b.rows as i128 - a.rows as i128;
+            let gone = (added as i128 - held).max(0) as u64;
+            Rate {
+                at: b.at,
+                added: added as f64 * per_minute,
+                gone: gone as f64 * per_minute,
+            }
+        })
+        .collect()
+}
+
+/// One reading: a new status report (kept as the shared one, so that
+/// the pages' readers find it fresh) and one primary-key lookup per
+/// database; `None` while a database cannot be read.
+pub async fn read(state: &Arc<State>) -> Option<Point> {
+    let status = state.fresh_status().await.status;
+    let mut point = Point {
+        at: 0,
+        depth: 0,
+        rows: 0,
+        high: 0,
+    };
+    for db in &status.databases {
+        let now = db.now?;
+        if point.at == 0 {
+            point.at = u64::from(now);
+        }
+        let t = &db.total;
+        let depth = t.due + t.in_flight + t.retrying + t.scheduled;
+        point.depth += depth;
+        point.rows += depth + t.dead;
+        point.high += state.store.max_jobid(db.dbid).await.ok()?;
+    }
+    (point.at > 0).then_some(point)
+}
+
+/// Reads the queue every `sample_every` until `shutdown`.
+pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        if let Some(point) = read(&state).await {
+            state.samples.push(point);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(state.config.sample_every) => {}
+        }
+    }
+}
+
+const W: f64 = 640.0;
+const H: f64 = 140.0;
+const PAD: f64 = 40.0;
+
+/// `values` (unix time, value) as polyline points over the last hour
+/// before `now`, scaled to `max`.
+fn line(values: &[(u64, f64)], now: u64, max: f64) -> String {
+    values
+        .iter()
+        .map(|&(at, v)| {
+            let ago = now.saturating_sub(at) as f64;
+            let x = PAD + (W - PAD) * (1.0 - ago / WINDOW.as_secs_f64());
+            let y = H - 20.0 - (H - 30.0) * (v / max);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One panel: its lines (CSS class, values), a title and the scale.
+fn panel(title: &str, id: &str, lines: &[(&str, Vec<(u64, f64)>)], now: u64) -> Markup {
+    let max = lines
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    html! {
+        svg id=(id) class="chart" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}"))
+            xmlns="http://www.w3.org/2000/svg" role="img" {
+            title { (title) }
+            text x=(PAD) y="12" class="chart-title" { (title) }
+            line x1=(PAD) y1=(H - 20.0) x2=(W) y2=(H - 20.0) class="axis" {}
+            line x1=(PAD) y1="10" x2=(PAD) y2=(H - 20.0) class="axis" {}
+            text x="2" y="24" class="tick" { (format!("{max:.0}")) }
+            text x="2" y=(H - 20.0) class="tick" { "0" }
+            text x=(PAD) y=(H - 4.0) class="tick" { "-60 min" }
+            text x=(W - 30.0) y=(H - 4.0) class="tick" { "now" }
+            @for (class, values) in lines {
+                polyline class=(class) fill="none" points=(line(values, now, max)) {}
+            }
+        }
+    }
+}
+
+/// The two panels: queue depth; rows added and gone per minute.
+pub fn chart(points: &[Point]) -> Markup {
+    let now = points.last().map_or(0, |p| p.at);
+    let depth: Vec<(u64, f64)> = points.iter().map(|p| (p.at, p.depth as f64)).collect();
+    let rates = rates(points);
+    let added: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.added)).collect();
+    let gone: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.gone)).collect();
+    html! {
+        div class="charts" {
+            (panel("queue depth (jobs not dead)", "chart-depth", &[("depth", depth)], now))
+            (panel("per minute: added (blue), completed or cancelled (green)", "chart-rates",
+                &[("added", added), ("gone", gone)], now))
+            @if points.len() < 2 {
+                p class="muted" { "The chart fills as the web role samples the queue." }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(at: u64, depth: u64, rows: u64, high: u64) -> Point {
+        Point {
+            at,
+            depth,
+            rows,
+            high,
+        }
+    }
+
+    #[test]
+    fn rows_added_and_gone_come_from_the_ids_and_the_rows_held() {
+        // 30 s apart: 20 added, rows held up by 5, so 15 gone.
+        let r = rates(&[p(1000, 10, 10, 100), p(1030, 15, 15, 120)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].added, r[0].gone), (40.0, 30.0));
+    }
+
+    #[test]
+    fn an_hour_of_readings_is_kept() {
+        let s = Samples::default();
+        for i in 0..100 {
+            s.push(p(i * 60, 0, 0, 0));
+        }
+        let points = s.points();
+        assert_eq!(points.first().unwrap().at, 99 * 60 - 3600);
+        assert_eq!(points.len(), 61);
+        let svg = chart(&points).into_string();
+        assert!(svg.contains("<polyline"), "{svg}");
+    }
+}
