@@ -442,10 +442,11 @@ impl Store {
 
 /// Up to `limit` rows due at `now`, locked, skipping those other claimers
 /// hold: oldest first, and on a table with priorities, high before normal
-/// before low. One range of the claim index per level ([`levels`]), each
-/// read only while the levels before left room: a single ORDER BY
-/// priority, run_after would scan every row of a level that is not due
-/// (leased, scheduled, dead) before reaching the next.
+/// before low. With priorities, one statement reads the three levels'
+/// ranges of the claim index in index order (`priority IN (0, 1, 2) AND
+/// run_after <= now ORDER BY priority, run_after`: a range per level, no
+/// sort, no row of a level that is not due read), and a value above low's,
+/// set by hand, is read after them only while there is room.
 async fn due_rows(
     tx: &mut impl Queryable,
     cols: Optional,
@@ -454,7 +455,15 @@ async fn due_rows(
 ) -> mysql_async::Result<Vec<RawRow>> {
     let columns = columns(cols);
     let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
-    for level in levels(cols) {
+    let (levels, order): (&[&str], &str) = if cols.priority {
+        (
+            &["priority IN (0, 1, 2) AND ", "priority > 2 AND "],
+            "priority, run_after",
+        )
+    } else {
+        (&[""], "run_after")
+    };
+    for level in levels {
         if rows.len() >= limit {
             break;
         }
@@ -462,7 +471,7 @@ async fn due_rows(
             .exec(
                 format!(
                     "SELECT {columns} FROM job WHERE {level}run_after <= ? \
-                     ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
+                     ORDER BY {order} LIMIT ? FOR UPDATE SKIP LOCKED"
                 ),
                 (now, (limit - rows.len()) as u64),
             )
