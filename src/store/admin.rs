@@ -691,7 +691,6 @@ impl Store {
         funcname: &str,
         reset_failcount: bool,
     ) -> Result<u64> {
-        let db = self.db(dbid)?;
         let set = if reset_failcount {
             "run_after = UNIX_TIMESTAMP(), failcount = 0"
         } else {
@@ -700,20 +699,7 @@ impl Store {
         let sql = format!(
             "UPDATE job SET {set} WHERE funcname = ? AND run_after >= {NEVER} LIMIT {RETRY_CHUNK}"
         );
-        let mut total = 0;
-        loop {
-            let changed = self
-                .attempt(db, || async {
-                    let mut conn = db.pool().get_conn().await?;
-                    conn.exec_drop(sql.as_str(), (funcname,)).await?;
-                    Ok(conn.affected_rows())
-                })
-                .await?;
-            total += changed;
-            if changed < RETRY_CHUNK {
-                return Ok(total);
-            }
-        }
+        self.in_chunks(dbid, &sql, funcname).await
     }
 
     /// Deletes every dead row of `funcname` in database `dbid`; returns
@@ -721,16 +707,23 @@ impl Store {
     /// committed on its own (as [`Store::retry_dead`]). A dead row is
     /// never leased, so no worker is running one.
     pub async fn purge_dead(&self, dbid: u32, funcname: &str) -> Result<u64> {
-        let db = self.db(dbid)?;
         let sql = format!(
             "DELETE FROM job WHERE funcname = ? AND run_after >= {NEVER} LIMIT {RETRY_CHUNK}"
         );
+        self.in_chunks(dbid, &sql, funcname).await
+    }
+
+    /// Runs `sql` (a statement on `funcname`'s rows ending in `LIMIT
+    /// RETRY_CHUNK`) until it changes fewer than a chunk; returns how many
+    /// rows it changed in all. Each statement commits on its own.
+    async fn in_chunks(&self, dbid: u32, sql: &str, funcname: &str) -> Result<u64> {
+        let db = self.db(dbid)?;
         let mut total = 0;
         loop {
             let changed = self
                 .attempt(db, || async {
                     let mut conn = db.pool().get_conn().await?;
-                    conn.exec_drop(sql.as_str(), (funcname,)).await?;
+                    conn.exec_drop(sql, (funcname,)).await?;
                     Ok(conn.affected_rows())
                 })
                 .await?;
