@@ -361,6 +361,7 @@ impl Client {
             Retry::Dead => When::Never,
             Retry::In(secs) => When::In(secs),
         };
+        let job_funcname = job.funcname.as_str();
         let job = JobRef::from(job);
         match self
             .store
@@ -384,7 +385,7 @@ impl Client {
             }
             Err(err) => return Err(err),
         }
-        telemetry::failed(retry == Retry::Dead);
+        telemetry::failed(job_funcname, retry == Retry::Dead);
         Ok(retry)
     }
 }

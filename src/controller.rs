@@ -321,7 +321,7 @@ impl Controller {
                 _ = self.abandon.cancelled() => break Waited::Abandoned,
             }
         };
-        telemetry::controller_job(started.elapsed());
+        telemetry::controller_job(&job.funcname, started.elapsed());
         let outcome = match waited {
             Waited::Answered(outcome) => outcome,
             Waited::TimedOut => return self.timed_out(&job, timeout.unwrap_or_default()).await,

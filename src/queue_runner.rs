@@ -440,6 +440,14 @@ impl QueueRunner {
             .map(|(job, _)| job.jobid)
             .collect();
         stats.dispatched += claim.jobs.len() - failed.len();
+        telemetry::dispatched_functions(
+            claim
+                .jobs
+                .iter()
+                .zip(&acked)
+                .filter(|(_, &ok)| ok)
+                .map(|(job, _)| job.funcname.as_str()),
+        );
         if !failed.is_empty() {
             stats.given_back += failed.len();
             // If this fails too, the rows come back when their lease ends.

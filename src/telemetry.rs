@@ -7,10 +7,12 @@
 //! `garivini_jobs_injected_total` (jobs stored by `inject_jobs`),
 //! `garivini_inject_refused_total{reason="invalid"|"database"}`,
 //! `garivini_jobs_claimed_total`, `garivini_jobs_dispatched_total{role}`
-//! (submitted to gearmand), `garivini_jobs_pushed_back_total` (held back by
+//! (submitted to gearmand), `garivini_function_jobs_dispatched_total{function}`
+//! (the QueueRunner's, per function), `garivini_jobs_pushed_back_total` (held back by
 //! the watermark or for want of a worker), `garivini_jobs_completed_total`
-//! (rows deleted), `garivini_jobs_failed_total` (rescheduled after a
-//! failure), `garivini_jobs_dead_total` (parked after the last attempt),
+//! (rows deleted), `garivini_jobs_failed_total{function}` (rescheduled
+//! after a failure), `garivini_jobs_dead_total{function}` (parked after
+//! the last attempt; both by our Client: the Controller's, or a worker's),
 //! `garivini_rows_parked_total` (rows made dead because they cannot be
 //! dispatched as they are: a function name that is not UTF-8 or holds a
 //! control character), `garivini_stale_copies_total` (copies of a job
@@ -19,12 +21,122 @@
 //! (deletes and reschedules that found no row), `garivini_node_moves_total{db}`
 //! (a database's calls moved to its next node).
 //! Histograms (seconds): `garivini_inject_seconds` (request to commit),
-//! `garivini_claim_round_seconds`, `garivini_controller_job_seconds`.
+//! `garivini_claim_round_seconds`, `garivini_controller_job_seconds{function}`.
+//!
+//! A `function` label holds at most [`MAX_FUNCTION_LABELS`] distinct
+//! names per process; later ones are counted as `other`, so that a table
+//! of many functions cannot grow the exporter without bound.
 //! Gauges: `garivini_gearmand_queue_depth{function}` (summed over the
 //! gearmand servers), `garivini_due_rows{db}` (counted up to
 //! [`DUE_ROWS_CAP`]).
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Most distinct values of a `function` label in one process.
+pub const MAX_FUNCTION_LABELS: usize = 100;
+/// The label of every function past [`MAX_FUNCTION_LABELS`].
+pub const OTHER_FUNCTION: &str = "other";
+
+static FUNCTION_LABELS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// `funcname` as a `function` label: itself while fewer than
+/// [`MAX_FUNCTION_LABELS`] names have been seen (or it is one of them),
+/// else [`OTHER_FUNCTION`].
+pub fn function_label(funcname: &str) -> String {
+    let mut seen = FUNCTION_LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(HashSet::new);
+    if seen.contains(funcname) {
+        return funcname.to_string();
+    }
+    if seen.len() < MAX_FUNCTION_LABELS {
+        seen.insert(funcname.to_string());
+        return funcname.to_string();
+    }
+    OTHER_FUNCTION.to_string()
+}
+
+/// Gives every metric its HELP text; call once an exporter is installed.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("garivini_jobs_inserted_total", "Rows stored, by any path.");
+    describe_counter!(
+        "garivini_jobs_injected_total",
+        "Jobs stored by inject_jobs."
+    );
+    describe_counter!(
+        "garivini_inject_refused_total",
+        "inject_jobs requests refused: invalid, or the database away."
+    );
+    describe_counter!(
+        "garivini_jobs_claimed_total",
+        "Rows claimed (leased) by the QueueRunner."
+    );
+    describe_counter!(
+        "garivini_jobs_dispatched_total",
+        "Jobs submitted to gearmand, by role."
+    );
+    describe_counter!(
+        "garivini_function_jobs_dispatched_total",
+        "Jobs the QueueRunner submitted to gearmand, by function."
+    );
+    describe_counter!(
+        "garivini_jobs_pushed_back_total",
+        "Due rows held back: over the watermark or a limit, paused, or without a worker."
+    );
+    describe_counter!(
+        "garivini_jobs_completed_total",
+        "Rows deleted by completions."
+    );
+    describe_counter!(
+        "garivini_jobs_failed_total",
+        "Failed runs rescheduled with backoff, by function."
+    );
+    describe_counter!(
+        "garivini_jobs_dead_total",
+        "Jobs parked dead after their last attempt, by function."
+    );
+    describe_counter!(
+        "garivini_rows_parked_total",
+        "Rows made dead because they cannot be dispatched as they are."
+    );
+    describe_counter!(
+        "garivini_stale_copies_total",
+        "Copies of a job dropped before they ran: their row changed since they were sent."
+    );
+    describe_counter!(
+        "garivini_completions_missed_total",
+        "Deletes and reschedules that found no row, by database."
+    );
+    describe_counter!(
+        "garivini_node_moves_total",
+        "A database's calls moved to its next node."
+    );
+    describe_histogram!(
+        "garivini_inject_seconds",
+        Unit::Seconds,
+        "inject_jobs: request to commit."
+    );
+    describe_histogram!(
+        "garivini_claim_round_seconds",
+        Unit::Seconds,
+        "One claim round."
+    );
+    describe_histogram!(
+        "garivini_controller_job_seconds",
+        Unit::Seconds,
+        "A Controller's wait for a job's answer, by function."
+    );
+    describe_gauge!(
+        "garivini_gearmand_queue_depth",
+        "Jobs queued or running in gearmand, by function, summed over the servers."
+    );
+    describe_gauge!(
+        "garivini_due_rows",
+        "Rows due now, by database (counted up to a cap)."
+    );
+}
 
 /// The due-rows gauge stops counting here, so that reading it costs a
 /// bounded index scan whatever the backlog.
@@ -64,11 +176,24 @@ pub(crate) fn completed(n: u64) {
     metrics::counter!("garivini_jobs_completed_total").increment(n);
 }
 
-pub(crate) fn failed(dead: bool) {
+pub(crate) fn failed(funcname: &str, dead: bool) {
+    let function = function_label(funcname);
     if dead {
-        metrics::counter!("garivini_jobs_dead_total").increment(1);
+        metrics::counter!("garivini_jobs_dead_total", "function" => function).increment(1);
     } else {
-        metrics::counter!("garivini_jobs_failed_total").increment(1);
+        metrics::counter!("garivini_jobs_failed_total", "function" => function).increment(1);
+    }
+}
+
+/// The QueueRunner's submits of one round, per function.
+pub(crate) fn dispatched_functions<'a>(funcnames: impl Iterator<Item = &'a str>) {
+    let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for f in funcnames {
+        *counts.entry(f).or_insert(0) += 1;
+    }
+    for (f, n) in counts {
+        metrics::counter!("garivini_function_jobs_dispatched_total", "function" => function_label(f))
+            .increment(n);
     }
 }
 
@@ -82,8 +207,9 @@ pub(crate) fn stale_copy() {
     metrics::counter!("garivini_stale_copies_total").increment(1);
 }
 
-pub(crate) fn controller_job(took: Duration) {
-    metrics::histogram!("garivini_controller_job_seconds").record(took.as_secs_f64());
+pub(crate) fn controller_job(funcname: &str, took: Duration) {
+    metrics::histogram!("garivini_controller_job_seconds", "function" => function_label(funcname))
+        .record(took.as_secs_f64());
 }
 
 pub(crate) fn queue_depth(function: &str, depth: u64) {
@@ -101,4 +227,26 @@ pub(crate) fn completions_missed(dbid: u32, n: u64) {
 
 pub(crate) fn node_moved(dbid: u32) {
     metrics::counter!("garivini_node_moves_total", "db" => dbid.to_string()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_labels_are_bounded_with_an_other_bucket() {
+        let names: Vec<String> = (0..MAX_FUNCTION_LABELS + 5)
+            .map(|i| format!("lf{i}"))
+            .collect();
+        let labels: Vec<String> = names.iter().map(|n| function_label(n)).collect();
+        let distinct: HashSet<&String> = labels.iter().collect();
+        assert!(
+            distinct.len() <= MAX_FUNCTION_LABELS + 1,
+            "{}",
+            distinct.len()
+        );
+        assert_eq!(labels.last().unwrap(), OTHER_FUNCTION);
+        // A name seen before keeps its label.
+        assert_eq!(function_label(&labels[0]), labels[0]);
+    }
 }

@@ -16,19 +16,25 @@ use testkit::{
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// GET /metrics; every sample as "name{labels}" → value.
-fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
+/// GET `path`; the status line and the body.
+fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
     let mut conn = std::net::TcpStream::connect(addr).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         conn,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
     conn.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// GET /metrics; every sample as "name{labels}" → value.
+fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -38,6 +44,14 @@ fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
             })
             .collect(),
     )
+}
+
+/// The sum of `name`'s samples over all their labels.
+fn sum(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
@@ -135,7 +149,7 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
             .copied()
             .unwrap_or(0.0)
             >= 10.0
-            && m.get("garivini_jobs_dead_total").copied().unwrap_or(0.0) >= 1.0
+            && sum(&m, "garivini_jobs_dead_total") >= 1.0
             && m.contains_key("garivini_due_rows{db=\"1\"}");
         async move { done }
     })
@@ -168,10 +182,39 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
     // The Controller deletes the low-latency rows; gv_consume deletes the
     // throughput ones in its own process.
     assert_eq!(get(&m, "garivini_jobs_completed_total"), 10.0);
-    assert_eq!(get(&m, "garivini_jobs_dead_total"), 1.0);
+    assert_eq!(
+        get(&m, "garivini_jobs_dead_total{function=\"m_fail\"}"),
+        1.0,
+        "counted under its function"
+    );
+    assert_eq!(sum(&m, "garivini_jobs_dead_total"), 1.0);
+    assert_eq!(
+        get(
+            &m,
+            "garivini_function_jobs_dispatched_total{function=\"m_tp\"}"
+        ),
+        20.0
+    );
     assert_eq!(get(&m, "garivini_inject_seconds_count"), 11.0);
     assert!(get(&m, "garivini_inject_seconds_bucket{le=\"60\"}") >= 11.0);
-    assert_eq!(get(&m, "garivini_controller_job_seconds_count"), 11.0);
+    assert_eq!(sum(&m, "garivini_controller_job_seconds_count"), 11.0);
+    assert_eq!(
+        get(
+            &m,
+            "garivini_controller_job_seconds_count{function=\"m_ll\"}"
+        ),
+        10.0
+    );
+    // Each metric says what it is, and only /metrics answers.
+    let (_, text) = http_get(&metrics, "/metrics").unwrap();
+    for name in ["garivini_jobs_dead_total", "garivini_claim_round_seconds"] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
+    let (status, _) = http_get(&metrics, "/").unwrap();
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
     assert!(get(&m, "garivini_claim_round_seconds_count") >= 1.0);
     assert_eq!(
         get(&m, "garivini_gearmand_queue_depth{function=\"m_held\"}"),

@@ -162,7 +162,7 @@ async fn run_roles(
     // One exporter per process: the first role's address (the roles of a
     // `workers` process share it).
     if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {
-        serve_metrics(addr)?;
+        serve_metrics(addr).await?;
     }
     let store = servers.store().await?;
     let shutdown = signal::shutdown_on_signal();
@@ -173,17 +173,29 @@ async fn run_roles(
 }
 
 /// Serves the metrics the library records (see `garivini::telemetry`) as
-/// Prometheus text on `http://ADDR/metrics`. Must be called within the
-/// runtime; fails (one line) if the address cannot be bound.
-fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+/// Prometheus text, with their HELP lines, on `http://ADDR/metrics` (any
+/// other path: 404). Fails (one line) if the address cannot be bound.
+async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
     let socket: std::net::SocketAddr = addr
         .parse()
         .map_err(|_| anyhow::anyhow!("invalid --metrics-addr {addr:?}: expected IP:PORT"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(socket)
-        .set_buckets(garivini::telemetry::BUCKETS)?
-        .install()
+    let listener = tokio::net::TcpListener::bind(socket)
+        .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(garivini::telemetry::BUCKETS)?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    garivini::telemetry::describe();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(handle.render())),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "the metrics endpoint ended");
+        }
+    });
     tracing::info!(addr, "serving Prometheus metrics on /metrics");
     Ok(())
 }
