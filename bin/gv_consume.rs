@@ -14,6 +14,8 @@
 
 #[path = "common/example.rs"]
 mod example;
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 #[path = "common/seconds.rs"]
 mod seconds;
 #[path = "common/servers.rs"]
@@ -102,6 +104,10 @@ struct Cli {
     /// Throughput mode: failures after which a job is parked as dead.
     #[arg(long, default_value_t = garivini::client::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u8,
+    /// Serve Prometheus metrics on http://IP:PORT/metrics: in throughput
+    /// mode the completions, failures and deaths this worker writes.
+    #[arg(long, value_name = "IP:PORT", env = "GARIVINI_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 /// A file that lines are appended to, one write each: lines from several
@@ -499,6 +505,9 @@ fn main() {
             }
             Mode::Lowlatency => None,
         };
+        if let Some(addr) = &cli.metrics_addr {
+            metrics_endpoint::serve(addr).await?;
+        }
         let kill_timeout =
             Some(seconds::seconds("--kill-timeout", cli.kill_timeout)?).filter(|t| !t.is_zero());
         let shutdown_timeout = seconds::seconds("--shutdown-timeout", cli.shutdown_timeout)?;

@@ -81,9 +81,21 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
         &metrics,
     ];
     let _roles = Proc::spawn("garivini", &with_servers(&db, &gearmand, &roles));
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
     let _tp = Proc::spawn(
         "gv_consume",
-        &with(&["--mode", "throughput", "--funcname", "m_tp"]),
+        &with_servers(
+            &db,
+            &gearmand,
+            &[
+                "--mode",
+                "throughput",
+                "--funcname",
+                "m_tp",
+                "--metrics-addr",
+                &worker_metrics,
+            ],
+        ),
     );
     let _ll = Proc::spawn(
         "gv_consume",
@@ -215,6 +227,18 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
     }
     let (status, _) = http_get(&metrics, "/").unwrap();
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    // The throughput worker reports the completions it wrote itself.
+    let mut w = HashMap::new();
+    wait_until(
+        LIMIT,
+        "the worker's metrics to show its completions",
+        || {
+            w = scrape(&worker_metrics).unwrap_or_default();
+            let done = w.get("garivini_jobs_completed_total").copied() == Some(20.0);
+            async move { done }
+        },
+    )
+    .await;
     assert!(get(&m, "garivini_claim_round_seconds_count") >= 1.0);
     assert_eq!(
         get(&m, "garivini_gearmand_queue_depth{function=\"m_held\"}"),

@@ -15,6 +15,8 @@ mod settings;
 mod settings_file;
 mod web;
 
+#[path = "../common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 #[path = "../common/seconds.rs"]
 mod seconds;
 #[path = "../common/servers.rs"]
@@ -162,40 +164,12 @@ async fn run_roles(
     // One exporter per process: the first role's address (the roles of a
     // `workers` process share it).
     if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {
-        serve_metrics(addr).await?;
+        metrics_endpoint::serve(addr).await?;
     }
     let store = servers.store().await?;
     let shutdown = signal::shutdown_on_signal();
     // A task of its own, so that a role's panic ends here as an error
     // line and exit status 1, as any other error.
     tokio::spawn(garivini::roles::run(store, gearmand, plan, shutdown)).await??;
-    Ok(())
-}
-
-/// Serves the metrics the library records (see `garivini::telemetry`) as
-/// Prometheus text, with their HELP lines, on `http://ADDR/metrics` (any
-/// other path: 404). Fails (one line) if the address cannot be bound.
-async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
-    let socket: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid --metrics-addr {addr:?}: expected IP:PORT"))?;
-    let listener = tokio::net::TcpListener::bind(socket)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(garivini::telemetry::BUCKETS)?
-        .install_recorder()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    garivini::telemetry::describe();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || std::future::ready(handle.render())),
-    );
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(error = %err, "the metrics endpoint ended");
-        }
-    });
-    tracing::info!(addr, "serving Prometheus metrics on /metrics");
     Ok(())
 }
