@@ -553,3 +553,57 @@ async fn cancel_dead_of_a_function_deletes_only_its_dead_rows() {
     assert_eq!(code, 1, "--dead needs --funcname: {err}");
     assert!(err.contains("--funcname"), "{err}");
 }
+
+#[tokio::test]
+async fn list_finds_rows_by_unique_key_prefix_and_pages_with_the_cursor_it_prints() {
+    let db = TestDb::new().await;
+    let client = garivini::Client::new(db.store().await);
+    for key in ["img-1", "img-2", "img-3", "doc-1"] {
+        client
+            .insert_job(garivini::NewJob::new("resize", "x").unique(key))
+            .await
+            .unwrap();
+    }
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["uniqkey"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = json(
+        &db.url,
+        &["jobs", "list", "--unique-prefix", "img-", "--json"],
+    )
+    .await;
+    assert_eq!(ids(all), ["img-1", "img-2", "img-3"]);
+    // Two at a time: the text names the cursor of the next page.
+    let (code, out, err) = run_garivini(
+        &db.url,
+        &["jobs", "list", "--unique-prefix", "img-", "--limit", "2"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let cursor = out
+        .lines()
+        .find_map(|l| l.split("--after ").nth(1))
+        .map(|c| c.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no cursor in: {out}"));
+    let rest = json(
+        &db.url,
+        &[
+            "jobs",
+            "list",
+            "--unique-prefix",
+            "img-",
+            "--after",
+            &cursor,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(ids(rest), ["img-3"]);
+    let (code, _, err) = run_garivini(&db.url, &["jobs", "list", "--after", "nonsense"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a page cursor"), "{err}");
+}

@@ -47,6 +47,14 @@ pub enum JobsCommand {
         funcname: Option<String>,
         #[command(flatten)]
         state: StateFilter,
+        /// Only rows whose unique key starts with PREFIX (a search by key:
+        /// the whole key finds its one row).
+        #[arg(long, value_name = "PREFIX")]
+        unique_prefix: Option<String>,
+        /// The next page: the cursor the page before ended with
+        /// (RUN_AFTER.FAILCOUNT.DBID.JOBID, printed under a full page).
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<admin::Cursor>,
         /// Most rows shown (1 to 10000).
         #[arg(long, default_value_t = admin::DEFAULT_LIST_LIMIT)]
         limit: usize,
@@ -343,6 +351,8 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
         JobsCommand::List {
             funcname,
             state,
+            unique_prefix,
+            after,
             limit,
             json,
             lease,
@@ -353,7 +363,8 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 lease: lease.unwrap_or(default_lease),
                 limit: *limit,
             };
-            let jobs = admin::list(store, &query).await?;
+            let page = admin::list_page(store, &query, unique_prefix.as_deref(), *after).await?;
+            let jobs = page.jobs;
             if *json {
                 return print_json(&jobs);
             }
@@ -378,8 +389,8 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             for l in table(&rows, &[4]) {
                 crate::say!("{l}");
             }
-            if jobs.len() == *limit {
-                crate::say!("(first {limit}; --limit N for more)");
+            if let Some(next) = page.next {
+                crate::say!("(first {limit}; the next page: --after {next})");
             }
             Ok(())
         }
