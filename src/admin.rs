@@ -587,6 +587,20 @@ pub async fn cancel(store: &Store, ids: &[JobRef], guard: Guard) -> Result<Vec<J
     Ok(done)
 }
 
+/// Dead rows per (database id, function), of `funcname` only if given:
+/// what `retry_dead` or `purge_dead` would change (`--dry-run`).
+pub async fn dead_rows(store: &Store, funcname: Option<&str>) -> Result<Vec<(u32, String, u64)>> {
+    let mut out = Vec::new();
+    for dbid in store.dbids() {
+        for (f, n) in store.dead_by_function(dbid).await? {
+            if funcname.is_none_or(|want| want == f) {
+                out.push((dbid, f, n));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Makes every dead row of `funcname` due now, in every database
 /// (`jobs retry --dead --funcname F`); returns how many per database id.
 pub async fn retry_dead(

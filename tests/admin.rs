@@ -392,9 +392,25 @@ async fn retry_dead_of_a_function_makes_only_its_dead_rows_due() {
         "scheduled row untouched"
     );
 
-    let (code, _, err) = run_garivini(&db.url, &["jobs", "retry", "--dead"]).await;
-    assert_eq!(code, 1, "--dead needs --funcname: {err}");
-    assert!(err.contains("--funcname"), "{err}");
+    // Without --funcname: every function's, here email's last dead row.
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "retry", "--dead", "--dry-run"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "would be made due now (failcount kept): 1 dead job: email (1) (--dry-run: nothing changed)"
+    );
+    assert_eq!(
+        db.count("run_after = 2147483647").await,
+        1,
+        "a dry run changes nothing"
+    );
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "retry", "--dead"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "1 dead job of 1 function made due now (failcount kept)"
+    );
+    assert_eq!(db.count("run_after = 2147483647").await, 0);
 }
 
 #[tokio::test]
@@ -549,9 +565,24 @@ async fn cancel_dead_of_a_function_deletes_only_its_dead_rows() {
         1,
         "other function kept"
     );
-    let (code, _, err) = run_garivini(&db.url, &["jobs", "cancel", "--dead"]).await;
-    assert_eq!(code, 1, "--dead needs --funcname: {err}");
-    assert!(err.contains("--funcname"), "{err}");
+    let dry = json(
+        &db.url,
+        &["jobs", "cancel", "--dead", "--dry-run", "--json"],
+    )
+    .await;
+    assert_eq!(dry["cancelled"], 1, "{dry}");
+    assert_eq!(dry["by_function"]["email"], 1, "{dry}");
+    assert_eq!(
+        db.count("funcname = 'email'").await,
+        1,
+        "a dry run deletes nothing"
+    );
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "cancel", "--dead"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "1 dead job of 1 function cancelled (deleted)");
+    assert_eq!(db.count("1").await, 2, "only live rows left");
+    let (code, _, err) = run_garivini(&db.url, &["jobs", "cancel", "--dry-run"]).await;
+    assert_eq!(code, 1, "--dry-run needs --dead: {err}");
 }
 
 #[tokio::test]

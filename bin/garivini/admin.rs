@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use garivini::admin::{self, Guard, ListQuery, Status};
 use garivini::config::parse_dsn_list;
 use garivini::store::Selection;
@@ -83,12 +82,16 @@ pub enum JobsCommand {
         /// DBID:JOBID ids, e.g. 1:42 1:43.
         #[arg(required_unless_present = "dead", conflicts_with = "dead")]
         ids: Vec<JobRef>,
-        /// Every dead row of --funcname, in every database.
-        #[arg(long, requires = "funcname")]
+        /// Every dead row, of --funcname only if given, in every database.
+        #[arg(long)]
         dead: bool,
         /// The function whose dead rows to retry (with --dead).
         #[arg(long, requires = "dead")]
         funcname: Option<String>,
+        /// With --dead: say how many rows of which functions it would
+        /// change, and change nothing.
+        #[arg(long, requires = "dead")]
+        dry_run: bool,
         /// Set failcount to 0 (default: keep it, so the backoff goes on
         /// from where it was).
         #[arg(long)]
@@ -112,13 +115,17 @@ pub enum JobsCommand {
         /// DBID:JOBID ids, e.g. 1:42 1:43.
         #[arg(required_unless_present = "dead", conflicts_with = "dead")]
         ids: Vec<JobRef>,
-        /// Every dead row of --funcname, in every database (a dead row is
-        /// never leased: no worker runs it).
-        #[arg(long, requires = "funcname")]
+        /// Every dead row, of --funcname only if given, in every database
+        /// (a dead row is never leased: no worker runs it).
+        #[arg(long)]
         dead: bool,
         /// The function whose dead rows to delete (with --dead).
         #[arg(long, requires = "dead")]
         funcname: Option<String>,
+        /// With --dead: say how many rows of which functions it would
+        /// delete, and delete nothing.
+        #[arg(long, requires = "dead")]
+        dry_run: bool,
         /// Delete rows in flight too.
         #[arg(long, conflicts_with = "dead")]
         force: bool,
@@ -453,6 +460,7 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             ids,
             dead,
             funcname,
+            dry_run,
             reset_failcount,
             force,
             json,
@@ -460,22 +468,10 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
         } => {
             let failcount = if *reset_failcount { "reset" } else { "kept" };
             if *dead {
-                let funcname = funcname.as_deref().context("--dead needs --funcname")?;
-                let per_db = admin::retry_dead(store, funcname, *reset_failcount).await?;
-                let total: u64 = per_db.iter().map(|(_, n)| n).sum();
-                if *json {
-                    let per_db: std::collections::BTreeMap<String, u64> =
-                        per_db.iter().map(|(d, n)| (d.to_string(), *n)).collect();
-                    return print_json(&serde_json::json!({
-                        "funcname": funcname, "retried": total,
-                        "by_database": per_db, "failcount": failcount,
-                    }));
-                }
-                crate::say!(
-                    "{total} dead {} of {funcname} made due now (failcount {failcount})",
-                    plural(total as usize, "job")
-                );
-                return Ok(());
+                let action = DeadAction::Retry {
+                    reset_failcount: *reset_failcount,
+                };
+                return on_dead(store, action, funcname.as_deref(), *dry_run, *json).await;
             }
             let guard = Guard {
                 lease: lease.unwrap_or(default_lease),
@@ -500,26 +496,14 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             ids,
             dead,
             funcname,
+            dry_run,
             force,
             json,
             lease,
         } => {
             if *dead {
-                let funcname = funcname.as_deref().context("--dead needs --funcname")?;
-                let per_db = admin::purge_dead(store, funcname).await?;
-                let total: u64 = per_db.iter().map(|(_, n)| n).sum();
-                if *json {
-                    let per_db: std::collections::BTreeMap<String, u64> =
-                        per_db.iter().map(|(d, n)| (d.to_string(), *n)).collect();
-                    return print_json(&serde_json::json!({
-                        "funcname": funcname, "cancelled": total, "by_database": per_db,
-                    }));
-                }
-                crate::say!(
-                    "{total} dead {} of {funcname} cancelled (deleted)",
-                    plural(total as usize, "job")
-                );
-                return Ok(());
+                let action = DeadAction::Cancel;
+                return on_dead(store, action, funcname.as_deref(), *dry_run, *json).await;
             }
             let guard = Guard {
                 lease: lease.unwrap_or(default_lease),
@@ -540,6 +524,100 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             Ok(())
         }
     }
+}
+
+/// What `jobs retry|cancel --dead` does to the dead rows.
+#[derive(Clone, Copy)]
+enum DeadAction {
+    Retry { reset_failcount: bool },
+    Cancel,
+}
+
+/// `jobs retry|cancel --dead [--funcname F] [--dry-run]`: every dead row of
+/// `funcname` (of every function without it), in every database; with
+/// `dry_run`, how many of which function, and nothing changed.
+async fn on_dead(
+    store: &Store,
+    action: DeadAction,
+    funcname: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let (key, done) = match action {
+        DeadAction::Retry { reset_failcount } => (
+            "retried",
+            format!(
+                "made due now (failcount {})",
+                if reset_failcount { "reset" } else { "kept" }
+            ),
+        ),
+        DeadAction::Cancel => ("cancelled", "cancelled (deleted)".to_string()),
+    };
+    let mut by_function: BTreeMap<String, u64> = BTreeMap::new();
+    if dry_run || funcname.is_none() {
+        for (_, f, n) in admin::dead_rows(store, funcname).await? {
+            *by_function.entry(f).or_default() += n;
+        }
+    }
+    if dry_run {
+        let total: u64 = by_function.values().sum();
+        if json {
+            return print_json(&serde_json::json!({
+                "dry_run": true, key: total, "by_function": by_function,
+            }));
+        }
+        let list: Vec<String> = by_function
+            .iter()
+            .map(|(f, n)| format!("{f} ({n})"))
+            .collect();
+        crate::say!(
+            "would be {done}: {total} dead {}{}{} (--dry-run: nothing changed)",
+            plural(total as usize, "job"),
+            if list.is_empty() { "" } else { ": " },
+            list.join(", ")
+        );
+        return Ok(());
+    }
+    let functions: Vec<String> = match funcname {
+        Some(f) => vec![f.to_string()],
+        None => by_function.keys().cloned().collect(),
+    };
+    let mut by_database: BTreeMap<String, u64> = BTreeMap::new();
+    for f in &functions {
+        let per_db = match action {
+            DeadAction::Retry { reset_failcount } => {
+                admin::retry_dead(store, f, reset_failcount).await?
+            }
+            DeadAction::Cancel => admin::purge_dead(store, f).await?,
+        };
+        for (dbid, n) in per_db {
+            *by_database.entry(dbid.to_string()).or_default() += n;
+        }
+    }
+    let total: u64 = by_database.values().sum();
+    if json {
+        let mut answer = serde_json::json!({
+            "funcname": funcname, key: total, "by_database": by_database,
+        });
+        if let DeadAction::Retry { reset_failcount } = action {
+            answer["failcount"] = (if reset_failcount { "reset" } else { "kept" }).into();
+        }
+        return print_json(&answer);
+    }
+    let of = match funcname {
+        Some(f) => f.to_string(),
+        None => format!(
+            "{} {}",
+            functions.len(),
+            plural(functions.len(), "function")
+        ),
+    };
+    crate::say!(
+        "{total} dead {} of {of} {done}",
+        plural(total as usize, "job")
+    );
+    Ok(())
 }
 
 fn ids_text(ids: &[JobRef]) -> String {

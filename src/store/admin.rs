@@ -713,6 +713,31 @@ impl Store {
         self.in_chunks(dbid, &sql, funcname).await
     }
 
+    /// The functions with dead rows in database `dbid`, and how many each
+    /// has: a read of the `funcname_run_after` index (its entries only, no
+    /// row), for a bulk action's `--dry-run` and for one over every
+    /// function.
+    pub async fn dead_by_function(&self, dbid: u32) -> Result<Vec<(String, u64)>> {
+        let db = self.db(dbid)?;
+        self.attempt(db, || async {
+            let mut conn = db.pool().get_conn().await?;
+            let rows: Vec<(Vec<u8>, u64)> = conn
+                .exec(
+                    format!(
+                        "SELECT funcname, COUNT(*) FROM job WHERE run_after >= {NEVER} \
+                         GROUP BY funcname ORDER BY funcname"
+                    ),
+                    (),
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(f, n)| (String::from_utf8_lossy(&f).into_owned(), n))
+                .collect())
+        })
+        .await
+    }
+
     /// Runs `sql` (a statement on `funcname`'s rows ending in `LIMIT
     /// RETRY_CHUNK`) until it changes fewer than a chunk; returns how many
     /// rows it changed in all. Each statement commits on its own.
