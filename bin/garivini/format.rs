@@ -98,23 +98,7 @@ pub fn age(secs: u64) -> String {
     }
 }
 
-/// Unix time as `2026-01-02 03:04:05 UTC` (civil date from days, after
-/// Howard Hinnant's algorithm).
+/// Unix time as `2026-01-02 03:04:05 UTC`.
 pub fn utc(unix: u32) -> String {
-    let (days, rem) = (i64::from(unix) / 86400, i64::from(unix) % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    garivini::admin::utc_date(u64::from(unix))
 }
