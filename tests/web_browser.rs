@@ -44,10 +44,14 @@ async fn browser(driver: &ChromeDriver) -> Client {
 }
 
 /// The text of the element with id `id`.
+/// The text of `#id`, waiting (up to [`STEP`]) for it to be there: the
+/// page a click led to may still be loading.
 async fn text(page: &Client, id: &str) -> String {
     within(STEP, id, async {
         let url = page.current_url().await.ok();
-        page.find(Locator::Id(id))
+        page.wait()
+            .at_most(STEP)
+            .for_element(Locator::Id(id))
             .await
             .unwrap_or_else(|e| panic!("no #{id} on {url:?}: {e}"))
             .text()
@@ -59,7 +63,9 @@ async fn text(page: &Client, id: &str) -> String {
 
 async fn click(page: &Client, locator: Locator<'_>, what: &str) {
     within(STEP, what, async {
-        page.find(locator)
+        page.wait()
+            .at_most(STEP)
+            .for_element(locator)
             .await
             .unwrap_or_else(|e| panic!("no {what}: {e}"))
             .click()
@@ -75,6 +81,17 @@ async fn goto(page: &Client, url: &str) {
         .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
 }
 
+/// Whether `#id` shows up within [`STEP`] (a page still loading is waited
+/// for).
+async fn shows(page: &Client, id: &str) -> bool {
+    page.wait()
+        .at_most(STEP)
+        .for_element(Locator::Id(id))
+        .await
+        .is_ok()
+}
+
+/// Whether `#id` is on the page as it is now.
 async fn has(page: &Client, id: &str) -> bool {
     !within(STEP, id, page.find_all(Locator::Id(id)))
         .await
@@ -90,6 +107,18 @@ async fn log_in(page: &Client, token: &str) {
         .await
         .unwrap();
     click(page, Locator::Id("login"), "the login button").await;
+    // A click may return before the form's answer has loaded: wait until
+    // the page is another one, or the login page again with its error.
+    within(STEP, "the answer to the login", async {
+        loop {
+            let path = page.current_url().await.map(|u| u.path().to_string());
+            if path.is_ok_and(|p| p != "/login") || has(page, "error").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 async fn scenario(page: &Client, web: &WebServer, db: &TestDb) {
@@ -131,7 +160,7 @@ async fn scenario(page: &Client, web: &WebServer, db: &TestDb) {
         "the dead count's link",
     )
     .await;
-    assert!(has(page, "job-1-4").await, "the dead job is listed");
+    assert!(shows(page, "job-1-4").await, "the dead job is listed");
     click(page, Locator::Css("#job-1-4 a"), "the dead job's link").await;
     assert_eq!(text(page, "state").await, "dead");
     assert!(text(page, "job-json").await.contains(r#""jobid":4"#));
@@ -149,7 +178,7 @@ async fn scenario(page: &Client, web: &WebServer, db: &TestDb) {
         !has(page, "job-1-4").await,
         "the retried job left the dead list"
     );
-    assert!(has(page, "no-jobs").await);
+    assert!(shows(page, "no-jobs").await);
     assert_eq!(
         db.count("jobid = 4 AND run_after < UNIX_TIMESTAMP() + 5")
             .await,
