@@ -272,6 +272,24 @@ impl Store {
         let db = self.db(job.dbid)?;
         // Not a failure: the attempt, if any, is over without one.
         let given_back = super::history::give_back_set(self.optional(db).await?);
+        self.set_outcome(job, when, failcount, given_back, Vec::new())
+            .await
+    }
+
+    /// One row's `run_after` (from `when`) and failcount, with `set` (more
+    /// `, column = ...` assignments) and its `extra` parameters, in one
+    /// statement: what [`Store::reschedule`] and [`Store::fail`] write.
+    /// Returns whether the row still existed (one that did not is counted
+    /// and logged as by [`Store::delete`]).
+    pub(super) async fn set_outcome(
+        &self,
+        job: JobRef,
+        when: When,
+        failcount: u8,
+        set: &str,
+        extra: Vec<Value>,
+    ) -> Result<bool> {
+        let db = self.db(job.dbid)?;
         let (run_after, mut params): (&str, Vec<Value>) = match when {
             When::In(secs) => (
                 "LEAST(UNIX_TIMESTAMP() + ?, ?)",
@@ -280,10 +298,11 @@ impl Store {
             When::At(at) => ("?", vec![at.min(NEVER).into()]),
             When::Never => ("?", vec![NEVER.into()]),
         };
-        params.extend([Value::from(failcount), Value::from(job.jobid)]);
-        let sql = format!(
-            "UPDATE job SET run_after = {run_after}, failcount = ?{given_back} WHERE jobid = ?"
-        );
+        params.push(Value::from(failcount));
+        params.extend(extra);
+        params.push(Value::from(job.jobid));
+        let sql =
+            format!("UPDATE job SET run_after = {run_after}, failcount = ?{set} WHERE jobid = ?");
         let (sql, params) = (&sql, &params);
         let found = self
             .run(db, move || async move {

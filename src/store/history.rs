@@ -10,14 +10,13 @@
 //! failcount=? WHERE jobid=?` leaves them as they were, and the original's
 //! INSERT fills `created_at` by its default.
 
-use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 use serde::Serialize;
 
 use super::rows::{bytes, number, Optional, Stamp};
 use super::Store;
 use crate::error::Result;
-use crate::job::{JobRef, When, NEVER};
+use crate::job::{JobRef, When};
 
 /// Most characters of a last error stored (the `last_error VARCHAR(1000)`
 /// of schema.sql); a longer text keeps its end, where a command's stderr
@@ -167,11 +166,11 @@ impl Store {
         Ok(self.optional(db).await?.history())
     }
 
-    /// Records a failed run: sets when the row runs next and its
-    /// failcount, as [`Store::reschedule`] does, and, where the table has
-    /// the columns, `failed_at` = now and `last_error` = `error` (bounded
-    /// to the column, see [`bound_error`]; NULL when none is given), in
-    /// one statement. Returns whether the row still existed.
+    /// Records a failed run: sets when the row runs next and its failcount
+    /// (leaving `attempted_at`: a failure is not a give-back) and, where the
+    /// table has the columns, `failed_at` = now and `last_error` = `error`
+    /// (bounded to the column, see [`bound_error`]; NULL when none is
+    /// given), in one statement. Returns whether the row still existed.
     pub async fn fail(
         &self,
         job: JobRef,
@@ -181,9 +180,6 @@ impl Store {
     ) -> Result<bool> {
         let db = self.db(job.dbid)?;
         let cols = self.optional(db).await?;
-        if !cols.failed_at && cols.last_error.is_none() {
-            return self.reschedule(job, when, failcount).await;
-        }
         let mut set = String::new();
         let mut extra = Vec::new();
         if cols.failed_at {
@@ -196,29 +192,7 @@ impl Store {
                 error.map(|e| bound_error(e, max, col.ascii, col.binary)),
             ));
         }
-        let (run_after, mut params) = match when {
-            When::In(secs) => (
-                "LEAST(UNIX_TIMESTAMP() + ?, ?)",
-                vec![Value::from(secs), Value::from(NEVER)],
-            ),
-            When::At(at) => ("?", vec![Value::from(at.min(NEVER))]),
-            When::Never => ("?", vec![Value::from(NEVER)]),
-        };
-        params.push(Value::from(failcount));
-        params.extend(extra);
-        params.push(Value::from(job.jobid));
-        let sql =
-            format!("UPDATE job SET run_after = {run_after}, failcount = ?{set} WHERE jobid = ?");
-        let (sql, params) = (&sql, &params);
-        let found = self
-            .run(db, move || async move {
-                let mut conn = db.pool().get_conn().await?;
-                conn.exec_drop(sql.as_str(), params.clone()).await?;
-                Ok(conn.affected_rows() > 0)
-            })
-            .await?;
-        db.missed("rescheduled", u64::from(!found));
-        Ok(found)
+        self.set_outcome(job, when, failcount, &set, extra).await
     }
 }
 
