@@ -73,31 +73,16 @@ impl WebServer {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base()));
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b));
         }
         if body.is_some() {
-            request = request.header("content-type", "application/json");
+            headers.push(("content-type", "application/json"));
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let call = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .expect("the web role answers");
-            let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.expect("a whole body").to_bytes();
-            (parts.status, parts.headers, bytes.to_vec())
-        };
-        tokio::time::timeout(CALL_LIMIT, call)
+        self.exchange(method, path, &headers, body.unwrap_or_default())
             .await
-            .unwrap_or_else(|_| panic!("{method} {path} took over {CALL_LIMIT:?}"))
     }
 
     /// One request with `headers` and a raw `body`: its status, its
@@ -109,15 +94,31 @@ impl WebServer {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, hyper::HeaderMap, String) {
+        let (status, headers, bytes) = self
+            .exchange(method, path, headers, body.as_bytes().to_vec())
+            .await;
+        (
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    /// Sends one request and reads its whole answer, within [`CALL_LIMIT`].
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
         let mut request = Request::builder()
             .method(method.clone())
             .uri(format!("{}{path}", self.base()));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
         let call = async {
             let response = self
                 .client
@@ -126,11 +127,7 @@ impl WebServer {
                 .expect("the web role answers");
             let (parts, body) = response.into_parts();
             let bytes = body.collect().await.expect("a whole body").to_bytes();
-            (
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&bytes).into_owned(),
-            )
+            (parts.status, parts.headers, bytes.to_vec())
         };
         tokio::time::timeout(CALL_LIMIT, call)
             .await
