@@ -5,6 +5,8 @@
 //!
 //! 1. gearmand memory-only, with our in-process client (pipelined
 //!    background submits) and worker: the ceiling without persistence;
+//!    and its own submit->start latency at the offered rate of the latency
+//!    measurements (one job per submit), which scenario 4's is compared to;
 //! 2. gearmand with its own `-q mysql` queue, same client and worker;
 //! 3. Garivini throughput mode end to end (gv_inject → MySQL → QueueRunner
 //!    → gearmand → gv_consume → DELETE): insert rate, drain rate, end to end
@@ -20,14 +22,19 @@
 //! cannot mix versions). Every child is killed when its phase ends, every
 //! wait is bounded, and a phase that fails or times out is reported as
 //! failed. The table shows the median over the repetitions; `--json FILE`
-//! writes every number (min, max and each repetition too).
+//! writes every number (min, max and each repetition too). A second table
+//! shows the CPU time per job of each process of each phase (and of the
+//! shared MariaDB server, on its own), over the measured part of the
+//! phase.
 //!
-//! The modules: `opts` (flags), `processes` (the phase's database,
+//! The modules: `opts` (flags), `cpu` (CPU time per process over a
+//! phase), `processes` (the phase's database,
 //! gearmand and child processes, and the waits on them, on testkit's
 //! fixtures), `scenarios` (the phases and the loop over them), `gv_inject`
 //! (the load generator's flags and summary), `targets` (the table's rows
 //! and their targets), `report` (table and JSON).
 
+mod cpu;
 mod gv_inject;
 mod opts;
 mod processes;

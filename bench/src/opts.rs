@@ -15,10 +15,14 @@ use clap::Parser;
                   Progress goes to stderr, the table to stdout."
 )]
 pub struct Opts {
-    /// MySQL/MariaDB server (no database): scratch databases gv_bench_* are
-    /// created on it and dropped afterwards.
+    /// MySQL/MariaDB server (no database): scratch databases
+    /// `<--db-prefix>_*` are created on it and dropped afterwards.
     #[arg(long, env = "GARIVINI_TEST_MYSQL")]
     pub mysql: String,
+    /// Name prefix of the scratch databases (`PREFIX_gv_<hex>`,
+    /// `PREFIX_gq_<hex>`), for a server shared with other users.
+    #[arg(long, default_value = "gv_bench")]
+    pub db_prefix: String,
     /// Jobs per throughput measurement.
     #[arg(long, default_value_t = 20_000)]
     pub jobs: u64,
@@ -52,7 +56,8 @@ pub struct Opts {
     /// Repetitions of each scenario; the table shows the median.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Offered rate (jobs/s) of the latency measurements.
+    /// Offered rate (jobs/s) of the latency measurements (scenario 1's
+    /// gearmand-only one too).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
     /// Jobs per latency measurement.
@@ -104,6 +109,14 @@ impl Opts {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.jobs == 0 || self.reps == 0 || self.latency_jobs == 0 || self.rate == 0 {
             anyhow::bail!("--jobs, --reps, --latency-jobs and --rate must be at least 1");
+        }
+        if self.db_prefix.is_empty()
+            || !self
+                .db_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            anyhow::bail!("--db-prefix: letters, digits and _ only");
         }
         if let Some(bad) = self.scenarios.iter().find(|s| !(1..=4).contains(*s)) {
             anyhow::bail!("--scenarios: no scenario {bad} (1 to 4)");

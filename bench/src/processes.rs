@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context as _};
 use mysql_async::prelude::Queryable as _;
 use testkit::{Gearmand, GearmandConfig, Proc, TestDb};
 
+use crate::cpu::{self, DbThreads, Final, Meter};
 use crate::gv_inject::Mode;
 use crate::opts::{split_args, Opts};
 
@@ -44,6 +45,8 @@ pub struct Bench {
     garivini: PathBuf,
     gv_inject: PathBuf,
     gv_consume: PathBuf,
+    /// The MariaDB server's pid, when it runs on this machine.
+    pub mariadbd: Option<u32>,
 }
 
 /// Everything one phase runs on: its database, its gearmand, its
@@ -54,6 +57,8 @@ pub struct Env {
     // Fields drop in order: the processes go before the servers they use.
     procs: Vec<Proc>,
     gearmand: Gearmand,
+    /// From gearmand's pid file.
+    gearmand_pid: Option<u32>,
     db: Option<TestDb>,
 }
 
@@ -65,6 +70,17 @@ impl Env {
     /// The phase's database name.
     pub fn db(&self) -> &str {
         &self.db.as_ref().expect("phase with a database").name
+    }
+
+    /// (name, pid) of gearmand and of every service process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut pids: Vec<(String, u32)> = self
+            .gearmand_pid
+            .map(|pid| ("gearmand".to_string(), pid))
+            .into_iter()
+            .collect();
+        pids.extend(self.procs.iter().map(|p| (p.name.clone(), p.pid())));
+        pids
     }
 
     /// Err if gearmand or any service process has exited.
@@ -144,6 +160,7 @@ impl Bench {
                 .with_context(|| format!("cannot connect to MySQL at {server_url}"))?;
             conn.query_drop("SELECT 1").await?;
         }
+        let mariadbd = find_mariadbd(&pool, &mysql_opts).await;
         Ok(Bench {
             opts,
             pool,
@@ -153,6 +170,7 @@ impl Bench {
             garivini,
             gv_inject,
             gv_consume,
+            mariadbd,
         })
     }
 
@@ -206,12 +224,17 @@ impl Bench {
         let db = match kind {
             DbKind::None => None,
             DbKind::GearmanQueue => {
-                Some(TestDb::create(&self.server_url, "gv_bench_gq", None).await?)
+                let prefix = format!("{}_gq", self.opts.db_prefix);
+                Some(TestDb::create(&self.server_url, &prefix, None).await?)
             }
             DbKind::Garivini => Some(
-                TestDb::create(&self.server_url, "gv_bench_gv", Some(testkit::SCHEMA))
-                    .await
-                    .context("cannot load schema.sql")?,
+                TestDb::create(
+                    &self.server_url,
+                    &format!("{}_gv", self.opts.db_prefix),
+                    Some(testkit::SCHEMA),
+                )
+                .await
+                .context("cannot load schema.sql")?,
             ),
         };
         let mut args = match (&kind, &db) {
@@ -225,10 +248,22 @@ impl Bench {
             dir: Some((self.dir.clone(), tag.clone())),
         })
         .await?;
+        let pid_file = self.dir.join(format!("{tag}-gearmand.pid"));
+        let gearmand_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&pid| cpu::comm(pid).is_some_and(|c| c.contains("gearmand")));
+        if gearmand_pid.is_none() {
+            self.log(format!(
+                "warning: no gearmand pid in {}: its CPU is not measured",
+                pid_file.display()
+            ));
+        }
         Ok(Env {
             tag,
             procs: Vec::new(),
             gearmand,
+            gearmand_pid,
             db,
         })
     }
@@ -380,17 +415,67 @@ impl Bench {
         }
     }
 
-    /// Waits until `proc` exits successfully, the services staying up.
+    /// Starts measuring the CPU of the phase's processes over `jobs` jobs
+    /// (after half a second measuring what MariaDB does without them, when
+    /// `db`). `in_process`: the client and worker are gv_bench's own.
+    pub async fn meter(&self, env: &Env, jobs: u64, db: bool, in_process: bool) -> Meter {
+        let mariadbd = self.mariadbd.filter(|_| db);
+        let before = match mariadbd {
+            Some(pid) => cpu::busy_ms_per_s(pid, Duration::from_millis(500)).await,
+            None => None,
+        };
+        let threads = match (mariadbd, &env.db) {
+            (Some(pid), Some(db)) => Some(self.watch_db_threads(pid, db.name.clone())),
+            _ => None,
+        };
+        Meter::start(jobs, &env.pids(), mariadbd, before, threads, in_process)
+    }
+
+    /// The MariaDB server's threads serving connections to `db`, polled
+    /// every 100 ms (PROCESSLIST's TID) until the answer is dropped.
+    fn watch_db_threads(&self, pid: u32, db: String) -> DbThreads {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let threads = DbThreads::new(pid, stop.clone().drop_guard());
+        let (seen, pool) = (threads.seen.clone(), self.pool.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(mut conn) = pool.get_conn().await {
+                    let tids: Vec<u64> = conn
+                        .exec(
+                            "SELECT TID FROM information_schema.PROCESSLIST WHERE DB = ?",
+                            (db.as_str(),),
+                        )
+                        .await
+                        .unwrap_or_default();
+                    seen.lock()
+                        .unwrap()
+                        .extend(tids.into_iter().map(|t| t as u32));
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        threads
+    }
+
+    /// Waits until `proc` exits successfully, the services staying up;
+    /// answers its CPU time, read before it was reaped.
     pub async fn wait_exit(
         &self,
         env: &mut Env,
         proc: &mut Proc,
         limit: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Final> {
         let deadline = Instant::now() + limit;
+        let mut last = None;
         loop {
-            if proc.exited()? {
-                return Ok(());
+            if reap(proc, &mut last)? {
+                return Ok(Final {
+                    name: proc.name.clone(),
+                    ns: last,
+                });
             }
             env.check()?;
             if Instant::now() > deadline {
@@ -401,22 +486,33 @@ impl Bench {
     }
 
     /// Waits until `inject` (if any) has exited successfully and the job
-    /// table is empty; returns when that was seen.
+    /// table is empty; returns when that was seen, and `inject`'s CPU time
+    /// (read before it was reaped).
     pub async fn wait_done(
         &self,
         env: &mut Env,
         mut inject: Option<&mut Proc>,
-    ) -> anyhow::Result<Instant> {
+    ) -> anyhow::Result<(Instant, Option<Final>)> {
         let limit = self.opts.timeout();
         let deadline = Instant::now() + limit;
+        let mut last = None;
+        let mut done = None;
         loop {
             env.check()?;
             let injected = match inject.as_deref_mut() {
-                Some(p) => p.exited()?,
-                None => true,
+                Some(p) if done.is_none() => {
+                    if reap(p, &mut last)? {
+                        done = Some(Final {
+                            name: p.name.clone(),
+                            ns: last,
+                        });
+                    }
+                    done.is_some()
+                }
+                _ => true,
             };
             if injected && self.is_empty(env.db(), "job").await? {
-                return Ok(Instant::now());
+                return Ok((Instant::now(), done));
             }
             if Instant::now() > deadline {
                 return Err(match injected {
@@ -446,4 +542,48 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// `proc.exited()`, reading its CPU time first: once it is a zombie, the
+/// time is final, and reaping it would lose it. While it runs, it is not
+/// reaped (so no exit between the read and the reaping goes uncounted).
+fn reap(proc: &mut Proc, cpu_ns: &mut Option<u64>) -> anyhow::Result<bool> {
+    let pid = proc.pid();
+    if cpu::is_zombie(pid) {
+        *cpu_ns = cpu::process_ns(pid).or(*cpu_ns);
+        return proc.exited();
+    }
+    match cpu::process_ns(pid) {
+        // Running.
+        Some(ns) => {
+            *cpu_ns = Some(ns);
+            Ok(false)
+        }
+        // Gone (or unreadable): whatever was read last.
+        None => proc.exited(),
+    }
+}
+
+/// The pid of the MySQL server `opts` names, when it runs here: from its
+/// `pid_file`, checked against /proc; None (and a warning) otherwise.
+async fn find_mariadbd(pool: &mysql_async::Pool, opts: &mysql_async::Opts) -> Option<u32> {
+    let host = opts.ip_or_hostname();
+    if !["127.0.0.1", "localhost", "::1"].contains(&host) {
+        eprintln!("gv_bench: MySQL on {host}, not here: its CPU is not measured");
+        return None;
+    }
+    let file: Option<String> = match pool.get_conn().await {
+        Ok(mut conn) => conn.query_first("SELECT @@pid_file").await.ok().flatten(),
+        Err(_) => None,
+    };
+    let pid = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&pid| {
+            cpu::comm(pid).is_some_and(|c| c.contains("mariadbd") || c.contains("mysqld"))
+        });
+    if pid.is_none() {
+        eprintln!("gv_bench: the MySQL server's pid_file names no running mariadbd or mysqld here: its CPU is not measured");
+    }
+    pid
 }

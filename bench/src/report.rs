@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use garivini::queue_runner;
 use serde_json::json;
 
+use crate::cpu::{self, Role};
 use crate::opts::{split_args, Opts};
 use crate::processes::version;
 use crate::scenarios::{Metrics, Run, Unit};
-use crate::targets::{met_text, ratios, rows, Target};
+use crate::targets::{cpu_rows, met_text, ratios, rows, Target};
 
 /// Results of every repetition of every phase.
 pub struct Results {
@@ -42,6 +43,20 @@ impl Results {
             .flatten()
             .filter_map(|r| r.error.as_deref())
             .collect()
+    }
+
+    /// The metrics of `unit` whose name starts with `prefix`, in the order
+    /// the first repetition that has them has them, without the prefix.
+    fn names_with(&self, unit: Unit, prefix: &str) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for run in self.runs.get(&unit).into_iter().flatten() {
+            for (k, _) in &run.metrics {
+                if k.starts_with(prefix) && !names.contains(k) {
+                    names.push(*k);
+                }
+            }
+        }
+        names
     }
 
     fn ran(&self, unit: Unit) -> usize {
@@ -99,10 +114,10 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
     }
     println!();
     println!(
-        "{:<48} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<24} met?",
+        "{:<48} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<30} met?",
         "scenario", "jobs/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "target"
     );
-    println!("{}", "-".repeat(132));
+    println!("{}", "-".repeat(138));
     for row in rows(opts, r) {
         if !opts.scenarios.contains(&row.unit.scenario()) {
             continue;
@@ -135,7 +150,7 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
         let mut targets = row.targets.iter();
         let first = targets.next();
         println!(
-            "{:<48} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<24} {}",
+            "{:<48} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<30} {}",
             label,
             rate,
             lat("p50_ms"),
@@ -146,10 +161,10 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
             first.map_or("", met),
         );
         for t in targets {
-            println!("{:<95}  {:<24} {}", "", t.text, met(t));
+            println!("{:<94}  {:<30} {}", "", t.text, met(t));
         }
     }
-    println!("{}", "-".repeat(132));
+    println!("{}", "-".repeat(138));
     let ratios: Vec<String> = ratios(r)
         .into_iter()
         .map(|(k, v)| format!("{k} = {}", fmt(v, 2)))
@@ -162,6 +177,7 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
             opts.jobs
         );
     }
+    print_cpu_table(opts, r);
     let mut failures = Vec::new();
     for unit in Unit::ALL {
         for (i, e) in r
@@ -186,6 +202,91 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
             println!("{f}");
         }
     }
+}
+
+/// The CPU table: µs of CPU per job of each process of each phase.
+fn print_cpu_table(opts: &Opts, r: &Results) {
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!();
+    for line in [
+        "CPU per job, us: user + system time of all threads of each process (the kernel's per-process CPU clock, ns),",
+        "from the start of the measured phase to its end, medians. roles = the garivini processes; in-proc = gv_bench",
+        "itself, whose one runtime runs both the client and the worker of scenarios 1-2 (not told apart); ours = every",
+        "process the phase runs; MariaDB* = the shared server's CPU over the phase, whatever else used it then (it is",
+        "shared with the machine's other users); all = ours + MariaDB*; net = all less the server's CPU rate in the",
+        "0.5 s before the phase (our services idle) times the phase's length: the phase's own share, if the rest stays alike",
+        "(not given when that other load is over half of what the server used during the phase: too noisy to tell);",
+        "conns = MariaDB's threads that served connections to the phase's database (PROCESSLIST's TID, polled every",
+        "100 ms; /proc/PID/task/TID/schedstat): a lower bound of its share, without InnoDB's background work.",
+    ] {
+        println!("{line}");
+    }
+    println!(
+        "{:<36} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  {:<20} met?",
+        "phase",
+        "gearmand",
+        "roles",
+        "worker",
+        "client",
+        "in-proc",
+        "ours",
+        "MariaDB*",
+        "all",
+        "net",
+        "conns",
+        "target"
+    );
+    println!("{}", "-".repeat(159));
+    for row in cpu_rows(r) {
+        let unit = row.unit;
+        if !opts.scenarios.contains(&unit.scenario()) || r.ran(unit) == 0 {
+            continue;
+        }
+        let col = |role: Role| fmt(r.median(unit, role.metric()));
+        let mut targets = row.targets.iter();
+        let first = targets.next();
+        println!(
+            "{:<36} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  {:<20} {}",
+            format!("{} {}", unit.scenario(), unit.title()),
+            col(Role::Gearmand),
+            col(Role::Roles),
+            col(Role::Worker),
+            col(Role::Client),
+            col(Role::InProcess),
+            fmt(r.median(unit, cpu::OURS)),
+            fmt(r.median(unit, cpu::MARIADB)),
+            fmt(r.median(unit, cpu::ALL)),
+            fmt(r.median(unit, cpu::ALL_NET)),
+            fmt(r.median(unit, cpu::MARIADB_CONNS)),
+            first.map_or("", |t| t.text.as_str()),
+            first.map_or("", |t| met_text(t.met)),
+        );
+        for t in targets {
+            println!("{:<133}  {:<20} {}", "", t.text, met_text(t.met));
+        }
+        let procs: Vec<String> = r
+            .names_with(unit, cpu::PROC_PREFIX)
+            .into_iter()
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    &k[cpu::PROC_PREFIX.len()..],
+                    fmt(r.median(unit, k))
+                )
+            })
+            .collect();
+        let mut detail = format!("    per process: {}", procs.join(", "));
+        if let Some(during) = r.median(unit, cpu::MARIADB_DURING) {
+            detail.push_str(&format!(
+                "; MariaDB busy {during:.0} ms/s during the phase ({:.1} s), {} ms/s in the 0.5 s before it",
+                r.median(unit, cpu::PHASE_S).unwrap_or(0.0),
+                r.median(unit, cpu::MARIADB_BEFORE)
+                    .map_or("?".to_string(), |b| format!("{b:.0}"))
+            ));
+        }
+        println!("{detail}");
+    }
+    println!("{}", "-".repeat(159));
 }
 
 /// Every number of the run, and its settings.
@@ -256,6 +357,17 @@ pub fn to_json(
             )
         })
         .collect();
+    let cpu_targets: Vec<serde_json::Value> = cpu_rows(r)
+        .into_iter()
+        .filter(|row| o.scenarios.contains(&row.unit.scenario()))
+        .flat_map(|row| {
+            let value = r.median(row.unit, cpu::ALL);
+            let key = row.unit.key();
+            row.targets.into_iter().map(
+                move |t| json!({"unit": key, "cpu_us_all": value, "target": t.text, "met": t.met}),
+            )
+        })
+        .collect();
     let ratios: serde_json::Map<String, serde_json::Value> = ratios(r)
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
@@ -279,12 +391,14 @@ pub fn to_json(
             "controller_args": split_args(&o.controller_args),
             "gearmand_args": split_args(&o.gearmand_args),
             "timeout_s": o.timeout,
+            "db_prefix": o.db_prefix,
         },
         "environment": header,
         "loadavg_start": load.0,
         "loadavg_end": load.1,
         "units": units,
         "targets": targets,
+        "cpu_targets": cpu_targets,
         "ratios": ratios,
     })
 }
@@ -343,10 +457,15 @@ pub fn header(opts: &Opts) -> Vec<String> {
             }
         ));
     }
-    if opts.has(3) || opts.has(4) {
+    if opts.has(1) || opts.has(3) || opts.has(4) {
         header.push(format!(
-            "latency: {} jobs offered at {}/s, one job per insert / inject_jobs, up to {} / {} in flight; from submit to the worker's start",
-            opts.latency_jobs, opts.rate, opts.insert_concurrency, opts.concurrency,
+            "latency: {} jobs offered at {}/s, one job per submit (1: background job, {} connections; 3: insert, up to {} in flight; \
+             4: inject_jobs, up to {} in flight); from submit to the worker's start",
+            opts.latency_jobs,
+            opts.rate,
+            crate::scenarios::LATENCY_SUBMITTERS,
+            opts.insert_concurrency,
+            opts.concurrency,
         ));
     }
     header

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use garivini::gearman::{
-    serve, BackgroundJob, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT, MAX_GEARMAN_UNIQUE,
+    serve, Assignment, BackgroundJob, Submitter, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_GEARMAN_UNIQUE,
 };
 use garivini::names::{INJECT_JOBS, RUN_QUEUED_JOB};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ const VERIFY_JOBS: u64 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Unit {
     Memory,
+    MemLatency,
     Mysql,
     TpDrain,
     TpE2e,
@@ -37,8 +39,9 @@ pub enum Unit {
 }
 
 impl Unit {
-    pub const ALL: [Unit; 7] = [
+    pub const ALL: [Unit; 8] = [
         Unit::Memory,
+        Unit::MemLatency,
         Unit::Mysql,
         Unit::TpDrain,
         Unit::TpE2e,
@@ -51,6 +54,7 @@ impl Unit {
     pub fn key(self) -> &'static str {
         match self {
             Unit::Memory => "gearmand_memory",
+            Unit::MemLatency => "gearmand_memory_latency",
             Unit::Mysql => "gearmand_mysql",
             Unit::TpDrain => "throughput_insert_drain",
             Unit::TpE2e => "throughput_e2e",
@@ -62,7 +66,7 @@ impl Unit {
 
     pub fn scenario(self) -> u8 {
         match self {
-            Unit::Memory => 1,
+            Unit::Memory | Unit::MemLatency => 1,
             Unit::Mysql => 2,
             Unit::TpDrain | Unit::TpE2e | Unit::TpLatency => 3,
             Unit::LlE2e | Unit::LlLatency => 4,
@@ -72,6 +76,7 @@ impl Unit {
     pub fn title(self) -> &'static str {
         match self {
             Unit::Memory => "gearmand memory-only",
+            Unit::MemLatency => "gearmand memory-only: latency",
             Unit::Mysql => "gearmand -q mysql",
             Unit::TpDrain => "throughput: insert, then drain",
             Unit::TpE2e => "throughput: end to end",
@@ -83,7 +88,7 @@ impl Unit {
 
     fn db(self) -> DbKind {
         match self {
-            Unit::Memory => DbKind::None,
+            Unit::Memory | Unit::MemLatency => DbKind::None,
             Unit::Mysql => DbKind::GearmanQueue,
             _ => DbKind::Garivini,
         }
@@ -99,6 +104,11 @@ pub struct Run {
     pub metrics: Metrics,
     pub error: Option<String>,
 }
+
+/// Connections submitting in scenario 1's latency measurement: at 1,000
+/// jobs/s a submit's round trip (~0.1 ms) rarely overlaps the next; more
+/// keep a slow one from delaying the schedule.
+pub const LATENCY_SUBMITTERS: usize = 4;
 
 /// Function names of the scenarios' jobs.
 const GEARMAND_FUNC: &str = "gv_bench_gearmand";
@@ -159,6 +169,7 @@ impl Bench {
                 let env = &mut env;
                 match unit {
                     Unit::Memory => self.gearmand_only(env, false, &mut m).await,
+                    Unit::MemLatency => self.gearmand_latency(env, &mut m).await,
                     Unit::Mysql => self.gearmand_only(env, true, &mut m).await,
                     Unit::TpDrain => self.tp_drain(env, &mut m).await,
                     Unit::TpE2e => self.tp_e2e(env, &mut m).await,
@@ -251,6 +262,7 @@ impl Bench {
                 job(u)
             })
             .collect();
+        let meter = self.meter(env, n, mysql, true).await;
         let start = Instant::now();
         let deadline = start + self.opts.timeout();
         for batch in jobs.chunks(self.opts.submit_batch.max(1)) {
@@ -262,6 +274,7 @@ impl Bench {
         let submitted = start.elapsed();
         self.wait_count(env, &done, n, deadline).await?;
         let elapsed = start.elapsed();
+        meter.finish(&env.pids(), Vec::new(), m);
         shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), worker)
             .await
@@ -280,6 +293,146 @@ impl Bench {
             self.wait_queue_table_empty(env).await?;
             m.push(("queue_table_empty_after_s", t.elapsed().as_secs_f64()));
         }
+        Ok(())
+    }
+
+    /// Scenario 1, latency: `--latency-jobs` background jobs offered at
+    /// `--rate` straight to a memory-only gearmand by our client (one job
+    /// per submit, up to LATENCY_SUBMITTERS in flight), and the time from
+    /// just before each submit to the start of the in-process worker's
+    /// handler: what gv_inject and gv_consume measure for scenario 4, one
+    /// gearmand hop and no database.
+    async fn gearmand_latency(&self, env: &mut Env, m: &mut Metrics) -> anyhow::Result<()> {
+        let n = self.opts.latency_jobs;
+        let func = GEARMAND_FUNC;
+        let servers = vec![env.addr().to_string()];
+        let payload = self.opts.payload;
+        let job = move |i: Option<u64>| {
+            let mut data = match i {
+                Some(i) => format!("{i} ").into_bytes(),
+                None => b"warm-up ".to_vec(),
+            };
+            data.resize(payload.max(data.len()), b'x');
+            let mut unique = match i {
+                Some(i) => format!("gv-bench-lat-{i}"),
+                None => format!("gv-bench-warm-{:x}", rand::random::<u64>()),
+            };
+            unique.truncate(MAX_GEARMAN_UNIQUE);
+            BackgroundJob {
+                function: func.to_string(),
+                unique,
+                data: Bytes::from(data),
+                priority: Default::default(),
+            }
+        };
+        // Microseconds since `base`: when job i was submitted, and each
+        // job's submit->start.
+        let base = Instant::now();
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(n as usize)));
+        let shutdown = CancellationToken::new();
+        let _stop_worker = shutdown.clone().drop_guard();
+        let handler = {
+            let (sent, samples) = (sent.clone(), samples.clone());
+            move |job: Assignment| {
+                let (sent, samples) = (sent.clone(), samples.clone());
+                async move {
+                    let started = base.elapsed().as_micros() as u64;
+                    let i = std::str::from_utf8(&job.data)
+                        .ok()
+                        .and_then(|d| d.split(' ').next())
+                        .and_then(|t| t.parse::<usize>().ok());
+                    if let Some(at) = i.and_then(|i| sent.get(i)) {
+                        let at = at.load(Ordering::Acquire);
+                        samples.lock().unwrap().push(started.saturating_sub(at));
+                    }
+                    WorkResult::Complete(Bytes::new())
+                }
+            }
+        };
+        let worker = tokio::spawn(serve(
+            servers.clone(),
+            func.to_string(),
+            self.opts.worker_concurrency,
+            handler,
+            shutdown.clone(),
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        ));
+        self.wait_workers(env, func, 1).await?;
+        // Each submitter connected (a warm-up job each) before the clock
+        // starts.
+        let mut submitters = Vec::new();
+        for _ in 0..LATENCY_SUBMITTERS {
+            let mut s = Submitter::new(servers.clone());
+            submit_all(&mut s, &[job(None)]).await?;
+            submitters.push(s);
+        }
+        let meter = self.meter(env, n, false, true).await;
+        let next = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let rate = self.opts.rate.max(1) as f64;
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut submitter in submitters {
+            let (next, sent) = (next.clone(), sent.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return anyhow::Ok(());
+                    }
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate))
+                        .await;
+                    let jobs = [job(Some(i))];
+                    sent[i as usize].store(base.elapsed().as_micros() as u64, Ordering::Release);
+                    submit_all(&mut submitter, &jobs).await?;
+                }
+            });
+        }
+        let offered = Duration::from_secs_f64(n as f64 / rate);
+        let deadline = Instant::now() + offered + self.opts.timeout();
+        let submits = async {
+            while let Some(res) = tasks.join_next().await {
+                res??;
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout_at(deadline.into(), submits)
+            .await
+            .map_err(|_| anyhow!("timeout: submits took over {}", secs(offered)))??;
+        let submitted = start.elapsed();
+        loop {
+            let got = samples.lock().unwrap().len() as u64;
+            if got >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("timeout: {got} of {n} jobs started");
+            }
+            env.check()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        meter.finish(&env.pids(), Vec::new(), m);
+        shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .is_err()
+        {
+            self.log("warning: the in-process worker did not stop within 5 s");
+        }
+        let mut v = samples.lock().unwrap().clone();
+        v.sort_unstable();
+        // As gv_inject's: the ceil(len × q)-th smallest, in ms.
+        let at = |q: f64| {
+            let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i] as f64 / 1000.0
+        };
+        m.extend([
+            ("offered_jobs_per_s", n as f64 / submitted.as_secs_f64()),
+            ("p50_ms", at(0.50)),
+            ("p90_ms", at(0.90)),
+            ("p99_ms", at(0.99)),
+            ("max_ms", at(1.0)),
+        ]);
         Ok(())
     }
 
@@ -311,8 +464,12 @@ impl Bench {
         let n = self.opts.jobs;
         let args = Inject::bulk(&self.opts, Mode::Throughput, TP_FUNC)
             .args(&self.opts, self.servers_args(env));
+        // CPU from the insert's start to the drain's end: every process
+        // started in between counts from its start.
+        let meter = self.meter(env, n, true, false).await;
         let mut inject = self.spawn_inject(env, args)?;
-        self.wait_exit(env, &mut inject, self.opts.timeout())
+        let inject_cpu = self
+            .wait_exit(env, &mut inject, self.opts.timeout())
             .await?;
         m.push((
             "insert_jobs_per_s",
@@ -326,12 +483,13 @@ impl Bench {
         self.wait_workers(env, TP_FUNC, 1).await?;
         let start = Instant::now();
         self.start_queuerunners(env)?;
-        let end = self.wait_done(env, None).await?;
+        let (end, _) = self.wait_done(env, None).await?;
         let drain = end - start;
         m.extend([
             ("drain_jobs_per_s", n as f64 / drain.as_secs_f64()),
             ("drain_seconds", drain.as_secs_f64()),
         ]);
+        meter.finish(&env.pids(), vec![inject_cpu], m);
         Ok(())
     }
 
@@ -394,10 +552,12 @@ impl Bench {
     ) -> anyhow::Result<()> {
         let n = self.opts.jobs;
         let args = Inject::bulk(&self.opts, mode, func).args(&self.opts, self.servers_args(env));
+        let meter = self.meter(env, n, true, false).await;
         let start = Instant::now();
         let mut inject = self.spawn_inject(env, args)?;
-        let end = self.wait_done(env, Some(&mut inject)).await?;
+        let (end, inject_cpu) = self.wait_done(env, Some(&mut inject)).await?;
         let elapsed = end - start;
+        meter.finish(&env.pids(), inject_cpu.into_iter().collect(), m);
         m.extend([
             ("jobs_per_s", n as f64 / elapsed.as_secs_f64()),
             ("seconds", elapsed.as_secs_f64()),
@@ -419,14 +579,17 @@ impl Bench {
         let n = self.opts.latency_jobs;
         let args =
             Inject::latency(&self.opts, mode, func, file).args(&self.opts, self.servers_args(env));
+        let meter = self.meter(env, n, true, false).await;
         let mut inject = self.spawn_inject(env, args)?;
         let offered = Duration::from_secs_f64(n as f64 / self.opts.rate.max(1) as f64);
-        self.wait_exit(
-            env,
-            &mut inject,
-            offered + self.opts.timeout() + Duration::from_secs(10),
-        )
-        .await?;
+        let inject_cpu = self
+            .wait_exit(
+                env,
+                &mut inject,
+                offered + self.opts.timeout() + Duration::from_secs(10),
+            )
+            .await?;
+        meter.finish(&env.pids(), vec![inject_cpu], m);
         let out = inject.stdout();
         let rate = parse_rate(&out, mode.verb(), n)?;
         let [p50, p90, p99, max] = parse_latency(&out, "submit->start", n)?
