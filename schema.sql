@@ -80,3 +80,16 @@ CREATE TABLE IF NOT EXISTS garivini_paused (
     since      INT UNSIGNED     NOT NULL,
     PRIMARY KEY (funcname)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Jobs dispatched per minute (minute = unix time DIV 60, the database's
+-- clock), for the dashboard's chart: the job table keeps no record of a
+-- dispatch, and the web role may run in another process than the roles
+-- that dispatch. The QueueRunners and Injectors add their counts about
+-- once a second (one upsert per minute), and rows older than a day are
+-- deleted. Without the table everything works as before; the chart just
+-- has no dispatched line (one log line per role process and database).
+CREATE TABLE IF NOT EXISTS garivini_dispatches (
+    minute     INT UNSIGNED     NOT NULL,
+    dispatched BIGINT UNSIGNED  NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

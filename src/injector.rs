@@ -444,6 +444,11 @@ impl Injector {
             served.clone(),
             give_up.clone(),
         ));
+        // The dispatch counts of the chart, written off the dispatch path.
+        let flusher = tokio::spawn({
+            let (store, shutdown) = (self.store.clone(), shutdown.clone());
+            async move { store.flush_dispatches_until(shutdown).await }
+        });
         let depth_stop = CancellationToken::new();
         let refresher = tokio::spawn(refresh_depth(
             StatusReader::new(self.gearmand.clone()),
@@ -490,6 +495,8 @@ impl Injector {
             give_up.cancel();
             let _ = dispatcher.await;
         }
+        let _ = flusher.await;
+        self.store.flush_dispatches_last().await;
         tracing::info!("injector stopped");
     }
 }
@@ -555,10 +562,16 @@ async fn dispatch_loop(
         };
         telemetry::dispatched_by("injector", acked.iter().filter(|&&ok| ok).count());
         let mut failed: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut sent: HashMap<u32, u64> = HashMap::new();
         for (job, ok) in jobs.iter().zip(acked) {
-            if !ok {
+            if ok {
+                *sent.entry(job.dbid).or_insert(0) += 1;
+            } else {
                 failed.entry(job.dbid).or_default().push(job.jobid);
             }
+        }
+        for (dbid, n) in sent {
+            store.count_dispatched(dbid, n);
         }
         for (dbid, ids) in failed {
             if let Err(err) = store.release(dbid, &ids, retry_delay).await {

@@ -440,6 +440,8 @@ impl QueueRunner {
             .map(|(job, _)| job.jobid)
             .collect();
         stats.dispatched += claim.jobs.len() - failed.len();
+        self.store
+            .count_dispatched(dbid, (claim.jobs.len() - failed.len()) as u64);
         telemetry::dispatched_functions(
             claim
                 .jobs
@@ -501,6 +503,12 @@ impl QueueRunner {
             .then(|| periodic::Ticker::new(self.config.periodic.clone(), self.store.clone()).ok())
             .flatten()
             .map(|ticker| tokio::spawn(ticker.run(shutdown.clone())));
+        // The dispatch counts of the chart, written off the claim loops.
+        let store = self.store.clone();
+        let flusher = tokio::spawn({
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            async move { store.flush_dispatches_until(shutdown).await }
+        });
         if self.dbids.len() > 1 {
             let mut loops = tokio::task::JoinSet::new();
             for dbid in self.dbids.clone() {
@@ -519,6 +527,10 @@ impl QueueRunner {
                 tracing::error!(error = %err, "periodic ticker ended badly");
             }
         }
+        if let Err(err) = flusher.await {
+            tracing::error!(error = %err, "dispatch count flusher ended badly");
+        }
+        store.flush_dispatches_last().await;
     }
 
     async fn claim_loop(mut self, shutdown: CancellationToken) {

@@ -340,6 +340,39 @@ async fn a_missing_table_is_reported_with_the_create_and_apply_creates_it() {
     original_statements_work(&db).await;
 }
 
+/// garivini_dispatches only feeds the dashboard's chart: its absence is a
+/// note (the check passes), with the CREATE TABLE that `--apply` runs.
+#[tokio::test]
+async fn a_missing_dispatches_table_is_a_note_and_apply_creates_it() {
+    let db = TestDb::create(&testkit::server_url(), "gv_dispatch", Some(SCHEMA))
+        .await
+        .expect("MariaDB is usable (scripts/services up)");
+    db.exec("DROP TABLE garivini_dispatches").await;
+    let (code, out, err) = check(&db.url, &[]).await;
+    assert_eq!(code, 0, "only a note: {out}{err}");
+    assert!(lines_starting(&out, "needs:").is_empty(), "{out}");
+    assert_has(
+        &out,
+        "  note: no garivini_dispatches table: the dashboard's chart has no dispatched line \
+         (each dispatching role logs it once)\n    CREATE TABLE IF NOT EXISTS garivini_dispatches (\n",
+    );
+    assert!(out.ends_with("  ok: nothing needs mending\n"), "{out}");
+
+    let (code, out, err) = check(&db.url, &["--apply"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_has(
+        &out,
+        "  applied: CREATE TABLE IF NOT EXISTS garivini_dispatches ( …\n",
+    );
+    assert!(out.ends_with("  checked again:\n    ok\n"), "{out}");
+    assert_eq!(
+        query::<u64>(&db, "SELECT COUNT(*) FROM garivini_dispatches").await,
+        vec![0]
+    );
+    let (code, out, _) = check(&db.url, &[]).await;
+    assert_eq!((code, out), (0, format!("database 1  {}\n  ok\n", db.url)));
+}
+
 #[tokio::test]
 async fn a_latin1_original_table_gets_the_charset_note_and_no_alter_for_it() {
     let db = TestDb::with_schema(&kept(&format!("{ORIGINAL_SCHEMA} DEFAULT CHARSET=latin1"))).await;

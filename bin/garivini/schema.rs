@@ -13,7 +13,9 @@ pub enum SchemaCommand {
     ///
     /// `needs:` is a difference the roles (or the original client) go
     /// wrong with, followed by the statement that mends it; `note:` is
-    /// different but fine as it is. The statements only add (a column, an
+    /// different but fine as it is (a missing optional side table, such as
+    /// garivini_dispatches, is a note with the CREATE TABLE that --apply
+    /// runs). The statements only add (a column, an
     /// index, the table) or loosen (a longer type, NULL allowed, a missing
     /// ENUM value): nothing is dropped, and the original client's
     /// statements keep working. Exits 1 when something needs mending and
@@ -162,7 +164,14 @@ fn findings_text(report: &SchemaReport) -> Vec<String> {
                     None => lines.push("  (no statement mends it safely: by hand)".into()),
                 }
             }
-            Kind::Note => lines.push(format!("note: {}", f.message)),
+            Kind::Note => {
+                lines.push(format!("note: {}", f.message));
+                // An optional side table: --apply creates it too.
+                if let Some(sql) = &f.mend {
+                    let sql = format!("{sql};");
+                    lines.extend(sql.lines().map(|l| format!("  {l}")));
+                }
+            }
         }
     }
     if report.findings.is_empty() {

@@ -19,6 +19,8 @@
 //!   our optional columns;
 //! - [`functions`]: paused functions (`garivini functions pause`), as the
 //!   roles read them;
+//! - [`dispatches`]: jobs dispatched per minute, counted by the roles and
+//!   read by the dashboard's chart;
 //! - `rows`: reading rows without failing on any, and SQL helpers;
 //! - [`schema`]: `garivini schema check`.
 
@@ -38,6 +40,7 @@ use crate::telemetry;
 
 mod admin;
 mod claim;
+pub mod dispatches;
 pub mod functions;
 mod history;
 mod insert;
@@ -191,6 +194,8 @@ struct Db {
     optional: Mutex<Option<(Instant, rows::Optional)>>,
     /// Its paused functions as last read ([`Store::paused_functions`]).
     paused: functions::PauseCache,
+    /// Its dispatches not written yet ([`Store::count_dispatched`]).
+    dispatches: dispatches::Tally,
 }
 
 /// A database's health, as its calls found it.
@@ -271,6 +276,7 @@ impl Store {
                     missed: Mutex::default(),
                     optional: Mutex::default(),
                     paused: Default::default(),
+                    dispatches: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;

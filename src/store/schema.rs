@@ -36,7 +36,8 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 const SCHEMA_CLUSTER_SQL: &str = include_str!("../../schema-cluster.sql");
 
 /// schema.sql's CREATE TABLE of one of our side tables (`garivini_claimer`,
-/// `garivini_periodic`, `garivini_paused`), without its `;`.
+/// `garivini_periodic`, `garivini_paused`, `garivini_dispatches`), without
+/// its `;`.
 fn side_table(name: &str) -> &'static str {
     let start = SCHEMA_SQL
         .find(&format!("CREATE TABLE IF NOT EXISTS {name} ("))
@@ -143,8 +144,10 @@ pub struct Finding {
     /// What differs and what that does, in one sentence.
     pub message: String,
     /// The statement that mends it (`ALTER TABLE job ...` or schema.sql's
-    /// `CREATE TABLE`), without the final `;`. `None` for a note, and for
-    /// a need that no safe statement mends (it is for a person to do).
+    /// `CREATE TABLE`), without the final `;`. `None` for a need that no
+    /// safe statement mends (it is for a person to do), and for a note,
+    /// except that of a missing optional side table: its CREATE TABLE,
+    /// which [`Store::apply_schema`] runs too.
     pub mend: Option<String>,
     /// The mend makes the cluster variant of an existing table (it copies
     /// the table: writes to it wait meanwhile): [`Store::apply_schema`]
@@ -176,6 +179,17 @@ impl Finding {
             kind: Kind::Note,
             message,
             mend: None,
+            cluster_only: false,
+        }
+    }
+
+    /// A note whose statement `--apply` runs all the same: a missing
+    /// side table that only adds to what works without it.
+    fn optional(message: String, mend: String) -> Finding {
+        Finding {
+            kind: Kind::Note,
+            message,
+            mend: Some(mend),
             cluster_only: false,
         }
     }
@@ -255,9 +269,12 @@ impl SchemaReport {
 
     /// The statements [`Store::apply_schema`] runs: all of [`Self::mends`]
     /// with `cluster`, those that do not convert to the cluster variant
-    /// without.
+    /// without; then those of the notes that have one (an optional side
+    /// table).
     pub fn mends_for(&self, cluster: bool) -> impl Iterator<Item = &str> {
+        let notes = self.findings.iter().filter(|f| f.kind == Kind::Note);
         self.needs()
+            .chain(notes)
             .filter(move |f| cluster || !f.cluster_only)
             .filter_map(|f| f.mend.as_deref())
     }
@@ -358,6 +375,16 @@ impl Store {
                     Finding::needs(message.into(), Some(side_table(table).to_string())),
                 );
             }
+        }
+        // A note: the roles and the dashboard work without it, and --apply
+        // creates it all the same.
+        if !self.has_table(dbid, "garivini_dispatches").await? {
+            findings.push(Finding::optional(
+                "no garivini_dispatches table: the dashboard's chart has no dispatched line \
+                 (each dispatching role logs it once)"
+                    .into(),
+                side_table("garivini_dispatches").to_string(),
+            ));
         }
         let db = self.db(dbid)?;
         Ok(SchemaReport {
@@ -1900,6 +1927,10 @@ mod tests {
             (
                 "garivini_paused",
                 Some("funcname   VARCHAR(200)     NOT NULL"),
+            ),
+            (
+                "garivini_dispatches",
+                Some("dispatched BIGINT UNSIGNED  NOT NULL DEFAULT 0"),
             ),
         ] {
             let create = side_table(table);

@@ -29,6 +29,7 @@ td.name,th.name{text-align:left}tr.warn td{background:#fff3cd}\
 .muted{color:#777}nav a{margin-right:1em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap;word-break:break-all}\
 .axis{stroke:#999}.tick,.chart-title{font-size:11px;fill:#555}\
 polyline{stroke-width:2}.depth{stroke:#444}.added{stroke:#1f6feb}.gone{stroke:#2da44e}\
+.dispatched{stroke:#d4720b}\
 form.inline{display:inline}";
 
 /// The page around `body`; `refresh`: seconds between reloads.
@@ -289,7 +290,7 @@ async fn overview(
     let body = html! {
         (overview_body(&report, access == Access::Write, notice(done.done.as_deref())))
         h2 { "The last hour" }
-        (super::sample::chart(&state.samples.points()))
+        (super::sample::chart(&state.samples.points(), state.samples.dispatched().as_deref()))
     };
     layout(
         "Overview",

@@ -4,9 +4,13 @@
 //! id, and keeps an hour of readings. Between two readings, rows added =
 //! the rise of the highest ids, and rows gone (completed, or cancelled) =
 //! rows added less the rise of the rows held: what the table shows of
-//! jobs stored and done, without a counter of its own. Drawn as SVG.
+//! jobs stored and done, without a counter of its own. Jobs dispatched
+//! per minute come from the counter the dispatching roles keep in each
+//! database (`garivini_dispatches`, [`crate::store::dispatches`]): read
+//! whole for the last hour each time, so that the line is right even just
+//! after this role started. Drawn as SVG.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +18,7 @@ use maud::{html, Markup};
 use tokio_util::sync::CancellationToken;
 
 use super::State;
+use crate::store::dispatches::MinuteCount;
 
 /// How far back the chart reaches.
 pub const WINDOW: Duration = Duration::from_secs(3600);
@@ -44,12 +49,17 @@ pub struct Rate {
 
 /// The last hour of readings.
 #[derive(Debug, Default)]
-pub struct Samples(Mutex<VecDeque<Point>>);
+pub struct Samples {
+    points: Mutex<VecDeque<Point>>,
+    /// The last hour's dispatches per minute, summed over the databases;
+    /// `None` while no database has the counter table.
+    dispatched: Mutex<Option<Vec<MinuteCount>>>,
+}
 
 impl Samples {
     /// Keeps `point`, dropping readings older than the window.
     pub fn push(&self, point: Point) {
-        let mut points = self.0.lock().unwrap();
+        let mut points = self.points.lock().unwrap();
         points.push_back(point);
         while points
             .front()
@@ -61,7 +71,18 @@ impl Samples {
 
     /// The readings, oldest first.
     pub fn points(&self) -> Vec<Point> {
-        self.0.lock().unwrap().iter().copied().collect()
+        self.points.lock().unwrap().iter().copied().collect()
+    }
+
+    /// Keeps the last hour's dispatches (`None`: no counter table).
+    pub fn set_dispatched(&self, minutes: Option<Vec<MinuteCount>>) {
+        *self.dispatched.lock().unwrap() = minutes;
+    }
+
+    /// The last hour's dispatches per minute, oldest first; `None` when no
+    /// database has the counter table.
+    pub fn dispatched(&self) -> Option<Vec<MinuteCount>> {
+        self.dispatched.lock().unwrap().clone()
     }
 }
 
@@ -111,11 +132,48 @@ pub async fn read(state: &Arc<State>) -> Option<Point> {
     (point.at > 0).then_some(point)
 }
 
+/// The dispatches of the hour before `now` (unix time), per minute and
+/// summed over the databases: one primary-key range read per database.
+/// `None` when no database has the counter table; `Err(())` when none
+/// could be read (the last reading is then kept).
+pub async fn read_dispatched(
+    state: &Arc<State>,
+    now: u64,
+) -> std::result::Result<Option<Vec<MinuteCount>>, ()> {
+    let since = (now / 60).saturating_sub(WINDOW.as_secs() / 60 - 1) as u32;
+    let (mut sum, mut any, mut read) = (BTreeMap::new(), false, false);
+    for dbid in state.store.dbids() {
+        match state.store.dispatches_since(dbid, since).await {
+            Ok(Some(minutes)) => {
+                (any, read) = (true, true);
+                for m in minutes {
+                    *sum.entry(m.minute).or_insert(0) += m.dispatched;
+                }
+            }
+            Ok(None) => read = true,
+            Err(err) => {
+                tracing::debug!(db.id = dbid, error = %err, "cannot read the dispatch counts")
+            }
+        }
+    }
+    if !read {
+        return Err(());
+    }
+    Ok(any.then(|| {
+        sum.into_iter()
+            .map(|(minute, dispatched)| MinuteCount { minute, dispatched })
+            .collect()
+    }))
+}
+
 /// Reads the queue every `sample_every` until `shutdown`.
 pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
     loop {
         if let Some(point) = read(&state).await {
             state.samples.push(point);
+            if let Ok(minutes) = read_dispatched(&state, point.at).await {
+                state.samples.set_dispatched(minutes);
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -168,18 +226,39 @@ fn panel(title: &str, id: &str, lines: &[(&str, Vec<(u64, f64)>)], now: u64) -> 
     }
 }
 
-/// The two panels: queue depth; rows added and gone per minute.
-pub fn chart(points: &[Point]) -> Markup {
+/// The two panels: queue depth; rows added, jobs dispatched and rows
+/// gone per minute. `dispatched` (oldest first) is drawn by minute once the
+/// minute has ended, at its end; the title gives the hour's total, the
+/// minute under way included. Without it (no counter table) the rates
+/// panel has no dispatched line.
+pub fn chart(points: &[Point], dispatched: Option<&[MinuteCount]>) -> Markup {
     let now = points.last().map_or(0, |p| p.at);
     let depth: Vec<(u64, f64)> = points.iter().map(|p| (p.at, p.depth as f64)).collect();
     let rates = rates(points);
     let added: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.added)).collect();
     let gone: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.gone)).collect();
+    let mut lines = vec![("added", added), ("gone", gone)];
+    let title = match dispatched {
+        Some(minutes) => {
+            let now = now.max(minutes.last().map_or(0, |m| u64::from(m.minute) * 60));
+            let total: u64 = minutes.iter().map(|m| m.dispatched).sum();
+            let ended: Vec<(u64, f64)> = minutes
+                .iter()
+                .filter(|m| u64::from(m.minute) < now / 60)
+                .map(|m| ((u64::from(m.minute) + 1) * 60, m.dispatched as f64))
+                .collect();
+            lines.insert(1, ("dispatched", ended));
+            format!(
+                "per minute: added (blue), dispatched (orange, {total} in the hour), \
+                 completed or cancelled (green)"
+            )
+        }
+        None => "per minute: added (blue), completed or cancelled (green)".to_string(),
+    };
     html! {
         div class="charts" {
             (panel("queue depth (jobs not dead)", "chart-depth", &[("depth", depth)], now))
-            (panel("per minute: added (blue), completed or cancelled (green)", "chart-rates",
-                &[("added", added), ("gone", gone)], now))
+            (panel(&title, "chart-rates", &lines, now))
             @if points.len() < 2 {
                 p class="muted" { "The chart fills as the web role samples the queue." }
             }
@@ -217,7 +296,45 @@ mod tests {
         let points = s.points();
         assert_eq!(points.first().unwrap().at, 99 * 60 - 3600);
         assert_eq!(points.len(), 61);
-        let svg = chart(&points).into_string();
+        let svg = chart(&points, None).into_string();
         assert!(svg.contains("<polyline"), "{svg}");
+        assert!(!svg.contains("dispatched"), "no counter, no line: {svg}");
+    }
+
+    #[test]
+    fn dispatches_are_drawn_by_ended_minute_and_totalled_in_the_title() {
+        // Now is 20 s into minute 100: minutes 97 and 99 have ended, 100
+        // has not (counted in the total, not drawn yet).
+        let points = [p(5960, 0, 0, 0), p(6020, 0, 0, 0)];
+        let minutes = [
+            MinuteCount {
+                minute: 97,
+                dispatched: 30,
+            },
+            MinuteCount {
+                minute: 99,
+                dispatched: 120,
+            },
+            MinuteCount {
+                minute: 100,
+                dispatched: 7,
+            },
+        ];
+        let svg = chart(&points, Some(&minutes)).into_string();
+        assert!(
+            svg.contains("dispatched (orange, 157 in the hour)"),
+            "{svg}"
+        );
+        let line = svg
+            .split(r#"<polyline class="dispatched" fill="none" points=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("a dispatched line: {svg}"));
+        assert_eq!(line.split(' ').count(), 2, "{line}");
+        // Scaled to the largest value of the panel: 120 per minute.
+        assert!(svg.contains(">120</text>"), "{svg}");
+        // Minute 99 ends at 6000, 20 s before now; at the top of the scale.
+        let x = 40.0 + 600.0 * (1.0 - 20.0 / 3600.0);
+        assert!(line.ends_with(&format!("{x:.1},10.0")), "{line}");
     }
 }
