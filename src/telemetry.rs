@@ -13,8 +13,11 @@
 //! (rows deleted), `garivini_jobs_failed_total{function}` (rescheduled
 //! after a failure), `garivini_jobs_dead_total{function}` (parked after
 //! the last attempt; both by our Client: the Controller's, or a worker's),
-//! `garivini_rows_parked_total` (rows made dead because they cannot be
-//! dispatched as they are: a function name that is not UTF-8 or holds a
+//! `garivini_leases_expired_total{function}` (rows the QueueRunner
+//! dispatched again because their last lease ran out with no completion
+//! or failure recorded: the runs-per-job signal of a job that keeps
+//! coming back), `garivini_rows_parked_total` (rows made dead because
+//! they cannot be dispatched as they are: a function name that is not UTF-8 or holds a
 //! control character), `garivini_stale_copies_total` (copies of a job
 //! dropped before they ran: their row was completed, cancelled or failed
 //! since they were sent), `garivini_completions_missed_total{db}`
@@ -96,6 +99,11 @@ pub fn describe() {
     describe_counter!(
         "garivini_jobs_dead_total",
         "Jobs parked dead after their last attempt, by function."
+    );
+    describe_counter!(
+        "garivini_leases_expired_total",
+        "Rows dispatched again because their last lease ran out with no completion or failure \
+         recorded, by function."
     );
     describe_counter!(
         "garivini_rows_parked_total",
@@ -195,6 +203,11 @@ pub(crate) fn dispatched_functions<'a>(funcnames: impl Iterator<Item = &'a str>)
         metrics::counter!("garivini_function_jobs_dispatched_total", "function" => function_label(f))
             .increment(n);
     }
+}
+
+pub(crate) fn lease_expired(funcname: &str) {
+    metrics::counter!("garivini_leases_expired_total", "function" => function_label(funcname))
+        .increment(1);
 }
 
 pub(crate) fn parked(n: usize) {

@@ -25,6 +25,7 @@ const METRICS: &[&str] = &[
     "garivini_jobs_failed_total",
     "garivini_jobs_dead_total",
     "garivini_rows_parked_total",
+    "garivini_leases_expired_total",
     "garivini_stale_copies_total",
     "garivini_completions_missed_total",
     "garivini_node_moves_total",
@@ -424,6 +425,7 @@ fn the_alert_rules_name_only_catalogued_metrics() {
         "garivini_inject_refused_total",
         "garivini_node_moves_total",
         "garivini_completions_missed_total",
+        "garivini_leases_expired_total",
     ]
     .iter()
     .filter(|m| !used.contains(**m))

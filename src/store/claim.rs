@@ -59,6 +59,12 @@ pub struct Claim {
     /// made dead (run_after = never) so that they cannot hold up the rows
     /// behind them, and logged.
     pub parked: Vec<(u64, String)>,
+    /// Ids of the rows of `jobs` whose last attempt's lease ran out with
+    /// no completion or failure recorded (a worker lost, stopped, or
+    /// slower than the lease without renewing it): dispatched again now.
+    /// Counted (`garivini_leases_expired_total`) and logged. Only on a
+    /// table with the history columns.
+    pub lease_expired: Vec<u64>,
 }
 
 impl Store {
@@ -92,10 +98,16 @@ impl Store {
                 let rows = due_rows(&mut tx, cols, now, limit).await?;
                 let mut claim = Claim::default();
                 let mut due = Vec::with_capacity(rows.len());
+                let mut expired = std::collections::HashSet::new();
                 for read in rows.into_iter().map(|r| r.read(dbid)) {
                     match read.unsendable {
                         _ if read.job.run_after > now => {}
-                        None => due.push(read.job),
+                        None => {
+                            if read.extra.first() == Some(&1) {
+                                expired.insert(read.job.jobid);
+                            }
+                            due.push(read.job)
+                        }
                         Some(reason) => claim.parked.push((read.job.jobid, reason)),
                     }
                 }
@@ -108,6 +120,11 @@ impl Store {
                     }
                 }
                 let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
+                claim.lease_expired = leased
+                    .iter()
+                    .copied()
+                    .filter(|id| expired.contains(id))
+                    .collect();
                 set_run_after(&mut tx, &leased, Due::Leased(lease, cols)).await?;
                 for (secs, ids) in &later {
                     set_run_after(&mut tx, ids, Due::In(*secs)).await?;
@@ -129,6 +146,24 @@ impl Store {
             );
         }
         telemetry::parked(claim.parked.len());
+        if !claim.lease_expired.is_empty() {
+            let expired: std::collections::HashSet<u64> =
+                claim.lease_expired.iter().copied().collect();
+            for job in claim.jobs.iter().filter(|j| expired.contains(&j.jobid)) {
+                // The runs-per-job signal: a job that never completes (its
+                // worker dies on it, or answers in a way gearmand refuses)
+                // comes back here once per lease, each time said.
+                tracing::warn!(
+                    job.id = job.jobid,
+                    db.id = dbid,
+                    funcname = %job.funcname,
+                    "job {dbid}:{} ({}) dispatched again: its lease ran out without a completion or failure",
+                    job.jobid,
+                    job.funcname
+                );
+                telemetry::lease_expired(&job.funcname);
+            }
+        }
         Ok(claim)
     }
 
@@ -472,7 +507,12 @@ async fn due_rows(
     now: u32,
     limit: usize,
 ) -> mysql_async::Result<Vec<RawRow>> {
-    let columns = columns(cols);
+    // Then whether each row's last lease ran out, for the claim to count.
+    let columns = format!(
+        "{}{}",
+        columns(cols),
+        super::history::lease_ran_out_column(cols)
+    );
     let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
     let (levels, order): (&[&str], &str) = if cols.priority {
         (

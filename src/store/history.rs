@@ -83,6 +83,22 @@ pub const LEASE_EXPIRED: &str = "lease expired: the last attempt recorded no com
      failure before its lease ran out (its worker lost or stopped, or slower than the lease \
      without renewing it; or a worker rescheduled the row without our client)";
 
+/// A row whose last attempt's lease ran out: attempted, and neither failed
+/// nor given back since (on a table with the history columns).
+const LEASE_RAN_OUT: &str = "attempted_at > 0 AND failed_at = 0";
+
+/// What a claim's read appends to its columns: whether each row's last
+/// attempt's lease ran out ([`LEASE_RAN_OUT`]), on a table that can tell
+/// (nothing on one that cannot). A test of two columns of the row the
+/// read locks anyway: no statement more, and no measurable cost.
+pub(super) fn lease_ran_out_column(cols: Optional) -> String {
+    if cols.history() {
+        format!(", {LEASE_RAN_OUT}")
+    } else {
+        String::new()
+    }
+}
+
 /// What a claim's lease adds to its `SET`: [`LEASE_EXPIRED`] as the last
 /// error of a row whose last attempt's lease ran out, then what
 /// [`lease_set`] sets. (Assignments are made left to right: the test sees
@@ -93,7 +109,7 @@ pub(super) fn claim_set(cols: Optional) -> String {
             let max = (col.max as usize).min(MAX_LAST_ERROR_CHARS);
             let text = bound_error(LEASE_EXPIRED, max, col.ascii, col.binary);
             format!(
-                ", last_error = IF(attempted_at > 0 AND failed_at = 0, '{}', last_error)",
+                ", last_error = IF({LEASE_RAN_OUT}, '{}', last_error)",
                 text.replace('\'', "''")
             )
         }
