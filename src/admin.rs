@@ -630,6 +630,64 @@ pub async fn purge_dead(store: &Store, funcname: &str) -> Result<Vec<(u32, u64)>
     Ok(out)
 }
 
+/// What `jobs cancel --funcname F` did (or, with `--dry-run`, would do)
+/// in one database.
+#[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCancel {
+    /// Database id.
+    pub dbid: u32,
+    /// The function's rows by state, as counted before anything was
+    /// deleted (`due`, `scheduled` and `retrying` are what a cancel
+    /// deletes, `in_flight` too with `force`; `dead` rows are kept:
+    /// `jobs cancel --dead` deletes them).
+    pub before: Counts,
+    /// Rows deleted (none in a dry run; with one, what would be).
+    pub cancelled: u64,
+    /// Rows in flight left in place: a worker may be running them, and
+    /// deleting a row does not stop it (`force` deletes them too). Counted
+    /// after the deletions.
+    pub in_flight_left: u64,
+}
+
+/// Deletes every live (not dead) row of `funcname` in every database
+/// (`jobs cancel --funcname F`): due, scheduled and retrying ones, and the
+/// rows in flight only if `guard.force` (they are left, and counted, when
+/// not). With `dry_run` it counts them by state and deletes nothing. In
+/// bounded chunks, each committed on its own (see [`Store::cancel_live`]):
+/// a failure part way keeps what was deleted before it.
+pub async fn cancel_function(
+    store: &Store,
+    funcname: &str,
+    guard: Guard,
+    dry_run: bool,
+) -> Result<Vec<FunctionCancel>> {
+    NewJob::new(funcname, "").validate()?;
+    let mut out = Vec::new();
+    for dbid in store.dbids() {
+        let before = store.count_function(dbid, funcname, guard.lease).await?;
+        let deletable = before.due + before.scheduled + before.retrying;
+        let (cancelled, in_flight_left) = match (dry_run, guard.force) {
+            (true, true) => (deletable + before.in_flight, 0),
+            (true, false) => (deletable, before.in_flight),
+            (false, force) => {
+                let cancelled = store
+                    .cancel_live(dbid, funcname, guard.lease, force)
+                    .await?;
+                let after = store.count_function(dbid, funcname, guard.lease).await?;
+                (cancelled, after.in_flight)
+            }
+        };
+        out.push(FunctionCancel {
+            dbid,
+            before,
+            cancelled,
+            in_flight_left,
+        });
+    }
+    Ok(out)
+}
+
 /// A paused function across the databases (`garivini functions list`,
 /// `garivini status`): its due jobs wait in the table until it is resumed.
 #[cfg_attr(feature = "web", derive(utoipa::ToSchema))]

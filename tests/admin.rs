@@ -638,3 +638,58 @@ async fn list_finds_rows_by_unique_key_prefix_and_pages_with_the_cursor_it_print
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is not a page cursor"), "{err}");
 }
+
+#[tokio::test]
+async fn status_counts_a_range_past_its_cap_as_at_least_and_small_ones_exactly() {
+    let db = seeded(&[
+        ("small", Some(-5), 1), // 1:1
+        ("small", None, 3),     // 1:2
+    ])
+    .await;
+    // More due rows of one function than a status counts one by one
+    // (10,000 per range with two functions).
+    db.exec(
+        "INSERT INTO job (funcname, arg, run_after) \
+         SELECT 'bulk', 'x', UNIX_TIMESTAMP() - seq FROM seq_1_to_10500",
+    )
+    .await;
+    let status = json(&db.url, &["status", "--json"]).await;
+    let funcs = status["databases"][0]["functions"].as_array().unwrap();
+    let (bulk, small) = (named(funcs, "bulk"), named(funcs, "small"));
+    assert_eq!(bulk["due"], 10_000, "{bulk}");
+    assert_eq!(
+        bulk["at_least"],
+        serde_json::json!(["due", "failing"]),
+        "{bulk}"
+    );
+    // Its oldest due row is found however many come after it.
+    assert!(
+        bulk["oldest_due_secs"].as_u64().unwrap() >= 10_500,
+        "{bulk}"
+    );
+    assert_eq!(
+        ["due", "dead", "failing"].map(|k| small[k].as_u64().unwrap()),
+        [1, 1, 1],
+        "{small}"
+    );
+    assert_eq!(small["at_least"], serde_json::json!([]), "{small}");
+    let total = &status["databases"][0]["total"];
+    assert_eq!(total["due"], 10_001, "{total}");
+    assert_eq!(
+        total["at_least"],
+        serde_json::json!(["due", "failing"]),
+        "{total}"
+    );
+
+    let (code, out, err) = run_garivini(&db.url, &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("N+ = at least N"), "{out}");
+    let line = |name: &str| {
+        let found = out.lines().find(|l| l.trim_start().starts_with(name));
+        found
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    assert!(line("bulk").contains("10000+"), "{out}");
+    assert!(!line("small").contains('+'), "{out}");
+}

@@ -365,3 +365,40 @@ async fn the_original_table_keeps_the_lease_window_until_schema_check_adds_the_c
     assert!(out.contains("RETRYING"), "{out}");
     assert!(out.starts_with("in flight = leased"), "{out}");
 }
+
+#[tokio::test]
+async fn a_foreign_workers_failure_is_retrying_and_a_failed_row_leased_again_is_in_flight() {
+    let db = TestDb::new().await;
+    let perl = db.perl_insert_job("h_perl", "a", None).await;
+    let leased = db.perl_insert_job("h_perl", "b", None).await;
+    // The original worker's failure: a plain UPDATE, no failed_at.
+    db.exec(&format!(
+        "UPDATE job SET run_after = UNIX_TIMESTAMP() + 3600, failcount = 1 WHERE jobid = {perl}"
+    ))
+    .await;
+    // Failed before, then leased again by a QueueRunner: in flight.
+    db.exec(&format!(
+        "UPDATE job SET run_after = UNIX_TIMESTAMP() + 100, failcount = 1, \
+         attempted_at = UNIX_TIMESTAMP() WHERE jobid = {leased}"
+    ))
+    .await;
+    let c = counts(&db, "h_perl").await;
+    assert_eq!(
+        [&c["retrying"], &c["in_flight"], &c["scheduled"]].map(|n| n.as_u64().unwrap()),
+        [1, 1, 0],
+        "{c}"
+    );
+    assert_eq!(
+        states(&db).await,
+        [
+            (format!("1:{perl}"), "retrying".into()),
+            (format!("1:{leased}"), "in_flight".into())
+        ]
+    );
+    assert_eq!(show(&db, &format!("1:{perl}")).await["state"], "retrying");
+    let listed = json(&db.url, &["jobs", "list", "--retrying", "--json"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], format!("1:{perl}"));
+    let listed = json(&db.url, &["jobs", "list", "--scheduled", "--json"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+}

@@ -105,26 +105,32 @@ pub enum JobsCommand {
         #[arg(long, help = lease_help())]
         lease: Option<u32>,
     },
-    /// Deletes rows: by id, all or nothing; or every dead row of a
-    /// function.
+    /// Deletes rows: by id, all or nothing; every live row of a function;
+    /// or every dead row of a function.
     ///
     /// By id, refused if an id has no row, or if a row is in flight (due
     /// within --lease seconds: a worker may be running it, and deleting the
-    /// row does not stop it) unless --force.
+    /// row does not stop it) unless --force. With --funcname F alone, every
+    /// due, scheduled and retrying row of F, in every database, in chunks
+    /// of 10000 rows; its rows in flight are left (and counted) unless
+    /// --force, its dead rows are kept (--dead deletes those).
+    #[command(group(clap::ArgGroup::new("bulk").args(["dead", "funcname"]).multiple(true)))]
     Cancel {
         /// DBID:JOBID ids, e.g. 1:42 1:43.
-        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        #[arg(required_unless_present_any = ["dead", "funcname"], conflicts_with = "bulk")]
         ids: Vec<JobRef>,
         /// Every dead row, of --funcname only if given, in every database
         /// (a dead row is never leased: no worker runs it).
         #[arg(long)]
         dead: bool,
-        /// The function whose dead rows to delete (with --dead).
-        #[arg(long, requires = "dead")]
+        /// The function whose rows to delete: its live rows (due,
+        /// scheduled, retrying; in flight with --force), or with --dead
+        /// its dead rows.
+        #[arg(long)]
         funcname: Option<String>,
-        /// With --dead: say how many rows of which functions it would
-        /// delete, and delete nothing.
-        #[arg(long, requires = "dead")]
+        /// With --dead or --funcname: say how many rows it would delete
+        /// (per function, or per state), and delete nothing.
+        #[arg(long, requires = "bulk")]
         dry_run: bool,
         /// Delete rows in flight too.
         #[arg(long, conflicts_with = "dead")]
@@ -241,6 +247,16 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
             status.lease
         ));
     }
+    if status
+        .databases
+        .iter()
+        .any(|db| !db.total.at_least.is_empty())
+    {
+        line(
+            "N+ = at least N: more rows than a status counts one by one (the rest are not read)"
+                .into(),
+        );
+    }
     for db in &status.databases {
         line(String::new());
         let clock = db.now.map_or(String::new(), |n| format!("  at {}", utc(n)));
@@ -262,16 +278,16 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
         let counts = |name: &str, c: &admin::Counts| {
             let mut row = vec![
                 name.to_string(),
-                c.due.to_string(),
-                c.in_flight.to_string(),
-                c.scheduled.to_string(),
+                c.shown("due", c.due),
+                c.shown("in_flight", c.in_flight),
+                c.shown("scheduled", c.scheduled),
             ];
             if db.history {
-                row.push(c.retrying.to_string());
+                row.push(c.shown("retrying", c.retrying));
             }
             row.extend([
-                c.dead.to_string(),
-                c.failing.to_string(),
+                c.shown("dead", c.dead),
+                c.shown("failing", c.failing),
                 c.oldest_due_secs.map_or("-".into(), age),
             ]);
             row
@@ -509,6 +525,9 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 lease: lease.unwrap_or(default_lease),
                 force: *force,
             };
+            if let Some(f) = funcname {
+                return cancel_function(store, f, guard, *dry_run, *json).await;
+            }
             let done = admin::cancel(store, ids, guard).await?;
             if *json {
                 return print_json(&serde_json::json!({
@@ -617,6 +636,62 @@ async fn on_dead(
         "{total} dead {} of {of} {done}",
         plural(total as usize, "job")
     );
+    Ok(())
+}
+
+/// `jobs cancel --funcname F [--force] [--dry-run]`: one line per
+/// database, saying what was (or would be) deleted and what was left in
+/// flight, and why.
+async fn cancel_function(
+    store: &Store,
+    funcname: &str,
+    guard: Guard,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let per_db = admin::cancel_function(store, funcname, guard, dry_run).await?;
+    if json {
+        return print_json(&serde_json::json!({
+            "funcname": funcname, "dry_run": dry_run, "force": guard.force,
+            "by_database": per_db,
+        }));
+    }
+    let f = printable(funcname);
+    for db in &per_db {
+        let (n, k) = (db.cancelled, db.in_flight_left);
+        let jobs = format!("{n} {} of {f}", plural(n as usize, "job"));
+        let them = if k == 1 { "it" } else { "them" };
+        if dry_run {
+            let b = &db.before;
+            let mut states = format!(
+                "{} due, {} scheduled, {} retrying",
+                b.due, b.scheduled, b.retrying
+            );
+            if guard.force {
+                states.push_str(&format!(", {} in flight", b.in_flight));
+            }
+            let left = match k {
+                0 => String::new(),
+                k => format!(
+                    " and leave {k} in flight (a worker may be running {them}: --force deletes \
+                     {them} too)"
+                ),
+            };
+            crate::say!(
+                "database {}: would cancel {jobs} ({states}){left}; --dry-run: nothing deleted",
+                db.dbid
+            );
+        } else {
+            let left = match k {
+                0 => String::new(),
+                k => format!(
+                    "; {k} in flight left: a worker may be running {them} (--force deletes \
+                     {them} too)"
+                ),
+            };
+            crate::say!("database {}: {jobs} cancelled (deleted){left}", db.dbid);
+        }
+    }
     Ok(())
 }
 

@@ -8,9 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
 use super::history::History;
-use super::rows::{
-    columns, db_now, in_list, levels, priority, repeat_placeholders, RawRow, MAX_IN_LIST,
-};
+use super::rows::{columns, db_now, in_list, levels, priority, RawRow, MAX_IN_LIST};
 use super::{tx_opts, Store};
 use crate::error::Result;
 use serde::Serialize;
@@ -47,8 +45,11 @@ pub enum Selection {
     InFlight,
     /// Not due, not dead, and neither in flight nor retrying.
     Scheduled,
-    /// Not due, not dead, failed since its last lease (`failed_at` set):
-    /// waiting out its backoff. None without the history columns.
+    /// Not due, not dead, failed before (`failcount > 0`) and not in
+    /// flight: waiting out its backoff for the next try, however the
+    /// failure was recorded (by our Client, our Controller, or a foreign
+    /// worker's plain UPDATE). None without the history columns, which
+    /// tell a row leased again from one waiting.
     Retrying,
     /// `run_after >= NEVER`: given up, kept for inspection.
     Dead,
@@ -70,10 +71,16 @@ impl Selection {
                 }
                 Selection::Scheduled => {
                     return format!(
-                        "{waiting} AND {NOT_FAILED} AND NOT (run_after <= ? AND {LEASED})"
+                        "{waiting} AND failcount = 0 \
+                         AND NOT (run_after <= ? AND {NOT_FAILED} AND {LEASED})"
                     )
                 }
-                Selection::Retrying => return format!("{waiting} AND failed_at > 0"),
+                Selection::Retrying => {
+                    return format!(
+                        "{waiting} AND failcount > 0 \
+                         AND NOT (run_after <= ? AND {NOT_FAILED} AND {LEASED})"
+                    )
+                }
                 _ => {}
             }
         }
@@ -93,22 +100,22 @@ impl Selection {
         match self {
             Selection::All | Selection::Dead | Selection::Failing => vec![],
             Selection::Retrying if !history => vec![],
-            Selection::Due | Selection::Retrying => vec![Value::from(now)],
+            Selection::Due => vec![Value::from(now)],
             Selection::InFlight => vec![Value::from(now), until],
-            Selection::Scheduled if history => vec![Value::from(now), until],
-            Selection::Scheduled => vec![until],
+            Selection::Scheduled if !history => vec![until],
+            Selection::Scheduled | Selection::Retrying => vec![Value::from(now), until],
         }
     }
 }
 
 /// With the history columns: a row that was leased, or (never attempted)
 /// stored leased by an Injector.
-const LEASED: &str = "(attempted_at > 0 OR CAST(flag AS BINARY) <=> 'controller')";
+pub(super) const LEASED: &str = "(attempted_at > 0 OR CAST(flag AS BINARY) <=> 'controller')";
 /// Not failed since its last lease. 0 is "not set": the columns are NOT
 /// NULL DEFAULT 0, so that a lease rewrites them in place (a NULL made a
 /// value grows the row, which InnoDB cannot do in place: the claim cost
 /// ~45 % more per job); NULL, in a column made nullable by hand, too.
-const NOT_FAILED: &str = "COALESCE(failed_at, 0) = 0";
+pub(super) const NOT_FAILED: &str = "COALESCE(failed_at, 0) = 0";
 
 /// A row's state, as listings and `show` name it.
 #[cfg_attr(feature = "web", derive(utoipa::ToSchema))]
@@ -122,8 +129,8 @@ pub enum JobState {
     /// Due later than the lease window; with the history columns, any
     /// row not due, not leased and not failed (delayed, rescheduled).
     Scheduled,
-    /// Failed (our Client or Controller recorded it), waiting out its
-    /// backoff: nothing runs it now. Only with the history columns.
+    /// Failed before, waiting out its backoff for the next try: nothing
+    /// runs it now. Only with the history columns.
     Retrying,
     /// Never runs again unless retried.
     Dead,
@@ -157,8 +164,8 @@ impl JobState {
         let leased = h.attempted_at.is_some() || job.flag == crate::job::Flag::Controller;
         match state {
             JobState::Due | JobState::Dead => state,
-            _ if h.failed_at.is_some() => JobState::Retrying,
-            JobState::InFlight if leased => JobState::InFlight,
+            JobState::InFlight if leased && h.failed_at.is_none() => JobState::InFlight,
+            _ if job.failcount > 0 => JobState::Retrying,
             _ => JobState::Scheduled,
         }
     }
@@ -194,6 +201,11 @@ pub struct Counts {
     pub failing: u64,
     /// Seconds since the oldest due row became due; `None` when none is.
     pub oldest_due_secs: Option<u64>,
+    /// The counts above that are lower bounds, by field name (`due`,
+    /// `dead`, ...), in name order: the range held more rows than a status
+    /// counts one by one (see [`Store::count_by_function`]), and its
+    /// count is how many it counted. Empty: all exact.
+    pub at_least: Vec<String>,
 }
 
 impl Counts {
@@ -206,6 +218,19 @@ impl Counts {
         self.dead += other.dead;
         self.failing += other.failing;
         self.oldest_due_secs = self.oldest_due_secs.max(other.oldest_due_secs);
+        self.at_least.extend(other.at_least.iter().cloned());
+        self.at_least.sort();
+        self.at_least.dedup();
+    }
+
+    /// `field`'s count (`due`, `in_flight`, ...) as people read it: `1000+`
+    /// when it is a lower bound.
+    pub fn shown(&self, field: &str, n: u64) -> String {
+        if self.at_least.iter().any(|f| f == field) {
+            format!("{n}+")
+        } else {
+            n.to_string()
+        }
     }
 }
 
@@ -315,113 +340,12 @@ impl Store {
         Ok(self.db(dbid)?.cfg.masked())
     }
 
-    /// The database's clock and, per function, its rows by state and the
-    /// oldest due row, with "in flight" meaning due within `lease` seconds
-    /// (see [`Selection`]). One statement over the
-    /// `funcname_run_after (funcname, run_after, failcount)` index, which
-    /// covers it: it reads index entries only, ~0.5 s per million rows.
-    /// Without that index (a table created before it) the answer is the
-    /// same, only slower. Takes no lock.
-    pub async fn count_by_function(
-        &self,
-        dbid: u32,
-        lease: u32,
-    ) -> Result<(u32, Vec<FunctionStatus>)> {
-        let db = self.db(dbid)?;
-        self.attempt(db, move || async move {
-            let mut conn = db.pool().get_conn().await?;
-            let now = db_now(&mut conn).await?;
-            // Read here, not through `optional`'s `run`: an admin command
-            // reports a database it cannot read, it logs no outage.
-            let cols = super::rows::Optional::read(&mut conn).await?;
-            *db.optional.lock().unwrap() = Some((std::time::Instant::now(), cols));
-            let history = cols.history();
-            let until = u64::from(now) + u64::from(lease);
-            let rows: Vec<RawRow> = conn
-                .exec(
-                    format!(
-                        "SELECT funcname, \
-                           CAST(SUM(run_after <= ?) AS UNSIGNED), \
-                           CAST(SUM(run_after > ? AND run_after <= ?) AS UNSIGNED), \
-                           CAST(SUM(run_after > ? AND run_after < {NEVER}) AS UNSIGNED), \
-                           CAST(SUM(run_after >= {NEVER}) AS UNSIGNED), \
-                           CAST(SUM(failcount > 0 AND run_after < {NEVER}) AS UNSIGNED), \
-                           MIN(IF(run_after <= ?, run_after, NULL)) \
-                         FROM job GROUP BY funcname ORDER BY funcname"
-                    ),
-                    (now, now, until, until, now),
-                )
-                .await?;
-            let mut counts: Vec<FunctionStatus> = rows
-                .into_iter()
-                .map(|row| {
-                    let (funcname, n) = row.name_and_numbers();
-                    let at = |i: usize| n.get(i).copied().flatten();
-                    let oldest_due = at(5).map(|t| u64::from(now).saturating_sub(t));
-                    FunctionStatus {
-                        funcname,
-                        counts: Counts {
-                            due: at(0).unwrap_or(0),
-                            in_flight: at(1).unwrap_or(0),
-                            scheduled: at(2).unwrap_or(0),
-                            retrying: 0,
-                            dead: at(3).unwrap_or(0),
-                            failing: at(4).unwrap_or(0),
-                            oldest_due_secs: oldest_due,
-                        },
-                    }
-                })
-                .collect();
-            if history {
-                // The rows due later, read (not only their index entries)
-                // to tell leased from failed from delayed; due and dead
-                // rows stay counted from the index above. Only of the
-                // functions that have such rows, named, so that each is a
-                // range of funcname_run_after: without the names the
-                // server scans every row of the table (measured on a
-                // million rows: a full index scan, 14-30 s on a buffer
-                // pool smaller than the table).
-                let waiting: Vec<String> = counts
-                    .iter()
-                    .filter(|f| f.counts.in_flight + f.counts.scheduled > 0)
-                    .map(|f| f.funcname.clone())
-                    .collect();
-                let mut later: HashMap<String, (u64, u64)> = HashMap::new();
-                for names in waiting.chunks(MAX_IN_LIST) {
-                    let mut params: Vec<Value> = vec![Value::from(until), Value::from(now)];
-                    params.extend(names.iter().map(|f| Value::from(f.as_str())));
-                    let rows: Vec<RawRow> = conn
-                        .exec(
-                            format!(
-                                "SELECT funcname, \
-                                   CAST(SUM({NOT_FAILED} AND run_after <= ? AND {LEASED}) AS UNSIGNED), \
-                                   CAST(SUM(failed_at > 0) AS UNSIGNED) \
-                                 FROM job WHERE run_after > ? AND run_after < {NEVER} \
-                                   AND funcname IN ({}) \
-                                 GROUP BY funcname ORDER BY funcname",
-                                repeat_placeholders("?", names.len())
-                            ),
-                            Params::Positional(params),
-                        )
-                        .await?;
-                    later.extend(rows.into_iter().map(|row| {
-                        let (funcname, n) = row.name_and_numbers();
-                        let at = |i: usize| n.get(i).copied().flatten().unwrap_or(0);
-                        (funcname, (at(0), at(1)))
-                    }));
-                }
-                for f in &mut counts {
-                    let (in_flight, retrying) = later.get(&f.funcname).copied().unwrap_or((0, 0));
-                    let c = &mut f.counts;
-                    let waiting = c.in_flight + c.scheduled;
-                    c.in_flight = in_flight.min(waiting);
-                    c.retrying = retrying.min(waiting - c.in_flight);
-                    c.scheduled = waiting - c.in_flight - c.retrying;
-                }
-            }
-            Ok((now, counts))
-        })
-        .await
+    /// The live and dead rows of one function in database `dbid` by state,
+    /// as [`Store::count_by_function`] counts them, but exactly (ranges of
+    /// `funcname_run_after` of this function only). Takes no lock.
+    pub async fn count_function(&self, dbid: u32, funcname: &str, lease: u32) -> Result<Counts> {
+        let (_, mut counts) = self.count_functions(dbid, lease, Some(funcname)).await?;
+        Ok(counts.pop().map(|f| f.counts).unwrap_or_default())
     }
 
     /// The database's clock and up to `query.limit` rows of its selection
@@ -699,7 +623,7 @@ impl Store {
         let sql = format!(
             "UPDATE job SET {set} WHERE funcname = ? AND run_after >= {NEVER} LIMIT {RETRY_CHUNK}"
         );
-        self.in_chunks(dbid, &sql, funcname).await
+        self.in_chunks(dbid, &sql, vec![funcname.into()]).await
     }
 
     /// Deletes every dead row of `funcname` in database `dbid`; returns
@@ -710,7 +634,64 @@ impl Store {
         let sql = format!(
             "DELETE FROM job WHERE funcname = ? AND run_after >= {NEVER} LIMIT {RETRY_CHUNK}"
         );
-        self.in_chunks(dbid, &sql, funcname).await
+        self.in_chunks(dbid, &sql, vec![funcname.into()]).await
+    }
+
+    /// Deletes the live (not dead) rows of `funcname` in database `dbid`
+    /// that no worker is running: due, scheduled and retrying (see
+    /// [`Selection`]), and in flight too if `force`; returns how many.
+    /// In statements of at most 10,000 rows each, every one committed on
+    /// its own (as [`Store::purge_dead`]); each statement tells in flight
+    /// by the database's clock when it runs, so that a row leased while
+    /// the cancel goes on is left alone. Three ranges of
+    /// `funcname_run_after`, so that the rows kept are not read again by
+    /// every statement: due (never in flight), due later than the lease
+    /// window (never in flight), and, with the history columns, the
+    /// window's rows not leased or failed since. A row whose state cannot
+    /// be told (a NULL in a history column made nullable by hand) is kept,
+    /// as in flight.
+    pub async fn cancel_live(
+        &self,
+        dbid: u32,
+        funcname: &str,
+        lease: u32,
+        force: bool,
+    ) -> Result<u64> {
+        let db = self.db(dbid)?;
+        let history = self.optional_quiet(db).await?.history();
+        let delete = |range: &str| {
+            format!(
+                "DELETE FROM job WHERE funcname = ? AND {range} AND run_after < {NEVER} \
+                 LIMIT {RETRY_CHUNK}"
+            )
+        };
+        if force {
+            return self
+                .in_chunks(dbid, &delete("TRUE"), vec![funcname.into()])
+                .await;
+        }
+        let mut ranges = vec![
+            (delete("run_after <= UNIX_TIMESTAMP()"), false),
+            (delete("run_after > UNIX_TIMESTAMP() + ?"), true),
+        ];
+        if history {
+            ranges.push((
+                delete(&format!(
+                    "run_after > UNIX_TIMESTAMP() AND run_after <= UNIX_TIMESTAMP() + ? \
+                     AND NOT COALESCE({NOT_FAILED} AND {LEASED}, TRUE)"
+                )),
+                true,
+            ));
+        }
+        let mut total = 0;
+        for (sql, with_lease) in ranges {
+            let mut params: Vec<Value> = vec![funcname.into()];
+            if with_lease {
+                params.push(lease.into());
+            }
+            total += self.in_chunks(dbid, &sql, params).await?;
+        }
+        Ok(total)
     }
 
     /// The functions with dead rows in database `dbid`, and how many each
@@ -738,17 +719,19 @@ impl Store {
         .await
     }
 
-    /// Runs `sql` (a statement on `funcname`'s rows ending in `LIMIT
-    /// RETRY_CHUNK`) until it changes fewer than a chunk; returns how many
-    /// rows it changed in all. Each statement commits on its own.
-    async fn in_chunks(&self, dbid: u32, sql: &str, funcname: &str) -> Result<u64> {
+    /// Runs `sql` (a statement on one function's rows ending in `LIMIT
+    /// RETRY_CHUNK`, with `params`) until it changes fewer than a chunk;
+    /// returns how many rows it changed in all. Each statement commits on
+    /// its own.
+    async fn in_chunks(&self, dbid: u32, sql: &str, params: Vec<Value>) -> Result<u64> {
         let db = self.db(dbid)?;
         let mut total = 0;
         loop {
             let changed = self
                 .attempt(db, || async {
                     let mut conn = db.pool().get_conn().await?;
-                    conn.exec_drop(sql, (funcname,)).await?;
+                    conn.exec_drop(sql, Params::Positional(params.clone()))
+                        .await?;
                     Ok(conn.affected_rows())
                 })
                 .await?;

@@ -40,6 +40,7 @@ use crate::telemetry;
 
 mod admin;
 mod claim;
+mod counts;
 pub mod dispatches;
 pub mod functions;
 mod history;

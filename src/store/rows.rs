@@ -229,19 +229,6 @@ impl RawRow {
     }
 }
 
-impl RawRow {
-    /// A name column then numbers (a count by function): the name as text
-    /// for people ([`escape_bytes`]), each number `None` when NULL.
-    pub fn name_and_numbers(self) -> (String, Vec<Option<u64>>) {
-        let mut values = self.values.into_iter();
-        let name = bytes(values.next().unwrap_or(Value::NULL)).unwrap_or_default();
-        let numbers = values
-            .map(|v| number(v).map(|n| n.clamp(0, i128::from(u64::MAX)) as u64))
-            .collect();
-        (escape_bytes(&name), numbers)
-    }
-}
-
 /// A string column's bytes; numbers and dates as their text. `None` for NULL.
 pub(super) fn bytes(value: Value) -> Option<Vec<u8>> {
     match value {

@@ -171,7 +171,7 @@ fn counts_row(
     let Row { funcname, total } = row;
     let cell = |column: &str, n: u64| {
         let id = format!("db{dbid}-{funcname}-{column}");
-        html! { td id=(id) class=(column) { (n) } }
+        html! { td id=(id) class=(column) { (c.shown(column, n)) } }
     };
     html! {
         td.name {
@@ -183,8 +183,8 @@ fn counts_row(
         (cell("scheduled", c.scheduled))
         td id=(format!("db{dbid}-{funcname}-dead")) class="dead" {
             @if c.dead > 0 && !total {
-                a href=(url("/jobs", &[("funcname", funcname), ("state", "dead")])) { (c.dead) }
-            } @else { (c.dead) }
+                a href=(url("/jobs", &[("funcname", funcname), ("state", "dead")])) { (c.shown("dead", c.dead)) }
+            } @else { (c.shown("dead", c.dead)) }
         }
         (cell("failing", c.failing))
         td { @if paused { "paused" } }
