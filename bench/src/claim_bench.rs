@@ -5,6 +5,9 @@
 //! at the next table), so that all see the same machine at the same time.
 //!
 //!   cargo run --release -p garivini-bench --bin gv_claim_bench -- [ROWS] [BATCH] [ROUNDS]
+//!
+//! Its scratch databases are named `gv_claim_bench_<hex>`, or after
+//! `GV_CLAIM_BENCH_DB_PREFIX` when set.
 
 use std::time::{Duration, Instant};
 
@@ -42,13 +45,15 @@ async fn main() -> anyhow::Result<()> {
         "schema.sql's history columns are not where this benchmark expects them"
     );
     let server = testkit::server_url();
+    // The scratch databases' name prefix, for a run that must name its own.
+    let prefix = std::env::var("GV_CLAIM_BENCH_DB_PREFIX").unwrap_or("gv_claim_bench".into());
     let mut tables = Vec::new();
     for (name, schema) in [
         ("schema.sql", SCHEMA),
         ("no priority", without.as_str()),
         ("before #14", before.as_str()),
     ] {
-        let db = TestDb::create(&server, "gv_claim_bench", Some(schema)).await?;
+        let db = TestDb::create(&server, &prefix, Some(schema)).await?;
         let store = db.store().await;
         tables.push((name, db, store, Duration::ZERO, 0usize));
     }
