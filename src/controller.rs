@@ -14,6 +14,12 @@
 //! running when shutdown gives up on them are not left leased: their rows
 //! are given back, due again after `give_back_delay`.
 //!
+//! An Injector in the same process hands it committed, leased jobs
+//! directly ([`Local`]), without the `run_queued_job` round through
+//! gearmand, while it has a free slot of `local_concurrency`; otherwise the
+//! Injector dispatches through gearmand as before, where any Controller
+//! takes the job.
+//!
 //! Per-function settings ([`crate::functions`]): a function's own timeout
 //! replaces `job_timeout`; a function with a concurrency limit has at most
 //! that many jobs running in this Controller, and a job that finds the
@@ -21,6 +27,7 @@
 //! submit) is given back, due again in a second, its failcount kept.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +82,10 @@ pub struct Config {
     pub give_back_delay: u32,
     /// Per-function timeouts and concurrency limits.
     pub functions: Functions,
+    /// Jobs an Injector in this process may hand over at once, beside
+    /// those taken from gearmand (see [`Local`]); 0: none, every job goes
+    /// through gearmand.
+    pub local_concurrency: usize,
 }
 
 impl Default for Config {
@@ -87,6 +98,7 @@ impl Default for Config {
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             give_back_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             functions: Functions::default(),
+            local_concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -172,6 +184,39 @@ pub struct Controller {
     abandon: CancellationToken,
     /// The running jobs of each function with a concurrency limit.
     limits: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Free slots for jobs handed over in this process ([`Local`]).
+    local: Arc<tokio::sync::Semaphore>,
+    /// Whether [`Local`] may take jobs: only while `run` serves.
+    accepting: AtomicBool,
+}
+
+/// Hands jobs to a Controller in the same process ([`Controller::local`]).
+#[derive(Clone)]
+pub struct Local(Arc<Controller>);
+
+impl Local {
+    /// Starts `job` in this Controller if it is serving and has a free
+    /// local slot, as if it had come through `run_queued_job`; else gives
+    /// it back, for gearmand. The caller has committed its row, leased: if
+    /// the process dies before the job ends, the row runs again after its
+    /// lease, as a job gearmand lost.
+    pub fn try_run(&self, job: Job) -> std::result::Result<(), Job> {
+        let c = &self.0;
+        if !c.accepting.load(Ordering::Acquire) {
+            return Err(job);
+        }
+        let Ok(slot) = c.local.clone().try_acquire_owned() else {
+            return Err(job);
+        };
+        let me = c.clone();
+        c.in_hand.spawn(async move {
+            let workload = Bytes::from(job.to_json());
+            let span = tracing::info_span!("job", job.id = job.jobid, db.id = job.dbid, funcname = %job.funcname);
+            let _ = me.run_parsed(job, workload).instrument(span).await;
+            drop(slot);
+        });
+        Ok(())
+    }
 }
 
 /// How long a status read from gearmand is trusted.
@@ -196,6 +241,7 @@ impl Controller {
                 Some((f.to_string(), Arc::new(tokio::sync::Semaphore::new(n))))
             })
             .collect();
+        let config_local = config.local_concurrency;
         Ok(Arc::new(Controller {
             limits,
             foreground: ForegroundClient::new(gearmand.clone()),
@@ -216,7 +262,14 @@ impl Controller {
             ),
             in_hand: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            local: Arc::new(tokio::sync::Semaphore::new(config_local)),
+            accepting: AtomicBool::new(false),
         }))
+    }
+
+    /// The handle an Injector in this process gives its jobs to.
+    pub fn local(self: &Arc<Self>) -> Local {
+        Local(self.clone())
     }
 
     /// Runs one job JSON to its end: submits it to its function, keeps its
@@ -496,6 +549,15 @@ impl Controller {
             job_timeout_s = self.config.job_timeout.map_or(0.0, |t| t.as_secs_f64()),
             "controller started"
         );
+        let stopping = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                Instant::now()
+            }
+        });
+        let stopped = shutdown.clone();
+        self.accepting.store(true, Ordering::Release);
         let me = self.clone();
         serve(
             self.gearmand.clone(),
@@ -514,10 +576,21 @@ impl Controller {
             self.config.shutdown_timeout,
         )
         .await;
-        // `serve` is done with the jobs in hand: those still running were
-        // left by it at the shutdown timeout. They give their rows back.
-        self.abandon.cancel();
+        // `serve` is done with the jobs it took: those still running were
+        // left by it at the shutdown timeout. Jobs handed over in this
+        // process get what is left of that timeout; then all of those
+        // still running give their rows back.
+        self.accepting.store(false, Ordering::Release);
         self.in_hand.close();
+        let since = if stopped.is_cancelled() {
+            stopping.await.unwrap_or_else(|_| Instant::now())
+        } else {
+            stopping.abort();
+            Instant::now()
+        };
+        let left = self.config.shutdown_timeout.saturating_sub(since.elapsed());
+        let _ = tokio::time::timeout(left, self.in_hand.wait()).await;
+        self.abandon.cancel();
         let left = self.in_hand.len();
         if left > 0 {
             tracing::warn!(

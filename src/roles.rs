@@ -110,6 +110,11 @@ pub async fn run(
         Some(c) => Some(crate::web::Web::bind(c, store.clone(), gearmand.clone()).await?),
         None => None,
     };
+    // In one process, the Injector hands its due jobs to the Controller
+    // while that has room: no run_queued_job round through gearmand.
+    if let (Some(injector), Some(controller)) = (&injector, &controller) {
+        injector.hand_to(controller.local());
+    }
     let mut tasks = JoinSet::new();
     if let Some(role) = queue_runner {
         tasks.spawn(role.run(shutdown.clone()));

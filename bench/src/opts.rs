@@ -50,7 +50,10 @@ pub struct Opts {
     /// Injector).
     #[arg(long, default_value_t = 1)]
     pub queuerunners: usize,
-    /// Controller processes (scenario 4).
+    /// Controller processes (scenario 4); 0: the Controller runs in the
+    /// QueueRunner and Injector's process (`workers --roles
+    /// queuerunner,injector,controller`, with --controller-args too), where
+    /// the Injector hands it its jobs without gearmand.
     #[arg(long, default_value_t = 1)]
     pub controllers: usize,
     /// Repetitions of each scenario; the table shows the median.

@@ -362,6 +362,13 @@ impl Bench {
     /// The low-latency roles: one process with a QueueRunner and the
     /// Injector, and `--controllers` Controller processes.
     pub fn start_lowlatency_roles(&self, env: &mut Env) -> anyhow::Result<()> {
+        if self.opts.controllers == 0 {
+            // The recommended deployment: the Controller beside the
+            // Injector, which hands it its jobs without gearmand.
+            let all = ["workers", "--roles", "queuerunner,injector,controller"];
+            let args = format!("{} {}", self.opts.queuerunner_args, self.opts.controller_args);
+            return self.start_garivini(env, "workers", &all, &args);
+        }
         let qr_injector = ["workers", "--roles", "queuerunner,injector"];
         self.start_garivini(
             env,

@@ -534,7 +534,7 @@ impl Bench {
         self.start_lowlatency_roles(env)?;
         self.wait_workers(env, LL_FUNC, 1).await?;
         self.wait_workers(env, INJECT_JOBS, 1).await?;
-        self.wait_workers(env, RUN_QUEUED_JOB, self.opts.controllers as u64)
+        self.wait_workers(env, RUN_QUEUED_JOB, self.opts.controllers.max(1) as u64)
             .await?;
         self.wait_queuerunners(env).await
     }

@@ -83,6 +83,11 @@ pub struct Settings {
     /// Controller: jobs run at once, per gearmand.
     #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: usize,
+    /// Controller beside an Injector (`workers --roles injector,controller`):
+    /// jobs the Injector may hand it directly at once, without the
+    /// run_queued_job round through gearmand (0 = always through gearmand).
+    #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
+    local_concurrency: usize,
     /// Controller: seconds it waits for a job's answer before it fails the
     /// job (backoff) and frees its slot (0 = no limit).
     #[arg(long, value_name = "SECS", default_value_t = controller::DEFAULT_JOB_TIMEOUT.as_secs_f64())]
@@ -162,6 +167,7 @@ impl Settings {
             job_timeout: Some(seconds("--job-timeout", self.job_timeout)?).filter(|t| !t.is_zero()),
             give_back_delay: self.submit_retry_delay,
             functions: self.functions()?,
+            local_concurrency: self.local_concurrency,
         };
         config.validate()?;
         Ok(config)
