@@ -54,6 +54,26 @@ async fn injector_handing_to(
     i
 }
 
+/// Injects `n` jobs of `funcname`, one request each.
+async fn inject_each(client: &InjectClient, funcname: &str, n: usize) {
+    for i in 0..n {
+        client
+            .inject(format!(r#"{{"funcname":"{funcname}","arg":"a{i}"}}"#))
+            .await
+            .expect("stored");
+    }
+}
+
+/// Waits until `worker` ran `n` jobs and every row is gone.
+async fn all_ran(worker: &Worker, db: &TestDb, n: usize) {
+    wait_until(
+        LIMIT,
+        &format!("{n} jobs to run and their rows to go"),
+        || async { worker.count() == n && db.count("1").await == 0 },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn an_injected_job_goes_straight_to_the_controller_in_the_same_process() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
@@ -62,17 +82,8 @@ async fn an_injected_job_goes_straight_to_the_controller_in_the_same_process() {
     let worker = Worker::plain(&gearmand, "handed").await;
     let ctl = controller(&db, &gearmand, 8, 8, &stop).await;
     let injector = injector_handing_to(&db, &gearmand, &ctl, &stop).await;
-    let client = InjectClient::new(&gearmand);
-    for i in 0..20 {
-        client
-            .inject(format!(r#"{{"funcname":"handed","arg":"a{i}"}}"#))
-            .await
-            .expect("stored");
-    }
-    wait_until(LIMIT, "20 jobs to run and their rows to go", || async {
-        worker.count() == 20 && db.count("1").await == 0
-    })
-    .await;
+    inject_each(&InjectClient::new(&gearmand), "handed", 20).await;
+    all_ran(&worker, &db, 20).await;
     assert_eq!(injector.handed_off(), 20, "every job went straight to it");
 }
 
@@ -97,10 +108,7 @@ async fn a_full_local_controller_leaves_jobs_to_gearmand_and_another_controller(
         .inject(format!("[{}]", jobs.join(",")))
         .await
         .expect("stored");
-    wait_until(LIMIT, "3 jobs to run and their rows to go", || async {
-        worker.count() == 3 && db.count("1").await == 0
-    })
-    .await;
+    all_ran(&worker, &db, 3).await;
     assert_eq!(injector.handed_off(), 1, "the one free local slot");
     // Three at once: the third was run by the other Controller.
     assert_eq!(worker.most_at_once(), 3);
@@ -121,13 +129,7 @@ async fn sigkill_of_the_process_mid_run_loses_no_handed_over_job() {
         &dir.path().join("first.log"),
     );
     gearmand.wait_for_worker(INJECT_JOBS).await;
-    let client = InjectClient::new(&gearmand);
-    for i in 0..10 {
-        client
-            .inject(format!(r#"{{"funcname":"crashy","arg":"c{i}"}}"#))
-            .await
-            .expect("stored");
-    }
+    inject_each(&InjectClient::new(&gearmand), "crashy", 10).await;
     wait_until(LIMIT, "the jobs to start", || async { worker.count() >= 5 }).await;
     // Running there without a run_queued_job in gearmand: handed over.
     let through_gearmand = gearmand.load(RUN_QUEUED_JOB).await.unwrap();
