@@ -366,7 +366,10 @@ impl Bench {
             // The recommended deployment: the Controller beside the
             // Injector, which hands it its jobs without gearmand.
             let all = ["workers", "--roles", "queuerunner,injector,controller"];
-            let args = format!("{} {}", self.opts.queuerunner_args, self.opts.controller_args);
+            let args = format!(
+                "{} {}",
+                self.opts.queuerunner_args, self.opts.controller_args
+            );
             return self.start_garivini(env, "workers", &all, &args);
         }
         let qr_injector = ["workers", "--roles", "queuerunner,injector"];
