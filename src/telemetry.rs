@@ -78,7 +78,8 @@ pub fn describe() {
     );
     describe_counter!(
         "garivini_jobs_dispatched_total",
-        "Jobs submitted to gearmand, by role."
+        "Jobs sent to run, by role: queuerunner and injector submitted to gearmand, \
+         injector_local handed by the Injector to the Controller in its process."
     );
     describe_counter!(
         "garivini_function_jobs_dispatched_total",
