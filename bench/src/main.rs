@@ -13,7 +13,11 @@
 //!    jobs/s, and insert→start latency at a steady offered rate;
 //! 4. Garivini low-latency mode end to end (gv_inject → inject_jobs →
 //!    Injector → Controller → gv_consume): jobs/s, and submit→start latency
-//!    at a steady offered rate.
+//!    at a steady offered rate;
+//! 5. (opt-in) cost as the table grows: throughput mode's drain rate,
+//!    insert→start latency and `garivini status` time on an empty table,
+//!    then on one holding `--big-table-rows` rows of other functions
+//!    (`big_table`).
 //!
 //! Every phase gets a fresh database (dropped afterwards) and a fresh
 //! private gearmand on a free loopback port. Scenarios 3 and 4 run the real
@@ -34,6 +38,7 @@
 //! (the load generator's flags and summary), `targets` (the table's rows
 //! and their targets), `report` (table and JSON).
 
+mod big_table;
 mod cpu;
 mod gv_inject;
 mod opts;

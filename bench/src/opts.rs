@@ -11,7 +11,9 @@ use clap::Parser;
     version,
     about = "Benchmark: gearmand (memory, -q mysql) against Garivini's throughput and low-latency modes",
     after_help = "Scenarios: 1 gearmand memory-only (ceiling), 2 gearmand -q mysql, \
-                  3 Garivini throughput mode, 4 Garivini low-latency mode. \
+                  3 Garivini throughput mode, 4 Garivini low-latency mode, \
+                  5 (opt-in, --scenarios 5) throughput mode's drain, insert->start latency and \
+                  `garivini status` on an empty table and on one of --big-table-rows rows. \
                   Progress goes to stderr, the table to stdout."
 )]
 pub struct Opts {
@@ -66,9 +68,19 @@ pub struct Opts {
     /// Jobs per latency measurement.
     #[arg(long, default_value_t = 5000)]
     pub latency_jobs: u64,
-    /// Scenarios to run, comma separated.
+    /// Scenarios to run, comma separated (5, the big table, only when
+    /// asked for).
     #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4])]
     pub scenarios: Vec<u8>,
+    /// Scenario 5: rows put in the table before its second measurement
+    /// (90 % dead or 30 days ahead, 10 % of 1,000 other functions due in
+    /// two hours).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub big_table_rows: u64,
+    /// Scenario 5: `garivini status` runs timed on each table (the median
+    /// is shown).
+    #[arg(long, default_value_t = 5)]
+    pub status_runs: usize,
     /// Extra flags for every QueueRunner (and for scenario 4's
     /// `garivini workers --roles queuerunner,injector`), e.g.
     /// "--batch-run-sleep 0.1"; default: none (the QueueRunner's defaults).
@@ -121,8 +133,8 @@ impl Opts {
         {
             anyhow::bail!("--db-prefix: letters, digits and _ only");
         }
-        if let Some(bad) = self.scenarios.iter().find(|s| !(1..=4).contains(*s)) {
-            anyhow::bail!("--scenarios: no scenario {bad} (1 to 4)");
+        if let Some(bad) = self.scenarios.iter().find(|s| !(1..=5).contains(*s)) {
+            anyhow::bail!("--scenarios: no scenario {bad} (1 to 5)");
         }
         Ok(())
     }

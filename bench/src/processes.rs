@@ -72,6 +72,11 @@ impl Env {
         &self.db.as_ref().expect("phase with a database").name
     }
 
+    /// The phase's database URL (its `--dsn`).
+    pub fn dsn(&self) -> &str {
+        &self.db.as_ref().expect("phase with a database").url
+    }
+
     /// (name, pid) of gearmand and of every service process.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut pids: Vec<(String, u32)> = self
@@ -180,6 +185,16 @@ impl Bench {
 
     pub async fn disconnect(&self) {
         let _ = self.pool.clone().disconnect().await;
+    }
+
+    /// A connection to the server (for scenario 5's own statements).
+    pub async fn conn(&self) -> anyhow::Result<mysql_async::Conn> {
+        Ok(self.pool.get_conn().await?)
+    }
+
+    /// The `garivini` executable the phases run.
+    pub fn garivini_bin(&self) -> &Path {
+        &self.garivini
     }
 
     pub async fn count(&self, db: &str, table: &str) -> anyhow::Result<u64> {

@@ -11,7 +11,7 @@ use crate::cpu::{self, Role};
 use crate::opts::{split_args, Opts};
 use crate::processes::version;
 use crate::scenarios::{Metrics, Run, Unit};
-use crate::targets::{cpu_rows, met_text, ratios, rows, Target};
+use crate::targets::{big_summary, cpu_rows, met_text, ratios, rows, Target};
 
 /// Results of every repetition of every phase.
 pub struct Results {
@@ -169,12 +169,22 @@ pub fn print_table(opts: &Opts, r: &Results, header: &[String]) {
         .into_iter()
         .map(|(k, v)| format!("{k} = {}", fmt(v, 2)))
         .collect();
-    println!("ratios (end-to-end jobs/s): {}", ratios.join(", "));
-    if opts.scenarios.iter().any(|&s| s >= 3) {
+    if opts.scenarios.iter().any(|&s| s <= 4) {
+        println!("ratios (end-to-end jobs/s): {}", ratios.join(", "));
+    }
+    if opts.scenarios.iter().any(|&s| s == 3 || s == 4) {
         println!(
             "drain: QueueRunner(s) started on {} queued rows, until the table is empty; end to end: from gv_inject's start \
              until the table is empty, the other processes already running; latency rows: jobs/s is the rate gv_inject achieved",
             opts.jobs
+        );
+    }
+    if opts.has(5) {
+        println!("{}", big_summary(opts, r));
+        println!(
+            "5: background rows of {} other functions, none of them due during the measurement; \
+             drain: --jobs rows of the scenario's function inserted, QueueRunner(s) started, until none is left",
+            crate::big_table::BG_FUNCS
         );
     }
     print_cpu_table(opts, r);

@@ -36,10 +36,12 @@ pub enum Unit {
     TpLatency,
     LlE2e,
     LlLatency,
+    BigEmpty,
+    BigFull,
 }
 
 impl Unit {
-    pub const ALL: [Unit; 8] = [
+    pub const ALL: [Unit; 10] = [
         Unit::Memory,
         Unit::MemLatency,
         Unit::Mysql,
@@ -48,6 +50,8 @@ impl Unit {
         Unit::TpLatency,
         Unit::LlE2e,
         Unit::LlLatency,
+        Unit::BigEmpty,
+        Unit::BigFull,
     ];
 
     /// Its name in the JSON.
@@ -61,6 +65,8 @@ impl Unit {
             Unit::TpLatency => "throughput_latency",
             Unit::LlE2e => "lowlatency_e2e",
             Unit::LlLatency => "lowlatency_latency",
+            Unit::BigEmpty => "big_table_empty",
+            Unit::BigFull => "big_table_full",
         }
     }
 
@@ -70,6 +76,7 @@ impl Unit {
             Unit::Mysql => 2,
             Unit::TpDrain | Unit::TpE2e | Unit::TpLatency => 3,
             Unit::LlE2e | Unit::LlLatency => 4,
+            Unit::BigEmpty | Unit::BigFull => 5,
         }
     }
 
@@ -83,6 +90,8 @@ impl Unit {
             Unit::TpLatency => "throughput: latency",
             Unit::LlE2e => "low-latency: end to end",
             Unit::LlLatency => "low-latency: latency",
+            Unit::BigEmpty => "empty table: drain",
+            Unit::BigFull => "big table: drain",
         }
     }
 
@@ -176,6 +185,8 @@ impl Bench {
                     Unit::TpLatency => self.tp_latency(env, &mut m).await,
                     Unit::LlE2e => self.ll_e2e(env, &mut m).await,
                     Unit::LlLatency => self.ll_latency(env, &mut m).await,
+                    Unit::BigEmpty => self.big_table(env, false, &mut m).await,
+                    Unit::BigFull => self.big_table(env, true, &mut m).await,
                 }
             }
         };
@@ -511,7 +522,8 @@ impl Bench {
         self.start_queuerunners(env)?;
         self.wait_workers(env, TP_FUNC, 1).await?;
         self.wait_queuerunners(env).await?;
-        self.latency(env, Mode::Throughput, TP_FUNC, &file, m).await
+        self.latency(env, Mode::Throughput, TP_FUNC, &file, m, true)
+            .await
     }
 
     /// Scenario 4: jobs/s through inject_jobs, until the table is empty.
@@ -525,7 +537,8 @@ impl Bench {
     async fn ll_latency(&self, env: &mut Env, m: &mut Metrics) -> anyhow::Result<()> {
         let file = self.dir.join(format!("{}-latency", env.tag));
         self.start_lowlatency(env, Some(&file)).await?;
-        self.latency(env, Mode::LowLatency, LL_FUNC, &file, m).await
+        self.latency(env, Mode::LowLatency, LL_FUNC, &file, m, true)
+            .await
     }
 
     /// gv_consume and the low-latency roles, each known to gearmand.
@@ -567,19 +580,24 @@ impl Bench {
     }
 
     /// Latency from submit (insert, or inject_jobs) to worker start at the
-    /// offered rate; the services are running.
-    async fn latency(
+    /// offered rate; the services are running. `meter`: its CPU per job
+    /// too (scenario 5 meters its drain instead).
+    pub(crate) async fn latency(
         &self,
         env: &mut Env,
         mode: Mode,
         func: &str,
         file: &Path,
         m: &mut Metrics,
+        meter: bool,
     ) -> anyhow::Result<()> {
         let n = self.opts.latency_jobs;
         let args =
             Inject::latency(&self.opts, mode, func, file).args(&self.opts, self.servers_args(env));
-        let meter = self.meter(env, n, true, false).await;
+        let meter = match meter {
+            true => Some(self.meter(env, n, true, false).await),
+            false => None,
+        };
         let mut inject = self.spawn_inject(env, args)?;
         let offered = Duration::from_secs_f64(n as f64 / self.opts.rate.max(1) as f64);
         let inject_cpu = self
@@ -589,7 +607,9 @@ impl Bench {
                 offered + self.opts.timeout() + Duration::from_secs(10),
             )
             .await?;
-        meter.finish(&env.pids(), vec![inject_cpu], m);
+        if let Some(meter) = meter {
+            meter.finish(&env.pids(), vec![inject_cpu], m);
+        }
         let out = inject.stdout();
         let rate = parse_rate(&out, mode.verb(), n)?;
         let [p50, p90, p99, max] = parse_latency(&out, "submit->start", n)?

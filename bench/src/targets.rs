@@ -31,6 +31,12 @@ struct Targets {
     /// throughput and low-latency mode end to end (#17).
     tp_cpu_us: f64,
     ll_cpu_us: f64,
+    /// Scenario 5, on the big table against the empty one: drain rate at
+    /// least this share, insert->start p50 at most this multiple, and
+    /// `garivini status` under this many seconds (#17).
+    big_drain_vs_empty: f64,
+    big_p50_vs_empty: f64,
+    big_status_s: f64,
 }
 
 const TARGETS: Targets = Targets {
@@ -45,6 +51,9 @@ const TARGETS: Targets = Targets {
     ll_p50_vs_gearmand: 2.5,
     tp_cpu_us: 80.0,
     ll_cpu_us: 250.0,
+    big_drain_vs_empty: 0.8,
+    big_p50_vs_empty: 1.2,
+    big_status_s: 1.0,
 };
 
 /// A target of a row, and whether the medians met it (None: not known).
@@ -135,7 +144,8 @@ pub fn rows(opts: &Opts, r: &Results) -> Vec<Row> {
         met: ratio(ll_p50, mem_p50).map(|x| x <= k),
     };
     let rate = opts.rate;
-    vec![
+    let big = big_rows(opts, r);
+    let mut rows = vec![
         row(
             "1 gearmand memory-only (ceiling)".into(),
             Unit::Memory,
@@ -226,7 +236,107 @@ pub fn rows(opts: &Opts, r: &Results) -> Vec<Row> {
                 at_most(ll_p99, t.ll_p99_ms, format!("p99 <= {:.0} ms", t.ll_p99_ms)),
             ],
         ),
+    ];
+    rows.extend(big);
+    rows
+}
+
+/// How scenario 5's big table is named in the table.
+pub fn big_label(opts: &Opts) -> String {
+    let n = opts.big_table_rows;
+    if n >= 1_000_000 && n % 100_000 == 0 {
+        format!("{}M-row table", n as f64 / 1e6)
+    } else {
+        format!("{n}-row table")
+    }
+}
+
+/// Scenario 5's rows: drain and insert->start on the empty table and on
+/// the big one, the big one's judged against the empty one's, and the
+/// big table's `garivini status` time.
+fn big_rows(opts: &Opts, r: &Results) -> Vec<Row> {
+    let t = &TARGETS;
+    let (rate, jobs, big) = (opts.rate, opts.jobs, big_label(opts));
+    let drain = |u| r.median(u, "drain_jobs_per_s");
+    let p50 = |u| r.median(u, "p50_ms");
+    let empty_drain = drain(Unit::BigEmpty);
+    let empty_p50 = p50(Unit::BigEmpty);
+    let status = r.median(Unit::BigFull, "status_s");
+    let k = t.big_drain_vs_empty;
+    let drain_target = at_least(
+        drain(Unit::BigFull),
+        empty_drain.map(|e| e * k),
+        match empty_drain {
+            Some(e) => format!(">= {k} x empty = {:.0}/s", e * k),
+            None => format!(">= {k} x empty"),
+        },
+    );
+    let k = t.big_p50_vs_empty;
+    let p50_target = Target {
+        text: match empty_p50 {
+            Some(e) => format!("p50 <= {k} x empty = {:.2} ms", e * k),
+            None => format!("p50 <= {k} x empty's"),
+        },
+        met: ratio(p50(Unit::BigFull), empty_p50).map(|x| x <= k),
+    };
+    let status_target = at_most(
+        status,
+        t.big_status_s,
+        match status {
+            Some(s) => format!("status {s:.2} s <= {:.0} s", t.big_status_s),
+            None => format!("status <= {:.0} s", t.big_status_s),
+        },
+    );
+    vec![
+        row(
+            format!("5 empty table: drain {jobs} queued"),
+            Unit::BigEmpty,
+            "drain_jobs_per_s",
+            false,
+            vec![],
+        ),
+        row(
+            format!("5 {big}: drain {jobs} queued"),
+            Unit::BigFull,
+            "drain_jobs_per_s",
+            false,
+            vec![drain_target],
+        ),
+        row(
+            format!("5 empty table: insert->start @{rate}/s"),
+            Unit::BigEmpty,
+            "offered_jobs_per_s",
+            true,
+            vec![],
+        ),
+        row(
+            format!("5 {big}: insert->start @{rate}/s"),
+            Unit::BigFull,
+            "offered_jobs_per_s",
+            true,
+            vec![p50_target, status_target],
+        ),
     ]
+}
+
+/// Scenario 5's summary: the big table's figures against the empty one's.
+pub fn big_summary(opts: &Opts, r: &Results) -> String {
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let m = |u, k| r.median(u, k);
+    format!(
+        "5 ({}, filled in {} s): drain big/empty = {}, insert->start p50 big/empty = {}, p99 big/empty = {}; \
+         garivini status, median of {}: empty {} s, big {} s (min {}, max {})",
+        big_label(opts),
+        f(m(Unit::BigFull, "fill_seconds"), 0),
+        f(ratio(m(Unit::BigFull, "drain_jobs_per_s"), m(Unit::BigEmpty, "drain_jobs_per_s")), 2),
+        f(ratio(m(Unit::BigFull, "p50_ms"), m(Unit::BigEmpty, "p50_ms")), 2),
+        f(ratio(m(Unit::BigFull, "p99_ms"), m(Unit::BigEmpty, "p99_ms")), 2),
+        opts.status_runs.max(1),
+        f(m(Unit::BigEmpty, "status_s"), 3),
+        f(m(Unit::BigFull, "status_s"), 3),
+        f(m(Unit::BigFull, "status_min_s"), 3),
+        f(m(Unit::BigFull, "status_max_s"), 3),
+    )
 }
 
 /// End-to-end jobs/s of one scenario against another's.
