@@ -90,12 +90,7 @@ async fn the_injectors_dispatches_are_counted_too() {
     // No QueueRunner: every dispatch is the Injector's.
     let roles = Roles::low_latency(store, &gearmand).await;
     let client = InjectClient::new(&gearmand);
-    for i in 0..12 {
-        client
-            .inject(format!(r#"{{"funcname":"gd_ll","arg":"{i}"}}"#))
-            .await
-            .expect("stored");
-    }
+    client.inject_numbered("gd_ll", "", 12).await;
     let batch: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"funcname":"gd_ll","arg":"b{i}"}}"#))
         .collect();
@@ -196,12 +191,7 @@ async fn without_the_table_everything_runs_and_it_is_said_once() {
     gearmand.wait_for_worker(garivini::names::INJECT_JOBS).await;
     insert_numbered(&Client::new(store.clone()), "gd_notable", "n", 10).await;
     let inject = InjectClient::new(&gearmand);
-    for i in 0..5 {
-        inject
-            .inject(format!(r#"{{"funcname":"gd_notable_ll","arg":"{i}"}}"#))
-            .await
-            .expect("stored");
-    }
+    inject.inject_numbered("gd_notable_ll", "", 5).await;
     wait_until(LIMIT, "every job to run", || async {
         worker.count() == 10 && ll.count() == 5
     })

@@ -99,12 +99,7 @@ async fn never_answering(gearmand: &Gearmand) -> Worker {
 /// Injects `n` jobs of `hang` and waits until the worker that never
 /// answers holds them all.
 async fn hand_over(inject: &InjectClient, hang: &Worker, n: usize) {
-    for i in 0..n {
-        inject
-            .inject(format!(r#"{{"funcname":"hang","arg":"h{i}"}}"#))
-            .await
-            .expect("stored");
-    }
+    inject.inject_numbered("hang", "h", n).await;
     wait_until(LIMIT, "the hung worker to hold its jobs", || async {
         hang.count() == n
     })

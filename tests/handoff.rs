@@ -54,16 +54,6 @@ async fn injector_handing_to(
     i
 }
 
-/// Injects `n` jobs of `funcname`, one request each.
-async fn inject_each(client: &InjectClient, funcname: &str, n: usize) {
-    for i in 0..n {
-        client
-            .inject(format!(r#"{{"funcname":"{funcname}","arg":"a{i}"}}"#))
-            .await
-            .expect("stored");
-    }
-}
-
 /// Waits until `worker` ran `n` jobs and every row is gone.
 async fn all_ran(worker: &Worker, db: &TestDb, n: usize) {
     wait_until(
@@ -82,7 +72,9 @@ async fn an_injected_job_goes_straight_to_the_controller_in_the_same_process() {
     let worker = Worker::plain(&gearmand, "handed").await;
     let ctl = controller(&db, &gearmand, 8, 8, &stop).await;
     let injector = injector_handing_to(&db, &gearmand, &ctl, &stop).await;
-    inject_each(&InjectClient::new(&gearmand), "handed", 20).await;
+    InjectClient::new(&gearmand)
+        .inject_numbered("handed", "a", 20)
+        .await;
     all_ran(&worker, &db, 20).await;
     assert_eq!(injector.handed_off(), 20, "every job went straight to it");
 }
@@ -129,7 +121,9 @@ async fn sigkill_of_the_process_mid_run_loses_no_handed_over_job() {
         &dir.path().join("first.log"),
     );
     gearmand.wait_for_worker(INJECT_JOBS).await;
-    inject_each(&InjectClient::new(&gearmand), "crashy", 10).await;
+    InjectClient::new(&gearmand)
+        .inject_numbered("crashy", "a", 10)
+        .await;
     wait_until(LIMIT, "the jobs to start", || async { worker.count() >= 5 }).await;
     // Running there without a run_queued_job in gearmand: handed over.
     let through_gearmand = gearmand.load(RUN_QUEUED_JOB).await.unwrap();

@@ -388,12 +388,7 @@ async fn without_the_paused_table_one_warning_and_everything_runs() {
 
     insert_numbered(&Client::new(store.clone()), "pz_notable", "n", 10).await;
     let inject = InjectClient::new(&gearmand);
-    for i in 0..5 {
-        inject
-            .inject(format!(r#"{{"funcname":"pz_notable_ll","arg":"{i}"}}"#))
-            .await
-            .expect("stored");
-    }
+    inject.inject_numbered("pz_notable_ll", "", 5).await;
     wait_until(LIMIT, "every job to run", || async {
         worker.count() == 10 && ll.count() == 5
     })

@@ -162,4 +162,17 @@ impl InjectClient {
             other => panic!("inject_jobs: unexpected {other:?}"),
         }
     }
+
+    /// Injects `n` jobs of `funcname` with args `{prefix}0`, `{prefix}1`,
+    /// ..., one request each, every one stored: [`insert_numbered`]
+    /// through `inject_jobs`.
+    pub async fn inject_numbered(&self, funcname: &str, prefix: &str, n: usize) {
+        for i in 0..n {
+            self.inject(format!(
+                r#"{{"funcname":"{funcname}","arg":"{prefix}{i}"}}"#
+            ))
+            .await
+            .expect("stored");
+        }
+    }
 }
