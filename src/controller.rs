@@ -211,8 +211,7 @@ impl Local {
         let me = c.clone();
         c.in_hand.spawn(async move {
             let workload = Bytes::from(job.to_json());
-            let span = tracing::info_span!("job", job.id = job.jobid, db.id = job.dbid, funcname = %job.funcname);
-            let _ = me.run_parsed(job, workload).instrument(span).await;
+            let _ = me.run_in_span(job, workload).await;
             drop(slot);
         });
         Ok(())
@@ -286,6 +285,11 @@ impl Controller {
                 return Ran::NotAJob;
             }
         };
+        self.run_in_span(job, workload).await
+    }
+
+    /// [`Controller::run_parsed`] in a span naming the job.
+    async fn run_in_span(&self, job: Job, workload: Bytes) -> Ran {
         let span = tracing::info_span!("job", job.id = job.jobid, db.id = job.dbid, funcname = %job.funcname);
         self.run_parsed(job, workload).instrument(span).await
     }
