@@ -6,36 +6,14 @@
 //! gearmand, scraped over HTTP; needs `scripts/services up`.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use garivini::{Client, NewJob};
-use testkit::{free_port, server_url, wait_until, with_servers, Gearmand, Proc, TestDb, SCHEMA};
+use testkit::{
+    free_port, scrape_metrics, server_url, wait_until, with_servers, Gearmand, Proc, TestDb, SCHEMA,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// GET /metrics; every sample as "name{labels}" → value.
-fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
-    let mut conn = std::net::TcpStream::connect(addr).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_string(), value.parse().ok()?))
-            })
-            .collect(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_dispatched_again_after_its_lease_ran_out_is_counted_and_logged() {
@@ -107,7 +85,7 @@ async fn a_row_dispatched_again_after_its_lease_ran_out_is_counted_and_logged() 
         |f: &str| format!("garivini_function_jobs_dispatched_total{{function=\"{f}\"}}");
     let mut m = HashMap::new();
     wait_until(LIMIT, "the metrics to show the three dispatches", || {
-        m = scrape(&metrics).unwrap_or_default();
+        m = scrape_metrics(&metrics).unwrap_or_default();
         let done = ["le_lost", "le_given", "le_failed"]
             .iter()
             .all(|f| m.get(&dispatched(f)).copied().unwrap_or(0.0) >= 1.0);

@@ -3,48 +3,17 @@
 //! scripts/services up.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use garivini::gearman::Outcome;
 use garivini::names::INJECT_JOBS;
 use garivini::Client;
 use testkit::{
-    free_port, insert_numbered, run_bin, wait_until, with_servers, Gearmand, InjectClient, Proc,
-    TestDb,
+    free_port, http_get, insert_numbered, run_bin, scrape_metrics, wait_until, with_servers,
+    Gearmand, InjectClient, Proc, TestDb,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// GET `path`; the status line and the body.
-fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
-    let mut conn = std::net::TcpStream::connect(addr).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_string(), body.to_string()))
-}
-
-/// GET /metrics; every sample as "name{labels}" → value.
-fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
-    let (status, body) = http_get(addr, "/metrics")?;
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_string(), value.parse().ok()?))
-            })
-            .collect(),
-    )
-}
 
 /// The sum of `name`'s samples over all their labels.
 fn sum(m: &HashMap<String, f64>, name: &str) -> f64 {
@@ -155,7 +124,7 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
     // The counters move after the rows do; give them a moment.
     let mut m = HashMap::new();
     wait_until(LIMIT, "the metrics to show the finished jobs", || {
-        m = scrape(&metrics).unwrap_or_default();
+        m = scrape_metrics(&metrics).unwrap_or_default();
         let done = m
             .get("garivini_jobs_completed_total")
             .copied()
@@ -237,7 +206,7 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
         LIMIT,
         "the worker's metrics to show its completions",
         || {
-            w = scrape(&worker_metrics).unwrap_or_default();
+            w = scrape_metrics(&worker_metrics).unwrap_or_default();
             let done = w.get("garivini_jobs_completed_total").copied() == Some(20.0);
             async move { done }
         },

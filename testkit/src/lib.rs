@@ -54,8 +54,8 @@ pub use galera::{Cluster, ClusterDb, CLUSTER_SCHEMA};
 pub use gearmand::{Gearmand, GearmandConfig, IdleWorker};
 pub use mariadbd::{MariaDb, TestCerts};
 pub use process::{
-    bin, bin_dir, bin_path, command, free_port, recorded_runs, run_bin, run_command,
-    run_every_binary, run_garivini, with_servers, BinaryRun, Proc, EVERY_BINARY,
+    bin, bin_dir, bin_path, command, free_port, http_get, recorded_runs, run_bin, run_command,
+    run_every_binary, run_garivini, scrape_metrics, with_servers, BinaryRun, Proc, EVERY_BINARY,
 };
 pub use proxy::{host_port, via, DbProxy};
 pub use report::{check_runs, FaultRow};

@@ -376,3 +376,36 @@ pub fn recorded_runs(path: &Path) -> Vec<(u32, u64)> {
         })
         .collect()
 }
+
+/// GET `path` of the HTTP server at `addr` (a role's `--metrics-addr`);
+/// the status line and the body, `None` while nothing answers there.
+pub fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// GET /metrics at `addr`, which must answer 200; every sample as
+/// "name{labels}" → value, `None` while nothing answers there.
+pub fn scrape_metrics(addr: &str) -> Option<std::collections::HashMap<String, f64>> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
