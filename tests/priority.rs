@@ -176,3 +176,62 @@ async fn a_table_without_the_priority_column_takes_normal_jobs_and_refuses_other
     wait_until(LIMIT, "the jobs to run", || async { worker.count() == 3 }).await;
     assert!(worker.jobs().iter().all(|j| j.priority == Priority::Normal));
 }
+
+/// One claim takes the due rows high first, then normal, then low, then
+/// a level above low's set by hand (which the probes of the claim index
+/// must not leave out), each level oldest first; a row not yet due is
+/// left alone whatever its level. And a level with nothing due does not
+/// hold up the others.
+#[tokio::test]
+async fn one_claim_takes_high_then_normal_then_low_then_a_level_set_by_hand() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.store().await);
+    for (priority, n) in [
+        (Priority::Low, 2),
+        (Priority::Normal, 2),
+        (Priority::High, 2),
+    ] {
+        client
+            .insert_jobs(&jobs("levels_f", n, priority))
+            .await
+            .unwrap();
+    }
+    client
+        .insert_job(NewJob::new("levels_f", "by hand 0"))
+        .await
+        .unwrap();
+    db.exec("UPDATE job SET priority = 7 WHERE arg = 'by hand 0'")
+        .await;
+    client
+        .insert_job(
+            NewJob::new("levels_f", "later")
+                .priority(Priority::High)
+                .delay(3600),
+        )
+        .await
+        .unwrap();
+    let store = client.store();
+    let claim = |limit| store.claim(1, limit, 60, |due| vec![None; due.len()]);
+    let args = |claim: garivini::store::Claim| -> Vec<String> {
+        claim
+            .jobs
+            .iter()
+            .map(|j| String::from_utf8_lossy(&j.arg).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        args(claim(3).await.unwrap()),
+        ["high 0", "high 1", "normal 0"]
+    );
+    assert_eq!(
+        args(claim(100).await.unwrap()),
+        ["normal 1", "low 0", "low 1", "by hand 0"]
+    );
+    assert!(claim(100).await.unwrap().jobs.is_empty());
+    assert!(!store.any_due(1).await.unwrap());
+    // Only a level above low's due: the idle probe sees it too.
+    db.exec("UPDATE job SET run_after = 0, priority = 9 WHERE arg = 'later'")
+        .await;
+    assert!(store.any_due(1).await.unwrap());
+    assert_eq!(args(claim(100).await.unwrap()), ["later"]);
+}

@@ -94,8 +94,8 @@ impl Store {
                 // claimer leased between our index read and our row lock can
                 // come back with its new run_after. The locked row's current
                 // run_after is what counts, so such rows are left alone.
-                let now = db_now(&mut tx).await?;
-                let rows = due_rows(&mut tx, cols, now, limit).await?;
+                let (now, due_levels) = now_and_due_levels(&mut tx, cols).await?;
+                let rows = due_rows(&mut tx, cols, now, &due_levels, limit).await?;
                 let mut claim = Claim::default();
                 let mut due = Vec::with_capacity(rows.len());
                 let mut expired = std::collections::HashSet::new();
@@ -167,8 +167,8 @@ impl Store {
         Ok(claim)
     }
 
-    /// Whether database `dbid` has a due row: a probe of the claim index
-    /// (one per priority level at most), no lock taken. Cheap enough for
+    /// Whether database `dbid` has a due row: one statement of probes of
+    /// the claim index (see `now_and_due_levels`), no lock taken. Cheap enough for
     /// an idle QueueRunner to ask ten times a second, where a claim round
     /// would also open a transaction and ask gearmand for its queue
     /// depths.
@@ -177,6 +177,10 @@ impl Store {
         let cols = self.optional(db).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
+            if cols.priority {
+                let (_, due) = now_and_due_levels(&mut conn, cols).await?;
+                return Ok(!due.is_empty());
+            }
             for level in levels(cols) {
                 let due: Option<u8> = conn
                     .exec_first(
@@ -494,10 +498,56 @@ impl Store {
     }
 }
 
+/// Levels of the `priority` column as [`now_and_due_levels`] reports
+/// them: 0 high, 1 normal, 2 low, and [`ABOVE_LOW`] for any value above
+/// low's (set by hand), claimed after low.
+const ABOVE_LOW: u8 = 3;
+
+/// The database's now and, on a table with priorities, which levels have a
+/// row due then (0 high, 1 normal, 2 low, [`ABOVE_LOW`]): one statement,
+/// whose probes read the first entry of each level in the claim index, no
+/// lock taken.
+///
+/// Why probe first: a locking range read of a level with nothing due does
+/// not stop at the level's end. InnoDB locks and steps over every
+/// delete-marked entry that recent leases left at the front of the next
+/// level (until purge removes them) before the server sees a row past the
+/// range; an exact-prefix read (MIN over one level) stops at the level's
+/// end. Measured with gv_claim_bench, reading the empty high level first
+/// cost the claim 23-30 % per job.
+async fn now_and_due_levels(
+    q: &mut impl Queryable,
+    cols: Optional,
+) -> mysql_async::Result<(u32, Vec<u8>)> {
+    if !cols.priority {
+        return Ok((db_now(q).await?, Vec::new()));
+    }
+    type Firsts = (u32, Option<u32>, Option<u32>, Option<u32>, bool);
+    let (now, high, normal, low, above): Firsts = q
+        .query_first(
+            "SELECT UNIX_TIMESTAMP() AS now, \
+             (SELECT MIN(run_after) FROM job WHERE priority = 0), \
+             (SELECT MIN(run_after) FROM job WHERE priority = 1), \
+             (SELECT MIN(run_after) FROM job WHERE priority = 2), \
+             EXISTS (SELECT 1 FROM job WHERE priority > 2 AND run_after <= UNIX_TIMESTAMP())",
+        )
+        .await?
+        .unwrap_or_default();
+    let due = [high, normal, low]
+        .into_iter()
+        .zip(0u8..)
+        .filter(|(first, _)| first.is_some_and(|at| at <= now))
+        .map(|(_, level)| level)
+        .chain(above.then_some(ABOVE_LOW))
+        .collect();
+    Ok((now, due))
+}
+
 /// Up to `limit` rows due at `now`, locked, skipping those other claimers
 /// hold: oldest first, and on a table with priorities, high before normal
-/// before low. With priorities, one statement reads the three levels'
-/// ranges of the claim index in index order (`priority IN (0, 1, 2) AND
+/// before low. With priorities, one statement reads the ranges of the
+/// claim index of the levels that have due rows (`due_levels`, from
+/// [`now_and_due_levels`]) in index order (`priority IN (...) AND
 /// run_after <= now ORDER BY priority, run_after`: a range per level, no
 /// sort, no row of a level that is not due read), and a value above low's,
 /// set by hand, is read after them only while there is room.
@@ -505,6 +555,7 @@ async fn due_rows(
     tx: &mut impl Queryable,
     cols: Optional,
     now: u32,
+    due_levels: &[u8],
     limit: usize,
 ) -> mysql_async::Result<Vec<RawRow>> {
     // Then whether each row's last lease ran out, for the claim to count.
@@ -514,15 +565,28 @@ async fn due_rows(
         super::history::lease_ran_out_column(cols)
     );
     let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
-    let (levels, order): (&[&str], &str) = if cols.priority {
-        (
-            &["priority IN (0, 1, 2) AND ", "priority > 2 AND "],
-            "priority, run_after",
-        )
+    let mut ranges: Vec<(String, &str)> = Vec::new();
+    if !cols.priority {
+        ranges.push((String::new(), "run_after"));
     } else {
-        (&[""], "run_after")
-    };
-    for level in levels {
+        let (levels, above): (Vec<u8>, Vec<u8>) =
+            due_levels.iter().partition(|&&level| level < ABOVE_LOW);
+        match levels.as_slice() {
+            [] => {}
+            [level] => ranges.push((format!("priority = {level} AND "), "run_after")),
+            levels => {
+                let list: Vec<String> = levels.iter().map(u8::to_string).collect();
+                ranges.push((
+                    format!("priority IN ({}) AND ", list.join(", ")),
+                    "priority, run_after",
+                ));
+            }
+        }
+        if !above.is_empty() {
+            ranges.push(("priority > 2 AND ".to_string(), "priority, run_after"));
+        }
+    }
+    for (level, order) in ranges {
         if rows.len() >= limit {
             break;
         }
