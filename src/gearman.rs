@@ -949,14 +949,31 @@ pub enum WorkResult {
 /// function (gearmand wakes all sleeping workers), so more connections
 /// than needed for throughput only cost wake-ups.
 pub const MAX_WORKER_CONNECTIONS: usize = 8;
+/// Jobs one worker connection holds at most before another is opened:
+/// with grabs pipelined, one connection takes a backlog as fast as
+/// several, and every connection more is woken on every new job.
+pub const SLOTS_PER_CONNECTION: usize = 64;
+/// Connections [`serve`] opens to each server for `concurrency` jobs at
+/// once.
+pub fn worker_connections(concurrency: usize) -> usize {
+    concurrency
+        .max(1)
+        .div_ceil(SLOTS_PER_CONNECTION)
+        .min(MAX_WORKER_CONNECTIONS)
+}
+
+/// Grabs (GRAB_JOB_UNIQ) one worker connection keeps in flight at most.
+const MAX_GRABS_IN_FLIGHT: usize = 32;
 
 /// How long a worker waits, after shutdown, for the jobs in hand.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `function` on every server with up to `concurrency` jobs running
 /// at once per server, until `shutdown`. Jobs are spread over a few
-/// connections, each holding several jobs at once (gearmand assigns a
-/// connection as many jobs as it grabs). On shutdown no new job is grabbed,
+/// connections ([`worker_connections`]), each holding several jobs at once
+/// (gearmand assigns a connection as many jobs as it grabs) and keeping
+/// several grabs in flight while jobs keep coming; answers ready together
+/// go out in one write. On shutdown no new job is grabbed,
 /// and the jobs in hand are finished and answered, for at most
 /// `shutdown_timeout`: then their connections close, and gearmand gives
 /// their Gearman jobs to other workers. Lost connections are retried with
@@ -973,7 +990,7 @@ pub async fn serve<H, F>(
     F: Future<Output = WorkResult> + Send + 'static,
 {
     let concurrency = concurrency.max(1);
-    let connections = concurrency.min(MAX_WORKER_CONNECTIONS);
+    let connections = worker_connections(concurrency);
     let mut tasks = tokio::task::JoinSet::new();
     for server in servers {
         for c in 0..connections {
@@ -1048,7 +1065,15 @@ where
         let mut conn = Framed::new(connect_stream(server).await?, WorkerCodec::default());
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Vec<Packet>>(self.slots);
         let mut running = 0usize;
-        let mut grabbing = false;
+        // Grabs sent and not answered yet, and how many to keep in flight
+        // while jobs keep coming: one after a wake-up, twice as many after
+        // each job (up to the free slots), so that a backlog comes in a
+        // few round trips while a lone job costs one grab more at most.
+        let mut grabs = 0usize;
+        let mut depth = 1usize;
+        // A grab found the queue empty: no more grabs; once every grab is
+        // answered, sleep until gearmand's NOOP.
+        let mut empty = false;
         let mut sleeping = false;
         let mut stopping = false;
         let mut give_up = tokio::time::Instant::now();
@@ -1060,12 +1085,23 @@ where
         .await
         .map_err(err)?;
         loop {
-            // One grab at a time: a NO_JOB answer then means what it says.
-            if !stopping && !grabbing && !sleeping && running < self.slots {
-                conn.feed(req(PacketType::GrabJobUniq, vec![]))
-                    .await
-                    .map_err(err)?;
-                grabbing = true;
+            if !stopping && !sleeping {
+                if empty {
+                    if grabs == 0 {
+                        conn.feed(req(PacketType::PreSleep, vec![]))
+                            .await
+                            .map_err(err)?;
+                        (sleeping, empty, depth) = (true, false, 1);
+                    }
+                } else {
+                    let want = depth.min(self.slots - running);
+                    while grabs < want {
+                        conn.feed(req(PacketType::GrabJobUniq, vec![]))
+                            .await
+                            .map_err(err)?;
+                        grabs += 1;
+                    }
+                }
             }
             conn.flush().await.map_err(err)?;
             // A grab still unanswered is no reason to stay: a job gearmand
@@ -1085,9 +1121,14 @@ where
                     return Ok(());
                 }
                 Some(answer) = done_rx.recv() => {
-                    running -= 1;
-                    for pkt in answer {
-                        conn.feed(pkt).await.map_err(err)?;
+                    // Every answer ready now goes out in one write.
+                    let mut next = Some(answer);
+                    while let Some(answer) = next {
+                        running -= 1;
+                        for pkt in answer {
+                            conn.feed(pkt).await.map_err(err)?;
+                        }
+                        next = done_rx.try_recv().ok();
                     }
                 }
                 pkt = conn.next() => {
@@ -1097,7 +1138,7 @@ where
                             WorkerFrame::Packet(pkt) => pkt,
                             WorkerFrame::Oversized(big) => {
                                 if self.refuse(big, &mut conn, outage).await? {
-                                    grabbing = false;
+                                    grabs = grabs.saturating_sub(1);
                                 }
                                 continue;
                             }
@@ -1106,17 +1147,15 @@ where
                     match pkt.ptype {
                         PacketType::JobAssignUniq if pkt.args.len() == 4 => {
                             outage.ended();
-                            grabbing = false;
+                            grabs = grabs.saturating_sub(1);
+                            depth = (depth * 2).min(MAX_GRABS_IN_FLIGHT);
                             running += 1;
                             self.start_job(pkt, done_tx.clone());
                         }
                         PacketType::NoJob => {
                             outage.ended();
-                            grabbing = false;
-                            if !stopping {
-                                conn.feed(req(PacketType::PreSleep, vec![])).await.map_err(err)?;
-                                sleeping = true;
-                            }
+                            grabs = grabs.saturating_sub(1);
+                            empty = true;
                         }
                         PacketType::Noop => sleeping = false,
                         // e.g. an answer for a job gearmand no longer knows:

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use garivini::gearman::{queue_depths, server_status, FunctionLoad, MAX_WORKER_CONNECTIONS};
+use garivini::gearman::{queue_depths, server_status, worker_connections, FunctionLoad};
 use garivini::injector::answer_refs;
 use garivini::names::{INJECT_JOBS, RUN_QUEUED_JOB};
 use garivini::{injector, queue_runner, Client, Flag, NewJob};
@@ -237,13 +237,13 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
 async fn an_inject_jobs_request_over_64_mib_is_refused_and_the_worker_stays_connected() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
     let _injector = Roles::injector(injector::Config::default(), db.store().await, &gearmand).await;
-    let connections = MAX_WORKER_CONNECTIONS as u64;
+    let connections = worker_connections(injector::DEFAULT_CONCURRENCY) as u64;
     wait_until(LIMIT, "every inject_jobs worker connection", || async {
         gearmand.workers(INJECT_JOBS).await == connections
     })
     .await;
     let before = lasting_connections_to(gearmand.port).await;
-    assert!(before.len() >= MAX_WORKER_CONNECTIONS, "{before:?}");
+    assert!(before.len() as u64 >= connections, "{before:?}");
 
     // 70 MiB: gearmand takes it and hands it to the Injector.
     let mut body = br#"{"funcname":"f","arg":""#.to_vec();
