@@ -197,9 +197,15 @@ pub struct Local(Arc<Controller>);
 impl Local {
     /// Starts `job` in this Controller if it is serving and has a free
     /// local slot, as if it had come through `run_queued_job`; else gives
-    /// it back, for gearmand. The caller has committed its row, leased: if
-    /// the process dies before the job ends, the row runs again after its
+    /// it back, for gearmand. The caller has committed its row, leased
+    /// (and, where the table has the column, its attempt recorded): if the
+    /// process dies before the job ends, the row runs again after its
     /// lease, as a job gearmand lost.
+    ///
+    /// A job without a unique key is run without the check that its row
+    /// is still its dispatch (one UPDATE and commit less per job): the
+    /// caller has just stored that row itself, so no other copy exists. A
+    /// keyed job may have found an existing row of its key, and is checked.
     pub fn try_run(&self, job: Job) -> std::result::Result<(), Job> {
         let c = &self.0;
         if !c.accepting.load(Ordering::Acquire) {
@@ -211,7 +217,8 @@ impl Local {
         let me = c.clone();
         c.in_hand.spawn(async move {
             let workload = Bytes::from(job.to_json());
-            let _ = me.run_in_span(job, workload).await;
+            let fresh = job.uniqkey.is_none();
+            let _ = me.run_in_span(job, workload, fresh).await;
             drop(slot);
         });
         Ok(())
@@ -285,16 +292,18 @@ impl Controller {
                 return Ran::NotAJob;
             }
         };
-        self.run_in_span(job, workload).await
+        self.run_in_span(job, workload, false).await
     }
 
     /// [`Controller::run_parsed`] in a span naming the job.
-    async fn run_in_span(&self, job: Job, workload: Bytes) -> Ran {
+    async fn run_in_span(&self, job: Job, workload: Bytes, fresh: bool) -> Ran {
         let span = tracing::info_span!("job", job.id = job.jobid, db.id = job.dbid, funcname = %job.funcname);
-        self.run_parsed(job, workload).instrument(span).await
+        self.run_parsed(job, workload, fresh).instrument(span).await
     }
 
-    async fn run_parsed(&self, job: Job, workload: Bytes) -> Ran {
+    /// Runs a job; `fresh`: its row was just stored, leased, by this
+    /// process (see [`Local::try_run`]), so it is not checked for staleness.
+    async fn run_parsed(&self, job: Job, workload: Bytes, fresh: bool) -> Ran {
         if let Some(reason) = unsendable_funcname(&job.funcname) {
             // Only a foreign Injector or QueueRunner sends such a job (ours
             // refuse or park it): submitting it would make gearmand's
@@ -312,7 +321,10 @@ impl Controller {
         // gearmand) may find its row done, cancelled or failed since:
         // running it would run the job again. When the row cannot be read,
         // the job runs (at least once).
-        let current = self.client.start_job(&job, self.config.lease).await;
+        let current = match fresh {
+            true => Ok(true),
+            false => self.client.start_job(&job, self.config.lease).await,
+        };
         if let Some(false) = self.row_update(current, "cannot check that a job is still due") {
             tracing::info!(
                 failcount = job.failcount,

@@ -196,6 +196,7 @@ fn parse_job(value: &Value) -> std::result::Result<NewJob, String> {
             None => Priority::Normal,
             Some(p) => p.parse().map_err(|e: Error| e.to_string())?,
         },
+        leased: false,
     };
     job.validate().map_err(|e| e.to_string())?;
     Ok(job)
@@ -384,6 +385,7 @@ impl Injector {
                 room -= 1;
                 // Stored leased: the dispatch below is its first run.
                 job.delay = self.config.lease;
+                job.leased = true;
             }
             dispatch.push(now);
         }

@@ -205,6 +205,12 @@ pub struct NewJob {
     pub coalesce: Option<String>,
     /// Which due jobs go first.
     pub priority: Priority,
+    /// Stored leased by one who dispatches it right after the commit (the
+    /// Injector): `delay` is then its lease, and the row records the
+    /// attempt as started (`attempted_at`, where the table has it), as a
+    /// claim would. A job with a unique key is stored as if not leased
+    /// (its key may name a row that exists).
+    pub leased: bool,
 }
 
 impl NewJob {
@@ -218,6 +224,7 @@ impl NewJob {
             flag: Flag::Shim,
             coalesce: None,
             priority: Priority::Normal,
+            leased: false,
         }
     }
 

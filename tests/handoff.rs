@@ -155,3 +155,60 @@ async fn sigkill_of_the_process_mid_run_loses_no_handed_over_job() {
     ran.dedup();
     assert_eq!(ran.len(), 10, "every job ran: {ran:?}");
 }
+
+/// A handed-over job runs without a check of its row (the Injector has
+/// just stored it), yet reads as in flight while it runs: its row is
+/// stored with the attempt recorded (attempted_at) and leased.
+#[tokio::test]
+async fn a_handed_over_job_is_in_flight_while_it_runs() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let worker = Worker::serving("handed_slow")
+        .taking(Duration::from_secs(3))
+        .start(&gearmand)
+        .await;
+    let ctl = controller(&db, &gearmand, 8, 8, &stop).await;
+    let injector = injector_handing_to(&db, &gearmand, &ctl, &stop).await;
+    let before: u32 = db.now().await;
+    InjectClient::new(&gearmand)
+        .inject_numbered("handed_slow", "a", 1)
+        .await;
+    wait_until(LIMIT, "the job to start", || async { worker.count() == 1 }).await;
+    let rows: Vec<(u32, u32, u32)> = db
+        .query("SELECT attempted_at, run_after, UNIX_TIMESTAMP() FROM job")
+        .await;
+    let [(attempted_at, run_after, now)] = rows[..] else {
+        panic!("one row: {rows:?}")
+    };
+    assert!(attempted_at >= before, "attempt recorded: {rows:?}");
+    assert!(run_after > now, "leased: {rows:?}");
+    assert_eq!(injector.handed_off(), 1);
+    all_ran(&worker, &db, 1).await;
+}
+
+/// An injected job is in flight from its dispatch on, as a claimed one
+/// is: its row is stored with the attempt recorded, before any Controller
+/// has it (here none runs), so a copy lost in gearmand reads as an
+/// expired lease.
+#[tokio::test]
+async fn an_injected_job_is_in_flight_from_its_dispatch() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let _injector =
+        testkit::Roles::injector(injector::Config::default(), db.store().await, &gearmand).await;
+    let before: u32 = db.now().await;
+    InjectClient::new(&gearmand)
+        .inject_numbered("no_controller", "a", 1)
+        .await;
+    gearmand
+        .wait_for_depth(LIMIT, "the dispatch", RUN_QUEUED_JOB, 1)
+        .await;
+    let rows: Vec<(u32, u32, u32)> = db
+        .query("SELECT attempted_at, run_after, UNIX_TIMESTAMP() FROM job")
+        .await;
+    let [(attempted_at, run_after, now)] = rows[..] else {
+        panic!("one row: {rows:?}")
+    };
+    assert!(attempted_at >= before, "attempt recorded: {rows:?}");
+    assert!(run_after > now, "leased: {rows:?}");
+}

@@ -136,6 +136,7 @@ impl Sent {
             flag: Flag::Controller,
             coalesce: self.coalesce.clone(),
             priority: Default::default(),
+            leased: false,
         }
     }
 }

@@ -23,7 +23,7 @@ const MAX_PAYLOAD: u64 = 0xff_ffff;
 /// id, flags, iteration count, and slack.
 const STATEMENT_OVERHEAD: u64 = 64;
 /// Bytes one row adds to an INSERT's packet besides its values, at most:
-/// a type (2 bytes) for each of its seven values, a length prefix (up to 9)
+/// a type (2 bytes) for each of its eight values, a length prefix (up to 9)
 /// for each of its five strings, 8 for the run_after integer, and its share
 /// of the null bitmap.
 const ROW_OVERHEAD: u64 = 88;
@@ -268,33 +268,56 @@ fn takes_returning(version: &str) -> bool {
     version.contains("MariaDB") && (major, minor) >= (10, 5)
 }
 
-/// `INSERT INTO job (...) VALUES ` for a table with `cols`.
-fn insert_into(cols: Optional) -> &'static str {
-    if cols.priority {
-        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag, priority) VALUES "
-    } else {
-        "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag) VALUES "
+/// Which columns an INSERT names: those of the original's table, and of
+/// ours those the table has and the rows need.
+#[derive(Clone, Copy)]
+struct Shape {
+    keyed: bool,
+    priority: bool,
+    /// `attempted_at`, for keyless rows stored leased ([`NewJob::leased`]).
+    attempted: bool,
+}
+
+impl Shape {
+    fn of(jobs: &[NewJob], idx: &[usize], keyed: bool, cols: Optional) -> Shape {
+        Shape {
+            keyed,
+            priority: cols.priority,
+            attempted: !keyed && cols.attempted_at && idx.iter().any(|&i| jobs[i].leased),
+        }
+    }
+
+    /// `INSERT INTO job (...) VALUES `.
+    fn insert_into(self) -> String {
+        format!(
+            "INSERT INTO job (funcname, arg, uniqkey, run_after, `coalesce`, flag{}{}) VALUES ",
+            if self.priority { ", priority" } else { "" },
+            if self.attempted { ", attempted_at" } else { "" },
+        )
+    }
+
+    /// One row's placeholders, the unique key bound or NULL.
+    fn placeholders(self) -> String {
+        format!(
+            "(?, ?, {}, UNIX_TIMESTAMP() + ?, ?, ?{}{})",
+            if self.keyed { "?" } else { "NULL" },
+            if self.priority { ", ?" } else { "" },
+            if self.attempted {
+                ", IF(?, UNIX_TIMESTAMP(), 0)"
+            } else {
+                ""
+            },
+        )
     }
 }
 
-/// One row's placeholders for [`insert_into`], the unique key bound or
-/// NULL.
-fn placeholders(keyed: bool, cols: Optional) -> &'static str {
-    match (keyed, cols.priority) {
-        (false, false) => "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?)",
-        (false, true) => "(?, ?, NULL, UNIX_TIMESTAMP() + ?, ?, ?, ?)",
-        (true, false) => "(?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?)",
-        (true, true) => "(?, ?, ?, UNIX_TIMESTAMP() + ?, ?, ?, ?)",
-    }
-}
-
-/// A row's values for [`placeholders`].
-fn values(job: &NewJob, keyed: bool, cols: Optional, out: &mut Vec<Value>) {
+/// A row's values for [`Shape::placeholders`].
+fn values(job: &NewJob, shape: Shape, out: &mut Vec<Value>) {
     out.extend([
         Value::from(job.funcname.as_str()),
         Value::from(job.arg.as_slice()),
     ]);
-    if keyed {
+    if shape.keyed {
         out.push(Value::from(job.uniqkey.as_deref()));
     }
     out.extend([
@@ -302,8 +325,11 @@ fn values(job: &NewJob, keyed: bool, cols: Optional, out: &mut Vec<Value>) {
         Value::from(job.coalesce.as_deref()),
         Value::from(job.flag.as_str()),
     ]);
-    if cols.priority {
+    if shape.priority {
         out.push(Value::from(job.priority.column()));
+    }
+    if shape.attempted {
+        out.push(Value::from(job.leased));
     }
 }
 
@@ -316,14 +342,15 @@ async fn insert_rows(
     idx: &[usize],
     cols: Optional,
 ) -> mysql_async::Result<Vec<u64>> {
+    let shape = Shape::of(jobs, idx, false, cols);
     let sql = format!(
         "{}{} RETURNING jobid",
-        insert_into(cols),
-        repeat_placeholders(placeholders(false, cols), idx.len())
+        shape.insert_into(),
+        repeat_placeholders(&shape.placeholders(), idx.len())
     );
     let mut params = Vec::with_capacity(idx.len() * 6);
     for &i in idx {
-        values(&jobs[i], false, cols, &mut params);
+        values(&jobs[i], shape, &mut params);
     }
     q.exec(sql, Params::Positional(params)).await
 }
@@ -334,11 +361,12 @@ async fn insert_one(
     job: &NewJob,
     cols: Optional,
 ) -> mysql_async::Result<u64> {
+    let shape = Shape::of(std::slice::from_ref(job), &[0], false, cols);
     let mut params = Vec::with_capacity(6);
-    values(job, false, cols, &mut params);
+    values(job, shape, &mut params);
     let result = q
         .exec_iter(
-            format!("{}{}", insert_into(cols), placeholders(false, cols)),
+            format!("{}{}", shape.insert_into(), shape.placeholders()),
             Params::Positional(params),
         )
         .await?;
@@ -354,14 +382,15 @@ pub(super) async fn insert_keyed_row(
     job: &NewJob,
     cols: Optional,
 ) -> mysql_async::Result<u64> {
+    let shape = Shape::of(&[], &[], true, cols);
     let mut params = Vec::with_capacity(7);
-    values(job, true, cols, &mut params);
+    values(job, shape, &mut params);
     let result = q
         .exec_iter(
             format!(
                 "{}{} ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
-                insert_into(cols),
-                placeholders(true, cols)
+                shape.insert_into(),
+                shape.placeholders()
             ),
             Params::Positional(params),
         )
