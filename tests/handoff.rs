@@ -64,6 +64,19 @@ async fn all_ran(worker: &Worker, db: &TestDb, n: usize) {
     .await;
 }
 
+/// Asserts that the table holds one row, in flight: its attempt recorded
+/// (at `since` or after) and its lease not run out.
+async fn one_row_in_flight(db: &TestDb, since: u32) {
+    let rows: Vec<(u32, u32, u32)> = db
+        .query("SELECT attempted_at, run_after, UNIX_TIMESTAMP() FROM job")
+        .await;
+    let [(attempted_at, run_after, now)] = rows[..] else {
+        panic!("one row: {rows:?}")
+    };
+    assert!(attempted_at >= since, "attempt recorded: {rows:?}");
+    assert!(run_after > now, "leased: {rows:?}");
+}
+
 #[tokio::test]
 async fn an_injected_job_goes_straight_to_the_controller_in_the_same_process() {
     let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
@@ -175,14 +188,7 @@ async fn a_handed_over_job_is_in_flight_while_it_runs() {
         .inject_numbered("handed_slow", "a", 1)
         .await;
     wait_until(LIMIT, "the job to start", || async { worker.count() == 1 }).await;
-    let rows: Vec<(u32, u32, u32)> = db
-        .query("SELECT attempted_at, run_after, UNIX_TIMESTAMP() FROM job")
-        .await;
-    let [(attempted_at, run_after, now)] = rows[..] else {
-        panic!("one row: {rows:?}")
-    };
-    assert!(attempted_at >= before, "attempt recorded: {rows:?}");
-    assert!(run_after > now, "leased: {rows:?}");
+    one_row_in_flight(&db, before).await;
     assert_eq!(injector.handed_off(), 1);
     all_ran(&worker, &db, 1).await;
 }
@@ -203,12 +209,5 @@ async fn an_injected_job_is_in_flight_from_its_dispatch() {
     gearmand
         .wait_for_depth(LIMIT, "the dispatch", RUN_QUEUED_JOB, 1)
         .await;
-    let rows: Vec<(u32, u32, u32)> = db
-        .query("SELECT attempted_at, run_after, UNIX_TIMESTAMP() FROM job")
-        .await;
-    let [(attempted_at, run_after, now)] = rows[..] else {
-        panic!("one row: {rows:?}")
-    };
-    assert!(attempted_at >= before, "attempt recorded: {rows:?}");
-    assert!(run_after > now, "leased: {rows:?}");
+    one_row_in_flight(&db, before).await;
 }
