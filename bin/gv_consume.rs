@@ -12,6 +12,8 @@
 //! jobs go back to gearmand with the connection, which hands them to
 //! another worker; their rows are left as they are.)
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/example.rs"]
 mod example;
 #[path = "common/metrics_endpoint.rs"]

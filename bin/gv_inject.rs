@@ -8,6 +8,8 @@
 //! gv_consume, gv_inject also reports the latency from submit to worker
 //! start.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/example.rs"]
 mod example;
 #[path = "common/servers.rs"]

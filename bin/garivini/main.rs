@@ -15,6 +15,8 @@ mod settings;
 mod settings_file;
 mod web;
 
+#[path = "../common/allocator.rs"]
+mod allocator;
 #[path = "../common/metrics_endpoint.rs"]
 mod metrics_endpoint;
 #[path = "../common/seconds.rs"]
