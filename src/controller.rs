@@ -321,9 +321,10 @@ impl Controller {
         // gearmand) may find its row done, cancelled or failed since:
         // running it would run the job again. When the row cannot be read,
         // the job runs (at least once).
-        let current = match fresh {
-            true => Ok(true),
-            false => self.client.start_job(&job, self.config.lease).await,
+        let current = if fresh {
+            Ok(true)
+        } else {
+            self.client.start_job(&job, self.config.lease).await
         };
         if let Some(false) = self.row_update(current, "cannot check that a job is still due") {
             tracing::info!(

@@ -181,20 +181,10 @@ impl Store {
                 let (_, due) = now_and_due_levels(&mut conn, cols).await?;
                 return Ok(!due.is_empty());
             }
-            for level in levels(cols) {
-                let due: Option<u8> = conn
-                    .exec_first(
-                        format!(
-                            "SELECT 1 FROM job WHERE {level}run_after <= UNIX_TIMESTAMP() LIMIT 1"
-                        ),
-                        (),
-                    )
-                    .await?;
-                if due.is_some() {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
+            let due: Option<u8> = conn
+                .query_first("SELECT 1 FROM job WHERE run_after <= UNIX_TIMESTAMP() LIMIT 1")
+                .await?;
+            Ok(due.is_some())
         })
         .await
     }
@@ -569,8 +559,11 @@ async fn due_rows(
     if !cols.priority {
         ranges.push((String::new(), "run_after"));
     } else {
-        let (levels, above): (Vec<u8>, Vec<u8>) =
-            due_levels.iter().partition(|&&level| level < ABOVE_LOW);
+        let levels: Vec<u8> = due_levels
+            .iter()
+            .copied()
+            .filter(|&level| level < ABOVE_LOW)
+            .collect();
         match levels.as_slice() {
             [] => {}
             [level] => ranges.push((format!("priority = {level} AND "), "run_after")),
@@ -582,7 +575,7 @@ async fn due_rows(
                 ));
             }
         }
-        if !above.is_empty() {
+        if due_levels.contains(&ABOVE_LOW) {
             ranges.push(("priority > 2 AND ".to_string(), "priority, run_after"));
         }
     }

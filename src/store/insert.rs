@@ -279,11 +279,22 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(jobs: &[NewJob], idx: &[usize], keyed: bool, cols: Optional) -> Shape {
+    /// Keyless rows, `leased` if any of them is.
+    fn keyless(cols: Optional, leased: bool) -> Shape {
         Shape {
-            keyed,
+            keyed: false,
             priority: cols.priority,
-            attempted: !keyed && cols.attempted_at && idx.iter().any(|&i| jobs[i].leased),
+            attempted: cols.attempted_at && leased,
+        }
+    }
+
+    /// A row with a unique key: never stored with an attempt (see
+    /// [`NewJob::leased`]).
+    fn keyed(cols: Optional) -> Shape {
+        Shape {
+            keyed: true,
+            priority: cols.priority,
+            attempted: false,
         }
     }
 
@@ -342,7 +353,7 @@ async fn insert_rows(
     idx: &[usize],
     cols: Optional,
 ) -> mysql_async::Result<Vec<u64>> {
-    let shape = Shape::of(jobs, idx, false, cols);
+    let shape = Shape::keyless(cols, idx.iter().any(|&i| jobs[i].leased));
     let sql = format!(
         "{}{} RETURNING jobid",
         shape.insert_into(),
@@ -361,7 +372,7 @@ async fn insert_one(
     job: &NewJob,
     cols: Optional,
 ) -> mysql_async::Result<u64> {
-    let shape = Shape::of(std::slice::from_ref(job), &[0], false, cols);
+    let shape = Shape::keyless(cols, job.leased);
     let mut params = Vec::with_capacity(6);
     values(job, shape, &mut params);
     let result = q
@@ -382,7 +393,7 @@ pub(super) async fn insert_keyed_row(
     job: &NewJob,
     cols: Optional,
 ) -> mysql_async::Result<u64> {
-    let shape = Shape::of(&[], &[], true, cols);
+    let shape = Shape::keyed(cols);
     let mut params = Vec::with_capacity(7);
     values(job, shape, &mut params);
     let result = q
