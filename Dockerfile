@@ -1,6 +1,6 @@
 # Garivini's binaries (garivini, gv_inject, gv_consume) on Debian, and a
 # gearmand image for docker-compose.yml. Untested here: this machine has no
-# Docker engine (see the README).
+# Docker engine (see docs/operating.md, "docker-compose").
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -28,5 +28,5 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 USER gearman
 EXPOSE 4730
-# One thread: half the latency per hop on a small host (README, Performance).
+# One thread: half the latency per hop on a small host (docs/performance.md).
 ENTRYPOINT ["gearmand", "--config-file=/dev/null", "--listen=0.0.0.0", "--port=4730", "--threads=0", "--log-file=stderr"]
