@@ -13,15 +13,17 @@
 //! failed since), and a failed row waiting out its backoff is "retrying".
 //! See [`Selection`](crate::store::Selection).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gearman::FunctionLoad;
 use crate::job::JobRef;
 use crate::job::{unsendable_funcname, Job, NewJob, MAX_FUNCNAME_LEN};
 use crate::store::{After, Change, History, Listed, Page, Store};
 pub use crate::store::{Counts, FunctionStatus, JobState, ListQuery};
+pub use crate::waiting::{Limits, WaitReason};
 
 /// Rows `jobs list` shows unless told otherwise.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
@@ -108,8 +110,10 @@ impl Status {
 
 /// Reads every database and every gearmand at once. A source that fails
 /// is reported in its section (see [`Status::errors`]), not as an error:
-/// the rest of the screen is still worth having.
-pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
+/// the rest of the screen is still worth having. Each function with due
+/// rows says why they wait ([`FunctionStatus::waiting`]), as the
+/// QueueRunner running with `limits` decides.
+pub async fn status(store: &Store, gearmand: &[String], lease: u32, limits: &Limits) -> Status {
     let dbs = futures::future::join_all(store.dbids().map(|dbid| db_status(store, dbid, lease)));
     let servers = futures::future::join_all(gearmand.iter().map(|server| async move {
         match crate::gearman::server_status(server).await {
@@ -137,8 +141,17 @@ pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
             },
         }
     }));
-    let (databases, gearmand, paused) = futures::join!(dbs, servers, paused(store));
+    let (mut databases, gearmand, paused) = futures::join!(dbs, servers, paused(store));
     let without_worker = without_worker(&databases, &gearmand);
+    let load = load_of(&gearmand);
+    for db in &mut databases {
+        for f in &mut db.functions {
+            if f.counts.due > 0 {
+                let is_paused = paused.functions.iter().any(|p| p.funcname == f.funcname);
+                f.waiting = limits.reason(&f.funcname, is_paused, load.as_ref());
+            }
+        }
+    }
     Status {
         lease,
         databases,
@@ -146,6 +159,22 @@ pub async fn status(store: &Store, gearmand: &[String], lease: u32) -> Status {
         without_worker,
         paused,
     }
+}
+
+/// The load of each function summed over the gearmand servers that
+/// answered; `None` if none did.
+fn load_of(gearmand: &[GearmandStatus]) -> Option<HashMap<String, FunctionLoad>> {
+    if !gearmand.iter().any(|g| g.error.is_none()) {
+        return None;
+    }
+    let mut load: HashMap<String, FunctionLoad> = HashMap::new();
+    for f in gearmand.iter().flat_map(|g| &g.functions) {
+        let l = load.entry(f.funcname.clone()).or_default();
+        l.queued += f.depth;
+        l.running += f.running;
+        l.workers += f.workers;
+    }
+    Some(load)
 }
 
 /// See [`Status::without_worker`].

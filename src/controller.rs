@@ -43,11 +43,8 @@ use crate::gearman::{
     gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{unsendable_funcname, Job, When};
-use crate::names::{
-    DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB,
-};
+use crate::names::{DEFAULT_LEASE, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB};
 use crate::outage::Outage;
-use crate::store::functions::PAUSED_PUSHBACK;
 use crate::telemetry;
 
 /// Jobs run at once, per gearmand.
@@ -70,9 +67,6 @@ pub struct Config {
     /// How long shutdown waits for the jobs in hand; the rows of those
     /// still running then are given back (see `give_back_delay`).
     pub shutdown_timeout: Duration,
-    /// Seconds a job whose function has no worker waits in the database
-    /// before it is tried again.
-    pub no_worker_delay: u32,
     /// How long the Controller waits for a job's answer, counted from its
     /// submit (time queued in gearmand included); then the job is failed
     /// (backoff) and its slot freed. `None`: no limit.
@@ -94,7 +88,6 @@ impl Default for Config {
             lease: DEFAULT_LEASE,
             concurrency: DEFAULT_CONCURRENCY,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            no_worker_delay: DEFAULT_NO_WORKER_DELAY,
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             give_back_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             functions: Functions::default(),
@@ -141,12 +134,12 @@ pub enum Ran {
     /// The outcome is unknown (gearmand lost, or the row could not be
     /// updated); the row runs again after its lease.
     Unknown,
-    /// No worker serves the job's function: the row waits in the database
-    /// (`no_worker_delay`) rather than hold a Controller slot.
+    /// No worker serves the job's function: its row is given back, due,
+    /// its failcount kept, rather than hold a Controller slot; the
+    /// QueueRunner holds it until a worker registers.
     NoWorker,
     /// The job's function is paused (`garivini functions pause`): its row
-    /// is given back, due again in a second, its failcount kept; nothing
-    /// was run.
+    /// is given back, due, its failcount kept; nothing was run.
     Paused,
     /// The job's function is at its concurrency limit: its row is given
     /// back, due again in a second, its failcount kept; nothing was run.
@@ -343,20 +336,10 @@ impl Controller {
             // Sent before the pause took hold: given back, due again
             // shortly, its failcount kept; the QueueRunner holds it until
             // the resume.
-            return self.put_back(&job, "paused", Ran::Paused).await;
+            return self.put_back(&job, "is paused", Ran::Paused).await;
         }
         if !self.has_worker(&job.funcname).await {
-            let released = self
-                .client
-                .reschedule_job(&job, When::In(self.config.no_worker_delay))
-                .await;
-            return match self.row_update(
-                released,
-                "no worker for the job, and its row could not be put back",
-            ) {
-                Some(()) => Ran::NoWorker,
-                None => Ran::Unknown,
-            };
+            return self.put_back(&job, "has no worker", Ran::NoWorker).await;
         }
         // Held until the answer (or the timeout): the limit counts jobs
         // running here, whatever became of them in gearmand.
@@ -451,13 +434,11 @@ impl Controller {
         }
     }
 
-    /// Gives back the row of a job not run because its function is `why`:
-    /// due again in a second, its failcount kept.
+    /// Gives back the row of a job not run because its function `why`
+    /// (is paused, has no worker): due now, its failcount kept, its attempt
+    /// undone. The QueueRunner holds it, due, until that changes.
     async fn put_back(&self, job: &Job, why: &str, ran: Ran) -> Ran {
-        let given = self
-            .client
-            .reschedule_job(job, When::In(PAUSED_PUSHBACK))
-            .await;
+        let given = self.client.reschedule_job(job, When::In(0)).await;
         let what = format!("function {why}, and its row could not be put back");
         match self.row_update(given, &what) {
             Some(()) => ran,

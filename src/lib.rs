@@ -34,6 +34,8 @@
 //! - [`outage`]: riding out a database or gearmand outage: one warning per
 //!   outage, capped and jittered retries.
 //! - [`telemetry`]: the Prometheus metrics the roles record (the catalogue).
+//! - [`waiting`]: why a due job waits (paused, no worker, over the limit or
+//!   the watermark), the one answer of every surface.
 //! - [`admin`]: operating it: the `garivini status` report, the
 //!   `garivini jobs` commands (list, show, retry, cancel) and pausing a
 //!   function (`garivini functions pause|resume`, the roles honour it
@@ -84,6 +86,7 @@ pub mod roles;
 pub mod store;
 pub mod telemetry;
 mod tls;
+pub mod waiting;
 #[cfg(feature = "web")]
 pub mod web;
 

@@ -18,10 +18,6 @@ pub const DEFAULT_LEASE: u32 = 1000;
 /// Most jobs of one function queued in gearmand before rows are held back
 /// (0 = no limit): the QueueRunner's and the Injector's watermark.
 pub const DEFAULT_QUEUE_WATERMARK_DEPTH: u64 = 4000;
-/// How far a row whose function has no worker is pushed back (seconds):
-/// it waits in the database, not in gearmand, and reaches a worker that
-/// registers within this long.
-pub const DEFAULT_NO_WORKER_DELAY: u32 = 5;
 /// How soon a row whose submit failed is due again (seconds).
 pub const DEFAULT_SUBMIT_RETRY_DELAY: u32 = 5;
 

@@ -5,13 +5,16 @@
 //! block each other), leases them (run_after = now + lease), commits, and
 //! submits them to gearmand as background jobs. A row whose submit fails is
 //! given back at once (due again shortly); only a crash leaves a row to
-//! wait out its lease. Rows of a function whose gearmand queue is over the
-//! watermark are pushed back instead of sent, so gearmand's memory stays
-//! bounded however long the table's backlog is.
-//! Rows of a paused function (`garivini functions pause`) are neither
-//! leased nor sent: they stay due, pushed back a second at a time. A
-//! function with a concurrency limit ([`crate::functions`]) gets no more rows
-//! sent than the room its limit leaves beside what gearmand holds of it.
+//! wait out its lease.
+//!
+//! Rows that cannot be sent now are held: left due in the table, their
+//! `run_after` untouched, and not even read while they wait (see
+//! [`Holds`]): those of a paused function (`garivini functions pause`), of a
+//! function with no worker on any gearmand, of a function whose gearmand
+//! queue is at the watermark (so gearmand's memory stays bounded however
+//! long the table's backlog is), and of a function at its concurrency limit
+//! ([`crate::functions`]). Other functions' rows are claimed as fast as if
+//! the held ones were not there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,14 +28,14 @@ use crate::functions::Functions;
 use crate::gearman::{BackgroundJob, FunctionLoad, Submitter};
 use crate::job::Job;
 use crate::names::{
-    dispatch_function, DEFAULT_LEASE, DEFAULT_NO_WORKER_DELAY, DEFAULT_QUEUE_WATERMARK_DEPTH,
-    DEFAULT_SUBMIT_RETRY_DELAY,
+    dispatch_function, DEFAULT_LEASE, DEFAULT_QUEUE_WATERMARK_DEPTH, DEFAULT_SUBMIT_RETRY_DELAY,
 };
 use crate::outage::Outage;
 use crate::periodic;
-use crate::store::functions::{PausedFunctions, PAUSED_PUSHBACK};
-use crate::store::Store;
+use crate::store::functions::PausedFunctions;
+use crate::store::{Holds, Store};
 use crate::telemetry;
+use crate::waiting::Limits;
 
 /// Largest batch claimed from one database in one round.
 pub const DEFAULT_BATCH_MAX_SIZE: usize = 1000;
@@ -49,12 +52,6 @@ pub const DEFAULT_IDLE_POLL: Duration = Duration::from_millis(100);
 /// batch): new jobs wait for at most this long, and an idle table is
 /// still polled only every `batch_run_sleep`.
 pub const DEFAULT_BUSY_RUN_SLEEP: Duration = Duration::from_millis(50);
-/// How far a row over the watermark is pushed back (seconds). The original
-/// pushed back by 60 s; a burst larger than the watermark then drained at
-/// 4000 jobs a minute whatever the workers' speed (measured: 110 jobs/s end
-/// to end). One second puts the row behind the rows already due, and the
-/// QueueRunner sends it as soon as gearmand's queue has room.
-pub const DEFAULT_WATERMARK_PUSHBACK: u32 = 1;
 /// How often the due-rows gauge is counted (a bounded index scan).
 const DUE_ROWS_EVERY: Duration = Duration::from_secs(5);
 
@@ -76,12 +73,8 @@ pub struct Config {
     /// During a pause, probe for due rows this often and end the pause when
     /// one is found (zero = never probe).
     pub idle_poll: Duration,
-    /// Queue depth per function above which rows are pushed back; 0 = off.
+    /// Queue depth per function at which its rows are held; 0 = off.
     pub queue_watermark_depth: u64,
-    /// Push-back of rows over the watermark, seconds.
-    pub watermark_pushback: u32,
-    /// Push-back of `controller` rows whose function has no worker, seconds.
-    pub no_worker_delay: u32,
     /// Delay before a row whose submit failed is due again, seconds.
     pub submit_retry_delay: u32,
     /// Count due rows for the `garivini_due_rows` gauge every few seconds
@@ -104,8 +97,6 @@ impl Default for Config {
             busy_run_sleep: DEFAULT_BUSY_RUN_SLEEP,
             idle_poll: DEFAULT_IDLE_POLL,
             queue_watermark_depth: DEFAULT_QUEUE_WATERMARK_DEPTH,
-            watermark_pushback: DEFAULT_WATERMARK_PUSHBACK,
-            no_worker_delay: DEFAULT_NO_WORKER_DELAY,
             submit_retry_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             report_due_rows: false,
             periodic: Vec::new(),
@@ -183,8 +174,9 @@ pub struct Stats {
     pub claimed: usize,
     /// Rows gearmand acknowledged.
     pub dispatched: usize,
-    /// Rows pushed back because their function was over the watermark.
-    pub pushed_back: usize,
+    /// Due rows read but held (left due): their dispatch function's room
+    /// was shared by several functions and ran out (see [`Holds`]).
+    pub held: usize,
     /// Rows given back because their submit failed.
     pub given_back: usize,
     /// Rows parked (made dead, logged) because they cannot be dispatched
@@ -216,6 +208,14 @@ pub struct QueueRunner {
     /// The databases this runner claims from: all of the store's, but in
     /// each of the claim loops [`QueueRunner::run`] starts, one.
     dbids: Vec<u32>,
+    /// Per database, whether its next claim reads function by function
+    /// (its last one met held or limited rows, see [`Holds`]).
+    by_function: HashMap<u32, bool>,
+    /// Per database, what its last claim held: the probes between rounds
+    /// look for other rows only.
+    holds: HashMap<u32, Holds>,
+    /// gearmand's load at the last round, for the gauges' reasons.
+    load: Option<HashMap<String, FunctionLoad>>,
 }
 
 /// How a round went, for the pause after it.
@@ -266,6 +266,9 @@ impl QueueRunner {
                 .unwrap_or_else(Instant::now),
             shutdown: CancellationToken::new(),
             dbids: store.dbids().collect(),
+            by_function: HashMap::new(),
+            holds: HashMap::new(),
+            load: None,
             store,
         })
     }
@@ -284,6 +287,9 @@ impl QueueRunner {
             due_counted: self.due_counted,
             shutdown: self.shutdown.clone(),
             dbids: vec![dbid],
+            by_function: HashMap::new(),
+            holds: HashMap::new(),
+            load: None,
         }
     }
 
@@ -300,25 +306,57 @@ impl QueueRunner {
         telemetry::claim_round(
             stats.claimed,
             stats.dispatched,
-            stats.pushed_back,
+            stats.held,
             started.elapsed(),
         );
         if self.config.report_due_rows && self.due_counted.elapsed() >= DUE_ROWS_EVERY {
             self.due_counted = Instant::now();
-            for &dbid in &self.dbids {
-                if let Ok(rows) = self.store.count_due(dbid, telemetry::DUE_ROWS_CAP).await {
-                    telemetry::due_rows(dbid, rows);
-                }
-            }
+            self.report_rows().await;
         }
         Ok(stats)
+    }
+
+    /// Sets the due-rows gauges: per database, and per function with why
+    /// its due rows wait, as `garivini status` counts and tells them.
+    async fn report_rows(&self) {
+        let limits = Limits {
+            watermark: self.config.queue_watermark_depth,
+            functions: self.config.functions.clone(),
+        };
+        let paused = self.store.paused_functions().await;
+        for &dbid in &self.dbids {
+            if let Ok(rows) = self.store.count_due(dbid, telemetry::DUE_ROWS_CAP).await {
+                telemetry::due_rows(dbid, rows);
+            }
+            let Ok((_, functions)) = self.store.count_by_function(dbid, self.config.lease).await
+            else {
+                continue;
+            };
+            let rows: Vec<telemetry::FunctionRows<'_>> = functions
+                .iter()
+                .map(|f| telemetry::FunctionRows {
+                    funcname: &f.funcname,
+                    due: f.counts.due,
+                    waiting: (f.counts.due > 0)
+                        .then(|| {
+                            let paused = paused.contains(&f.funcname);
+                            limits.reason(&f.funcname, paused, self.load.as_ref())
+                        })
+                        .flatten(),
+                    oldest_due_secs: f.counts.oldest_due_secs,
+                    dead: f.counts.dead,
+                })
+                .collect();
+            telemetry::function_rows(dbid, &rows);
+        }
     }
 
     async fn round(&mut self) -> Result<Stats> {
         let mut stats = Stats::default();
         let watermark = self.config.queue_watermark_depth;
-        let mut room: Option<Room> = None;
-        if watermark > 0 || self.config.functions.limits_any() {
+        // Asked every round, whatever the watermark: a function without a
+        // worker is held.
+        let mut room = {
             // Raced against shutdown: a gearmand that accepts and never
             // answers would hold a stopping role for the reply timeout.
             let (load, errors) = tokio::select! {
@@ -335,14 +373,9 @@ impl QueueRunner {
             for (function, l) in &load {
                 telemetry::queue_depth(function, l.queued);
             }
-            room = Some(Room::new(
-                watermark,
-                self.config.watermark_pushback,
-                self.config.no_worker_delay,
-                load,
-                self.config.functions.clone(),
-            ));
-        }
+            self.load = Some(load.clone());
+            Room::new(watermark, load, self.config.functions.clone())
+        };
         for dbid in self.dbids.clone() {
             if self.shutdown.is_cancelled() {
                 break;
@@ -362,55 +395,37 @@ impl QueueRunner {
     }
 
     #[tracing::instrument(skip(self, room, stats), fields(db.id = dbid), err(level = "debug"))]
-    async fn run_db(
-        &mut self,
-        dbid: u32,
-        room: &mut Option<Room>,
-        stats: &mut Stats,
-    ) -> Result<()> {
+    async fn run_db(&mut self, dbid: u32, room: &mut Room, stats: &mut Stats) -> Result<()> {
         if !self.store.claim_turn(dbid).await? {
             stats.standby += 1;
             return Ok(());
         }
         let limit = self.batches[&dbid].get();
         let paused = self.store.paused_functions().await;
-        // Set, not added to, by each call of the decision: a claim that is
-        // retried leaves the count of the one that committed.
-        let paused_rows = std::sync::atomic::AtomicUsize::new(0);
+        let mut holds = room.holds(limit);
+        holds.held.extend(paused.names().map(str::to_string));
+        holds.by_function = self.by_function.get(&dbid).copied().unwrap_or(false);
         let claim = self
             .store
-            .claim(dbid, limit, self.config.lease, |due| {
-                let decided: Vec<Option<u32>> = match room.as_ref() {
-                    Some(room) => room.admit(due, &paused),
-                    None => due
-                        .iter()
-                        .map(|job| paused.contains(&job.funcname).then_some(PAUSED_PUSHBACK))
-                        .collect(),
-                };
-                if !paused.is_empty() {
-                    let n = due.iter().filter(|j| paused.contains(&j.funcname)).count();
-                    paused_rows.store(n, std::sync::atomic::Ordering::Relaxed);
-                }
-                decided
+            .claim(dbid, limit, self.config.lease, &holds, |due| {
+                room.admit(due, &paused)
             })
             .await?;
-        if let Some(room) = room.as_mut() {
-            room.take(&claim.jobs);
-        }
-        // Sized by what was dispatched: while gearmand is full, smaller
-        // claims mean fewer rows read only to be pushed back. A paused
-        // function's rows count as dispatched: they are moved out of the
-        // way of the rows behind them, which would otherwise wait for
-        // the whole paused backlog to be pushed back a small batch at a
-        // time.
-        let moved = claim.jobs.len() + paused_rows.into_inner();
+        room.take(&claim.jobs);
+        // Rows refused after they were read (a dispatch function's room
+        // shared by several functions): the next claim reads function by
+        // function, so that they do not fill its batch again.
+        holds.by_function = claim.limited || claim.held > 0;
+        self.by_function.insert(dbid, holds.by_function);
+        // What the probes between rounds skip.
+        self.holds.insert(dbid, holds);
+        let moved = claim.jobs.len();
         self.batches.get_mut(&dbid).expect("known db").update(moved);
-        // Full means dispatched (or paused) full: a batch of rows pushed
-        // back by the watermark is no reason to go again at once (it
-        // would only push back more).
+        // Full means dispatched full: held rows are no reason to go again
+        // at once.
         stats.full |= moved >= limit;
         stats.claimed += claim.jobs.len();
-        stats.pushed_back += claim.pushed_back;
+        stats.held += claim.held;
         stats.parked += claim.parked.len();
         if claim.jobs.is_empty() {
             return Ok(());
@@ -475,7 +490,8 @@ impl QueueRunner {
             tokio::time::sleep((until - now).min(self.config.idle_poll)).await;
             for &dbid in &self.dbids {
                 // A failed probe is no news: the next round will tell.
-                if let Ok(true) = self.store.any_due(dbid).await {
+                let holds = self.holds.get(&dbid).cloned().unwrap_or_default();
+                if let Ok(true) = self.store.any_due(dbid, &holds).await {
                     return;
                 }
             }
@@ -546,7 +562,7 @@ impl QueueRunner {
             let started = Instant::now();
             let round = match self.run_once().await {
                 Ok(stats) => {
-                    if stats.claimed + stats.pushed_back + stats.given_back > 0 {
+                    if stats.claimed + stats.held + stats.given_back > 0 {
                         tracing::debug!(?stats, "queuerunner round");
                     }
                     match stats {
@@ -588,10 +604,6 @@ impl QueueRunner {
 struct Room {
     /// The roles' watermark (0: none).
     watermark: u64,
-    /// Push-back of a row over the watermark, seconds.
-    pushback: u32,
-    /// Push-back of a row whose function has no worker.
-    no_worker_delay: u32,
     /// Places left under the watermark, per dispatch function (a function
     /// gearmand does not know has all of `watermark`).
     left: HashMap<String, u64>,
@@ -604,13 +616,7 @@ struct Room {
 }
 
 impl Room {
-    fn new(
-        watermark: u64,
-        pushback: u32,
-        no_worker_delay: u32,
-        load: HashMap<String, FunctionLoad>,
-        functions: Functions,
-    ) -> Room {
+    fn new(watermark: u64, load: HashMap<String, FunctionLoad>, functions: Functions) -> Room {
         let served = load
             .iter()
             .filter(|(_, l)| l.workers > 0)
@@ -629,8 +635,6 @@ impl Room {
             .collect();
         let mut room = Room {
             watermark,
-            pushback,
-            no_worker_delay,
             left: HashMap::new(),
             served,
             limit_left,
@@ -660,29 +664,46 @@ impl Room {
         }
     }
 
-    /// Which of the `due` rows to dispatch (`None`) and which to push back
-    /// by how long: per function, as many go as there is room for, and
-    /// only while its real function has a worker. A job nobody can run
-    /// waits in the database: in gearmand it would only be submitted again
-    /// each lease and pile up (and a `controller` row would hold a
-    /// Controller's slot until a worker came). Keeps no state (a claim may
-    /// be retried). A paused function's rows wait too, due again after
-    /// [`PAUSED_PUSHBACK`], and take no room.
-    fn admit(&self, due: &[Job], paused: &PausedFunctions) -> Vec<Option<u32>> {
+    /// What a claim of at most `batch` rows must hold: functions without a
+    /// worker, and those with less room than a batch under their limit or
+    /// (for their throughput-mode rows, sent under their own name) the
+    /// watermark. Low-latency rows share `run_queued_job`'s room: `admit`
+    /// holds them.
+    fn holds(&self, batch: usize) -> Holds {
+        let mut room: HashMap<String, u64> = HashMap::new();
+        let small = |n: u64| n < batch as u64;
+        for (f, &left) in self.limit_left.iter().chain(&self.left) {
+            if small(left) && f != crate::names::RUN_QUEUED_JOB {
+                let r = room.entry(f.clone()).or_insert(left);
+                *r = (*r).min(left);
+            }
+        }
+        Holds {
+            room,
+            served: Some(self.served.clone()),
+            ..Holds::default()
+        }
+    }
+
+    /// Which of the `due` rows to dispatch (`true`) and which to hold: per
+    /// function, as many go as there is room for, and only while its real
+    /// function has a worker. A job nobody can run waits in the database:
+    /// in gearmand it would only be submitted again each lease and pile
+    /// up (and a `controller` row would hold a Controller's slot until a
+    /// worker came). Keeps no state (a claim may be retried). A paused
+    /// function's rows wait too, and take no room.
+    fn admit(&self, due: &[Job], paused: &PausedFunctions) -> Vec<bool> {
         let mut taken: HashMap<&str, u64> = HashMap::new();
         let mut limited: HashMap<&str, u64> = HashMap::new();
         due.iter()
             .map(|job| {
-                if paused.contains(&job.funcname) {
-                    return Some(PAUSED_PUSHBACK);
-                }
-                if !self.served.contains(&job.funcname) {
-                    return Some(self.no_worker_delay);
+                if paused.contains(&job.funcname) || !self.served.contains(&job.funcname) {
+                    return false;
                 }
                 if let Some(&limit_left) = self.limit_left.get(&job.funcname) {
                     let n = limited.entry(&job.funcname).or_insert(0);
                     if *n >= limit_left {
-                        return Some(self.pushback);
+                        return false;
                     }
                     *n += 1;
                 }
@@ -694,7 +715,7 @@ impl Room {
                     .unwrap_or_else(|| self.watermark_of(function));
                 let n = taken.entry(function).or_insert(0);
                 *n += 1;
-                (*n > left).then_some(self.pushback)
+                *n <= left
             })
             .collect()
     }
@@ -790,7 +811,7 @@ mod tests {
             ("served".to_string(), load(0, 1)),
         ]
         .into();
-        let room = Room::new(2, 1, 30, status, Functions::default());
+        let room = Room::new(2, status, Functions::default());
         let due = [
             job("a", Flag::Shim),
             job("a", Flag::Shim),
@@ -800,7 +821,7 @@ mod tests {
         ];
         assert_eq!(
             room.admit(&due, &PausedFunctions::default()),
-            vec![None, Some(1), None, None, Some(1)]
+            vec![true, false, true, true, false]
         );
     }
 
@@ -811,7 +832,7 @@ mod tests {
             ("busy".to_string(), load(3, 1)),
         ]
         .into();
-        let room = Room::new(10, 1, 30, status, Functions::default());
+        let room = Room::new(10, status, Functions::default());
         let due = [
             job("idle", Flag::Controller),
             job("unknown", Flag::Controller),
@@ -821,7 +842,7 @@ mod tests {
         ];
         assert_eq!(
             room.admit(&due, &PausedFunctions::default()),
-            vec![Some(30), Some(30), Some(30), Some(30), None]
+            vec![false, false, false, false, true]
         );
     }
 
@@ -832,7 +853,7 @@ mod tests {
             ("other".to_string(), load(0, 1)),
         ]
         .into();
-        let room = Room::new(1, 7, 30, status, Functions::default());
+        let room = Room::new(1, status, Functions::default());
         let due = [
             job("paused", Flag::Shim),
             job("paused", Flag::Shim),
@@ -840,11 +861,11 @@ mod tests {
         ];
         assert_eq!(
             room.admit(&due, &PausedFunctions::of(["paused"])),
-            vec![Some(PAUSED_PUSHBACK), Some(PAUSED_PUSHBACK), None]
+            vec![false, false, true]
         );
         assert_eq!(
             room.admit(&due, &PausedFunctions::default()),
-            vec![None, Some(7), None]
+            vec![true, false, true]
         );
     }
 
@@ -871,7 +892,7 @@ mod tests {
             ("own".to_string(), own),
         ]);
         // No watermark of the roles': only the function's own settings hold.
-        let room = Room::new(0, 1, 30, status, functions);
+        let room = Room::new(0, status, functions);
         let due = [
             job("one", Flag::Shim),
             job("one", Flag::Controller),
@@ -883,7 +904,7 @@ mod tests {
         ];
         assert_eq!(
             room.admit(&due, &PausedFunctions::default()),
-            vec![None, Some(1), Some(1), None, Some(1), None, None]
+            vec![true, false, false, true, false, true, true]
         );
     }
 

@@ -8,8 +8,9 @@
 //! `garivini_inject_refused_total{reason="invalid"|"database"}`,
 //! `garivini_jobs_claimed_total`, `garivini_jobs_dispatched_total{role}`
 //! (submitted to gearmand), `garivini_function_jobs_dispatched_total{function}`
-//! (the QueueRunner's, per function), `garivini_jobs_pushed_back_total` (held back by
-//! the watermark or for want of a worker), `garivini_jobs_completed_total`
+//! (the QueueRunner's, per function), `garivini_jobs_held_total` (due rows a
+//! claim read and left due: a room shared by several functions ran out;
+//! held functions' rows are not even read), `garivini_jobs_completed_total`
 //! (rows deleted), `garivini_jobs_failed_total{function}` (rescheduled
 //! after a failure), `garivini_jobs_dead_total{function}` (parked after
 //! the last attempt; both by our Client: the Controller's, or a worker's),
@@ -31,7 +32,11 @@
 //! of many functions cannot grow the exporter without bound.
 //! Gauges: `garivini_gearmand_queue_depth{function}` (summed over the
 //! gearmand servers), `garivini_due_rows{db}` (counted up to
-//! [`DUE_ROWS_CAP`]).
+//! [`DUE_ROWS_CAP`]), and per function, as `garivini status` counts them:
+//! `garivini_function_due_rows{db,function,waiting}` (`waiting`: `none`,
+//! or why they wait: `paused`, `no_worker`, `over_limit`, `over_watermark`),
+//! `garivini_function_oldest_due_seconds{db,function}`,
+//! `garivini_function_dead_rows{db,function}`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -86,8 +91,21 @@ pub fn describe() {
         "Jobs the QueueRunner submitted to gearmand, by function."
     );
     describe_counter!(
-        "garivini_jobs_pushed_back_total",
-        "Due rows held back: over the watermark or a limit, paused, or without a worker."
+        "garivini_jobs_held_total",
+        "Due rows a claim read and left due: a room shared by several functions ran out."
+    );
+    describe_gauge!(
+        "garivini_function_due_rows",
+        "Due rows by database and function, and why they wait (waiting=none: they go next)."
+    );
+    describe_gauge!(
+        "garivini_function_oldest_due_seconds",
+        Unit::Seconds,
+        "Seconds since the oldest due row of a function became due."
+    );
+    describe_gauge!(
+        "garivini_function_dead_rows",
+        "Dead rows (kept for inspection) by database and function."
     );
     describe_counter!(
         "garivini_jobs_completed_total",
@@ -170,10 +188,10 @@ pub(crate) fn inject_refused(database: bool) {
     metrics::counter!("garivini_inject_refused_total", "reason" => reason).increment(1);
 }
 
-pub(crate) fn claim_round(claimed: usize, dispatched: usize, pushed_back: usize, took: Duration) {
+pub(crate) fn claim_round(claimed: usize, dispatched: usize, held: usize, took: Duration) {
     metrics::counter!("garivini_jobs_claimed_total").increment(claimed as u64);
     dispatched_by("queuerunner", dispatched);
-    metrics::counter!("garivini_jobs_pushed_back_total").increment(pushed_back as u64);
+    metrics::counter!("garivini_jobs_held_total").increment(held as u64);
     metrics::histogram!("garivini_claim_round_seconds").record(took.as_secs_f64());
 }
 
@@ -233,6 +251,68 @@ pub(crate) fn queue_depth(function: &str, depth: u64) {
 
 pub(crate) fn due_rows(dbid: u32, rows: u64) {
     metrics::gauge!("garivini_due_rows", "db" => dbid.to_string()).set(rows as f64);
+}
+
+/// One function's rows in one database, as the gauges show them.
+pub(crate) struct FunctionRows<'a> {
+    pub funcname: &'a str,
+    pub due: u64,
+    pub waiting: Option<crate::waiting::WaitReason>,
+    pub oldest_due_secs: Option<u64>,
+    pub dead: u64,
+}
+
+/// The `waiting` label's values.
+const WAITING: [&str; 5] = [
+    "none",
+    "paused",
+    "no_worker",
+    "over_limit",
+    "over_watermark",
+];
+
+/// Functions whose gauges database `db` set last time: a function gone
+/// from the table has its gauges set to 0, not left at their last value.
+static FUNCTION_GAUGES: Mutex<Option<std::collections::HashMap<u32, HashSet<String>>>> =
+    Mutex::new(None);
+
+/// Sets the per-function gauges of database `dbid` to `rows`.
+pub(crate) fn function_rows(dbid: u32, rows: &[FunctionRows<'_>]) {
+    let db = dbid.to_string();
+    let set = |function: &str, due: u64, waiting: &str, oldest: u64, dead: u64| {
+        for w in WAITING {
+            let n = if w == waiting { due } else { 0 };
+            metrics::gauge!("garivini_function_due_rows", "db" => db.clone(),
+                "function" => function.to_string(), "waiting" => w)
+            .set(n as f64);
+        }
+        metrics::gauge!("garivini_function_oldest_due_seconds", "db" => db.clone(),
+            "function" => function.to_string())
+        .set(oldest as f64);
+        metrics::gauge!("garivini_function_dead_rows", "db" => db.clone(),
+            "function" => function.to_string())
+        .set(dead as f64);
+    };
+    let mut now: HashSet<String> = HashSet::new();
+    for r in rows {
+        let function = function_label(r.funcname);
+        let waiting = r.waiting.map_or("none", |w| w.label());
+        set(
+            &function,
+            r.due,
+            waiting,
+            r.oldest_due_secs.unwrap_or(0),
+            r.dead,
+        );
+        now.insert(function);
+    }
+    let mut gauges = FUNCTION_GAUGES.lock().unwrap_or_else(|e| e.into_inner());
+    let before = gauges
+        .get_or_insert_with(Default::default)
+        .insert(dbid, now.clone());
+    for gone in before.unwrap_or_default().difference(&now) {
+        set(gone, 0, "none", 0, 0);
+    }
 }
 
 pub(crate) fn completions_missed(dbid: u32, n: u64) {

@@ -20,7 +20,7 @@ const METRICS: &[&str] = &[
     "garivini_jobs_claimed_total",
     "garivini_jobs_dispatched_total",
     "garivini_function_jobs_dispatched_total",
-    "garivini_jobs_pushed_back_total",
+    "garivini_jobs_held_total",
     "garivini_jobs_completed_total",
     "garivini_jobs_failed_total",
     "garivini_jobs_dead_total",
@@ -362,7 +362,7 @@ fn the_dashboard_names_only_catalogued_metrics() {
         "garivini_inject_seconds",
         "garivini_claim_round_seconds",
         "garivini_controller_job_seconds",
-        "garivini_jobs_pushed_back_total",
+        "garivini_jobs_held_total",
         "garivini_stale_copies_total",
         "garivini_node_moves_total",
     ]

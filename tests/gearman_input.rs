@@ -228,7 +228,7 @@ async fn function_names_with_a_newline_or_tab_do_not_stop_status_or_dispatch() {
     .unwrap();
     let mut runner = queue_runner(queue_runner::Config::default(), store, &gearmand);
     let stats = round(&mut runner).await.unwrap();
-    assert_eq!((stats.dispatched, stats.pushed_back), (2, 0), "{stats:?}");
+    assert_eq!((stats.dispatched, stats.held), (2, 0), "{stats:?}");
     assert_eq!(gearmand.depth("normal").await, 1);
     assert_eq!(gearmand.depth(RUN_QUEUED_JOB).await, 1);
 }

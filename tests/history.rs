@@ -195,7 +195,9 @@ async fn in_flight_means_leased_and_not_expired() {
         .await
         .unwrap();
     let claim = store
-        .claim(1, 10, 600, |jobs| vec![None; jobs.len()])
+        .claim(1, 10, 600, &Default::default(), |jobs| {
+            vec![true; jobs.len()]
+        })
         .await
         .unwrap();
     assert_eq!(claim.jobs.len(), 1);
@@ -253,7 +255,8 @@ async fn a_claim_after_an_expired_lease_says_so_and_a_given_back_row_does_not() 
         .insert_job(NewJob::new("h_given", "b"))
         .await
         .unwrap();
-    let lease_all = || store.claim(1, 10, 600, |jobs| vec![None; jobs.len()]);
+    let holds = garivini::store::Holds::default();
+    let lease_all = || store.claim(1, 10, 600, &holds, |jobs| vec![true; jobs.len()]);
     assert_eq!(lease_all().await.unwrap().jobs.len(), 2);
     // `given`'s submit failed: given back unrun. `lost`'s worker vanished.
     store.release(1, &[given.jobid], 0).await.unwrap();

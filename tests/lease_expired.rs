@@ -42,7 +42,9 @@ async fn a_row_dispatched_again_after_its_lease_ran_out_is_counted_and_logged() 
     // failed (given back unrun), `failed`'s worker recorded a failure, and
     // `lost`'s worker vanished without a word.
     let claim = store
-        .claim(1, 10, 600, |jobs| vec![None; jobs.len()])
+        .claim(1, 10, 600, &Default::default(), |jobs| {
+            vec![true; jobs.len()]
+        })
         .await
         .unwrap();
     assert_eq!(claim.jobs.len(), 3);

@@ -13,6 +13,9 @@ use testkit::{
     Gearmand, InjectClient, Proc, TestDb,
 };
 
+/// The gauge of `m_held`'s rows waiting at the watermark.
+const HELD_AT_WATERMARK: &str =
+    "garivini_function_due_rows{db=\"1\",function=\"m_held\",waiting=\"over_watermark\"}";
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The sum of `name`'s samples over all their labels.
@@ -131,7 +134,8 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
             .unwrap_or(0.0)
             >= 10.0
             && sum(&m, "garivini_jobs_dead_total") >= 1.0
-            && m.contains_key("garivini_due_rows{db=\"1\"}");
+            && m.contains_key("garivini_due_rows{db=\"1\"}")
+            && m.contains_key(HELD_AT_WATERMARK);
         async move { done }
     })
     .await;
@@ -160,9 +164,23 @@ async fn a_role_process_serves_what_it_did_as_prometheus_metrics() {
         "{by_injector} + {by_runner}"
     );
     assert!(get(&m, "garivini_jobs_claimed_total") >= by_runner);
+    assert_eq!(
+        get(&m, HELD_AT_WATERMARK),
+        3.0,
+        "5 due, room for 2: 3 wait, due, and say why"
+    );
     assert!(
-        get(&m, "garivini_jobs_pushed_back_total") >= 3.0,
-        "5 held, room for 2"
+        get(
+            &m,
+            "garivini_function_oldest_due_seconds{db=\"1\",function=\"m_held\"}"
+        ) >= 0.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "garivini_function_dead_rows{db=\"1\",function=\"m_fail\"}"
+        ),
+        1.0
     );
     // The Controller deletes the low-latency rows; gv_consume deletes the
     // throughput ones in its own process.

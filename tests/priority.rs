@@ -211,7 +211,8 @@ async fn one_claim_takes_high_then_normal_then_low_then_a_level_set_by_hand() {
         .await
         .unwrap();
     let store = client.store();
-    let claim = |limit| store.claim(1, limit, 60, |due| vec![None; due.len()]);
+    let holds = garivini::store::Holds::default();
+    let claim = |limit| store.claim(1, limit, 60, &holds, |due| vec![true; due.len()]);
     let args = |claim: garivini::store::Claim| -> Vec<String> {
         claim
             .jobs
@@ -228,10 +229,10 @@ async fn one_claim_takes_high_then_normal_then_low_then_a_level_set_by_hand() {
         ["normal 1", "low 0", "low 1", "by hand 0"]
     );
     assert!(claim(100).await.unwrap().jobs.is_empty());
-    assert!(!store.any_due(1).await.unwrap());
+    assert!(!store.any_due(1, &Default::default()).await.unwrap());
     // Only a level above low's due: the idle probe sees it too.
     db.exec("UPDATE job SET run_after = 0, priority = 9 WHERE arg = 'later'")
         .await;
-    assert!(store.any_due(1).await.unwrap());
+    assert!(store.any_due(1, &Default::default()).await.unwrap());
     assert_eq!(args(claim(100).await.unwrap()), ["later"]);
 }

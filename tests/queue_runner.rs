@@ -143,13 +143,12 @@ async fn delayed_job_is_not_dispatched_early() {
 }
 
 #[tokio::test]
-async fn rows_over_the_watermark_are_pushed_back_not_submitted() {
+async fn rows_over_the_watermark_stay_due_in_the_table_not_submitted() {
     let (db, gearmand, client) = setup().await;
     insert_numbered(&client, "busy", "", 20).await;
     client.insert_job(NewJob::new("idle", "x")).await.unwrap();
     let config = Config {
         queue_watermark_depth: 5,
-        watermark_pushback: 60,
         ..quick()
     };
     let mut qr = queue_runner(config, client.store().clone(), &gearmand);
@@ -157,9 +156,8 @@ async fn rows_over_the_watermark_are_pushed_back_not_submitted() {
         gearmand.idle_worker("busy").await,
         gearmand.idle_worker("idle").await,
     );
-    let now = db.now().await;
     let stats = round(&mut qr).await.unwrap();
-    assert_eq!((stats.dispatched, stats.pushed_back), (6, 15), "{stats:?}");
+    assert_eq!(stats.dispatched, 6, "{stats:?}");
     assert_eq!(gearmand.depth("busy").await, 5);
     assert_eq!(
         gearmand.depth("idle").await,
@@ -167,9 +165,10 @@ async fn rows_over_the_watermark_are_pushed_back_not_submitted() {
         "another function is not held back"
     );
     assert_eq!(
-        db.count(&format!("run_after BETWEEN {} AND {}", now + 60, now + 62))
+        db.count("run_after <= UNIX_TIMESTAMP() AND attempted_at = 0")
             .await,
-        15
+        15,
+        "the rest wait due, their run_after as it was"
     );
     // With the queue still full, nothing more goes.
     assert_eq!(round(&mut qr).await.unwrap().dispatched, 0);
@@ -186,8 +185,8 @@ async fn controller_rows_go_to_run_queued_job() {
     // While "real" has no worker, a Controller could only wait for one:
     // the row waits in the database instead.
     let stats = round(&mut qr).await.unwrap();
-    assert_eq!((stats.dispatched, stats.pushed_back), (0, 1));
-    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
+    assert_eq!((stats.dispatched, stats.held), (0, 1));
+    assert_eq!(db.count("run_after <= UNIX_TIMESTAMP()").await, 1, "due");
 
     let _worker = completing(&gearmand, "real", &client).await;
     gearmand.wait_for_worker("real").await;
@@ -205,6 +204,8 @@ async fn batch_size_grows_while_batches_are_full() {
         ..quick()
     };
     let mut qr = queue_runner(config, client.store().clone(), &gearmand);
+    // A worker that takes nothing: the rows pile up in gearmand.
+    let _idle = gearmand.idle_worker("bulk").await;
     let sizes: Vec<usize> = {
         let mut v = Vec::new();
         for _ in 0..3 {
@@ -293,26 +294,23 @@ async fn an_idle_queuerunner_notices_a_new_job_long_before_its_round_is_due() {
 async fn rows_of_a_function_without_a_worker_wait_in_the_database() {
     let (db, gearmand, client) = setup().await;
     insert_numbered(&client, "unserved", "", 3).await;
-    let config = Config {
-        no_worker_delay: 60,
-        ..quick()
-    };
-    let mut qr = queue_runner(config, client.store().clone(), &gearmand);
-    let now = db.now().await;
+    let mut qr = queue_runner(quick(), client.store().clone(), &gearmand);
     let stats = round(&mut qr).await.unwrap();
-    assert_eq!((stats.dispatched, stats.pushed_back), (0, 3), "{stats:?}");
+    assert_eq!((stats.dispatched, stats.held), (0, 3), "{stats:?}");
+    // The next round does not even read them.
+    let stats = round(&mut qr).await.unwrap();
+    assert_eq!((stats.dispatched, stats.held), (0, 0), "{stats:?}");
     assert_eq!(
         gearmand.depth("unserved").await,
         0,
         "nothing piles up in gearmand"
     );
     assert_eq!(
-        db.count(&format!("run_after BETWEEN {} AND {}", now + 60, now + 62))
-            .await,
-        3
+        db.count("run_after <= UNIX_TIMESTAMP()").await,
+        3,
+        "they wait due, not pushed back"
     );
     // Once a worker registers, they go.
-    db.exec("UPDATE job SET run_after = UNIX_TIMESTAMP()").await;
     let worker = completing(&gearmand, "unserved", &client).await;
     round(&mut qr).await.unwrap();
     db.wait_for_count(LIMIT, "the three jobs done", "1", 0)

@@ -98,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn claim(store: &Store, batch: usize) -> anyhow::Result<usize> {
     Ok(store
-        .claim(1, batch, 3600, |due| vec![None; due.len()])
+        .claim(1, batch, 3600, &Default::default(), |due| {
+            vec![true; due.len()]
+        })
         .await?
         .jobs
         .len())

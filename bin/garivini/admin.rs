@@ -200,13 +200,18 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// `garivini status`, with `lease` unless --lease is given: exits 1
 /// (after the report) when a database or gearmand could not be read.
-pub async fn status(args: &StatusArgs, lease: u32, servers: &Servers) -> anyhow::Result<()> {
+pub async fn status(
+    args: &StatusArgs,
+    lease: u32,
+    limits: &admin::Limits,
+    servers: &Servers,
+) -> anyhow::Result<()> {
     let store = open_store(servers)?;
     let gearmand = match &servers.gearmand {
         Some(_) => servers.gearmand()?,
         None => Vec::new(),
     };
-    let status = admin::status(&store, &gearmand, args.lease.unwrap_or(lease)).await;
+    let status = admin::status(&store, &gearmand, args.lease.unwrap_or(lease), limits).await;
     store.close().await;
     if args.json {
         print_json(&status)?;

@@ -125,7 +125,9 @@ fn main() {
             Command::Config(ConfigCommand::Check { offline }) => {
                 return settings::check(&e, *offline).await
             }
-            Command::Status(args) => return admin::status(args, e.lease, &e.servers.0).await,
+            Command::Status(args) => {
+                return admin::status(args, e.lease, &e.limits, &e.servers.0).await
+            }
             Command::Jobs { command } => return admin::jobs(command, e.lease, &e.servers.0).await,
             Command::Functions { command } => return functions::run(command, &e.servers.0).await,
             Command::Schema(schema::SchemaCommand::Check(args)) => {
@@ -135,9 +137,9 @@ fn main() {
         }
         let roles: Vec<(Role, Settings)> = e.roles.into_iter().map(|(r, s, _)| (r, s)).collect();
         let web = match &cli.command {
-            Command::Web { web, .. } => Some(web.config(e.lease)?),
+            Command::Web { web, .. } => Some(web.config(e.lease, e.limits.clone())?),
             Command::Workers { web, .. } if roles.iter().any(|(r, _)| *r == Role::Web) => {
-                Some(web.config(e.lease)?)
+                Some(web.config(e.lease, e.limits.clone())?)
             }
             _ => None,
         };

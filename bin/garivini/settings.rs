@@ -63,13 +63,14 @@ pub struct Settings {
     /// back in the database (0 = no limit).
     #[arg(long, default_value_t = names::DEFAULT_QUEUE_WATERMARK_DEPTH)]
     queue_watermark_depth: u64,
-    /// QueueRunner: seconds a row over the watermark is pushed back.
-    #[arg(long, default_value_t = queue_runner::DEFAULT_WATERMARK_PUSHBACK)]
-    watermark_pushback: u32,
-    /// Seconds a low-latency job whose function has no worker waits in the
-    /// database before it is tried again.
-    #[arg(long, default_value_t = names::DEFAULT_NO_WORKER_DELAY)]
-    no_worker_delay: u32,
+    /// No longer used (held rows stay due): accepted so that existing
+    /// command lines still start.
+    #[arg(long, hide = true)]
+    watermark_pushback: Option<u32>,
+    /// No longer used (held rows stay due): accepted so that existing
+    /// command lines still start.
+    #[arg(long, hide = true)]
+    no_worker_delay: Option<u32>,
     /// Seconds before a job whose submit to gearmand failed is due again;
     /// Controller: also a job still running when shutdown gave up on it.
     #[arg(long, default_value_t = names::DEFAULT_SUBMIT_RETRY_DELAY)]
@@ -124,6 +125,11 @@ impl Settings {
     }
 
     fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
+        if self.watermark_pushback.is_some() || self.no_worker_delay.is_some() {
+            tracing::warn!(
+                "--watermark-pushback and --no-worker-delay have no effect any more: held rows stay due"
+            );
+        }
         let sleep = seconds("--batch-run-sleep", self.batch_run_sleep)?;
         let config = queue_runner::Config {
             lease: self.lease,
@@ -133,8 +139,6 @@ impl Settings {
             busy_run_sleep: seconds("--busy-run-sleep", self.busy_run_sleep)?,
             idle_poll: seconds("--idle-poll", self.idle_poll)?,
             queue_watermark_depth: self.queue_watermark_depth,
-            watermark_pushback: self.watermark_pushback,
-            no_worker_delay: self.no_worker_delay,
             submit_retry_delay: self.submit_retry_delay,
             report_due_rows: self.metrics_addr.is_some(),
             periodic: self.periodic.clone(),
@@ -162,7 +166,6 @@ impl Settings {
         let config = controller::Config {
             lease: self.lease,
             concurrency: self.concurrency,
-            no_worker_delay: self.no_worker_delay,
             shutdown_timeout: seconds("--shutdown-timeout", self.shutdown_timeout)?,
             job_timeout: Some(seconds("--job-timeout", self.job_timeout)?).filter(|t| !t.is_zero()),
             give_back_delay: self.submit_retry_delay,
@@ -211,6 +214,9 @@ pub struct Effective {
     /// `status` and `jobs`: the lease that tells rows in flight when no
     /// --lease is given (see [`longest_lease`]).
     pub lease: u32,
+    /// `status` and the web role: what tells why a due row waits (the
+    /// QueueRunner's watermark and per-function settings).
+    pub limits: garivini::waiting::Limits,
 }
 
 pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
@@ -264,11 +270,26 @@ pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
         }
         _ => names::DEFAULT_LEASE,
     };
+    // Why due rows wait is told as the QueueRunner would decide it: its
+    // section of the file (or the defaults).
+    let limits = {
+        let keys = file
+            .as_ref()
+            .map(|f| f.role(Role::Queuerunner.name()))
+            .unwrap_or_default();
+        let (mut qr, _) = layered::<Settings>(&ArgMatches::default(), &keys, name_str)?;
+        qr.file_functions = file_functions;
+        garivini::waiting::Limits {
+            watermark: qr.queue_watermark_depth,
+            functions: qr.functions()?,
+        }
+    };
     Ok(Effective {
         file: name,
         servers,
         roles: per_role,
         lease,
+        limits,
     })
 }
 
@@ -367,7 +388,9 @@ async fn try_servers(dbs: Vec<garivini::config::DbConfig>, gearmand: &[String]) 
         Err(err) => silent.push(format!("the databases ({err})")),
         Ok(store) => {
             for (dbid, masked) in names {
-                let tried = tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid)).await;
+                let tried =
+                    tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid, &Default::default()))
+                        .await;
                 let verdict = match tried {
                     Ok(Ok(_)) => "answered; job table readable".to_string(),
                     Ok(Err(err)) => format!("NO ANSWER: {err}"),

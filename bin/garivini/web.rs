@@ -28,7 +28,11 @@ pub struct WebArgs {
 
 impl WebArgs {
     /// The library's config, the token read, every setting checked.
-    pub fn config(&self, lease: u32) -> anyhow::Result<web::Config> {
+    pub fn config(
+        &self,
+        lease: u32,
+        limits: garivini::waiting::Limits,
+    ) -> anyhow::Result<web::Config> {
         let addr = self.web_addr.parse().map_err(|_| {
             anyhow::anyhow!("invalid --web-addr {:?}: expected IP:PORT", self.web_addr)
         })?;
@@ -53,6 +57,7 @@ impl WebArgs {
             token,
             public_read: self.public_read,
             lease,
+            limits,
             ..web::Config::default()
         };
         config.validate()?;

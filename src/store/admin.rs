@@ -243,6 +243,9 @@ pub struct FunctionStatus {
     /// Its rows by state.
     #[serde(flatten)]
     pub counts: Counts,
+    /// Why its due rows wait, if they do and something holds them
+    /// (`garivini status` fills it in; `None` otherwise).
+    pub waiting: Option<crate::waiting::WaitReason>,
 }
 
 /// What `jobs list` asks for.

@@ -5,6 +5,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::rows::{columns, db_now, in_list, levels, Optional, RawRow, MAX_IN_LIST};
@@ -46,13 +47,60 @@ enum Elect {
     Decided { mine: bool, at: Instant },
 }
 
+/// Functions whose due rows a claim must leave where they are: paused,
+/// without a worker, or with no room left under their limit or the
+/// watermark ([`Holds::held`]), or with room for only so many
+/// ([`Holds::room`]). A held row is neither read nor rewritten: it stays
+/// due, with its `run_after`, so that every surface can say it is due and
+/// why it waits, and the rows of other functions are claimed as fast as
+/// on a table without it.
+#[derive(Debug, Clone, Default)]
+pub struct Holds {
+    /// Functions none of whose rows may be claimed now.
+    pub held: HashSet<String>,
+    /// Functions of which at most so many rows may be claimed now.
+    pub room: HashMap<String, u64>,
+    /// The functions that have a worker, if known: the others are held.
+    /// (Alone it does not make a claim read function by function: only a
+    /// row of such a function that `decide` refused does, see
+    /// [`Claim::limited`].)
+    pub served: Option<HashSet<String>>,
+    /// Claim function by function even when no function named here has a
+    /// due row: the caller's `decide` refused rows in the last claim (a
+    /// dispatch function's room, shared by several functions).
+    pub by_function: bool,
+}
+
+impl Holds {
+    /// Whether nothing is held or limited: a claim reads the due rows in
+    /// index order, as fast as it can.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.room.is_empty() && !self.by_function
+    }
+
+    /// How many rows of `funcname` may be claimed now (`u64::MAX`: any).
+    fn room_of(&self, funcname: &str) -> u64 {
+        let unserved = self.served.as_ref().is_some_and(|s| !s.contains(funcname));
+        if unserved || self.held.contains(funcname) {
+            0
+        } else {
+            self.room.get(funcname).copied().unwrap_or(u64::MAX)
+        }
+    }
+
+    fn limits(&self, funcname: &str) -> bool {
+        self.room_of(funcname) != u64::MAX
+    }
+}
+
 /// What one claim took from a database.
 #[derive(Debug, Default)]
 pub struct Claim {
     /// Rows leased to the caller, to be dispatched now.
     pub jobs: Vec<Job>,
-    /// Rows that were due but refused by the caller, pushed back.
-    pub pushed_back: usize,
+    /// Rows that were due and read, but refused by the caller's `decide`:
+    /// left as they were, due.
+    pub held: usize,
     /// Rows that cannot be dispatched as they are (a function name that is
     /// not UTF-8 or has a control character, see
     /// [`unsendable_funcname`](crate::job::unsendable_funcname)), with why:
@@ -65,24 +113,40 @@ pub struct Claim {
     /// Counted (`garivini_leases_expired_total`) and logged. Only on a
     /// table with the history columns.
     pub lease_expired: Vec<u64>,
+    /// Whether a held or limited function had a due row: the rows were
+    /// read function by function (see [`Holds`]), and the next claim
+    /// should be too.
+    pub limited: bool,
 }
 
 impl Store {
-    /// Claims up to `limit` due rows of database `dbid`, oldest first, in
-    /// one transaction that skips rows other claimers hold.
+    /// Claims up to `limit` due rows of database `dbid` in one transaction
+    /// that skips rows other claimers hold: oldest first (high priority
+    /// before normal before low), and none of the functions `holds` holds.
     ///
-    /// `decide` says, for the due rows in order, which to dispatch (`None`)
-    /// and which to push back by so many seconds (`Some(secs)`); it may be
-    /// called again if the claim is retried, so it must not keep state.
-    /// Rows to dispatch are leased: their run_after moves to now + `lease`
-    /// secs, so that no other claimer takes them until the lease runs out.
-    /// Either way the change is committed before this returns.
+    /// While no held or limited function has a due row, the claim reads the
+    /// due rows in the order of the claim index. Otherwise it reads function
+    /// by function through `funcname_run_after`, so that a held backlog is
+    /// never read: each function with due rows gets a fair share of
+    /// `limit` (the function whose oldest row is oldest first; a share it
+    /// does not fill goes to the next), at most its room, oldest first
+    /// within the function; the batch is then ordered by priority. (On a
+    /// table without that index, the one of the original's schema, the
+    /// claim always reads in index order.)
+    ///
+    /// `decide` says, for the rows read in order, which to dispatch
+    /// (`true`); the others are left as they were, due. It may be called
+    /// again if the claim is retried, so it must not keep state. Rows to
+    /// dispatch are leased: their run_after moves to now + `lease` secs, so
+    /// that no other claimer takes them until the lease runs out. The
+    /// change is committed before this returns.
     pub async fn claim(
         &self,
         dbid: u32,
         limit: usize,
         lease: u32,
-        decide: impl Fn(&[Job]) -> Vec<Option<u32>>,
+        holds: &Holds,
+        decide: impl Fn(&[Job]) -> Vec<bool>,
     ) -> Result<Claim> {
         let admit = &decide;
         let db = self.db(dbid)?;
@@ -94,9 +158,26 @@ impl Store {
                 // claimer leased between our index read and our row lock can
                 // come back with its new run_after. The locked row's current
                 // run_after is what counts, so such rows are left alone.
-                let (now, due_levels) = now_and_due_levels(&mut tx, cols).await?;
-                let rows = due_rows(&mut tx, cols, now, &due_levels, limit).await?;
-                let mut claim = Claim::default();
+                let scan = function_firsts(&mut tx, cols, holds).await?;
+                let by_function = scan
+                    .as_ref()
+                    .is_some_and(|s| s.limited || holds.by_function);
+                let (now, rows) = match scan {
+                    Some(scan) if by_function => {
+                        let rows =
+                            rows_by_function(&mut tx, cols, scan.now, &scan.firsts, holds, limit)
+                                .await?;
+                        (scan.now, rows)
+                    }
+                    _ => {
+                        let (now, due_levels) = now_and_due_levels(&mut tx, cols).await?;
+                        (now, due_rows(&mut tx, cols, now, &due_levels, limit).await?)
+                    }
+                };
+                let mut claim = Claim {
+                    limited: by_function,
+                    ..Claim::default()
+                };
                 let mut due = Vec::with_capacity(rows.len());
                 let mut expired = std::collections::HashSet::new();
                 for read in rows.into_iter().map(|r| r.read(dbid)) {
@@ -111,12 +192,16 @@ impl Store {
                         Some(reason) => claim.parked.push((read.job.jobid, reason)),
                     }
                 }
+                if by_function {
+                    // High before normal before low across the functions'
+                    // shares, oldest first within a level.
+                    due.sort_by_key(|job| (job.priority, job.run_after, job.jobid));
+                }
                 let decisions = admit(&due);
-                let mut later: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
-                for (job, decision) in due.into_iter().zip(decisions) {
-                    match decision {
-                        None => claim.jobs.push(job),
-                        Some(secs) => later.entry(secs).or_default().push(job.jobid),
+                for (job, go) in due.into_iter().zip(decisions) {
+                    match go {
+                        true => claim.jobs.push(job),
+                        false => claim.held += 1,
                     }
                 }
                 let leased: Vec<u64> = claim.jobs.iter().map(|j| j.jobid).collect();
@@ -126,10 +211,6 @@ impl Store {
                     .filter(|id| expired.contains(id))
                     .collect();
                 set_run_after(&mut tx, &leased, Due::Leased(lease, cols)).await?;
-                for (secs, ids) in &later {
-                    set_run_after(&mut tx, ids, Due::In(*secs)).await?;
-                    claim.pushed_back += ids.len();
-                }
                 let parked: Vec<u64> = claim.parked.iter().map(|(id, _)| *id).collect();
                 set_run_after(&mut tx, &parked, Due::Never).await?;
                 tx.commit().await?;
@@ -171,12 +252,20 @@ impl Store {
     /// the claim index (see `now_and_due_levels`), no lock taken. Cheap enough for
     /// an idle QueueRunner to ask ten times a second, where a claim round
     /// would also open a transaction and ask gearmand for its queue
-    /// depths.
-    pub async fn any_due(&self, dbid: u32) -> Result<bool> {
+    /// depths. Rows of functions that `holds` holds do not count (with
+    /// such a function due, the probe reads the list of functions: one
+    /// index dive each).
+    pub async fn any_due(&self, dbid: u32, holds: &Holds) -> Result<bool> {
         let db = self.db(dbid)?;
         let cols = self.optional(db).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
+            if let Some(scan) = function_firsts(&mut conn, cols, holds).await? {
+                return Ok(scan
+                    .firsts
+                    .iter()
+                    .any(|f| f.first <= scan.now && holds.room_of(&f.name_lossy()) > 0));
+            }
             if cols.priority {
                 let (_, due) = now_and_due_levels(&mut conn, cols).await?;
                 return Ok(!due.is_empty());
@@ -486,6 +575,112 @@ impl Store {
         })
         .await
     }
+}
+
+/// A function's oldest row, from the loose scan of [`function_firsts`].
+struct First {
+    /// The name as stored (bound back as it came: any bytes).
+    name: Value,
+    /// Its oldest `run_after`.
+    first: u32,
+}
+
+impl First {
+    fn name_lossy(&self) -> String {
+        match &self.name {
+            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            other => other.as_sql(true),
+        }
+    }
+}
+
+/// What [`function_firsts`] read.
+struct Scan {
+    /// The database's now.
+    now: u32,
+    /// Each function's oldest row.
+    firsts: Vec<First>,
+    /// Whether a function `holds` holds or limits has a due row.
+    limited: bool,
+}
+
+/// The database's now and each function's oldest `run_after`, when
+/// `holds` holds or limits anything and the table has
+/// `funcname_run_after`: one loose index scan, a dive per function however
+/// many rows each has. `None`: nothing to scan for, read in index order.
+async fn function_firsts(
+    q: &mut impl Queryable,
+    cols: Optional,
+    holds: &Holds,
+) -> mysql_async::Result<Option<Scan>> {
+    if holds.is_empty() || !cols.funcname_index {
+        return Ok(None);
+    }
+    let now = db_now(q).await?;
+    let rows: Vec<(Value, Option<u32>)> = q
+        .query("SELECT funcname, MIN(run_after) FROM job GROUP BY funcname")
+        .await?;
+    let firsts: Vec<First> = rows
+        .into_iter()
+        .filter_map(|(name, first)| {
+            Some(First {
+                name,
+                first: first?,
+            })
+        })
+        .collect();
+    let limited = firsts
+        .iter()
+        .any(|f| f.first <= now && holds.limits(&f.name_lossy()));
+    Ok(Some(Scan {
+        now,
+        firsts,
+        limited,
+    }))
+}
+
+/// Up to `limit` rows due at `now`, locked, skipping those other claimers
+/// hold, read function by function (see [`Store::claim`]): none of a held
+/// function, at most its room of a limited one, a fair share of the rest.
+async fn rows_by_function(
+    tx: &mut impl Queryable,
+    cols: Optional,
+    now: u32,
+    firsts: &[First],
+    holds: &Holds,
+    limit: usize,
+) -> mysql_async::Result<Vec<RawRow>> {
+    let columns = format!(
+        "{}{}",
+        columns(cols),
+        super::history::lease_ran_out_column(cols)
+    );
+    let mut due: Vec<(&First, u64)> = firsts
+        .iter()
+        .filter(|f| f.first <= now)
+        .map(|f| (f, holds.room_of(&f.name_lossy())))
+        .filter(|(_, room)| *room > 0)
+        .collect();
+    due.sort_by_key(|(f, _)| f.first);
+    let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
+    for (i, (f, room)) in due.iter().enumerate() {
+        let left = limit - rows.len();
+        if left == 0 {
+            break;
+        }
+        let share = (left.div_ceil(due.len() - i) as u64).min(*room);
+        let more: Vec<RawRow> = tx
+            .exec(
+                format!(
+                    "SELECT {columns} FROM job WHERE funcname = ? AND run_after <= ? \
+                     ORDER BY run_after LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+                (f.name.clone(), now, share),
+            )
+            .await?;
+        rows.extend(more);
+    }
+    Ok(rows)
 }
 
 /// Levels of the `priority` column as [`now_and_due_levels`] reports

@@ -300,7 +300,7 @@ impl Store {
                 // outage.
                 let cols = Optional::read(&mut conn).await?;
                 *db.optional.lock().unwrap() = Some((std::time::Instant::now(), cols));
-                let indexed = has_status_index(&mut conn).await?;
+                let indexed = cols.funcname_index;
                 let until = u64::from(now) + u64::from(lease);
 
                 // A loose index scan: two dives per function.
@@ -375,6 +375,7 @@ impl Store {
                         FunctionStatus {
                             funcname: escape_bytes(&name),
                             counts: c,
+                            waiting: None,
                         }
                     })
                     .collect();
@@ -382,74 +383,5 @@ impl Store {
             }
         })
         .await
-    }
-}
-
-/// Whether the job table has an index on `(funcname, run_after, ...)`,
-/// which makes every count here a range of its entries.
-async fn has_status_index(conn: &mut impl Queryable) -> mysql_async::Result<bool> {
-    let found: Option<u64> = conn
-        .query_first(
-            "SELECT COUNT(*) FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' \
-               AND INDEX_NAME = 'funcname_run_after' \
-               AND ((SEQ_IN_INDEX = 1 AND LOWER(COLUMN_NAME) = 'funcname') \
-                 OR (SEQ_IN_INDEX = 2 AND LOWER(COLUMN_NAME) = 'run_after'))",
-        )
-        .await?;
-    Ok(found == Some(2))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_range_within_its_cap_is_exact_and_one_past_it_is_at_least_the_cap() {
-        let read = Read {
-            due: 101,
-            due_failing: 3,
-            waiting: 40,
-            waiting_failing: 2,
-            window: 5,
-            window_rows: 5,
-            in_flight: 4,
-            in_flight_failing: 1,
-            dead: 100,
-        };
-        let c = counts(&read, (100, 20), true);
-        assert_eq!((c.due, c.dead), (100, 100));
-        // Waiting within the index cap: exact, and so is the window.
-        assert_eq!((c.in_flight, c.retrying, c.scheduled), (4, 1, 35));
-        assert_eq!(c.failing, 5);
-        assert_eq!(c.at_least, ["due", "failing"]);
-    }
-
-    #[test]
-    fn a_read_that_stopped_inside_the_lease_window_counts_in_flight_as_at_least() {
-        let read = Read {
-            waiting: 101,
-            window: 101,
-            window_rows: 21,
-            in_flight: 21,
-            ..Read::default()
-        };
-        let c = counts(&read, (100, 20), true);
-        assert_eq!((c.in_flight, c.scheduled), (20, 80));
-        assert_eq!(
-            c.at_least,
-            ["failing", "in_flight", "retrying", "scheduled"]
-        );
-        // Without the history columns nothing is retrying, exactly.
-        let c = counts(&read, (100, 20), false);
-        assert_eq!(c.in_flight, 100);
-        assert_eq!(c.at_least, ["failing", "in_flight", "scheduled"]);
-    }
-
-    #[test]
-    fn the_caps_share_a_budget_among_the_functions_within_bounds() {
-        assert_eq!(caps(1), (MAX_CAP, MAX_ROW_CAP));
-        assert_eq!(caps(100), (500, 100));
-        assert_eq!(caps(100_000), (MIN_INDEX_CAP, MIN_ROW_CAP));
     }
 }

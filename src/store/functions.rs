@@ -26,10 +26,6 @@ use crate::error::{Error, Result};
 /// How long a reading of a database's paused functions is trusted: a
 /// pause or resume reaches every role within about this (plus a read).
 pub const PAUSED_REREAD: Duration = Duration::from_secs(1);
-/// How far a paused function's due row is pushed back by a QueueRunner,
-/// and its `run_queued_job` copy by a Controller, in seconds: it stays due
-/// (not leased), and runs within about this after a resume.
-pub const PAUSED_PUSHBACK: u32 = 1;
 /// How old a reading may be and still be used while a new one is under
 /// way. A role that looks often (a QueueRunner, a busy Injector) keeps its
 /// readings younger than this and never waits; one that looks after a
@@ -85,6 +81,12 @@ impl PausedFunctions {
     /// Whether `funcname` is paused.
     pub fn contains(&self, funcname: &str) -> bool {
         self.0.iter().any(|set| set.contains(funcname))
+    }
+
+    /// The paused functions' names (a name paused on several databases
+    /// may come more than once).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flat_map(|set| set.iter().map(String::as_str))
     }
 
     /// Whether nothing is paused.

@@ -53,7 +53,7 @@ pub use admin::{
     After, Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Page, Selection,
     LISTED_ARG_BYTES,
 };
-pub use claim::{Claim, CLAIMER_TTL};
+pub use claim::{Claim, Holds, CLAIMER_TTL};
 pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};
 
 /// How long one database operation may take before it counts as failed.

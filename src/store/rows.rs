@@ -69,6 +69,10 @@ pub(crate) struct Optional {
     /// and whether it holds only ASCII safely (a text column of another
     /// charset than utf8mb4); `None` without it.
     pub last_error: Option<ErrorColumn>,
+    /// The index `funcname_run_after (funcname, run_after, ...)` (ours, not
+    /// the original's): a function's due rows, and the list of functions
+    /// with their oldest row, are ranges of it.
+    pub funcname_index: bool,
 }
 
 /// How a `created_at` column reads as unix seconds.
@@ -109,7 +113,9 @@ impl Optional {
                  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job'",
             )
             .await?;
-        Ok(Optional::from_columns(&rows))
+        let mut cols = Optional::from_columns(&rows);
+        cols.funcname_index = has_funcname_index(conn).await?;
+        Ok(cols)
     }
 
     /// From (name, data type, character length, charset) of each column.
@@ -134,8 +140,24 @@ impl Optional {
                     binary: !text,
                 })
             }),
+            funcname_index: false,
         }
     }
+}
+
+/// Whether the job table has an index on `(funcname, run_after, ...)`,
+/// which makes each function's rows by due time a range of its entries.
+pub(super) async fn has_funcname_index(conn: &mut impl Queryable) -> mysql_async::Result<bool> {
+    let found: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'job' \
+               AND INDEX_NAME = 'funcname_run_after' \
+               AND ((SEQ_IN_INDEX = 1 AND LOWER(COLUMN_NAME) = 'funcname') \
+                 OR (SEQ_IN_INDEX = 2 AND LOWER(COLUMN_NAME) = 'run_after'))",
+        )
+        .await?;
+    Ok(found == Some(2))
 }
 
 /// One row as the server sent it, each column as a plain value; any

@@ -80,6 +80,9 @@ pub struct Config {
     pub sample_every: Duration,
     /// Seconds between refreshes of the overview.
     pub refresh_secs: u32,
+    /// What tells why a due row waits (the QueueRunner's watermark and
+    /// per-function settings).
+    pub limits: crate::waiting::Limits,
 }
 
 impl Default for Config {
@@ -95,6 +98,7 @@ impl Default for Config {
             status_ttl: DEFAULT_STATUS_TTL,
             sample_every: DEFAULT_SAMPLE_EVERY,
             refresh_secs: DEFAULT_REFRESH_SECS,
+            limits: crate::waiting::Limits::default(),
         }
     }
 }
@@ -194,7 +198,13 @@ impl State {
         use std::sync::atomic::Ordering;
         let before = self.changes.load(Ordering::SeqCst);
         let started = Instant::now();
-        let status = crate::admin::status(&self.store, &self.gearmand, self.config.lease).await;
+        let status = crate::admin::status(
+            &self.store,
+            &self.gearmand,
+            self.config.lease,
+            &self.config.limits,
+        )
+        .await;
         let report = Report {
             status: Arc::new(status),
             at: Instant::now(),
