@@ -8,6 +8,7 @@
 //! tables, ages and dates people read.
 
 mod admin;
+mod config_check;
 mod format;
 mod functions;
 mod schema;
@@ -105,14 +106,11 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Checks --config FILE (with the flags and environment given), prints
-    /// the settings each role would run with, passwords masked, and tries
-    /// each database and gearmand, saying which answered (exit 1 if one
-    /// did not).
-    Check {
-        /// Check the settings only; connect to nothing.
-        #[arg(long)]
-        offline: bool,
-    },
+    /// the settings each role would run with, passwords masked, refuses a
+    /// metrics address two of its processes would share, and tries each
+    /// database and gearmand, saying which answered (exit 1 if one did
+    /// not).
+    Check(config_check::CheckArgs),
 }
 
 fn main() {
@@ -122,8 +120,8 @@ fn main() {
     terminal::run(async move {
         let e = settings::effective(&cli, &matches)?;
         match &cli.command {
-            Command::Config(ConfigCommand::Check { offline }) => {
-                return settings::check(&e, *offline).await
+            Command::Config(ConfigCommand::Check(args)) => {
+                return config_check::check(&e, args).await
             }
             Command::Status(args) => return admin::status(args, e.lease, &e.servers.0).await,
             Command::Jobs { command } => return admin::jobs(command, e.lease, &e.servers.0).await,
