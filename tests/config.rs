@@ -231,6 +231,20 @@ async fn config_check_refuses_a_metrics_address_two_role_processes_would_share()
     );
     let (status, out, err) = check(&own, &[]).await;
     assert!(status.success(), "{out}{err}");
+    // GARIVINI_METRICS_ADDR (one environment file for every unit) wins
+    // over the file, for every role.
+    let mut env = bin("garivini");
+    let file = write(&dir, &format!("{head}{own}"));
+    env.args(["--config", &file, "config", "check", "--offline"])
+        .env("GARIVINI_METRICS_ADDR", format!("127.0.0.1:{other}"));
+    let (status, out, err) = run_command(env, LIMIT).await;
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        err.contains(&format!(
+            "metrics address 127.0.0.1:{other} would be served by queuerunner, injector and controller"
+        )),
+        "{err}"
+    );
     let (status, _, err) = check("[roles]\nmetrics-addr = \"nowhere\"\n", &[]).await;
     assert_eq!(status.code(), Some(1));
     assert!(

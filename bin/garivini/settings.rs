@@ -215,13 +215,19 @@ pub struct Effective {
 
 pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
     let none = ArgMatches::default();
+    let environment;
     let (roles, given): (Vec<Role>, &ArgMatches) = match &cli.command {
         Command::Queuerunner(_) => (vec![Role::Queuerunner], sub_matches(matches)),
         Command::Injector(_) => (vec![Role::Injector], sub_matches(matches)),
         Command::Controller(_) => (vec![Role::Controller], sub_matches(matches)),
         Command::Web { .. } => (vec![Role::Web], sub_matches(matches)),
         Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
-        Command::Config(ConfigCommand::Check(_)) => (Role::ALL.to_vec(), &none),
+        Command::Config(ConfigCommand::Check(_)) => {
+            // No role flags here, only the environment, which wins over
+            // the file as it does for a role.
+            environment = settings_file::environment::<Settings>()?;
+            (Role::ALL.to_vec(), &environment)
+        }
         Command::Status(_) | Command::Jobs { .. } | Command::Schema(_) => (Vec::new(), &none),
         Command::Functions { .. } => (Vec::new(), &none),
     };
