@@ -3,8 +3,9 @@
 //!
 //! This file holds the commands and the role processes' wiring (flags in,
 //! signals to a shutdown token, [`garivini::roles::run`]); `settings` the
-//! roles' flags, laid over a `--config` file by `settings_file`; `admin`
-//! the status and jobs commands; `schema` the schema check; `format` the
+//! roles' flags, laid over a `--config` file by `settings_file`;
+//! `config_check` the config check; `admin` the status and jobs commands;
+//! `functions` pause and resume; `schema` the schema check; `format` the
 //! tables, ages and dates people read.
 
 mod admin;
