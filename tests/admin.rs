@@ -84,10 +84,11 @@ fn named<'a>(list: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {list:?}"))
 }
 
+/// The ids of a `jobs list --json` page, in order.
 fn ids(listing: &Value) -> Vec<String> {
-    listing
+    listing["jobs"]
         .as_array()
-        .expect("a JSON array")
+        .expect("a JSON array of jobs")
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect()
@@ -229,7 +230,7 @@ async fn list_filters_by_state_and_function_soonest_first() {
     assert!(list(&["--funcname", "nosuch"]).await.is_empty());
 
     let listing = json(&db.url, &["jobs", "list", "--json", "--dead"]).await;
-    let dead = &listing[0];
+    let dead = &listing["jobs"][0];
     assert_eq!(dead["state"], "dead");
     assert_eq!(dead["failcount"], 25);
     assert_eq!(dead["due_in_secs"], Value::Null);
@@ -252,6 +253,41 @@ async fn list_filters_by_state_and_function_soonest_first() {
         .parse()
         .unwrap();
     assert!((25..=30).contains(&secs), "{out}");
+}
+
+/// `jobs list --json` is a page as the API's GET /api/v1/jobs answers it:
+/// `{"jobs": [...], "next": CURSOR}`, `next` null on the last page;
+/// following it gives every row once, and it is the cursor the text
+/// prints.
+#[tokio::test]
+async fn list_json_gives_the_jobs_and_the_next_page_cursor() {
+    let db = mix().await;
+    let (mut seen, mut after, mut cursors) = (Vec::new(), None::<String>, Vec::new());
+    loop {
+        let mut args = vec!["jobs", "list", "--json", "--limit", "3"];
+        if let Some(cursor) = &after {
+            args.extend(["--after", cursor.as_str()]);
+        }
+        let page = json(&db.url, &args).await;
+        let keys: Vec<&String> = page.as_object().expect("an object").keys().collect();
+        assert_eq!(keys, ["jobs", "next"], "{page}");
+        seen.extend(ids(&page));
+        match &page["next"] {
+            Value::Null => break,
+            Value::String(cursor) => after = Some(cursor.clone()),
+            other => panic!("next is {other}"),
+        }
+        cursors.push(after.clone().unwrap());
+        assert!(cursors.len() < 5, "no last page: {seen:?}");
+    }
+    assert_eq!(seen, ["1:1", "1:2", "1:6", "1:7", "1:3", "1:4", "1:5"]);
+    let (code, out, err) = run_garivini(&db.url, &["jobs", "list", "--limit", "3"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("--after {})", cursors[0])),
+        "the text's cursor is not {}: {out}",
+        cursors[0]
+    );
 }
 
 #[tokio::test]
@@ -596,7 +632,8 @@ async fn list_finds_rows_by_unique_key_prefix_and_pages_with_the_cursor_it_print
             .unwrap();
     }
     let ids = |v: Value| -> Vec<String> {
-        v.as_array()
+        v["jobs"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|j| j["uniqkey"].as_str().unwrap().to_string())

@@ -202,29 +202,55 @@ async fn bad_usage_is_one_line_and_exit_1_in_every_binary() {
     }
 }
 
+/// Runs `name args` with its stdout a pipe whose reader goes away before
+/// the first line, as `| head -0` does; its exit status and stderr.
+async fn into_a_closed_pipe(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::from(testkit::bin(name));
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("the binary runs");
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("it ends")
+        .expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
 #[tokio::test]
 async fn output_to_a_pipe_closed_early_ends_quietly() {
-    let mut cmd = tokio::process::Command::from(testkit::bin("garivini"));
-    cmd.args([
+    let args = [
         "--dsn",
         "mysql://u@127.0.0.1:1/x",
         "--gearmand",
         "127.0.0.1:1",
         "config",
         "check",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("garivini runs");
-    // The reader goes away before the first line, as `| head -0` does.
-    drop(child.stdout.take());
-    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
-        .await
-        .expect("it ends")
-        .expect("its output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    ];
+    let (code, stderr) = into_a_closed_pipe("garivini", &args).await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `garivini --completions bash | head -1`: the script into a pipe closed
+/// early ends quietly (exit 0, no panic, nothing on stderr), in every
+/// binary and for every shell; and `--help` names both generators.
+#[tokio::test]
+async fn completions_into_a_closed_pipe_end_quietly_and_help_lists_them() {
+    for name in ["garivini", "gv_inject", "gv_consume"] {
+        let (status, out, err) = run_bin(name, &["--help"], LIMIT).await;
+        assert!(status.success(), "{name} --help: {err}");
+        for flag in ["--completions <SHELL>", "--man <DIR>"] {
+            assert!(out.contains(flag), "{name} --help lacks {flag}:\n{out}");
+        }
+        for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+            let (code, stderr) = into_a_closed_pipe(name, &["--completions", shell]).await;
+            assert_eq!(code, Some(0), "{name} --completions {shell}: {stderr}");
+            assert!(stderr.is_empty(), "{name} --completions {shell}: {stderr}");
+        }
+    }
 }
 
 #[tokio::test]

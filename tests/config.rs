@@ -166,3 +166,158 @@ async fn config_check_tries_each_database_and_gearmand_and_says_which_answered()
     );
     assert_eq!(err.trim(), "error: config check: no answer from database 1");
 }
+
+/// One file, one process per role (as garivini@.service runs them): two
+/// that would serve metrics on one address are refused by `config check`
+/// in one line naming the address and the roles, before the second
+/// process fails to bind it. Roles of one `workers` process share theirs.
+#[tokio::test]
+async fn config_check_refuses_a_metrics_address_two_role_processes_would_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, other) = (testkit::free_port(), testkit::free_port());
+    let head = "dsn = \"mysql://gv:pw@db1/garivini\"\ngearmand = \"g:4730\"\n";
+    let check = async |text: &str, extra: &[&str]| {
+        let file = write(&dir, &format!("{head}{text}"));
+        let mut args = vec!["--config", file.as_str(), "config", "check", "--offline"];
+        args.extend(extra);
+        run_bin("garivini", &args, LIMIT).await
+    };
+    for (text, says) in [
+        (
+            format!(
+                "[roles]\nmetrics-addr = \"0.0.0.0:{port}\"\n\
+                 [queuerunner]\nmetrics-addr = \"127.0.0.1:{other}\"\n"
+            ),
+            format!("metrics address 0.0.0.0:{port} would be served by injector and controller"),
+        ),
+        // A wildcard address takes the port on loopback too.
+        (
+            format!(
+                "[queuerunner]\nmetrics-addr = \"127.0.0.1:{port}\"\n\
+                 [controller]\nmetrics-addr = \"0.0.0.0:{port}\"\n"
+            ),
+            format!(
+                "metrics address 127.0.0.1:{port} would be served by queuerunner and controller"
+            ),
+        ),
+    ] {
+        let (status, out, err) = check(&text, &[]).await;
+        assert_eq!(status.code(), Some(1), "{text}: accepted: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(&says), "{text}: {err}");
+        assert!(out.is_empty(), "{text}: {out}");
+    }
+    let shared = format!("[roles]\nmetrics-addr = \"0.0.0.0:{port}\"\n");
+    let (status, out, err) = check(&shared, &[]).await;
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        err.contains("would be served by queuerunner, injector and controller"),
+        "{err}"
+    );
+    // The same file for one `garivini workers --roles ...` process.
+    let (status, out, err) =
+        check(&shared, &["--workers", "queuerunner,injector,controller"]).await;
+    assert!(status.success(), "{out}{err}");
+    assert!(out.trim_end().ends_with("ok"), "{out}");
+    let (status, _, err) = check(&shared, &["--workers", "injector,controller"]).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("would be served by queuerunner and workers (injector,controller)"),
+        "{err}"
+    );
+    // Each role its own address.
+    let own = format!(
+        "[queuerunner]\nmetrics-addr = \"0.0.0.0:{port}\"\n[injector]\nmetrics-addr = \"0.0.0.0:{other}\"\n"
+    );
+    let (status, out, err) = check(&own, &[]).await;
+    assert!(status.success(), "{out}{err}");
+    // GARIVINI_METRICS_ADDR (one environment file for every unit) wins
+    // over the file, for every role.
+    let mut env = bin("garivini");
+    let file = write(&dir, &format!("{head}{own}"));
+    env.args(["--config", &file, "config", "check", "--offline"])
+        .env("GARIVINI_METRICS_ADDR", format!("127.0.0.1:{other}"));
+    let (status, out, err) = run_command(env, LIMIT).await;
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        err.contains(&format!(
+            "metrics address 127.0.0.1:{other} would be served by queuerunner, injector and controller"
+        )),
+        "{err}"
+    );
+    let (status, _, err) = check("[roles]\nmetrics-addr = \"nowhere\"\n", &[]).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("invalid --metrics-addr \"nowhere\": expected IP:PORT"),
+        "{err}"
+    );
+}
+
+/// `config check --json`: every role's settings with where each came
+/// from, passwords masked, what answered; exit 1 (after the JSON) when a
+/// database did not.
+#[tokio::test]
+async fn config_check_json_gives_each_setting_its_source_and_what_answered() {
+    let (db, gearmand) = (TestDb::new().await, Gearmand::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        &format!(
+            "dsn = \"{}\"\n[roles]\nlease = 600\n[functions.resize]\nconcurrency = 2\n",
+            db.url
+        ),
+    );
+    let check = async |file: &str, offline: bool| {
+        let mut args = vec!["--config", file, "--gearmand", gearmand.addr.as_str()];
+        args.extend(["config", "check", "--json"]);
+        if offline {
+            args.push("--offline");
+        }
+        let (status, out, err) = run_bin("garivini", &args, LIMIT).await;
+        let json: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON ({e}): {out}{err}"));
+        (status, json, err)
+    };
+    let (status, v, err) = check(&file, false).await;
+    assert!(status.success(), "{v}{err}");
+    assert_eq!(v["config_file"], file.as_str());
+    assert_eq!(v["databases"][0]["dbid"], 1);
+    assert_eq!(v["databases"][0]["source"], "file");
+    assert_eq!(v["gearmand"]["servers"][0], gearmand.addr.as_str());
+    assert_eq!(v["gearmand"]["source"], "flag");
+    let qr = &v["roles"]["queuerunner"];
+    assert_eq!(
+        qr["settings"]["lease"],
+        serde_json::json!({"value": "600", "source": "file"})
+    );
+    assert_eq!(qr["settings"]["queue-watermark-depth"]["source"], "default");
+    assert_eq!(qr["functions"]["resize"]["concurrency"], 2);
+    assert_eq!(v["answers"]["databases"][0]["answered"], true, "{v}");
+    assert_eq!(v["answers"]["gearmand"][0]["answered"], true, "{v}");
+    assert_eq!(v["ok"], true);
+
+    let (_, v, _) = check(&file, true).await;
+    assert_eq!(v["answers"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["ok"], true);
+
+    let wrong = db.url.replacen("root@", "root:wrong@", 1);
+    let file = write(&dir, &format!("dsn = \"{wrong}\"\n"));
+    let (status, v, err) = check(&file, false).await;
+    assert_eq!(status.code(), Some(1), "{v}");
+    let answer = &v["answers"]["databases"][0];
+    assert_eq!(answer["answered"], false, "{v}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("Access denied"),
+        "{v}"
+    );
+    assert!(
+        v["databases"][0]["dsn"].as_str().unwrap().contains(":***@"),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("wrong") && !err.contains("wrong"),
+        "{v}{err}"
+    );
+    assert_eq!(v["ok"], false);
+    assert_eq!(err.trim(), "error: config check: no answer from database 1");
+}

@@ -34,7 +34,7 @@ async fn show(db: &TestDb, id: &str) -> Value {
 /// The states `jobs list --json` gives, by id.
 async fn states(db: &TestDb) -> Vec<(String, String)> {
     let list = json(&db.url, &["jobs", "list", "--json"]).await;
-    let mut out: Vec<(String, String)> = list
+    let mut out: Vec<(String, String)> = list["jobs"]
         .as_array()
         .unwrap()
         .iter()
@@ -400,8 +400,8 @@ async fn a_foreign_workers_failure_is_retrying_and_a_failed_row_leased_again_is_
     );
     assert_eq!(show(&db, &format!("1:{perl}")).await["state"], "retrying");
     let listed = json(&db.url, &["jobs", "list", "--retrying", "--json"]).await;
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert_eq!(listed[0]["id"], format!("1:{perl}"));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["jobs"][0]["id"], format!("1:{perl}"));
     let listed = json(&db.url, &["jobs", "list", "--scheduled", "--json"]).await;
-    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0, "{listed}");
 }

@@ -317,6 +317,38 @@ async fn status_and_functions_list_show_a_paused_function() {
     assert!(!out.contains("paused:"), "{out}");
 }
 
+/// `functions pause|resume --json`: what changed in which database, as
+/// the API's answer says it; a database without the table is in it too,
+/// and the command still exits 1 with one line.
+#[tokio::test]
+async fn pause_and_resume_json_say_per_database_what_changed() {
+    let db = TestDb::new().await;
+    let report = async |args: &[&str], code: i32| {
+        let (got, out, err) = functions(&db.url, args).await;
+        assert_eq!(got, code, "{args:?}: {out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}{err}"))
+    };
+    let said = |changed: &[u32], unchanged: &[u32], without_table: &[u32]| {
+        serde_json::json!({
+            "funcname": "pz_json", "changed": changed, "unchanged": unchanged,
+            "without_table": without_table, "errors": [],
+        })
+    };
+    let pause = ["pause", "pz_json", "--json"];
+    let resume = ["resume", "pz_json", "--json"];
+    assert_eq!(report(&pause, 0).await, said(&[1], &[], &[]));
+    assert_eq!(report(&pause, 0).await, said(&[], &[1], &[]));
+    assert_eq!(report(&resume, 0).await, said(&[1], &[], &[]));
+    assert_eq!(report(&resume, 0).await, said(&[], &[1], &[]));
+
+    db.exec("DROP TABLE garivini_paused").await;
+    assert_eq!(report(&pause, 1).await, said(&[], &[], &[1]));
+    let (_, _, err) = functions(&db.url, &pause).await;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no garivini_paused table"), "{err}");
+}
+
 #[tokio::test]
 async fn a_bad_function_name_is_refused_in_one_line() {
     let db = TestDb::new().await;

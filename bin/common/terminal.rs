@@ -51,24 +51,62 @@ pub fn init_tracing(logging: &Logging) {
 /// The command line, parsed by `command`: help and version are printed as
 /// clap prints them; any other usage error as one line, exit status 1.
 ///
-/// Two flags of their own, before any other, write what packagers install
-/// (`scripts/install-extras`) from the same definitions, and exit:
+/// Two flags of their own, listed in `--help`, write what packagers
+/// install (`scripts/install-extras`) from the same definitions, and exit:
 /// `--completions SHELL` (bash, zsh, fish, elvish, powershell) and
-/// `--man DIR` (a page per command, `garivini-jobs.1` and so on).
+/// `--man DIR` (a page per command, `garivini-jobs.1` and so on). Given
+/// first they need nothing else (no subcommand, no required flag).
 pub fn matches(command: clap::Command) -> ArgMatches {
-    let command = negative_values(command);
+    let command = with_generators(negative_values(command));
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {
-        Some("--completions") => completions(command, argv.get(2)),
-        Some("--man") => man_pages(command, argv.get(2)),
-        _ => command
-            .try_get_matches_from(argv)
-            .unwrap_or_else(|err| usage_error(err)),
+        Some("--completions") => completions(command, argv.get(2).map(|s| s.as_os_str())),
+        Some("--man") => man_pages(command, argv.get(2).map(|s| s.as_os_str())),
+        _ => {
+            let matches = command
+                .clone()
+                .try_get_matches_from(argv)
+                .unwrap_or_else(|err| usage_error(err));
+            // Given after other flags: done all the same, never ignored.
+            let given = |id: &str| matches.get_raw(id).and_then(|mut v| v.next());
+            if let Some(shell) = given("completions") {
+                completions(command, Some(shell));
+            }
+            if let Some(dir) = given("man") {
+                man_pages(command, Some(dir));
+            }
+            matches
+        }
     }
 }
 
-/// Writes `command`'s completion script for the shell named in `shell`.
-fn completions(mut command: clap::Command, shell: Option<&std::ffi::OsString>) -> ! {
+/// `command` with `--completions` and `--man`, so that `--help` (and the
+/// completions and man pages themselves) list them.
+fn with_generators(command: clap::Command) -> clap::Command {
+    let raw = clap::builder::ValueParser::os_string();
+    command
+        .arg(
+            clap::Arg::new("completions")
+                .long("completions")
+                .value_name("SHELL")
+                .value_parser(raw.clone())
+                .help(
+                    "Print the completion script for SHELL (bash, zsh, fish, elvish, \
+                     powershell) and exit",
+                ),
+        )
+        .arg(
+            clap::Arg::new("man")
+                .long("man")
+                .value_name("DIR")
+                .value_parser(raw)
+                .help("Write the man pages, one per command, into DIR and exit"),
+        )
+}
+
+/// Writes `command`'s completion script for the shell named in `shell`;
+/// a reader that went away (`| head -1`) ends it quietly, as any output.
+fn completions(mut command: clap::Command, shell: Option<&std::ffi::OsStr>) -> ! {
     use clap::ValueEnum as _;
     let name = shell.and_then(|s| s.to_str()).unwrap_or_default();
     let Ok(shell) = clap_complete::Shell::from_str(name, true) else {
@@ -76,12 +114,15 @@ fn completions(mut command: clap::Command, shell: Option<&std::ffi::OsString>) -
         std::process::exit(1);
     };
     let bin = command.get_name().to_string();
-    clap_complete::generate(shell, &mut command, bin, &mut std::io::stdout());
+    // Into memory first: clap_complete panics on a failed write.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, bin, &mut script);
+    write_bytes(&script);
     std::process::exit(0);
 }
 
 /// Writes a man page for `command` and one per subcommand into `dir`.
-fn man_pages(command: clap::Command, dir: Option<&std::ffi::OsString>) -> ! {
+fn man_pages(command: clap::Command, dir: Option<&std::ffi::OsStr>) -> ! {
     let Some(dir) = dir else {
         eprintln!("error: --man takes the directory to write the pages into");
         std::process::exit(1);
@@ -173,7 +214,19 @@ pub fn say(line: std::fmt::Arguments<'_>) {
 /// ends the process quietly, exit status 0, instead of a panic.
 pub fn write_out(text: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
-    if let Err(err) = out.write_fmt(text).and_then(|()| out.flush()) {
+    written(out.write_fmt(text).and_then(|()| out.flush()));
+}
+
+/// [`write_out`] for bytes.
+fn write_bytes(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    written(out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+/// A write to stdout done: a reader that went away ends the process with
+/// status 0 and nothing said; any other failure is one line, status 1.
+fn written(result: std::io::Result<()>) {
+    if let Err(err) = result {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }

@@ -51,13 +51,15 @@ pub enum JobsCommand {
         #[arg(long, value_name = "PREFIX")]
         unique_prefix: Option<String>,
         /// The next page: the cursor the page before ended with
-        /// (RUN_AFTER.FAILCOUNT.DBID.JOBID, printed under a full page).
+        /// (RUN_AFTER.FAILCOUNT.DBID.JOBID, printed under a full page, and
+        /// the `next` of --json).
         #[arg(long, value_name = "CURSOR")]
         after: Option<admin::Cursor>,
         /// Most rows shown (1 to 10000).
         #[arg(long, default_value_t = admin::DEFAULT_LIST_LIMIT)]
         limit: usize,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table: {"jobs": [...], "next": CURSOR
+        /// or null}, as GET /api/v1/jobs answers.
         #[arg(long)]
         json: bool,
         #[arg(long, help = lease_help())]
@@ -392,9 +394,11 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
                 limit: *limit,
             };
             let page = admin::list_page(store, &query, unique_prefix.as_deref(), *after).await?;
+            let next = page.next.map(|c| c.to_string());
             let jobs = page.jobs;
             if *json {
-                return print_json(&jobs);
+                // The shape of the API's GET /api/v1/jobs.
+                return print_json(&serde_json::json!({ "jobs": jobs, "next": next }));
             }
             if jobs.is_empty() {
                 crate::say!("no jobs");
@@ -417,7 +421,7 @@ async fn run_jobs(command: &JobsCommand, default_lease: u32, store: &Store) -> a
             for l in table(&rows, &[4]) {
                 crate::say!("{l}");
             }
-            if let Some(next) = page.next {
+            if let Some(next) = next {
                 crate::say!("(first {limit}; the next page: --after {next})");
             }
             Ok(())

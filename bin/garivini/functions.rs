@@ -1,6 +1,7 @@
 //! `garivini functions pause|resume|list`: pausing a function's jobs in
 //! every database (they stay due, and run after the resume), one line per
-//! command or paused function (`list --json` prints the library's value).
+//! command or paused function (`--json` prints the library's value, as the
+//! API answers it).
 
 use anyhow::Context as _;
 use garivini::admin::{self, PauseReport};
@@ -17,12 +18,19 @@ pub enum FunctionsCommand {
     Pause {
         /// The function, as its jobs' funcname.
         funcname: String,
+        /// Print JSON instead of text: what changed in which database, as
+        /// POST /api/v1/functions/{funcname}/pause answers.
+        #[arg(long)]
+        json: bool,
     },
     /// Resumes a paused function: its waiting jobs run within a couple of
     /// seconds.
     Resume {
         /// The function, as its jobs' funcname.
         funcname: String,
+        /// Print JSON instead of text (as `pause --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Lists the paused functions, one line each.
     List {
@@ -36,15 +44,21 @@ pub enum FunctionsCommand {
 /// when a database could not be changed or read.
 pub async fn run(command: &FunctionsCommand, servers: &Servers) -> anyhow::Result<()> {
     // Checked before anything is connected to: a typo changes nothing.
-    if let FunctionsCommand::Pause { funcname } | FunctionsCommand::Resume { funcname } = command {
+    if let FunctionsCommand::Pause { funcname, .. } | FunctionsCommand::Resume { funcname, .. } =
+        command
+    {
         garivini::job::check_funcname(funcname)
             .with_context(|| format!("invalid function name {:?}", printable(funcname)))?;
     }
     let store = servers.store().await?;
     match command {
-        FunctionsCommand::Pause { funcname } => {
+        FunctionsCommand::Pause { funcname, json } => {
             let report = admin::pause(&store, funcname).await?;
             let name = printable(funcname);
+            if *json {
+                crate::say!("{}", serde_json::to_string_pretty(&report)?);
+                return check(&report, "paused");
+            }
             check(&report, "paused")?;
             if report.changed.is_empty() {
                 crate::say!("{name} was paused already");
@@ -52,9 +66,13 @@ pub async fn run(command: &FunctionsCommand, servers: &Servers) -> anyhow::Resul
                 crate::say!("paused {name}: its jobs wait in the database until `garivini functions resume {name}`");
             }
         }
-        FunctionsCommand::Resume { funcname } => {
+        FunctionsCommand::Resume { funcname, json } => {
             let report = admin::resume(&store, funcname).await?;
             let name = printable(funcname);
+            if *json {
+                crate::say!("{}", serde_json::to_string_pretty(&report)?);
+                return check(&report, "resumed");
+            }
             check(&report, "resumed")?;
             if report.changed.is_empty() {
                 crate::say!("{name} was not paused");

@@ -3,11 +3,13 @@
 //!
 //! This file holds the commands and the role processes' wiring (flags in,
 //! signals to a shutdown token, [`garivini::roles::run`]); `settings` the
-//! roles' flags, laid over a `--config` file by `settings_file`; `admin`
-//! the status and jobs commands; `schema` the schema check; `format` the
+//! roles' flags, laid over a `--config` file by `settings_file`;
+//! `config_check` the config check; `admin` the status and jobs commands;
+//! `functions` pause and resume; `schema` the schema check; `format` the
 //! tables, ages and dates people read.
 
 mod admin;
+mod config_check;
 mod format;
 mod functions;
 mod schema;
@@ -105,14 +107,11 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Checks --config FILE (with the flags and environment given), prints
-    /// the settings each role would run with, passwords masked, and tries
-    /// each database and gearmand, saying which answered (exit 1 if one
-    /// did not).
-    Check {
-        /// Check the settings only; connect to nothing.
-        #[arg(long)]
-        offline: bool,
-    },
+    /// the settings each role would run with, passwords masked, refuses a
+    /// metrics address two of its processes would share, and tries each
+    /// database and gearmand, saying which answered (exit 1 if one did
+    /// not).
+    Check(config_check::CheckArgs),
 }
 
 fn main() {
@@ -122,8 +121,8 @@ fn main() {
     terminal::run(async move {
         let e = settings::effective(&cli, &matches)?;
         match &cli.command {
-            Command::Config(ConfigCommand::Check { offline }) => {
-                return settings::check(&e, *offline).await
+            Command::Config(ConfigCommand::Check(args)) => {
+                return config_check::check(&e, args).await
             }
             Command::Status(args) => {
                 return admin::status(args, e.lease, &e.limits, &e.servers.0).await

@@ -1,13 +1,13 @@
 //! The roles' settings: their flags, each role's library `Config` built
-//! from them, the `--config` file laid under them (see `settings_file`),
-//! and `garivini config check`.
+//! from them, and the `--config` file laid under them (see
+//! `settings_file`); `config_check` shows them.
 
 use clap::{ArgMatches, ValueEnum};
 use garivini::{client, controller, functions, injector, names, periodic, queue_runner, roles};
 
 use crate::seconds::seconds;
 use crate::servers::Servers;
-use crate::settings_file::{self, layered, Setting, Source};
+use crate::settings_file::{self, layered, Setting};
 use crate::{Cli, Command, ConfigCommand};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl Settings {
         Ok(functions)
     }
 
-    fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
+    pub fn queue_runner(&self) -> anyhow::Result<queue_runner::Config> {
         if self.watermark_pushback.is_some() || self.no_worker_delay.is_some() {
             tracing::warn!(
                 "--watermark-pushback and --no-worker-delay have no effect any more: held rows stay due"
@@ -148,7 +148,7 @@ impl Settings {
         Ok(config)
     }
 
-    fn injector(&self) -> anyhow::Result<injector::Config> {
+    pub fn injector(&self) -> anyhow::Result<injector::Config> {
         let config = injector::Config {
             lease: self.lease,
             max_batch: self.max_batch,
@@ -162,7 +162,7 @@ impl Settings {
         Ok(config)
     }
 
-    fn controller(&self) -> anyhow::Result<controller::Config> {
+    pub fn controller(&self) -> anyhow::Result<controller::Config> {
         let config = controller::Config {
             lease: self.lease,
             concurrency: self.concurrency,
@@ -221,13 +221,19 @@ pub struct Effective {
 
 pub fn effective(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<Effective> {
     let none = ArgMatches::default();
+    let environment;
     let (roles, given): (Vec<Role>, &ArgMatches) = match &cli.command {
         Command::Queuerunner(_) => (vec![Role::Queuerunner], sub_matches(matches)),
         Command::Injector(_) => (vec![Role::Injector], sub_matches(matches)),
         Command::Controller(_) => (vec![Role::Controller], sub_matches(matches)),
         Command::Web { .. } => (vec![Role::Web], sub_matches(matches)),
         Command::Workers { roles, .. } => (roles.clone(), sub_matches(matches)),
-        Command::Config(ConfigCommand::Check { .. }) => (Role::ALL.to_vec(), &none),
+        Command::Config(ConfigCommand::Check(_)) => {
+            // No role flags here, only the environment, which wins over
+            // the file as it does for a role.
+            environment = settings_file::environment::<Settings>()?;
+            (Role::ALL.to_vec(), &environment)
+        }
         Command::Status(_) | Command::Jobs { .. } | Command::Schema(_) => (Vec::new(), &none),
         Command::Functions { .. } => (Vec::new(), &none),
     };
@@ -317,143 +323,4 @@ fn longest_lease(file: Option<&settings_file::File>, name: &str) -> anyhow::Resu
         longest = longest.max(lease);
     }
     Ok(longest)
-}
-
-/// How long `config check` waits for one database or gearmand.
-const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `garivini config check`: every role's settings checked and printed;
-/// then, unless `offline`, each database and gearmand tried.
-pub async fn check(e: &Effective, offline: bool) -> anyhow::Result<()> {
-    let source = |settings: &[Setting], flag: &str| {
-        settings
-            .iter()
-            .find(|s| s.flag == flag)
-            .map_or(Source::Default, |s| s.source)
-            .name()
-    };
-    let (servers, shown) = &e.servers;
-    let dbs = garivini::config::parse_dsn_list(servers.dsn.as_deref().unwrap_or_default())?;
-    let gearmand = servers.gearmand()?;
-    crate::say!("config file: {}", e.file.as_deref().unwrap_or("(none)"));
-    for db in &dbs {
-        crate::say!(
-            "database {}: {} ({})",
-            db.dbid,
-            db.masked(),
-            source(shown, "dsn")
-        );
-    }
-    crate::say!(
-        "gearmand: {} ({})",
-        gearmand.join(","),
-        source(shown, "gearmand")
-    );
-    for (role, settings, shown) in &e.roles {
-        match role {
-            Role::Queuerunner => settings.queue_runner().map(|_| ())?,
-            Role::Injector => settings.injector().map(|_| ())?,
-            Role::Controller => settings.controller().map(|_| ())?,
-            Role::Web => {}
-        }
-        crate::say!("[{}]", role.name());
-        for s in shown {
-            crate::say!("  {} = {} ({})", s.flag, s.value, s.source.name());
-        }
-        if *role == Role::Queuerunner {
-            for entry in &settings.periodic {
-                crate::say!("  {}", describe_periodic(entry));
-            }
-        }
-        for (name, f) in settings.functions()?.entries() {
-            crate::say!("  [functions.{name}] {}", describe_function(&f));
-        }
-    }
-    if !offline {
-        let silent = try_servers(dbs, &gearmand).await;
-        if !silent.is_empty() {
-            anyhow::bail!("config check: no answer from {}", silent.join(", "));
-        }
-    }
-    crate::say!("ok");
-    Ok(())
-}
-
-/// Tries each database (a read of its job table) and each gearmand (its
-/// `status`), one line each; answers the names of those that did not.
-async fn try_servers(dbs: Vec<garivini::config::DbConfig>, gearmand: &[String]) -> Vec<String> {
-    let mut silent = Vec::new();
-    let names: Vec<(u32, String)> = dbs.iter().map(|d| (d.dbid, d.masked())).collect();
-    match garivini::Store::open(dbs) {
-        Err(err) => silent.push(format!("the databases ({err})")),
-        Ok(store) => {
-            for (dbid, masked) in names {
-                let tried =
-                    tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid, &Default::default()))
-                        .await;
-                let verdict = match tried {
-                    Ok(Ok(_)) => "answered; job table readable".to_string(),
-                    Ok(Err(err)) => format!("NO ANSWER: {err}"),
-                    Err(_) => format!("NO ANSWER within {} s", ANSWER_LIMIT.as_secs()),
-                };
-                if !verdict.starts_with("answered") {
-                    silent.push(format!("database {dbid}"));
-                }
-                crate::say!("database {dbid} ({masked}): {verdict}");
-            }
-        }
-    }
-    for server in gearmand {
-        let one = [server.clone()];
-        let tried =
-            tokio::time::timeout(ANSWER_LIMIT, garivini::gearman::function_status(&one)).await;
-        let verdict = match tried {
-            Ok((_, errors)) if errors.is_empty() => "answered".to_string(),
-            Ok((_, errors)) => format!("NO ANSWER: {}", errors[0]),
-            Err(_) => format!("NO ANSWER within {} s", ANSWER_LIMIT.as_secs()),
-        };
-        if verdict != "answered" {
-            silent.push(format!("gearmand {server}"));
-        }
-        crate::say!("gearmand {server}: {verdict}");
-    }
-    silent
-}
-
-/// One function's settings as `config check` prints them.
-fn describe_function(f: &functions::Settings) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = f.concurrency {
-        parts.push(format!("concurrency {c}"));
-    }
-    if let Some(w) = f.watermark {
-        parts.push(format!("watermark {w}"));
-    }
-    if let Some(t) = f.timeout {
-        parts.push(format!("timeout {} s", t.as_secs_f64()));
-    }
-    if let Some(m) = f.max_attempts {
-        parts.push(format!("max-attempts {m}"));
-    }
-    parts.join(", ")
-}
-
-/// One `[[periodic]]` entry as `config check` prints it.
-fn describe_periodic(e: &periodic::Entry) -> String {
-    let schedule = match &e.schedule {
-        periodic::Schedule::Cron(expression) => format!("cron {expression:?} (UTC)"),
-        periodic::Schedule::Every(secs) => format!("every {secs} s"),
-    };
-    format!(
-        "[[periodic]] {:?}: {} {schedule}, arg {} bytes, priority {}, missed ticks {}",
-        e.name,
-        e.funcname,
-        e.arg.len(),
-        e.priority,
-        if e.catch_up {
-            "caught up (the last one)"
-        } else {
-            "skipped"
-        }
-    )
 }

@@ -320,6 +320,14 @@ pub fn layered<T: Args + FromArgMatches>(
     Ok((value, settings))
 }
 
+/// `T`'s flags as the environment alone gives them (no argument), for
+/// [`layered`]'s `given` where there is no command line of `T`'s.
+pub fn environment<T: Args>() -> anyhow::Result<ArgMatches> {
+    T::augment_args(Command::new("garivini").no_binary_name(true))
+        .try_get_matches_from(Vec::<OsString>::new())
+        .map_err(|e| anyhow!("{}", first_line(&e.to_string())))
+}
+
 /// Where `id` got its value in `given`, if `given` knows it at all (a
 /// `workers` process's matches know its settings, a `config check` none).
 fn source_of(given: &ArgMatches, id: &str) -> Option<ValueSource> {
