@@ -36,6 +36,8 @@ pub struct Outage {
     /// Which instance of the service it tracks (a server, a database),
     /// when there are several: named in each line.
     about: Option<String>,
+    /// Whether it is a database's own tracker ([`Outage::database`]).
+    database: bool,
 }
 
 /// How an [`Outage`] logs its start and end.
@@ -59,6 +61,20 @@ impl Outage {
             last_failure: Mutex::new(None),
             loudness: Loudness::Warn,
             about: None,
+            database: false,
+        }
+    }
+
+    /// The tracker of one database, the store's own: the one that warns
+    /// about the database's faults ([`Error::is_connection_fault`]). Every
+    /// other tracker that meets such a fault (a claim, a request refused)
+    /// says it at info, so that an outage of a database is one warning
+    /// per process however many roles call it, and however long it lasts
+    /// (from the start, say). Other errors warn as ever.
+    pub fn database(what: &'static str) -> Outage {
+        Outage {
+            database: true,
+            ..Outage::new(what)
         }
     }
 
@@ -106,7 +122,12 @@ impl Outage {
         let mut last = self.last_failure.lock().unwrap();
         let new = last.is_none_or(|at| at.elapsed() > FORGET);
         *last = Some(Instant::now());
-        match (new, self.loudness) {
+        let loudness = match self.loudness {
+            // The database's own tracker warned already.
+            Loudness::Warn if err.is_connection_fault() && !self.database => Loudness::Info,
+            loudness => loudness,
+        };
+        match (new, loudness) {
             (true, Loudness::Warn) => tracing::warn!(error = %err, "{}", self.label()),
             (true, Loudness::Info) => tracing::info!(error = %err, "{}", self.label()),
             _ => tracing::debug!(error = %err, failures, "{}", self.label()),

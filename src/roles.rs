@@ -81,6 +81,12 @@ impl Config {
 /// Every setting is checked, and every role built, before the first one
 /// starts: an error here means none ran. A role that panics is not
 /// swallowed: the panic goes on in the caller, the other roles dropped.
+///
+/// Nothing here needs a database to answer: with `store` started with
+/// every database down ([`Store::connect_or_wait`]) the roles start all
+/// the same and wait, their calls refused at once as in any outage (no
+/// claim, `inject_jobs` answered with a failure, nothing acknowledged),
+/// until the store's probe takes a database up.
 pub async fn run(
     store: Arc<Store>,
     gearmand: Vec<String>,

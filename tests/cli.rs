@@ -85,23 +85,30 @@ async fn missing_settings_are_named() {
     assert!(err.contains("invalid setting --lease"), "{err}");
 }
 
+/// A command or a client that finds no database fails with one line (a
+/// role, which serves, starts all the same: tests/start_degraded.rs).
 #[tokio::test]
 async fn unreachable_database_at_start_up_is_one_line() {
     let port = testkit::free_port();
     let dsn = format!("mysql://u:pw@127.0.0.1:{port}/garivini");
-    let err = queuerunner_fails(&dsn, "127.0.0.1:1", &[]).await;
-    assert!(
-        err.starts_with("error: cannot start: database 1 (")
-            && err
-                .trim_end()
-                .ends_with("Connection refused (os error 111)"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!("mysql://u:***@127.0.0.1:{port}/garivini")),
-        "{err}"
-    );
-    assert!(!err.contains(":pw@"), "{err}");
+    for (name, args) in [
+        ("garivini", &["functions", "list"][..]),
+        ("gv_inject", &["--funcname", "f", "--count", "1"][..]),
+    ] {
+        let err = fails(name, &[&["--dsn", dsn.as_str()][..], args].concat()).await;
+        assert!(
+            err.starts_with("error: cannot start: database 1 (")
+                && err
+                    .trim_end()
+                    .ends_with("Connection refused (os error 111)"),
+            "{name}: {err}"
+        );
+        assert!(
+            err.contains(&format!("mysql://u:***@127.0.0.1:{port}/garivini")),
+            "{name}: {err}"
+        );
+        assert!(!err.contains(":pw@"), "{name}: {err}");
+    }
 }
 
 #[tokio::test]

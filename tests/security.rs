@@ -1,6 +1,7 @@
 //! Security basics with the real binaries: the password of a DSN appears
 //! in no output, even at RUST_LOG=trace, whether the database is
-//! unreachable, refuses the password or takes it; and the binaries do their
+//! unreachable (a role then starts and waits), refuses the password or
+//! takes it; and the binaries do their
 //! work as a user other than root. (SQL with bound parameters only: tests
 //! input.rs and low_latency.rs store quotes, SQL and NUL byte for byte.)
 //! Needs scripts/services up: MariaDB, and gearmand for a private one.
@@ -40,6 +41,34 @@ async fn fails_without_showing_the_password(mut cmd: Command) -> String {
     stderr
 }
 
+/// Runs `cmd`, a role whose database is unreachable, until it has said so
+/// (it starts all the same and waits for it), then stops it; checks that
+/// nothing it printed holds the password; returns its stderr.
+async fn serves_without_showing_the_password(cmd: Command) -> String {
+    let what = format!("{:?}", cmd.get_args().collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let (out, log) = (dir.path().join("out"), dir.path().join("log"));
+    let mut proc = Proc::start_logged("garivini", cmd, &out, &log).unwrap();
+    testkit::wait_until(
+        LIMIT,
+        "the role to say its database is unreachable",
+        || async { proc.log().contains("database unreachable") },
+    )
+    .await;
+    proc.check_running().unwrap();
+    let status = proc.terminate(LIMIT).await;
+    assert!(status.success(), "{what} exited {status}");
+    let (stdout, stderr) = (proc.stdout(), proc.log());
+    assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(
+            !text.contains(SECRET) && !text.contains("s3cret"),
+            "{what}: the password is in its {stream}:\n{text}"
+        );
+    }
+    stderr
+}
+
 #[tokio::test]
 async fn a_dsn_password_is_never_printed_when_the_database_cannot_be_used() {
     let db = TestDb::new().await;
@@ -69,14 +98,22 @@ async fn a_dsn_password_is_never_printed_when_the_database_cannot_be_used() {
             ),
         ];
         for (name, args) in runs {
+            // A role starts with its database unreachable, and serves.
+            let serves = name == "garivini" && dsn == &closed;
+            let check = |cmd| async move {
+                match serves {
+                    true => serves_without_showing_the_password(cmd).await,
+                    false => fails_without_showing_the_password(cmd).await,
+                }
+            };
             // The DSN as a flag and from the environment.
             let mut by_flag = traced(name);
             by_flag.args(["--dsn", dsn]).args(&args);
-            let err = fails_without_showing_the_password(by_flag).await;
+            let err = check(by_flag).await;
             assert!(err.contains("root:***@"), "{name} {args:?}: {err}");
             let mut by_env = traced(name);
             by_env.env("GARIVINI_DSN", dsn).args(&args);
-            fails_without_showing_the_password(by_env).await;
+            check(by_env).await;
         }
     }
 }

@@ -19,10 +19,21 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Connects to every database and checks it has the job table.
+    /// Connects to every database and checks it has the job table; fails
+    /// when none answers (a command, a client).
     pub async fn store(&self) -> anyhow::Result<Arc<Store>> {
         let dbs = parse_dsn_list(self.dsn.as_deref().unwrap_or_default())?;
         let store = Store::connect(dbs).await.context("cannot start")?;
+        Ok(Arc::new(store))
+    }
+
+    /// [`Servers::store`] for a process that serves (the roles, the web
+    /// role): it starts even when no database answers, and takes each up
+    /// once it does ([`Store::connect_or_wait`]).
+    #[allow(dead_code)] // gv_inject and gv_consume share this file
+    pub async fn serving_store(&self) -> anyhow::Result<Arc<Store>> {
+        let dbs = parse_dsn_list(self.dsn.as_deref().unwrap_or_default())?;
+        let store = Store::connect_or_wait(dbs).await.context("cannot start")?;
         Ok(Arc::new(store))
     }
 

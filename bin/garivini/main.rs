@@ -169,7 +169,9 @@ async fn run_roles(
     if let Some(addr) = roles.iter().find_map(|(_, s)| s.metrics_addr.as_ref()) {
         metrics_endpoint::serve(addr).await?;
     }
-    let store = servers.store().await?;
+    // Up, and not ready, while no database answers: a supervisor then
+    // sees a process that waits rather than one that restarts in a loop.
+    let store = servers.serving_store().await?;
     let shutdown = signal::shutdown_on_signal();
     // A task of its own, so that a role's panic ends here as an error
     // line and exit status 1, as any other error.

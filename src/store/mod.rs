@@ -6,9 +6,9 @@
 //! agree on what is due.
 //!
 //! This file holds [`Store`]: the pools, the run of one operation
-//! (timeout, lock-conflict retries, outage tracking), each database's
-//! health, and the choice of a shard. The statements are grouped by
-//! concern:
+//! (timeout, lock-conflict retries, outage tracking), and the choice of a
+//! shard; `health` each database's health (the start-up check, known down,
+//! the probe). The statements are grouped by concern:
 //!
 //! - `insert`: storing jobs (multi-row INSERTs that fit the packet limit,
 //!   dedup by unique key, shard by key hash);
@@ -24,10 +24,9 @@
 //! - `rows`: reading rows without failing on any, and SQL helpers;
 //! - [`schema`]: `garivini schema check`.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt as _};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, PoolConstraints, TxOpts};
 use rand::Rng;
@@ -37,12 +36,14 @@ use crate::error::{Error, Result};
 pub use crate::job::JobRef;
 use crate::outage::Outage;
 use crate::telemetry;
+use health::Health;
 
 mod admin;
 mod claim;
 mod counts;
 pub mod dispatches;
 pub mod functions;
+mod health;
 mod history;
 mod insert;
 pub mod periodic;
@@ -199,29 +200,6 @@ struct Db {
     dispatches: dispatches::Tally,
 }
 
-/// A database's health, as its calls found it.
-#[derive(Default)]
-struct Health {
-    /// Set when a call failed on a fault of the database's own
-    /// ([`Error::is_connection_fault`]: unreachable, timed out, refusing
-    /// connections), with when it went down and its last fault; cleared
-    /// when it answers again.
-    /// While set, calls are refused at once ([`Error::DbDown`]) and a probe
-    /// tries the database in the background.
-    down: Option<(Instant, String)>,
-    /// Whether that probe is running (at most one per database).
-    probing: bool,
-}
-
-impl Health {
-    /// Records `err`, a fault of the database's; an outage already under
-    /// way keeps its start.
-    fn went_down(&mut self, err: &Error) {
-        let since = self.down.as_ref().map_or_else(Instant::now, |(at, _)| *at);
-        self.down = Some((since, fault_reason(err)));
-    }
-}
-
 /// The job tables of all configured databases.
 ///
 /// Each database has a health of its own: one that is down costs only
@@ -240,6 +218,7 @@ impl Store {
         if dbs.is_empty() {
             return Err(Error::NoDatabase);
         }
+        let shards = dbs.len();
         let dbs = dbs
             .into_iter()
             .map(|cfg| {
@@ -258,9 +237,10 @@ impl Store {
                         masked: crate::config::mask_dsn(url),
                     });
                 }
-                let outage = Outage::new(
-                    "database unreachable: its calls fail at once until it answers again; keyless inserts go to the others",
-                )
+                let outage = Outage::database(match shards {
+                    1 => "database unreachable: its calls fail at once until it answers again",
+                    _ => "database unreachable: its calls fail at once until it answers again; keyless inserts go to the others",
+                })
                 .about(format!("database {}", cfg.dbid));
                 Ok(Arc::new(Db {
                     nodes,
@@ -285,90 +265,6 @@ impl Store {
             dbs,
             op_timeout: DEFAULT_OP_TIMEOUT,
         })
-    }
-
-    /// Opens the pools and checks the databases, all at once, so that a
-    /// bad configuration fails at start-up. Reads each server's
-    /// `max_allowed_packet` on the way.
-    ///
-    /// Starts when at least one database answers. One that is down (a
-    /// fault of its own: unreachable, refusing connections, or no answer
-    /// within [`STARTUP_GRACE`] of the first that did) is logged once,
-    /// with why, and starts as known down: its calls fail at once until a
-    /// background probe finds it answering. A database that answers but
-    /// refuses us (wrong password, host not allowed, unknown database, no
-    /// `job` table) is a configuration mistake, not an outage: an error
-    /// here, as is every database being down (the first one's fault).
-    pub async fn connect(dbs: Vec<DbConfig>) -> Result<Store> {
-        let store = Store::open(dbs)?;
-        let mut outcomes: Vec<Option<Result<Option<u64>>>> =
-            store.dbs.iter().map(|_| None).collect();
-        {
-            let mut checks: FuturesUnordered<_> = store
-                .dbs
-                .iter()
-                .enumerate()
-                .map(|(i, db)| {
-                    let store = &store;
-                    async move {
-                        let check = || async {
-                            let mut conn = db.pool().get_conn().await?;
-                            conn.query_drop("SELECT jobid FROM job LIMIT 0").await?;
-                            conn.query_first::<u64, _>("SELECT @@max_allowed_packet")
-                                .await
-                        };
-                        // Not through `run`: a fault here is reported below,
-                        // once, or is the caller's error.
-                        (i, store.attempt_nodes(db, check).await)
-                    }
-                })
-                .collect();
-            let grace = tokio::time::sleep(Duration::MAX);
-            tokio::pin!(grace);
-            let mut answered = false;
-            loop {
-                tokio::select! {
-                    next = checks.next() => match next {
-                        None => break,
-                        Some((i, outcome)) => {
-                            if outcome.is_ok() && !answered {
-                                answered = true;
-                                grace.as_mut().reset(tokio::time::Instant::now() + STARTUP_GRACE);
-                            }
-                            outcomes[i] = Some(outcome);
-                        }
-                    },
-                    _ = &mut grace, if answered => break,
-                }
-            }
-        }
-        let mut down = Vec::new();
-        for (db, outcome) in store.dbs.iter().zip(outcomes) {
-            match outcome {
-                Some(Ok(server)) => {
-                    db.set_max_packet(server);
-                }
-                Some(Err(err)) if !err.is_connection_fault() => return Err(err),
-                Some(Err(err)) => down.push((db, err)),
-                None => down.push((
-                    db,
-                    Error::DbTimeout {
-                        dbid: db.cfg.dbid,
-                        dsn: db.cfg.masked(),
-                        timeout: STARTUP_GRACE,
-                    },
-                )),
-            }
-        }
-        if down.len() == store.dbs.len() {
-            return Err(down.swap_remove(0).1);
-        }
-        for (db, err) in down {
-            // The one warning of this outage, with why.
-            db.outage.failed(&err);
-            store.mark_down(db, &err);
-        }
-        Ok(store)
     }
 
     /// The largest statement database `dbid` takes, in bytes (its
@@ -596,20 +492,6 @@ impl Store {
         outcome
     }
 
-    /// Marks `db` down after `err`, and starts its probe unless one runs.
-    fn mark_down(&self, db: &Arc<Db>, err: &Error) {
-        let mut health = db.health.lock().unwrap();
-        health.went_down(err);
-        if !health.probing {
-            health.probing = true;
-            tokio::spawn(probe(Arc::downgrade(db), self.op_timeout));
-        }
-    }
-
-    fn healthy(&self, db: &Db) -> bool {
-        db.health.lock().unwrap().down.is_none()
-    }
-
     /// The database a job with this unique key always goes to, so that the
     /// table's UNIQUE(funcname, uniqkey) dedups across shards.
     fn shard_for(&self, funcname: &str, uniqkey: &str) -> &Arc<Db> {
@@ -651,70 +533,6 @@ impl Store {
         for db in self.dbs {
             for node in &db.nodes {
                 let _ = node.pool.clone().disconnect().await;
-            }
-        }
-    }
-}
-
-/// Tries a database known down, with the outage's backoff (at most
-/// [`PROBE_CAP`] apart), until it answers; then lets its calls through
-/// again. Ends early when the store is dropped.
-async fn probe(db: Weak<Db>, timeout: Duration) {
-    loop {
-        let Some(pause) = db.upgrade().map(|db| db.outage.delay_up_to(PROBE_CAP)) else {
-            return;
-        };
-        tokio::time::sleep(pause).await;
-        let Some(db) = db.upgrade() else {
-            return;
-        };
-        {
-            // A call that was under way when it went down answered since.
-            let mut health = db.health.lock().unwrap();
-            if health.down.is_none() {
-                health.probing = false;
-                return;
-            }
-        }
-        // Every node, from the one in use on in failover order: the first
-        // that answers takes the calls.
-        let mut fault = None;
-        for k in 0..db.nodes.len() {
-            let node = (db.active() + k) % db.nodes.len();
-            let answer = tokio::time::timeout(timeout, async {
-                let mut conn = db.nodes[node].pool.get_conn().await?;
-                conn.query_drop("SELECT 1").await
-            })
-            .await;
-            fault = match answer {
-                Ok(Ok(())) => None,
-                Ok(Err(source)) => Some(Error::Db {
-                    dbid: db.cfg.dbid,
-                    dsn: db.nodes[node].masked.clone(),
-                    source,
-                }),
-                Err(_) => Some(Error::DbTimeout {
-                    dbid: db.cfg.dbid,
-                    dsn: db.nodes[node].masked.clone(),
-                    timeout,
-                }),
-            };
-            if !fault.as_ref().is_some_and(Error::is_connection_fault) {
-                db.active.store(node, std::sync::atomic::Ordering::Relaxed);
-                break;
-            }
-        }
-        match fault {
-            Some(err) if err.is_connection_fault() => {
-                db.outage.failed(&err);
-                db.health.lock().unwrap().went_down(&err);
-            }
-            _ => {
-                db.outage.ended();
-                let mut health = db.health.lock().unwrap();
-                health.down = None;
-                health.probing = false;
-                return;
             }
         }
     }

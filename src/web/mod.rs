@@ -314,13 +314,16 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Every database answers (200), or not (503, naming which).
+/// Every database takes calls (200), or not (503, naming which and why):
+/// [`Store::ready`], so a database known down answers at once, and the
+/// answer turns 200 when the process's roles resume, not before. A process
+/// started with every database down serves this from the start.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
 ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     let checks = futures::future::join_all(state.store.dbids().map(|dbid| {
         let store = state.store.clone();
-        async move { (dbid, store.max_jobid(dbid).await) }
+        async move { (dbid, store.ready(dbid).await) }
     }))
     .await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
