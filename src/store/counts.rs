@@ -50,8 +50,9 @@ const MAX_ROW_CAP: u64 = 2_000;
 /// remainder.
 const CHUNK: usize = 32;
 
-/// The caps for `functions` functions: (index entries, rows) per range.
-fn caps(functions: usize) -> (u64, u64) {
+/// The caps for `functions` functions: (index entries, rows) per range
+/// (the dashboard names them where it shows a lower bound).
+pub(crate) fn caps(functions: usize) -> (u64, u64) {
     let n = functions.max(1) as u64;
     (
         (INDEX_BUDGET / (3 * n)).clamp(MIN_INDEX_CAP, MAX_CAP),

@@ -1,9 +1,11 @@
 //! The HTML pages: the overview (every database's jobs per function and
 //! state, every gearmand's queues, functions without a worker, the
 //! chart), the job list (filters, keyset paging), the job page, a
-//! confirmation page before every change, and the login. Rendered on the
-//! server (maud); they work without JavaScript, and the overview refreshes
-//! itself (an HTTP refresh).
+//! confirmation page before every change ([`confirm`]), and the login.
+//! Rendered on the server (maud); they work without JavaScript, and the
+//! overview refreshes itself (an HTTP refresh).
+
+mod confirm;
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use serde::Deserialize;
 use super::api::{selection, Failure, ListParams};
 use super::auth::{Access, Keys};
 use super::{Report, State};
-use crate::admin::{self, Guard, Status};
+use crate::admin::{self, JobState, Status};
 use crate::job::JobRef;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -30,7 +32,8 @@ td.name,th.name{text-align:left}tr.warn td{background:#fff3cd}\
 .axis{stroke:#999}.tick,.chart-title{font-size:11px;fill:#555}\
 polyline{stroke-width:2}.depth{stroke:#444}.added{stroke:#1f6feb}.gone{stroke:#2da44e}\
 .dispatched{stroke:#d4720b}\
-form.inline{display:inline}";
+form.inline{display:inline}.warning{background:#fff3cd;padding:.5em}\
+.danger button,button.danger{background:#b02a37;color:#fff}";
 
 /// The page around `body`; `refresh`: seconds between reloads.
 fn layout(title: &str, access: Access, keys: &Keys, refresh: Option<u32>, body: Markup) -> Markup {
@@ -73,7 +76,22 @@ fn layout(title: &str, access: Access, keys: &Keys, refresh: Option<u32>, body: 
 
 /// A page that is an error.
 fn error_page(state: &State, access: Access, status: StatusCode, message: &str) -> Response {
-    let body = html! { p.error id="error" { (message) } };
+    error_back(state, access, status, message, None)
+}
+
+/// A page that is an error, with a link back to the page `back`
+/// (`(href, text)`) the change came from.
+fn error_back(
+    state: &State,
+    access: Access,
+    status: StatusCode,
+    message: &str,
+    back: Option<(&str, &str)>,
+) -> Response {
+    let body = html! {
+        p.error id="error" { (message) }
+        @if let Some((href, text)) = back { p { a id="back" href=(href) { (text) } } }
+    };
     (status, layout("Error", access, &state.keys, None, body)).into_response()
 }
 
@@ -117,6 +135,28 @@ fn due_in(secs: Option<i64>) -> String {
     }
 }
 
+/// What a job's `run_after` means in `state`: when it runs next, or, in
+/// flight, when its lease ends (the column doubles as the lease: a worker
+/// may be running it, and it is dispatched again only if not completed
+/// by then).
+fn next_run(state: JobState) -> &'static str {
+    if state == JobState::InFlight {
+        "lease ends"
+    } else {
+        "next run"
+    }
+}
+
+/// [`due_in`] under the name [`next_run`] gives it, for a cell of the
+/// job list: `lease ends in 4 min` for a job in flight.
+fn next_run_cell(state: JobState, secs: Option<i64>) -> String {
+    if state == JobState::InFlight {
+        format!("{} {}", next_run(state), due_in(secs))
+    } else {
+        due_in(secs)
+    }
+}
+
 fn url(path: &str, pairs: &[(&str, &str)]) -> String {
     let encode = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -134,16 +174,20 @@ fn url(path: &str, pairs: &[(&str, &str)]) -> String {
 }
 
 /// What a change just did, read back from the redirect that follows it
-/// (`done=ACTION:SUBJECT`): fixed wording, the subject only named.
-fn notice(done: Option<&str>) -> Option<String> {
+/// (`done=ACTION:SUBJECT`, and `n=ROWS` for a change of many rows): fixed
+/// wording, the subject only named.
+fn notice(done: Option<&str>, rows: Option<u64>) -> Option<String> {
     let (action, subject) = done?.split_once(':')?;
-    let what = match action {
-        "retried" => "Retried job",
-        "cancelled" => "Cancelled job",
-        "retried_dead" => "Retried the dead jobs of",
-        "purged_dead" => "Purged the dead jobs of",
-        "paused" => "Paused",
-        "resumed" => "Resumed",
+    let jobs = |n: u64| if n == 1 { "job" } else { "jobs" };
+    let what = match (action, rows) {
+        ("retried", _) => "Retried job".to_string(),
+        ("cancelled", _) => "Cancelled job".to_string(),
+        ("retried_dead", Some(n)) => format!("Retried {n} dead {} of", jobs(n)),
+        ("retried_dead", None) => "Retried the dead jobs of".to_string(),
+        ("purged_dead", Some(n)) => format!("Purged {n} dead {} of", jobs(n)),
+        ("purged_dead", None) => "Purged the dead jobs of".to_string(),
+        ("paused", _) => "Paused".to_string(),
+        ("resumed", _) => "Resumed".to_string(),
         _ => return None,
     };
     Some(format!("{what} {subject}."))
@@ -152,6 +196,8 @@ fn notice(done: Option<&str>) -> Option<String> {
 #[derive(Debug, Default, Deserialize)]
 struct Done {
     done: Option<String>,
+    /// Rows the change touched.
+    n: Option<u64>,
 }
 
 /// One row of a database's table: a function's counts, or (`total`) the
@@ -159,6 +205,51 @@ struct Done {
 struct Row<'a> {
     funcname: &'a str,
     total: bool,
+    /// What the status read per range ([`at_least_title`]).
+    caps: (u64, u64),
+}
+
+/// What a count marked "at least" (`N+`) means, in words: the title of
+/// its cell. `caps`: what one status reads per range (see
+/// [`crate::store::Counts::at_least`]); `funcname`: the function, `None`
+/// for a database's sum.
+fn at_least_title(
+    column: &str,
+    n: u64,
+    (entries, rows): (u64, u64),
+    funcname: Option<&str>,
+) -> String {
+    let read = if column == "in_flight" {
+        format!("at most {rows} rows of each function's lease window")
+    } else {
+        format!("at most {entries} entries of each function's due, waiting and dead ranges")
+    };
+    let command = match funcname {
+        Some(f) => format!(
+            "garivini jobs list --funcname {f} --{}",
+            column.replace('_', "-")
+        ),
+        None => format!("garivini jobs list --{}", column.replace('_', "-")),
+    };
+    format!(
+        "at least {n}: a status reads {read}, and this range held more; \
+         run `{command}` for the exact rows"
+    )
+}
+
+/// The footnote under a database's table where a count is marked `N+`.
+fn at_least_note(dbid: u32, functions: usize, (entries, rows): (u64, u64)) -> Markup {
+    html! {
+        p.muted id=(format!("at-least-db{dbid}")) {
+            "N+ means at least N. So that a status costs the same on any table, it reads at most "
+            (entries) " index entries of each function's due, waiting and dead ranges and "
+            (rows) " rows of its lease window (fixed budgets shared by this database's "
+            (functions) " functions). Where a range held more, its count is what was read, a lower bound, "
+            "and the rows past those read are not told apart by state. "
+            code { "garivini jobs list --funcname F --due" } " (or " code { "--in-flight" } ", ...) "
+            "and the job list here list the rows themselves."
+        }
+    }
 }
 
 fn counts_row(
@@ -168,10 +259,19 @@ fn counts_row(
     dbid: u32,
     actions: Option<Markup>,
 ) -> Markup {
-    let Row { funcname, total } = row;
+    let Row {
+        funcname,
+        total,
+        caps,
+    } = row;
     let cell = |column: &str, n: u64| {
         let id = format!("db{dbid}-{funcname}-{column}");
-        html! { td id=(id) class=(column) { (c.shown(column, n)) } }
+        let title = c
+            .at_least
+            .iter()
+            .any(|f| f == column)
+            .then(|| at_least_title(column, n, caps, (!total).then_some(funcname)));
+        html! { td id=(id) class=(column) title=[title] { (c.shown(column, n)) } }
     };
     html! {
         td.name {
@@ -181,7 +281,9 @@ fn counts_row(
         (cell("in_flight", c.in_flight))
         (cell("retrying", c.retrying))
         (cell("scheduled", c.scheduled))
-        td id=(format!("db{dbid}-{funcname}-dead")) class="dead" {
+        @let dead_title = c.at_least.iter().any(|f| f == "dead")
+            .then(|| at_least_title("dead", c.dead, caps, (!total).then_some(funcname)));
+        td id=(format!("db{dbid}-{funcname}-dead")) class="dead" title=[dead_title] {
             @if c.dead > 0 && !total {
                 a href=(url("/jobs", &[("funcname", funcname), ("state", "dead")])) { (c.shown("dead", c.dead)) }
             } @else { (c.shown("dead", c.dead)) }
@@ -224,6 +326,7 @@ fn overview_body(report: &Report, can_act: bool, notice: Option<String>) -> Mark
             } }
         }
         @for db in &status.databases {
+            @let caps = crate::store::status_caps(db.functions.len());
             h2 { "Database " (db.dbid) " " span.muted { (db.dsn) } }
             @if let Some(e) = &db.error {
                 p.error { (e) }
@@ -241,12 +344,13 @@ fn overview_body(report: &Report, can_act: bool, notice: Option<String>) -> Mark
                     @for f in &db.functions {
                         @let is_paused = paused.contains(f.funcname.as_str());
                         tr {
-                            (counts_row(Row { funcname: &f.funcname, total: false }, &f.counts, is_paused, db.dbid,
+                            (counts_row(Row { funcname: &f.funcname, total: false, caps }, &f.counts, is_paused, db.dbid,
                                 can_act.then(|| function_actions(&f.funcname, f.counts.dead, is_paused))))
                         }
                     }
-                    tr { (counts_row(Row { funcname: "(all)", total: true }, &db.total, false, db.dbid, can_act.then(|| html! {}))) }
+                    tr { (counts_row(Row { funcname: "(all)", total: true, caps }, &db.total, false, db.dbid, can_act.then(|| html! {}))) }
                 }
+                @if !db.total.at_least.is_empty() { (at_least_note(db.dbid, db.functions.len(), caps)) }
             }
         }
         h2 { "gearmand" }
@@ -288,7 +392,7 @@ async fn overview(
     };
     let report = state.status().await;
     let body = html! {
-        (overview_body(&report, access == Access::Write, notice(done.done.as_deref())))
+        (overview_body(&report, access == Access::Write, notice(done.done.as_deref(), done.n)))
         h2 { "The last hour" }
         (super::sample::chart(&state.samples.points(), state.samples.dispatched().as_deref()))
     };
@@ -307,6 +411,8 @@ struct JobsQuery {
     #[serde(flatten)]
     list: ListParamsForm,
     done: Option<String>,
+    /// As [`Done::n`] (a string: beside a flattened struct, every value is).
+    n: Option<String>,
 }
 
 /// [`ListParams`] as a form sends it (every value a string).
@@ -376,7 +482,7 @@ async fn jobs(
     let chosen = form.state.as_deref().unwrap_or("all");
     let prefix = form.uniqkey_prefix.as_deref().unwrap_or_default();
     let body = html! {
-        @if let Some(n) = notice(q.done.as_deref()) { p.notice id="notice" { (n) } }
+        @if let Some(n) = notice(q.done.as_deref(), q.n.as_deref().and_then(|n| n.parse().ok())) { p.notice id="notice" { (n) } }
         form method="get" action="/jobs" {
             label { "function " input type="text" name="funcname" value=(funcname); }
             " "
@@ -402,7 +508,7 @@ async fn jobs(
                     td.name { a href=(format!("/jobs/{}", j.id)) { (j.id) } }
                     td.name { (j.funcname) }
                     td.name { (j.state.as_str()) }
-                    td.name { (due_in(j.due_in_secs)) }
+                    td.name { (next_run_cell(j.state, j.due_in_secs)) }
                     td { (j.failcount) }
                     td.name { (j.uniqkey.as_deref().unwrap_or("")) }
                     td { (j.arg_bytes) }
@@ -424,10 +530,30 @@ async fn jobs(
     layout(&title, access, &state.keys, None, body).into_response()
 }
 
+/// What the job page was sent back with: a change refused (`refused=in_flight`).
+#[derive(Debug, Default, Deserialize)]
+struct JobPage {
+    refused: Option<String>,
+}
+
+/// Why a change of a job was refused, from the redirect back to its page:
+/// fixed wording.
+fn refusal(refused: Option<&str>, lease: u32) -> Option<String> {
+    match refused? {
+        "in_flight" => Some(format!(
+            "Not changed: this job is in flight (leased, due again within the {lease} s lease): \
+             a worker may be running it. To change it anyway, open Retry or Cancel again \
+             and tick \"force\"."
+        )),
+        _ => None,
+    }
+}
+
 async fn job(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(back): Query<JobPage>,
 ) -> Response {
     let access = match access(&state, &headers, Access::Read) {
         Ok(a) => a,
@@ -454,11 +580,15 @@ async fn job(
     let stamp = |t: Option<u64>| t.map(date).unwrap_or_default();
     let history = shown.history.clone().unwrap_or_default();
     let body = html! {
+        @if let Some(r) = refusal(back.refused.as_deref(), state.config.lease) {
+            p.error id="refused" { (r) }
+        }
         table id="job" {
             tr { th.name { "id" } td.name { (shown.id) } }
             tr { th.name { "function" } td.name { (funcname) } }
             tr { th.name { "state" } td.name id="state" { (shown.state.as_str()) } }
-            tr { th.name { "next run" } td.name { (due_in(shown.due_in_secs))
+            tr { th.name id="next-run-name" { (next_run(shown.state)) }
+                td.name id="next-run" { (due_in(shown.due_in_secs))
                 @if shown.due_in_secs.is_some() { " (" (date(run_after)) ")" } } }
             tr { th.name { "failcount" } td.name { (text(field("failcount"))) } }
             tr { th.name { "flag" } td.name { (text(field("flag"))) } }
@@ -510,128 +640,6 @@ fn shown_json(json: &str) -> (&str, bool) {
         end -= 1;
     }
     (&json[..end], true)
-}
-
-/// A change as the confirmation page and its form name it.
-#[derive(Debug, Clone, Deserialize)]
-struct Act {
-    action: String,
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    funcname: String,
-    #[serde(default)]
-    csrf: String,
-}
-
-fn describe(act: &Act) -> Option<String> {
-    let (id, f) = (&act.id, &act.funcname);
-    Some(match act.action.as_str() {
-        "retry" => format!("Retry job {id} ({f}): make it due now?"),
-        "cancel" => format!("Cancel job {id} ({f}): delete its row?"),
-        "retry_dead" => format!("Retry every dead job of {f}, in every database?"),
-        "purge_dead" => format!("Delete every dead job of {f}, in every database?"),
-        "pause" => format!("Pause {f}: its jobs wait in the database until resumed?"),
-        "resume" => format!("Resume {f}?"),
-        _ => return None,
-    })
-}
-
-async fn confirm(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Query(act): Query<Act>,
-) -> Response {
-    let access = match access(&state, &headers, Access::Write) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    let Some(question) = describe(&act) else {
-        return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action");
-    };
-    let body = html! {
-        p id="question" { (question) }
-        form method="post" action="/act" {
-            input type="hidden" name="action" value=(act.action);
-            input type="hidden" name="id" value=(act.id);
-            input type="hidden" name="funcname" value=(act.funcname);
-            input type="hidden" name="csrf" value=(state.keys.csrf());
-            button id="confirm" type="submit" { "Confirm" }
-            " "
-            a href="/" { "Back" }
-        }
-    };
-    layout("Confirm", access, &state.keys, None, body).into_response()
-}
-
-async fn act(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Form(act): Form<Act>,
-) -> Response {
-    let access = match access(&state, &headers, Access::Write) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    if !state.keys.csrf_ok(&act.csrf) {
-        return error_page(
-            &state,
-            access,
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is wrong: reload the page and try again",
-        );
-    }
-    let guard = Guard {
-        lease: state.config.lease,
-        force: false,
-    };
-    let f = act.funcname.as_str();
-    let dead_list = |done: &str| {
-        url(
-            "/jobs",
-            &[("funcname", f), ("state", "dead"), ("done", done)],
-        )
-    };
-    let done = match act.action.as_str() {
-        "retry" | "cancel" => {
-            let id = match act.id.parse::<JobRef>() {
-                Ok(id) => id,
-                Err(e) => return Failure::from(e).page(&state, access),
-            };
-            let changed = if act.action == "retry" {
-                admin::retry(&state.store, &[id], false, guard).await
-            } else {
-                admin::cancel(&state.store, &[id], guard).await
-            };
-            let word = if act.action == "retry" {
-                "retried"
-            } else {
-                "cancelled"
-            };
-            changed.map(|_| dead_list(&format!("{word}:{id}")))
-        }
-        "retry_dead" => admin::retry_dead(&state.store, f, false)
-            .await
-            .map(|_| url("/", &[("done", &format!("retried_dead:{f}"))])),
-        "purge_dead" => admin::purge_dead(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("purged_dead:{f}"))])),
-        "pause" => admin::pause(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("paused:{f}"))])),
-        "resume" => admin::resume(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("resumed:{f}"))])),
-        _ => return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action"),
-    };
-    match done {
-        Ok(to) => {
-            state.forget_status().await;
-            tracing::info!(action = %act.action, funcname = f, job.id = %act.id, "web: changed");
-            Redirect::to(&to).into_response()
-        }
-        Err(e) => Failure::from(e).page(&state, access),
-    }
 }
 
 fn login_form(state: &State, wrong: bool) -> Markup {
@@ -705,8 +713,8 @@ pub(crate) fn routes(limit: usize, timeout: std::time::Duration) -> Router<Arc<S
         .route("/", get(overview))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
-        .route("/confirm", get(confirm))
-        .route("/act", post(act))
+        .route("/confirm", get(confirm::confirm))
+        .route("/act", post(confirm::act))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
@@ -739,9 +747,13 @@ mod tests {
     #[test]
     fn a_notice_names_only_known_changes() {
         assert_eq!(
-            notice(Some("retried:1:5")).as_deref(),
+            notice(Some("retried:1:5"), None).as_deref(),
             Some("Retried job 1:5.")
         );
-        assert_eq!(notice(Some("<script>:x")), None);
+        assert_eq!(
+            notice(Some("purged_dead:resize"), Some(5)).as_deref(),
+            Some("Purged 5 dead jobs of resize.")
+        );
+        assert_eq!(notice(Some("<script>:x"), None), None);
     }
 }
