@@ -118,7 +118,7 @@ fn job_part(kind: Kind, shown: &Shown) -> Markup {
                 }
             }
         }
-        @if kind == Kind::Retry {
+        @if kind == Kind::Retry && failcount > 0 {
             p {
                 label {
                     input id="reset-failcount" type="checkbox" name="reset_failcount" value="on" checked[dead];
