@@ -111,7 +111,7 @@ pub fn rates(points: &[Point]) -> Vec<Rate> {
             Rate {
                 at: b.at,
                 added: added as f64 * per_minute,
-                gone: (a.exact && b.exact).then(|| gone as f64 * per_minute),
+                gone: (a.exact && b.exact).then_some(gone as f64 * per_minute),
             }
         })
         .collect()
