@@ -3,10 +3,11 @@
 //! this process on a fresh database on the real MariaDB and a private
 //! gearmand. Refused without the token (the login page, and a wrong token
 //! refused); logged in with it, the overview shows the seeded counts and
-//! the no-worker warning; a dead job opened, retried and confirmed leaves
-//! the dead list. Saves a screenshot of the overview to
-//! target/screenshots/overview.png. Needs `scripts/services up` and
-//! `scripts/browser deps` (chromium, chromium-driver).
+//! the no-worker warning; a dead job opened, retried and confirmed (the
+//! reset of its failcount ticked) leaves the dead list, failcount 0.
+//! Saves a screenshot of the overview to target/screenshots/overview.png.
+//! Needs `scripts/services up` and `scripts/browser deps` (chromium,
+//! chromium-driver).
 
 #[path = "support/web.rs"]
 mod support;
@@ -172,6 +173,19 @@ async fn scenario(page: &Client, web: &WebServer, db: &TestDb) {
         1,
         "nothing changes before the confirmation"
     );
+    let reset = within(
+        STEP,
+        "the reset-failcount box",
+        page.find(Locator::Id("reset-failcount")),
+    )
+    .await
+    .expect("a retry offers to reset the failcount");
+    assert!(
+        within(STEP, "whether it is ticked", reset.is_selected())
+            .await
+            .unwrap(),
+        "ticked for a dead job"
+    );
     click(page, Locator::Id("confirm"), "the confirm button").await;
     assert_eq!(text(page, "notice").await, "Retried job 1:4.");
     assert!(
@@ -180,9 +194,10 @@ async fn scenario(page: &Client, web: &WebServer, db: &TestDb) {
     );
     assert!(shows(page, "no-jobs").await);
     assert_eq!(
-        db.count("jobid = 4 AND run_after < UNIX_TIMESTAMP() + 5")
+        db.count("jobid = 4 AND failcount = 0 AND run_after < UNIX_TIMESTAMP() + 5")
             .await,
-        1
+        1,
+        "due now, its failcount reset"
     );
     goto(page, &format!("{base}/")).await;
     assert_eq!(text(page, "db1-resize-dead").await, "0");

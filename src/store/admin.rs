@@ -204,7 +204,8 @@ pub struct Counts {
     /// The counts above that are lower bounds, by field name (`due`,
     /// `dead`, ...), in name order: the range held more rows than a status
     /// counts one by one (see [`Store::count_by_function`]), and its
-    /// count is how many it counted. Empty: all exact.
+    /// count is how many it counted. A count of 0 is never named (the
+    /// rows counted held none of that state). Empty: all exact.
     pub at_least: Vec<String>,
 }
 

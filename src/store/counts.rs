@@ -50,8 +50,9 @@ const MAX_ROW_CAP: u64 = 2_000;
 /// remainder.
 const CHUNK: usize = 32;
 
-/// The caps for `functions` functions: (index entries, rows) per range.
-fn caps(functions: usize) -> (u64, u64) {
+/// The caps for `functions` functions: (index entries, rows) per range
+/// (the dashboard names them where it shows a lower bound).
+pub(crate) fn caps(functions: usize) -> (u64, u64) {
     let n = functions.max(1) as u64;
     (
         (INDEX_BUDGET / (3 * n)).clamp(MIN_INDEX_CAP, MAX_CAP),
@@ -85,7 +86,13 @@ struct Read {
 }
 
 /// The counts of one function from what was read: exact where a range
-/// held no more than its cap, else the cap, named in `at_least`.
+/// held no more than its cap, else a lower bound, named in `at_least`.
+/// A state is named only with a count above 0: a range cut at its cap
+/// says nothing of how the rows past the cap split among its states, and
+/// "at least 0" says nothing either. When the lease window's rows were
+/// not all read, those not read may be in flight or not: they count in
+/// none of in flight, retrying and scheduled (each then a lower bound),
+/// rather than as scheduled.
 fn counts(read: &Read, (index_cap, row_cap): (u64, u64), history: bool) -> Counts {
     let mut c = Counts::default();
     let mut at_least: Vec<&str> = Vec::new();
@@ -107,25 +114,46 @@ fn counts(read: &Read, (index_cap, row_cap): (u64, u64), history: bool) -> Count
     // The entries due later were read soonest first: a read that stopped
     // inside the lease window did not see all of it.
     let window_seen = read.window < read.waiting || read.waiting <= index_cap;
+    let failing = read.waiting_failing.min(waiting);
     if history {
         // Retrying: failed before and waiting for the next try, unless
         // leased again since (in flight).
-        let rows_seen = read.window_rows <= row_cap;
-        c.in_flight = capped(read.in_flight, row_cap, &[]).min(waiting);
-        if !(window_seen && rows_seen) {
+        let rows = read.window_rows.min(row_cap);
+        let in_flight = read.in_flight.min(rows).min(waiting);
+        let in_flight_failing = read.in_flight_failing.min(in_flight).min(failing);
+        // Rows of the window not read: in flight or not, failing or not.
+        let unknown = if read.window_rows > row_cap {
+            read.window.min(waiting).saturating_sub(rows)
+        } else {
+            0
+        };
+        c.in_flight = in_flight;
+        c.retrying = failing.saturating_sub(in_flight_failing + unknown);
+        c.scheduled = (waiting - failing).saturating_sub(in_flight - in_flight_failing + unknown);
+        if !window_seen || unknown > 0 {
             at_least.push("in_flight");
         }
-        let retrying = read.waiting_failing.min(waiting);
-        c.retrying = retrying.saturating_sub(read.in_flight_failing);
+        if unknown > 0 {
+            at_least.extend(["retrying", "scheduled"]);
+        }
     } else {
         c.in_flight = read.window.min(waiting);
         if !window_seen {
             at_least.push("in_flight");
         }
         at_least.retain(|f| *f != "retrying");
+        c.scheduled = waiting.saturating_sub(c.in_flight);
     }
-    c.scheduled = waiting.saturating_sub(c.in_flight + c.retrying);
     c.failing = read.due_failing + read.waiting_failing;
+    let counted = |f: &str| match f {
+        "due" => c.due,
+        "dead" => c.dead,
+        "in_flight" => c.in_flight,
+        "retrying" => c.retrying,
+        "scheduled" => c.scheduled,
+        _ => c.failing,
+    };
+    at_least.retain(|f| counted(f) > 0);
     at_least.sort();
     at_least.dedup();
     c.at_least = at_least.into_iter().map(str::to_string).collect();
@@ -383,5 +411,129 @@ impl Store {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_within_its_cap_is_exact_and_one_past_it_is_at_least_the_cap() {
+        let read = Read {
+            due: 101,
+            due_failing: 3,
+            waiting: 40,
+            waiting_failing: 2,
+            window: 5,
+            window_rows: 5,
+            in_flight: 4,
+            in_flight_failing: 1,
+            dead: 100,
+        };
+        let c = counts(&read, (100, 20), true);
+        assert_eq!((c.due, c.dead), (100, 100));
+        // Waiting within the index cap: exact, and so is the window.
+        assert_eq!((c.in_flight, c.retrying, c.scheduled), (4, 1, 35));
+        assert_eq!(c.failing, 5);
+        assert_eq!(c.at_least, ["due", "failing"]);
+    }
+
+    #[test]
+    fn a_read_that_stopped_inside_the_lease_window_counts_in_flight_as_at_least() {
+        let read = Read {
+            waiting: 101,
+            window: 101,
+            window_rows: 21,
+            in_flight: 21,
+            ..Read::default()
+        };
+        // 20 rows of the window read, all in flight; the 80 not read may
+        // be in flight too: not counted as scheduled.
+        let c = counts(&read, (100, 20), true);
+        assert_eq!((c.in_flight, c.retrying, c.scheduled), (20, 0, 0));
+        assert_eq!(c.at_least, ["in_flight"]);
+        // Without the history columns nothing is retrying, exactly.
+        let c = counts(&read, (100, 20), false);
+        assert_eq!((c.in_flight, c.scheduled), (100, 0));
+        assert_eq!(c.at_least, ["in_flight"]);
+    }
+
+    #[test]
+    fn a_zero_is_never_a_lower_bound() {
+        // Past the cap of due rows, none failing among those read: 0
+        // failing, not "0+"; the same for a split of the waiting range.
+        let read = Read {
+            due: 101,
+            waiting: 101,
+            window: 0,
+            ..Read::default()
+        };
+        let c = counts(&read, (100, 20), true);
+        assert_eq!(
+            (c.due, c.scheduled, c.retrying, c.failing),
+            (100, 100, 0, 0)
+        );
+        assert_eq!(c.at_least, ["due", "scheduled"]);
+        let mut total = Counts::default();
+        total.add(&c);
+        total.add(&counts(&Read::default(), (100, 20), true));
+        for field in [
+            "due",
+            "in_flight",
+            "retrying",
+            "scheduled",
+            "dead",
+            "failing",
+        ] {
+            let n = match field {
+                "due" => total.due,
+                "in_flight" => total.in_flight,
+                "retrying" => total.retrying,
+                "scheduled" => total.scheduled,
+                "dead" => total.dead,
+                _ => total.failing,
+            };
+            assert_ne!(total.shown(field, n), "0+", "{field}: {total:?}");
+        }
+    }
+
+    #[test]
+    fn lease_window_rows_past_the_row_cap_are_not_counted_as_scheduled() {
+        // A dozen functions share the row budget: 714 rows of the window
+        // read each. 3,000 rows leased, all in the window: 714+ in flight,
+        // and the 2,286 not read are not "scheduled".
+        let read = Read {
+            waiting: 3000,
+            window: 3000,
+            window_rows: 715,
+            in_flight: 715,
+            ..Read::default()
+        };
+        let c = counts(&read, (3571, 714), true);
+        assert_eq!((c.in_flight, c.retrying, c.scheduled), (714, 0, 0));
+        assert_eq!(c.at_least, ["in_flight"]);
+        // A window of 1,000 in a range of 3,000: the 2,000 past the window
+        // are not in flight; 50 failing, 10 of them in flight among those
+        // read, the rest maybe among the 286 not read.
+        let read = Read {
+            waiting: 3000,
+            waiting_failing: 50,
+            window: 1000,
+            window_rows: 715,
+            in_flight: 700,
+            in_flight_failing: 10,
+            ..Read::default()
+        };
+        let c = counts(&read, (3571, 714), true);
+        assert_eq!((c.in_flight, c.retrying, c.scheduled), (700, 0, 1974));
+        assert_eq!(c.at_least, ["in_flight", "scheduled"]);
+    }
+
+    #[test]
+    fn the_caps_share_a_budget_among_the_functions_within_bounds() {
+        assert_eq!(caps(1), (MAX_CAP, MAX_ROW_CAP));
+        assert_eq!(caps(100), (500, 100));
+        assert_eq!(caps(100_000), (MIN_INDEX_CAP, MIN_ROW_CAP));
     }
 }

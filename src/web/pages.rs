@@ -1,9 +1,12 @@
-//! The HTML pages: the overview (every database's jobs per function and
-//! state, every gearmand's queues, functions without a worker, the
-//! chart), the job list (filters, keyset paging), the job page, a
-//! confirmation page before every change, and the login. Rendered on the
-//! server (maud); they work without JavaScript, and the overview refreshes
-//! itself (an HTTP refresh).
+//! The HTML pages: the overview ([`overview`]: every database's jobs per
+//! function and state, every gearmand's queues, functions without a
+//! worker, the chart), the job list (filters, keyset paging), the job page, a
+//! confirmation page before every change ([`confirm`]), and the login.
+//! Rendered on the server (maud); they work without JavaScript, and the
+//! overview refreshes itself (an HTTP refresh).
+
+mod confirm;
+mod overview;
 
 use std::sync::Arc;
 
@@ -17,8 +20,8 @@ use serde::Deserialize;
 
 use super::api::{selection, Failure, ListParams};
 use super::auth::{Access, Keys};
-use super::{Report, State};
-use crate::admin::{self, Guard, Status};
+use super::State;
+use crate::admin::{self, JobState};
 use crate::job::JobRef;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -30,7 +33,8 @@ td.name,th.name{text-align:left}tr.warn td{background:#fff3cd}\
 .axis{stroke:#999}.tick,.chart-title{font-size:11px;fill:#555}\
 polyline{stroke-width:2}.depth{stroke:#444}.added{stroke:#1f6feb}.gone{stroke:#2da44e}\
 .dispatched{stroke:#d4720b}\
-form.inline{display:inline}";
+form.inline{display:inline}.warning{background:#fff3cd;padding:.5em}\
+.danger button,button.danger{background:#b02a37;color:#fff}";
 
 /// The page around `body`; `refresh`: seconds between reloads.
 fn layout(title: &str, access: Access, keys: &Keys, refresh: Option<u32>, body: Markup) -> Markup {
@@ -73,7 +77,22 @@ fn layout(title: &str, access: Access, keys: &Keys, refresh: Option<u32>, body: 
 
 /// A page that is an error.
 fn error_page(state: &State, access: Access, status: StatusCode, message: &str) -> Response {
-    let body = html! { p.error id="error" { (message) } };
+    error_back(state, access, status, message, None)
+}
+
+/// A page that is an error, with a link back to the page `back`
+/// (`(href, text)`) the change came from.
+fn error_back(
+    state: &State,
+    access: Access,
+    status: StatusCode,
+    message: &str,
+    back: Option<(&str, &str)>,
+) -> Response {
+    let body = html! {
+        p.error id="error" { (message) }
+        @if let Some((href, text)) = back { p { a id="back" href=(href) { (text) } } }
+    };
     (status, layout("Error", access, &state.keys, None, body)).into_response()
 }
 
@@ -117,6 +136,28 @@ fn due_in(secs: Option<i64>) -> String {
     }
 }
 
+/// What a job's `run_after` means in `state`: when it runs next, or, in
+/// flight, when its lease ends (the column doubles as the lease: a worker
+/// may be running it, and it is dispatched again only if not completed
+/// by then).
+fn next_run(state: JobState) -> &'static str {
+    if state == JobState::InFlight {
+        "lease ends"
+    } else {
+        "next run"
+    }
+}
+
+/// [`due_in`] under the name [`next_run`] gives it, for a cell of the
+/// job list: `lease ends in 4 min` for a job in flight.
+fn next_run_cell(state: JobState, secs: Option<i64>) -> String {
+    if state == JobState::InFlight {
+        format!("{} {}", next_run(state), due_in(secs))
+    } else {
+        due_in(secs)
+    }
+}
+
 fn url(path: &str, pairs: &[(&str, &str)]) -> String {
     let encode = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -134,16 +175,20 @@ fn url(path: &str, pairs: &[(&str, &str)]) -> String {
 }
 
 /// What a change just did, read back from the redirect that follows it
-/// (`done=ACTION:SUBJECT`): fixed wording, the subject only named.
-fn notice(done: Option<&str>) -> Option<String> {
+/// (`done=ACTION:SUBJECT`, and `n=ROWS` for a change of many rows): fixed
+/// wording, the subject only named.
+fn notice(done: Option<&str>, rows: Option<u64>) -> Option<String> {
     let (action, subject) = done?.split_once(':')?;
-    let what = match action {
-        "retried" => "Retried job",
-        "cancelled" => "Cancelled job",
-        "retried_dead" => "Retried the dead jobs of",
-        "purged_dead" => "Purged the dead jobs of",
-        "paused" => "Paused",
-        "resumed" => "Resumed",
+    let jobs = |n: u64| if n == 1 { "job" } else { "jobs" };
+    let what = match (action, rows) {
+        ("retried", _) => "Retried job".to_string(),
+        ("cancelled", _) => "Cancelled job".to_string(),
+        ("retried_dead", Some(n)) => format!("Retried {n} dead {} of", jobs(n)),
+        ("retried_dead", None) => "Retried the dead jobs of".to_string(),
+        ("purged_dead", Some(n)) => format!("Purged {n} dead {} of", jobs(n)),
+        ("purged_dead", None) => "Purged the dead jobs of".to_string(),
+        ("paused", _) => "Paused".to_string(),
+        ("resumed", _) => "Resumed".to_string(),
         _ => return None,
     };
     Some(format!("{what} {subject}."))
@@ -152,154 +197,8 @@ fn notice(done: Option<&str>) -> Option<String> {
 #[derive(Debug, Default, Deserialize)]
 struct Done {
     done: Option<String>,
-}
-
-/// One row of a database's table: a function's counts, or (`total`) the
-/// database's sum, which links nowhere.
-struct Row<'a> {
-    funcname: &'a str,
-    total: bool,
-}
-
-fn counts_row(
-    row: Row<'_>,
-    c: &admin::Counts,
-    paused: bool,
-    dbid: u32,
-    actions: Option<Markup>,
-) -> Markup {
-    let Row { funcname, total } = row;
-    let cell = |column: &str, n: u64| {
-        let id = format!("db{dbid}-{funcname}-{column}");
-        html! { td id=(id) class=(column) { (c.shown(column, n)) } }
-    };
-    html! {
-        td.name {
-            @if total { (funcname) } @else { a href=(url("/jobs", &[("funcname", funcname)])) { (funcname) } }
-        }
-        (cell("due", c.due))
-        (cell("in_flight", c.in_flight))
-        (cell("retrying", c.retrying))
-        (cell("scheduled", c.scheduled))
-        td id=(format!("db{dbid}-{funcname}-dead")) class="dead" {
-            @if c.dead > 0 && !total {
-                a href=(url("/jobs", &[("funcname", funcname), ("state", "dead")])) { (c.shown("dead", c.dead)) }
-            } @else { (c.shown("dead", c.dead)) }
-        }
-        (cell("failing", c.failing))
-        td { @if paused { "paused" } }
-        td { (c.oldest_due_secs.map(span).unwrap_or_default()) }
-        @if let Some(actions) = actions { td.name { (actions) } }
-    }
-}
-
-fn function_actions(funcname: &str, dead: u64, paused: bool) -> Markup {
-    let confirm = |action: &str| url("/confirm", &[("action", action), ("funcname", funcname)]);
-    html! {
-        @if paused {
-            a href=(confirm("resume")) { "resume" }
-        } @else {
-            a href=(confirm("pause")) { "pause" }
-        }
-        @if dead > 0 {
-            " · " a href=(confirm("retry_dead")) { "retry dead" }
-            " · " a href=(confirm("purge_dead")) { "purge dead" }
-        }
-    }
-}
-
-fn overview_body(report: &Report, can_act: bool, notice: Option<String>) -> Markup {
-    let status: &Status = &report.status;
-    let paused: std::collections::HashSet<&str> = status
-        .paused
-        .functions
-        .iter()
-        .map(|p| p.funcname.as_str())
-        .collect();
-    html! {
-        @if let Some(n) = notice { p.notice id="notice" { (n) } }
-        @for f in &status.without_worker {
-            table { tr.warn id=(format!("no-worker-{f}")) {
-                td.name { "⚠ " b { (f) } " has jobs waiting and no worker registered on any gearmand: they wait in the database." }
-            } }
-        }
-        @for db in &status.databases {
-            h2 { "Database " (db.dbid) " " span.muted { (db.dsn) } }
-            @if let Some(e) = &db.error {
-                p.error { (e) }
-            } @else {
-                @if !db.history {
-                    p.muted { "No history columns: in flight means due within the lease (" (status.lease) " s)." }
-                }
-                table id=(format!("db{}", db.dbid)) {
-                    tr {
-                        th.name { "function" } th { "due" } th { "in flight" } th { "retrying" }
-                        th { "scheduled" } th { "dead" } th { "failing" } th { "paused" }
-                        th { "oldest due" }
-                        @if can_act { th.name { "actions" } }
-                    }
-                    @for f in &db.functions {
-                        @let is_paused = paused.contains(f.funcname.as_str());
-                        tr {
-                            (counts_row(Row { funcname: &f.funcname, total: false }, &f.counts, is_paused, db.dbid,
-                                can_act.then(|| function_actions(&f.funcname, f.counts.dead, is_paused))))
-                        }
-                    }
-                    tr { (counts_row(Row { funcname: "(all)", total: true }, &db.total, false, db.dbid, can_act.then(|| html! {}))) }
-                }
-            }
-        }
-        h2 { "gearmand" }
-        @for g in &status.gearmand {
-            h3 { (g.server) }
-            @if let Some(e) = &g.error {
-                p.error { (e) }
-            } @else {
-                table {
-                    tr { th.name { "function" } th { "queued" } th { "running" } th { "workers" } }
-                    @for f in &g.functions {
-                        tr {
-                            td.name { (f.funcname) }
-                            td { (f.depth.saturating_sub(f.running)) }
-                            td { (f.running) }
-                            td { (f.workers) }
-                        }
-                    }
-                }
-            }
-        }
-        @if status.gearmand.is_empty() { p.muted { "No gearmand configured." } }
-        @for p in &status.paused.errors { p.error { (p) } }
-        p.muted id="read-time" {
-            "Status read " (span(report.at.elapsed().as_secs())) " ago, in "
-            (report.took.as_millis()) " ms; one reading is shared by every browser."
-        }
-    }
-}
-
-async fn overview(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Query(done): Query<Done>,
-) -> Response {
-    let access = match access(&state, &headers, Access::Read) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    let report = state.status().await;
-    let body = html! {
-        (overview_body(&report, access == Access::Write, notice(done.done.as_deref())))
-        h2 { "The last hour" }
-        (super::sample::chart(&state.samples.points(), state.samples.dispatched().as_deref()))
-    };
-    layout(
-        "Overview",
-        access,
-        &state.keys,
-        Some(state.config.refresh_secs),
-        body,
-    )
-    .into_response()
+    /// Rows the change touched.
+    n: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +206,8 @@ struct JobsQuery {
     #[serde(flatten)]
     list: ListParamsForm,
     done: Option<String>,
+    /// As [`Done::n`] (a string: beside a flattened struct, every value is).
+    n: Option<String>,
 }
 
 /// [`ListParams`] as a form sends it (every value a string).
@@ -376,7 +277,7 @@ async fn jobs(
     let chosen = form.state.as_deref().unwrap_or("all");
     let prefix = form.uniqkey_prefix.as_deref().unwrap_or_default();
     let body = html! {
-        @if let Some(n) = notice(q.done.as_deref()) { p.notice id="notice" { (n) } }
+        @if let Some(n) = notice(q.done.as_deref(), q.n.as_deref().and_then(|n| n.parse().ok())) { p.notice id="notice" { (n) } }
         form method="get" action="/jobs" {
             label { "function " input type="text" name="funcname" value=(funcname); }
             " "
@@ -402,7 +303,7 @@ async fn jobs(
                     td.name { a href=(format!("/jobs/{}", j.id)) { (j.id) } }
                     td.name { (j.funcname) }
                     td.name { (j.state.as_str()) }
-                    td.name { (due_in(j.due_in_secs)) }
+                    td.name { (next_run_cell(j.state, j.due_in_secs)) }
                     td { (j.failcount) }
                     td.name { (j.uniqkey.as_deref().unwrap_or("")) }
                     td { (j.arg_bytes) }
@@ -424,10 +325,30 @@ async fn jobs(
     layout(&title, access, &state.keys, None, body).into_response()
 }
 
+/// What the job page was sent back with: a change refused (`refused=in_flight`).
+#[derive(Debug, Default, Deserialize)]
+struct JobPage {
+    refused: Option<String>,
+}
+
+/// Why a change of a job was refused, from the redirect back to its page:
+/// fixed wording.
+fn refusal(refused: Option<&str>, lease: u32) -> Option<String> {
+    match refused? {
+        "in_flight" => Some(format!(
+            "Not changed: this job is in flight (leased, due again within the {lease} s lease): \
+             a worker may be running it. To change it anyway, open Retry or Cancel again \
+             and tick \"force\"."
+        )),
+        _ => None,
+    }
+}
+
 async fn job(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(back): Query<JobPage>,
 ) -> Response {
     let access = match access(&state, &headers, Access::Read) {
         Ok(a) => a,
@@ -454,11 +375,15 @@ async fn job(
     let stamp = |t: Option<u64>| t.map(date).unwrap_or_default();
     let history = shown.history.clone().unwrap_or_default();
     let body = html! {
+        @if let Some(r) = refusal(back.refused.as_deref(), state.config.lease) {
+            p.error id="refused" { (r) }
+        }
         table id="job" {
             tr { th.name { "id" } td.name { (shown.id) } }
             tr { th.name { "function" } td.name { (funcname) } }
             tr { th.name { "state" } td.name id="state" { (shown.state.as_str()) } }
-            tr { th.name { "next run" } td.name { (due_in(shown.due_in_secs))
+            tr { th.name id="next-run-name" { (next_run(shown.state)) }
+                td.name id="next-run" { (due_in(shown.due_in_secs))
                 @if shown.due_in_secs.is_some() { " (" (date(run_after)) ")" } } }
             tr { th.name { "failcount" } td.name { (text(field("failcount"))) } }
             tr { th.name { "flag" } td.name { (text(field("flag"))) } }
@@ -510,128 +435,6 @@ fn shown_json(json: &str) -> (&str, bool) {
         end -= 1;
     }
     (&json[..end], true)
-}
-
-/// A change as the confirmation page and its form name it.
-#[derive(Debug, Clone, Deserialize)]
-struct Act {
-    action: String,
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    funcname: String,
-    #[serde(default)]
-    csrf: String,
-}
-
-fn describe(act: &Act) -> Option<String> {
-    let (id, f) = (&act.id, &act.funcname);
-    Some(match act.action.as_str() {
-        "retry" => format!("Retry job {id} ({f}): make it due now?"),
-        "cancel" => format!("Cancel job {id} ({f}): delete its row?"),
-        "retry_dead" => format!("Retry every dead job of {f}, in every database?"),
-        "purge_dead" => format!("Delete every dead job of {f}, in every database?"),
-        "pause" => format!("Pause {f}: its jobs wait in the database until resumed?"),
-        "resume" => format!("Resume {f}?"),
-        _ => return None,
-    })
-}
-
-async fn confirm(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Query(act): Query<Act>,
-) -> Response {
-    let access = match access(&state, &headers, Access::Write) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    let Some(question) = describe(&act) else {
-        return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action");
-    };
-    let body = html! {
-        p id="question" { (question) }
-        form method="post" action="/act" {
-            input type="hidden" name="action" value=(act.action);
-            input type="hidden" name="id" value=(act.id);
-            input type="hidden" name="funcname" value=(act.funcname);
-            input type="hidden" name="csrf" value=(state.keys.csrf());
-            button id="confirm" type="submit" { "Confirm" }
-            " "
-            a href="/" { "Back" }
-        }
-    };
-    layout("Confirm", access, &state.keys, None, body).into_response()
-}
-
-async fn act(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Form(act): Form<Act>,
-) -> Response {
-    let access = match access(&state, &headers, Access::Write) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    if !state.keys.csrf_ok(&act.csrf) {
-        return error_page(
-            &state,
-            access,
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is wrong: reload the page and try again",
-        );
-    }
-    let guard = Guard {
-        lease: state.config.lease,
-        force: false,
-    };
-    let f = act.funcname.as_str();
-    let dead_list = |done: &str| {
-        url(
-            "/jobs",
-            &[("funcname", f), ("state", "dead"), ("done", done)],
-        )
-    };
-    let done = match act.action.as_str() {
-        "retry" | "cancel" => {
-            let id = match act.id.parse::<JobRef>() {
-                Ok(id) => id,
-                Err(e) => return Failure::from(e).page(&state, access),
-            };
-            let changed = if act.action == "retry" {
-                admin::retry(&state.store, &[id], false, guard).await
-            } else {
-                admin::cancel(&state.store, &[id], guard).await
-            };
-            let word = if act.action == "retry" {
-                "retried"
-            } else {
-                "cancelled"
-            };
-            changed.map(|_| dead_list(&format!("{word}:{id}")))
-        }
-        "retry_dead" => admin::retry_dead(&state.store, f, false)
-            .await
-            .map(|_| url("/", &[("done", &format!("retried_dead:{f}"))])),
-        "purge_dead" => admin::purge_dead(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("purged_dead:{f}"))])),
-        "pause" => admin::pause(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("paused:{f}"))])),
-        "resume" => admin::resume(&state.store, f)
-            .await
-            .map(|_| url("/", &[("done", &format!("resumed:{f}"))])),
-        _ => return error_page(&state, access, StatusCode::BAD_REQUEST, "unknown action"),
-    };
-    match done {
-        Ok(to) => {
-            state.forget_status().await;
-            tracing::info!(action = %act.action, funcname = f, job.id = %act.id, "web: changed");
-            Redirect::to(&to).into_response()
-        }
-        Err(e) => Failure::from(e).page(&state, access),
-    }
 }
 
 fn login_form(state: &State, wrong: bool) -> Markup {
@@ -702,11 +505,11 @@ async fn logout(Shared(state): Shared<Arc<State>>, Form(form): Form<Csrf>) -> Re
 /// The pages' routes, each request bounded in size and time.
 pub(crate) fn routes(limit: usize, timeout: std::time::Duration) -> Router<Arc<State>> {
     Router::new()
-        .route("/", get(overview))
+        .route("/", get(overview::overview))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
-        .route("/confirm", get(confirm))
-        .route("/act", post(act))
+        .route("/confirm", get(confirm::confirm))
+        .route("/act", post(confirm::act))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
@@ -739,9 +542,13 @@ mod tests {
     #[test]
     fn a_notice_names_only_known_changes() {
         assert_eq!(
-            notice(Some("retried:1:5")).as_deref(),
+            notice(Some("retried:1:5"), None).as_deref(),
             Some("Retried job 1:5.")
         );
-        assert_eq!(notice(Some("<script>:x")), None);
+        assert_eq!(
+            notice(Some("purged_dead:resize"), Some(5)).as_deref(),
+            Some("Purged 5 dead jobs of resize.")
+        );
+        assert_eq!(notice(Some("<script>:x"), None), None);
     }
 }

@@ -9,6 +9,12 @@
 //! database (`garivini_dispatches`, [`crate::store::dispatches`]): read
 //! whole for the last hour each time, so that the line is right even just
 //! after this role started. Drawn as SVG.
+//!
+//! The counts are the status's: on a large table some are lower bounds
+//! ([`crate::store::Counts::at_least`]). A reading that holds one is
+//! marked so; the depth panel then says "at least", and no rows gone are
+//! derived from it (rows held that are not all counted tell nothing of
+//! rows gone).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,6 +40,9 @@ pub struct Point {
     pub rows: u64,
     /// The sum over the databases of their highest job id.
     pub high: u64,
+    /// `depth` and `rows` are exact: no count of the reading was a lower
+    /// bound.
+    pub exact: bool,
 }
 
 /// Per minute between two readings.
@@ -43,8 +52,9 @@ pub struct Rate {
     pub at: u64,
     /// Rows added per minute.
     pub added: f64,
-    /// Rows gone (completed or cancelled) per minute.
-    pub gone: f64,
+    /// Rows gone (completed or cancelled) per minute; `None` when a
+    /// reading's rows held were a lower bound.
+    pub gone: Option<f64>,
 }
 
 /// The last hour of readings.
@@ -101,7 +111,7 @@ pub fn rates(points: &[Point]) -> Vec<Rate> {
             Rate {
                 at: b.at,
                 added: added as f64 * per_minute,
-                gone: gone as f64 * per_minute,
+                gone: (a.exact && b.exact).then_some(gone as f64 * per_minute),
             }
         })
         .collect()
@@ -117,6 +127,7 @@ pub async fn read(state: &Arc<State>) -> Option<Point> {
         depth: 0,
         rows: 0,
         high: 0,
+        exact: true,
     };
     for db in &status.databases {
         let now = db.now?;
@@ -127,6 +138,7 @@ pub async fn read(state: &Arc<State>) -> Option<Point> {
         let depth = t.due + t.in_flight + t.retrying + t.scheduled;
         point.depth += depth;
         point.rows += depth + t.dead;
+        point.exact &= t.at_least.is_empty();
         point.high += state.store.max_jobid(db.dbid).await.ok()?;
     }
     (point.at > 0).then_some(point)
@@ -236,7 +248,7 @@ pub fn chart(points: &[Point], dispatched: Option<&[MinuteCount]>) -> Markup {
     let depth: Vec<(u64, f64)> = points.iter().map(|p| (p.at, p.depth as f64)).collect();
     let rates = rates(points);
     let added: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.added)).collect();
-    let gone: Vec<(u64, f64)> = rates.iter().map(|r| (r.at, r.gone)).collect();
+    let gone: Vec<(u64, f64)> = rates.iter().filter_map(|r| Some((r.at, r.gone?))).collect();
     let mut lines = vec![("added", added), ("gone", gone)];
     let title = match dispatched {
         Some(minutes) => {
@@ -255,9 +267,15 @@ pub fn chart(points: &[Point], dispatched: Option<&[MinuteCount]>) -> Markup {
         }
         None => "per minute: added (blue), completed or cancelled (green)".to_string(),
     };
+    let depth_title = if points.iter().all(|p| p.exact) {
+        "queue depth (jobs not dead)"
+    } else {
+        "queue depth (jobs not dead; at least: where a status counted up to its caps, \
+         and no rows gone derived there)"
+    };
     html! {
         div class="charts" {
-            (panel("queue depth (jobs not dead)", "chart-depth", &[("depth", depth)], now))
+            (panel(depth_title, "chart-depth", &[("depth", depth)], now))
             (panel(&title, "chart-rates", &lines, now))
             @if points.len() < 2 {
                 p class="muted" { "The chart fills as the web role samples the queue." }
@@ -276,6 +294,7 @@ mod tests {
             depth,
             rows,
             high,
+            exact: true,
         }
     }
 
@@ -284,7 +303,26 @@ mod tests {
         // 30 s apart: 20 added, rows held up by 5, so 15 gone.
         let r = rates(&[p(1000, 10, 10, 100), p(1030, 15, 15, 120)]);
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].added, r[0].gone), (40.0, 30.0));
+        assert_eq!((r[0].added, r[0].gone), (40.0, Some(30.0)));
+    }
+
+    #[test]
+    fn no_rows_gone_come_from_a_reading_that_counted_at_least() {
+        let capped = Point {
+            exact: false,
+            ..p(1030, 15, 15, 120)
+        };
+        let r = rates(&[p(1000, 10, 10, 100), capped]);
+        assert_eq!((r[0].added, r[0].gone), (40.0, None));
+        let svg = chart(&[p(1000, 10, 10, 100), capped], None).into_string();
+        assert!(
+            svg.contains("queue depth (jobs not dead; at least"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"<polyline class="gone" fill="none" points="""#),
+            "no point of the gone line: {svg}"
+        );
     }
 
     #[test]
