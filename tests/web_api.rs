@@ -182,13 +182,13 @@ async fn bad_json_an_oversized_body_and_bad_jobs_get_the_reason_and_store_nothin
             "an empty funcname",
             r#"{"funcname":""}"#.into(),
             StatusCode::BAD_REQUEST,
-            "invalid_job",
+            "invalid_funcname",
         ),
         (
             "a space in the funcname",
             r#"{"funcname":"a b"}"#.into(),
             StatusCode::BAD_REQUEST,
-            "invalid_job",
+            "invalid_funcname",
         ),
         (
             "a delay over the limit",
@@ -212,7 +212,7 @@ async fn bad_json_an_oversized_body_and_bad_jobs_get_the_reason_and_store_nothin
             "one bad job in an array",
             r#"[{"funcname":"f"},{"funcname":""}]"#.into(),
             StatusCode::BAD_REQUEST,
-            "invalid_job",
+            "invalid_funcname",
         ),
         (
             "a body over the limit",
@@ -510,7 +510,7 @@ async fn retry_cancel_and_the_bulk_actions_change_what_the_terminal_then_sees() 
     let (status, json) = web.post("/api/v1/functions/a%20b/purge-dead", None).await;
     assert_eq!(
         (status, code(&json)),
-        (StatusCode::BAD_REQUEST, "invalid_job")
+        (StatusCode::BAD_REQUEST, "invalid_funcname")
     );
 
     let (status, json) = web.post("/api/v1/functions/resize/pause", None).await;

@@ -4,13 +4,22 @@
 //! commands call. Every error is JSON `{"code": ..., "error": ...}` whose
 //! `code` is stable (see [`ApiError`]); the OpenAPI document at
 //! `/api/v1/openapi.json` is generated from these handlers' types.
+//!
+//! Strict: a query parameter, body field or body an endpoint does not
+//! take is refused before anything happens (`strict`). Every change goes
+//! one way, [`strict::Change::apply`]: made, the shared status dropped,
+//! logged with its rows and the caller's address.
+
+mod doc;
+mod failure;
+mod strict;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State as Shared};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, State as Shared};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,95 +29,14 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::auth::Access;
 use super::State;
 use crate::admin::{self, Cursor, Guard, ListedJob, PauseReport, Shown, Status};
-use crate::error::Error;
 use crate::job::{Flag, JobRef};
 use crate::store::{ListQuery, Selection};
-
-/// Every error the API answers: `code` is one of `unauthorized`,
-/// `read_only`, `bad_request`, `invalid_job`, `invalid_job_id`,
-/// `unknown_job`, `unknown_database`, `job_in_flight`, `not_found`,
-/// `method_not_allowed`, `body_too_large`, `timeout`,
-/// `database_unavailable`, `internal`; `error` says why, for people.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ApiError {
-    /// Stable, for programs.
-    pub code: String,
-    /// One line, for people.
-    pub error: String,
-}
-
-/// An error answer: its status, its code, its line.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Failure {
-        Failure {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn unauthorized() -> Failure {
-        Failure::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-        )
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let body = ApiError {
-            code: self.code.to_string(),
-            error: self.message,
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(err: Error) -> Failure {
-        let (status, code) = match &err {
-            Error::InvalidJobId { .. } => (StatusCode::BAD_REQUEST, "invalid_job_id"),
-            Error::UnknownJobs { .. } => (StatusCode::NOT_FOUND, "unknown_job"),
-            Error::UnknownDb { .. } => (StatusCode::NOT_FOUND, "unknown_database"),
-            Error::JobsInFlight { .. } => (StatusCode::CONFLICT, "job_in_flight"),
-            Error::InvalidRequest { .. }
-            | Error::EmptyFuncname
-            | Error::FuncnameTooLong { .. }
-            | Error::FuncnameHasNul { .. }
-            | Error::FuncnameHasBadChar { .. }
-            | Error::UniqkeyTooLong { .. }
-            | Error::ArgTooLarge { .. }
-            | Error::DelayTooLong { .. }
-            | Error::InvalidPriority { .. }
-            | Error::JobOverPacketLimit { .. }
-            | Error::NoPriorityColumn { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
-            Error::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
-            e if e.is_connection_fault() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-            }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        if status.is_server_error() {
-            tracing::warn!(%err, "web api request failed");
-        }
-        Failure::new(status, code, err.to_string())
-    }
-}
+pub use doc::{ApiDoc, CreatedAnswer, DbReadiness, JobRequest, NewJobRequest, Readiness};
+use doc::{DbFailed, ReadOnly, Refused};
+pub use failure::ApiError;
+pub(crate) use failure::Failure;
+use failure::{json_errors, not_found};
+use strict::{Change, NoBody, Nothing, Params, Reader};
 
 type Answer<T> = Result<T, Failure>;
 
@@ -203,42 +131,6 @@ pub struct JobPage {
     pub next: Option<String>,
 }
 
-/// What `POST /api/v1/jobs` takes (as `inject_jobs`): one job, or an
-/// array of them. Read by the Injector's own parser; this type is the
-/// document's.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum JobRequest {
-    /// One job.
-    One(NewJobRequest),
-    /// Several, stored all or none.
-    Many(Vec<NewJobRequest>),
-}
-
-/// One job to store.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct NewJobRequest {
-    /// The worker's Gearman function: 1 to 200 bytes, no whitespace or
-    /// control characters.
-    #[schema(min_length = 1, max_length = 200)]
-    pub funcname: String,
-    /// The payload (at most 16 MiB - 1).
-    pub arg: Option<String>,
-    /// Dedup key (also `uniqkey`): a job whose function and key have a row
-    /// answers that row.
-    #[schema(max_length = 255)]
-    pub unique: Option<String>,
-    /// Seconds from now until it is due (at most ten years).
-    #[schema(maximum = 315_360_000)]
-    pub run_after: Option<u32>,
-    /// Reserved.
-    pub coalesce: Option<String>,
-    /// `high`, `normal` (default) or `low`.
-    pub priority: Option<String>,
-}
-
 /// A stored job's id.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 pub struct Created {
@@ -246,18 +138,6 @@ pub struct Created {
     pub jobid: u64,
     /// Database id.
     pub dbid: u32,
-}
-
-/// What `POST /api/v1/jobs` answers: one id for one job, an array for an
-/// array (the document's; the handler builds the JSON).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum CreatedAnswer {
-    /// For one job.
-    One(Created),
-    /// For an array, in its order.
-    Many(Vec<Created>),
 }
 
 /// What a change by id changed.
@@ -287,39 +167,118 @@ pub struct DbCount {
     pub count: u64,
 }
 
-/// How a change by id treats what it meets.
+/// How a retry by id treats what it meets.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct ChangeParams {
-    /// Also change a job in flight (a worker may be running it).
+pub(crate) struct RetryParams {
+    /// Also retry a job in flight (a worker may be running it, and it may
+    /// then run twice).
     #[serde(default)]
     pub force: bool,
-    /// Retry: set its failcount back to 0.
+    /// Set its failcount back to 0, so that one more failure does not
+    /// make a dead job dead again.
     #[serde(default)]
     pub reset_failcount: bool,
+}
+
+/// How a cancel by id treats what it meets.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CancelParams {
+    /// Also delete a job in flight (deleting does not stop a worker
+    /// running it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// How a retry of a function's dead jobs treats them.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RetryDeadParams {
+    /// Set their failcount back to 0.
+    #[serde(default)]
+    pub reset_failcount: bool,
+}
+
+impl strict::Rows for Changed {
+    fn rows(&self) -> String {
+        self.jobs.join(",")
+    }
+}
+
+impl strict::Rows for Bulk {
+    fn rows(&self) -> String {
+        let per_db: Vec<String> = self
+            .databases
+            .iter()
+            .map(|d| format!("database {}: {}", d.dbid, d.count))
+            .collect();
+        format!("{} ({})", self.count, per_db.join(", "))
+    }
+}
+
+impl strict::Rows for PauseReport {
+    fn rows(&self) -> String {
+        format!(
+            "databases changed {:?}, already so {:?}, without the table {:?}",
+            self.changed, self.unchanged, self.without_table
+        )
+    }
+}
+
+/// Stored jobs, answered 201: one id for one job, an array for an array.
+pub(crate) struct Stored {
+    created: Vec<Created>,
+    array: bool,
+}
+
+impl strict::Rows for Stored {
+    fn rows(&self) -> String {
+        let ids: Vec<String> = self
+            .created
+            .iter()
+            .map(|c| format!("{}:{}", c.dbid, c.jobid))
+            .collect();
+        ids.join(",")
+    }
+}
+
+impl IntoResponse for Stored {
+    fn into_response(self) -> Response {
+        let body = if self.array {
+            Json(self.created).into_response()
+        } else {
+            Json(self.created[0]).into_response()
+        };
+        (StatusCode::CREATED, body).into_response()
+    }
 }
 
 /// The deployment: each database's jobs per function and state, each
 /// gearmand's queues, functions without a worker, paused functions.
 #[utoipa::path(get, path = "/api/v1/status", tag = "status",
-    responses((status = 200, body = Status), (status = 401, body = ApiError)))]
-async fn status(Shared(state): Shared<Arc<State>>, headers: HeaderMap) -> Answer<Response> {
-    allow(&state, &headers, Access::Read)?;
+    responses((status = 200, body = Status,
+        description = "the shared status report (read at most once per few seconds); \
+            a database or gearmand that did not answer has its `error` set"), Refused))]
+async fn status(
+    _: Reader,
+    Shared(state): Shared<Arc<State>>,
+    Params(Nothing {}): Params<Nothing>,
+) -> Response {
     let report = state.status().await;
-    Ok(Json(report.status.as_ref()).into_response())
+    Json(report.status.as_ref()).into_response()
 }
 
 /// A page of jobs, soonest due first; `next` gives the following page
 /// (keyset paging: a deep page costs what the first does).
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListParams),
-    responses((status = 200, body = JobPage), (status = 400, body = ApiError),
-        (status = 401, body = ApiError)))]
+    responses((status = 200, body = JobPage, description = "one page of jobs and the key of the next"),
+        Refused, DbFailed))]
 async fn list_jobs(
+    _: Reader,
     Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
 ) -> Answer<Json<JobPage>> {
-    allow(&state, &headers, Access::Read)?;
     let (query, prefix, after) = params.query(state.config.lease)?;
     let page = admin::list_page(&state.store, &query, prefix.as_deref(), after).await?;
     Ok(Json(JobPage {
@@ -335,14 +294,16 @@ fn job_id(id: &str) -> Answer<JobRef> {
 /// One job: its row, its job JSON, its state, next run and last error.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "DBID:JOBID, e.g. 1:42", pattern = r"^[1-9][0-9]*:[0-9]+$")),
-    responses((status = 200, body = Shown), (status = 400, body = ApiError),
-        (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+    responses((status = 200, body = Shown, description = "the job"),
+        (status = 404, body = ApiError, description = "`unknown_job`: no such row (completed, \
+            cancelled or never stored); `unknown_database`: no database of that id"),
+        Refused, DbFailed))]
 async fn show_job(
+    _: Reader,
     Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Params(Nothing {}): Params<Nothing>,
 ) -> Answer<Json<Shown>> {
-    allow(&state, &headers, Access::Read)?;
     Ok(Json(
         admin::show(&state.store, job_id(&id)?, state.config.lease).await?,
     ))
@@ -351,50 +312,48 @@ async fn show_job(
 /// Stores one job (a JSON object) or several (an array of at most the
 /// Injector's max batch), with the fields and limits of `inject_jobs`:
 /// `funcname`, `arg`, `unique` or `uniqkey`, `run_after` (seconds from
-/// now), `coalesce`, `priority`. Answers 201 with `{jobid, dbid}` (an
-/// array for an array) only once every row is committed; 400 with the
-/// reason, and nothing stored, for a bad request. The rows are
-/// throughput-mode rows (flag `shim`): a QueueRunner dispatches them and
-/// their worker completes them, as with `Client::insert_jobs`.
+/// now), `coalesce`, `priority`; any other field is refused. Answers 201
+/// with `{jobid, dbid}` (an array for an array) only once every row is
+/// committed; 400 with the reason, and nothing stored, for a bad request.
+/// The rows are throughput-mode rows (flag `shim`): a QueueRunner
+/// dispatches them and their worker completes them, as with
+/// `Client::insert_jobs`.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
     request_body(content = JobRequest, description = "a job object or an array of them"),
-    responses((status = 201, body = CreatedAnswer, description = "one Created, or an array for an array"),
-        (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 413, body = ApiError)))]
+    responses((status = 201, body = CreatedAnswer, description = "stored and committed: one \
+            Created, or an array for an array"),
+        (status = 413, body = ApiError, description = "`body_too_large`: the body is over the \
+            web role's limit; nothing was stored"),
+        Refused, ReadOnly, DbFailed))]
 async fn post_jobs(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
+    change: Change,
+    Params(Nothing {}): Params<Nothing>,
     body: Result<Bytes, BytesRejection>,
-) -> Answer<Response> {
-    allow(&state, &headers, Access::Write)?;
-    let body = body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "bad_request"
-        };
-        Failure::new(status, code, e.body_text())
-    })?;
-    let mut request = crate::injector::parse_request(&body, state.config.max_batch)?;
+) -> Answer<Stored> {
+    let body = body.map_err(strict::unreadable)?;
+    strict::check_jobs(&body)?;
+    let mut request = crate::injector::parse_request(&body, change.state.config.max_batch)?;
     for job in &mut request.jobs {
         job.flag = Flag::Shim;
     }
-    let refs = state.client.insert_jobs(&request.jobs).await?;
-    state.forget_status().await;
-    let created: Vec<Created> = refs
-        .iter()
-        .map(|r| Created {
-            jobid: r.jobid,
-            dbid: r.dbid,
+    let mut funcnames: Vec<&str> = request.jobs.iter().map(|j| j.funcname.as_str()).collect();
+    funcnames.sort_unstable();
+    funcnames.dedup();
+    change
+        .apply("store", &funcnames.join(","), async {
+            let refs = change.state.client.insert_jobs(&request.jobs).await?;
+            Ok(Stored {
+                created: refs
+                    .iter()
+                    .map(|r| Created {
+                        jobid: r.jobid,
+                        dbid: r.dbid,
+                    })
+                    .collect(),
+                array: request.array,
+            })
         })
-        .collect();
-    let body = if request.array {
-        Json(created).into_response()
-    } else {
-        Json(created[0]).into_response()
-    };
-    Ok((StatusCode::CREATED, body).into_response())
+        .await
 }
 
 fn ids(refs: Vec<JobRef>) -> Changed {
@@ -406,52 +365,72 @@ fn ids(refs: Vec<JobRef>) -> Changed {
 /// Makes a job due now (its failcount kept unless `reset_failcount`).
 /// Refused (409) while it is in flight unless `force`.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
-    params(("id" = String, Path, description = "DBID:JOBID", pattern = r"^[1-9][0-9]*:[0-9]+$"), ChangeParams),
-    responses((status = 200, body = Changed), (status = 400, body = ApiError),
-        (status = 404, body = ApiError),
-        (status = 409, body = ApiError), (status = 401, body = ApiError)))]
+    params(("id" = String, Path, description = "DBID:JOBID", pattern = r"^[1-9][0-9]*:[0-9]+$"), RetryParams),
+    responses((status = 200, body = Changed, description = "the job is due now"),
+        (status = 404, body = ApiError, description = "`unknown_job`: no such row (completed, \
+            cancelled or never stored); `unknown_database`: no database of that id"),
+        (status = 409, body = ApiError, description = "`job_in_flight`: a worker may be running \
+            it (`force` retries it anyway); nothing was changed"),
+        Refused, ReadOnly, DbFailed))]
 async fn retry_job(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
+    change: Change,
     Path(id): Path<String>,
-    Query(params): Query<ChangeParams>,
+    Params(params): Params<RetryParams>,
+    _: NoBody,
 ) -> Answer<Json<Changed>> {
-    allow(&state, &headers, Access::Write)?;
+    let id = job_id(&id)?;
     let guard = Guard {
-        lease: state.config.lease,
+        lease: change.state.config.lease,
         force: params.force,
     };
-    let done = admin::retry(&state.store, &[job_id(&id)?], params.reset_failcount, guard).await?;
-    state.forget_status().await;
-    Ok(Json(ids(done)))
+    let store = &change.state.store;
+    change
+        .apply("retry", &id.to_string(), async {
+            Ok(ids(admin::retry(
+                store,
+                &[id],
+                params.reset_failcount,
+                guard,
+            )
+            .await?))
+        })
+        .await
+        .map(Json)
 }
 
 /// Deletes a job (cancels it). Refused (409) while it is in flight unless
 /// `force`: deleting does not stop a worker running it.
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "DBID:JOBID", pattern = r"^[1-9][0-9]*:[0-9]+$"), ChangeParams),
-    responses((status = 200, body = Changed), (status = 400, body = ApiError),
-        (status = 404, body = ApiError),
-        (status = 409, body = ApiError), (status = 401, body = ApiError)))]
+    params(("id" = String, Path, description = "DBID:JOBID", pattern = r"^[1-9][0-9]*:[0-9]+$"), CancelParams),
+    responses((status = 200, body = Changed, description = "the job's row is deleted"),
+        (status = 404, body = ApiError, description = "`unknown_job`: no such row (completed, \
+            cancelled or never stored); `unknown_database`: no database of that id"),
+        (status = 409, body = ApiError, description = "`job_in_flight`: a worker may be running \
+            it (`force` deletes it anyway, without stopping the worker); nothing was changed"),
+        Refused, ReadOnly, DbFailed))]
 async fn cancel_job(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
+    change: Change,
     Path(id): Path<String>,
-    Query(params): Query<ChangeParams>,
+    Params(params): Params<CancelParams>,
+    _: NoBody,
 ) -> Answer<Json<Changed>> {
-    allow(&state, &headers, Access::Write)?;
+    let id = job_id(&id)?;
     let guard = Guard {
-        lease: state.config.lease,
+        lease: change.state.config.lease,
         force: params.force,
     };
-    let done = admin::cancel(&state.store, &[job_id(&id)?], guard).await?;
-    state.forget_status().await;
-    Ok(Json(ids(done)))
+    let store = &change.state.store;
+    change
+        .apply("cancel", &id.to_string(), async {
+            Ok(ids(admin::cancel(store, &[id], guard).await?))
+        })
+        .await
+        .map(Json)
 }
 
-fn bulk(funcname: String, per_db: Vec<(u32, u64)>) -> Bulk {
+fn bulk(funcname: &str, per_db: Vec<(u32, u64)>) -> Bulk {
     Bulk {
-        funcname,
+        funcname: funcname.to_string(),
         count: per_db.iter().map(|(_, n)| n).sum(),
         databases: per_db
             .into_iter()
@@ -460,136 +439,138 @@ fn bulk(funcname: String, per_db: Vec<(u32, u64)>) -> Bulk {
     }
 }
 
+/// A function name from the path, refused (400 `invalid_funcname`) before
+/// anything is read when no job could have it.
+fn funcname(name: &str) -> Answer<&str> {
+    crate::job::check_funcname(name)?;
+    Ok(name)
+}
+
+/// Answers a pause or resume that did not reach every database 503
+/// `database_unavailable`, naming each one and what was done elsewhere.
+/// (Every error it collects is a database call's, the name having been
+/// checked: to be asked again once it answers.)
+fn everywhere(report: PauseReport, done: &str) -> Answer<PauseReport> {
+    if report.errors.is_empty() {
+        return Ok(report);
+    }
+    let elsewhere = match report.changed.is_empty() && report.unchanged.is_empty() {
+        true => "in no database".to_string(),
+        false => format!(
+            "in databases {:?} (already so in {:?})",
+            report.changed, report.unchanged
+        ),
+    };
+    Err(Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        format!(
+            "{}; {} {done} {elsewhere}; ask again once it answers",
+            report.errors.join("; "),
+            report.funcname
+        ),
+    ))
+}
+
 /// Makes every dead job of a function due now, in every database.
 #[utoipa::path(post, path = "/api/v1/functions/{funcname}/retry-dead", tag = "functions",
-    params(("funcname" = String, Path), ChangeParams),
-    responses((status = 200, body = Bulk), (status = 400, body = ApiError),
-        (status = 401, body = ApiError)))]
+    params(("funcname" = String, Path, description = "the function", min_length = 1, max_length = 200),
+        RetryDeadParams),
+    responses((status = 200, body = Bulk, description = "its dead jobs are due now: how many, \
+            per database"),
+        Refused, ReadOnly, DbFailed))]
 async fn retry_dead(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Path(funcname): Path<String>,
-    Query(params): Query<ChangeParams>,
+    change: Change,
+    Path(name): Path<String>,
+    Params(params): Params<RetryDeadParams>,
+    _: NoBody,
 ) -> Answer<Json<Bulk>> {
-    allow(&state, &headers, Access::Write)?;
-    let per_db = admin::retry_dead(&state.store, &funcname, params.reset_failcount).await?;
-    state.forget_status().await;
-    Ok(Json(bulk(funcname, per_db)))
+    let f = funcname(&name)?;
+    let store = &change.state.store;
+    change
+        .apply("retry_dead", f, async {
+            Ok(bulk(
+                f,
+                admin::retry_dead(store, f, params.reset_failcount).await?,
+            ))
+        })
+        .await
+        .map(Json)
 }
 
 /// Deletes every dead job of a function, in every database.
 #[utoipa::path(post, path = "/api/v1/functions/{funcname}/purge-dead", tag = "functions",
-    params(("funcname" = String, Path)),
-    responses((status = 200, body = Bulk), (status = 400, body = ApiError),
-        (status = 401, body = ApiError)))]
+    params(("funcname" = String, Path, description = "the function", min_length = 1, max_length = 200)),
+    responses((status = 200, body = Bulk, description = "its dead jobs are deleted: how many, \
+            per database"),
+        Refused, ReadOnly, DbFailed))]
 async fn purge_dead(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Path(funcname): Path<String>,
+    change: Change,
+    Path(name): Path<String>,
+    Params(Nothing {}): Params<Nothing>,
+    _: NoBody,
 ) -> Answer<Json<Bulk>> {
-    allow(&state, &headers, Access::Write)?;
-    let per_db = admin::purge_dead(&state.store, &funcname).await?;
-    state.forget_status().await;
-    Ok(Json(bulk(funcname, per_db)))
+    let f = funcname(&name)?;
+    let store = &change.state.store;
+    change
+        .apply("purge_dead", f, async {
+            Ok(bulk(f, admin::purge_dead(store, f).await?))
+        })
+        .await
+        .map(Json)
 }
 
 /// Pauses a function in every database: its jobs wait in the table.
 #[utoipa::path(post, path = "/api/v1/functions/{funcname}/pause", tag = "functions",
-    params(("funcname" = String, Path)),
-    responses((status = 200, body = PauseReport), (status = 400, body = ApiError),
-        (status = 401, body = ApiError)))]
+    params(("funcname" = String, Path, description = "the function", min_length = 1, max_length = 200)),
+    responses((status = 200, body = PauseReport, description = "paused in every database \
+            (`without_table`: a database without the `garivini_paused` table, where it cannot be)"),
+        Refused, ReadOnly, DbFailed))]
 async fn pause(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Path(funcname): Path<String>,
+    change: Change,
+    Path(name): Path<String>,
+    Params(Nothing {}): Params<Nothing>,
+    _: NoBody,
 ) -> Answer<Json<PauseReport>> {
-    allow(&state, &headers, Access::Write)?;
-    let report = admin::pause(&state.store, &funcname).await?;
-    state.forget_status().await;
-    Ok(Json(report))
+    let f = funcname(&name)?;
+    let store = &change.state.store;
+    change
+        .apply("pause", f, async {
+            everywhere(admin::pause(store, f).await?, "paused")
+        })
+        .await
+        .map(Json)
 }
 
 /// Resumes a paused function in every database.
 #[utoipa::path(post, path = "/api/v1/functions/{funcname}/resume", tag = "functions",
-    params(("funcname" = String, Path)),
-    responses((status = 200, body = PauseReport), (status = 400, body = ApiError),
-        (status = 401, body = ApiError)))]
+    params(("funcname" = String, Path, description = "the function", min_length = 1, max_length = 200)),
+    responses((status = 200, body = PauseReport, description = "resumed in every database"),
+        Refused, ReadOnly, DbFailed))]
 async fn resume(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    Path(funcname): Path<String>,
+    change: Change,
+    Path(name): Path<String>,
+    Params(Nothing {}): Params<Nothing>,
+    _: NoBody,
 ) -> Answer<Json<PauseReport>> {
-    allow(&state, &headers, Access::Write)?;
-    let report = admin::resume(&state.store, &funcname).await?;
-    state.forget_status().await;
-    Ok(Json(report))
-}
-
-/// The API's OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Garivini", description = "Garivini's HTTP JSON API: status, jobs, functions."),
-    paths(status, list_jobs, show_job, post_jobs, retry_job, cancel_job, retry_dead,
-        purge_dead, pause, resume),
-    modifiers(&BearerAuth),
-    security(("bearer" = []))
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
-}
-
-async fn not_found() -> Failure {
-    Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
-}
-
-/// Gives every error answer that is not ours yet (a refused query, an
-/// unknown method, a timeout, a body over the limit) the JSON shape with
-/// a code.
-async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return response;
-    }
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::REQUEST_TIMEOUT => "timeout",
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let text = axum::body::to_bytes(response.into_body(), 4096)
+    let f = funcname(&name)?;
+    let store = &change.state.store;
+    change
+        .apply("resume", f, async {
+            everywhere(admin::resume(store, f).await?, "resumed")
+        })
         .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_lowercase()
-    } else {
-        text
-    };
-    Failure::new(status, code, message).into_response()
+        .map(Json)
+}
+
+/// This document (no token).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(()),
+    responses((status = 200, body = serde_json::Value, description = "the OpenAPI document of \
+            this API and the health checks"),
+        (status = 400, body = ApiError, description = "`unknown_parameter`: this endpoint takes \
+            no query parameter")))]
+async fn openapi(Params(Nothing {}): Params<Nothing>) -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 /// The API's routes, under `/api/v1`, each answer bounded in size and

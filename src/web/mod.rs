@@ -274,6 +274,8 @@ impl Web {
         let sampler = tokio::spawn(sample::run(self.state.clone(), shutdown.clone()));
         let app = router(self.state.clone());
         let stop = shutdown.clone();
+        // With each connection's peer address: a change is logged with it.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await });
         let serve = tokio::spawn(async move { serve.await });
