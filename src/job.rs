@@ -208,8 +208,8 @@ pub struct NewJob {
     /// Stored leased by one who dispatches it right after the commit (the
     /// Injector): `delay` is then its lease, and the row records the
     /// attempt as started (`attempted_at`, where the table has it), as a
-    /// claim would. A job with a unique key gets its attempt time from the
-    /// Controller's check instead: its key may name a row that exists.
+    /// claim would. (A unique key that names a row that exists leaves that
+    /// row's attempt as it was.)
     pub leased: bool,
 }
 

@@ -280,9 +280,9 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
         if db.history {
             titles.push("retrying");
         }
-        titles.extend(["dead", "failing", "oldest due"]);
+        titles.extend(["dead", "failing", "oldest due", "waits"]);
         let mut rows = vec![header(&titles)];
-        let counts = |name: &str, c: &admin::Counts| {
+        let counts = |name: &str, c: &admin::Counts, waiting: Option<admin::WaitReason>| {
             let mut row = vec![
                 name.to_string(),
                 c.shown("due", c.due),
@@ -296,15 +296,16 @@ fn status_text(status: &Status, no_gearmand: bool) -> String {
                 c.shown("dead", c.dead),
                 c.shown("failing", c.failing),
                 c.oldest_due_secs.map_or("-".into(), age),
+                waiting.map_or("-", |w| w.as_str()).to_string(),
             ]);
             row
         };
-        let numeric: Vec<usize> = (1..titles.len()).collect();
+        let numeric: Vec<usize> = (1..titles.len() - 1).collect();
         for f in &db.functions {
-            rows.push(counts(&printable(&f.funcname), &f.counts));
+            rows.push(counts(&printable(&f.funcname), &f.counts, f.waiting));
         }
         if db.functions.len() > 1 {
-            rows.push(counts("(all)", &db.total));
+            rows.push(counts("(all)", &db.total, None));
         }
         for l in table(&rows, &numeric) {
             line(format!("  {l}"));

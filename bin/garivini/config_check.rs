@@ -276,7 +276,9 @@ async fn try_servers(dbs: Vec<DbConfig>, gearmand: &[String]) -> Vec<Answer> {
         }),
         Ok(store) => {
             for (dbid, masked) in names {
-                let tried = tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid, &Default::default())).await;
+                let tried =
+                    tokio::time::timeout(ANSWER_LIMIT, store.any_due(dbid, &Default::default()))
+                        .await;
                 let heard = match tried {
                     Ok(Ok(_)) => Heard::Answered,
                     Ok(Err(err)) => Heard::Error(err.to_string()),

@@ -108,9 +108,10 @@ impl Selection {
     }
 }
 
-/// With the history columns: a row that was leased, or (never attempted)
-/// stored leased by an Injector.
-pub(super) const LEASED: &str = "(attempted_at > 0 OR CAST(flag AS BINARY) <=> 'controller')";
+/// With the history columns: a row whose attempt started (a claim's lease,
+/// an Injector's dispatch, a Controller's start). A row stored and never
+/// attempted is not in flight, whoever is to complete it.
+pub(super) const LEASED: &str = "attempted_at > 0";
 /// Not failed since its last lease. 0 is "not set": the columns are NOT
 /// NULL DEFAULT 0, so that a lease rewrites them in place (a NULL made a
 /// value grows the row, which InnoDB cannot do in place: the claim cost
@@ -161,7 +162,7 @@ impl JobState {
         let Some(h) = history else {
             return state;
         };
-        let leased = h.attempted_at.is_some() || job.flag == crate::job::Flag::Controller;
+        let leased = h.attempted_at.is_some();
         match state {
             JobState::Due | JobState::Dead => state,
             JobState::InFlight if leased && h.failed_at.is_none() => JobState::InFlight,

@@ -274,7 +274,7 @@ fn takes_returning(version: &str) -> bool {
 struct Shape {
     keyed: bool,
     priority: bool,
-    /// `attempted_at`, for keyless rows stored leased ([`NewJob::leased`]).
+    /// `attempted_at`, for rows stored leased ([`NewJob::leased`]).
     attempted: bool,
 }
 
@@ -288,13 +288,13 @@ impl Shape {
         }
     }
 
-    /// A row with a unique key: never stored with an attempt (see
-    /// [`NewJob::leased`]).
-    fn keyed(cols: Optional) -> Shape {
+    /// A row with a unique key, `leased` if dispatched right after its
+    /// commit (a row its key names already keeps its own attempt).
+    fn keyed(cols: Optional, leased: bool) -> Shape {
         Shape {
             keyed: true,
             priority: cols.priority,
-            attempted: false,
+            attempted: cols.attempted_at && leased,
         }
     }
 
@@ -393,7 +393,7 @@ pub(super) async fn insert_keyed_row(
     job: &NewJob,
     cols: Optional,
 ) -> mysql_async::Result<u64> {
-    let shape = Shape::keyed(cols);
+    let shape = Shape::keyed(cols, job.leased);
     let mut params = Vec::with_capacity(7);
     values(job, shape, &mut params);
     let result = q

@@ -74,7 +74,7 @@ fn at_least_note(dbid: u32, functions: usize, (entries, rows): (u64, u64)) -> Ma
 fn counts_row(
     row: Row<'_>,
     c: &admin::Counts,
-    paused: bool,
+    waiting: Option<admin::WaitReason>,
     dbid: u32,
     actions: Option<Markup>,
 ) -> Markup {
@@ -108,7 +108,9 @@ fn counts_row(
             } @else { (c.shown("dead", c.dead)) }
         }
         (cell("failing", c.failing))
-        td { @if paused { "paused" } }
+        td.waits title=[waiting.map(|_| "why its due jobs wait: they stay due, and go once this clears")] {
+            @if let Some(w) = waiting { span class=(format!("waits {}", w.label())) { (w.as_str()) } }
+        }
         td { (c.oldest_due_secs.map(span).unwrap_or_default()) }
         @if let Some(actions) = actions { td.name { (actions) } }
     }
@@ -156,18 +158,18 @@ fn overview_body(report: &Report, can_act: bool, notice: Option<String>) -> Mark
                 table id=(format!("db{}", db.dbid)) {
                     tr {
                         th.name { "function" } th { "due" } th { "in flight" } th { "retrying" }
-                        th { "scheduled" } th { "dead" } th { "failing" } th { "paused" }
+                        th { "scheduled" } th { "dead" } th { "failing" } th { "waits" }
                         th { "oldest due" }
                         @if can_act { th.name { "actions" } }
                     }
                     @for f in &db.functions {
                         @let is_paused = paused.contains(f.funcname.as_str());
                         tr {
-                            (counts_row(Row { funcname: &f.funcname, total: false, caps }, &f.counts, is_paused, db.dbid,
+                            (counts_row(Row { funcname: &f.funcname, total: false, caps }, &f.counts, f.waiting, db.dbid,
                                 can_act.then(|| function_actions(&f.funcname, f.counts.dead, is_paused))))
                         }
                     }
-                    tr { (counts_row(Row { funcname: "(all)", total: true, caps }, &db.total, false, db.dbid, can_act.then(|| html! {}))) }
+                    tr { (counts_row(Row { funcname: "(all)", total: true, caps }, &db.total, None, db.dbid, can_act.then(|| html! {}))) }
                 }
                 @if !db.total.at_least.is_empty() { (at_least_note(db.dbid, db.functions.len(), caps)) }
             }
