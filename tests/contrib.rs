@@ -31,6 +31,9 @@ const METRICS: &[&str] = &[
     "garivini_node_moves_total",
     "garivini_gearmand_queue_depth",
     "garivini_due_rows",
+    "garivini_function_due_rows",
+    "garivini_function_oldest_due_seconds",
+    "garivini_function_dead_rows",
 ];
 
 /// Histograms: their series are `<name>_bucket`, `_count` and `_sum`.
@@ -42,7 +45,9 @@ const HISTOGRAMS: &[&str] = &[
 
 /// The labels of the catalogue, with `le` (histogram buckets) and the two
 /// Prometheus adds to every scraped series.
-const LABELS: &[&str] = &["reason", "role", "function", "db", "le", "instance", "job"];
+const LABELS: &[&str] = &[
+    "reason", "role", "function", "db", "waiting", "le", "instance", "job",
+];
 
 /// How long one promtool run may take.
 const PROMTOOL_LIMIT: Duration = Duration::from_secs(60);
