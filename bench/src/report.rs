@@ -493,8 +493,6 @@ fn queuerunner_defaults() -> Vec<(&'static str, String)> {
         busy_run_sleep,
         idle_poll,
         queue_watermark_depth,
-        watermark_pushback,
-        no_worker_delay,
         submit_retry_delay,
         report_due_rows: _,
         // Config-file entries, not flags.
@@ -510,8 +508,6 @@ fn queuerunner_defaults() -> Vec<(&'static str, String)> {
         ("--busy-run-sleep", secs(busy_run_sleep)),
         ("--idle-poll", secs(idle_poll)),
         ("--queue-watermark-depth", queue_watermark_depth.to_string()),
-        ("--watermark-pushback", watermark_pushback.to_string()),
-        ("--no-worker-delay", no_worker_delay.to_string()),
         ("--submit-retry-delay", submit_retry_delay.to_string()),
     ]
 }
