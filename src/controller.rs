@@ -80,6 +80,13 @@ pub struct Config {
     /// those taken from gearmand (see [`Local`]); 0: none, every job goes
     /// through gearmand.
     pub local_concurrency: usize,
+    /// Most jobs of one function this Controller runs at once, of its
+    /// `concurrency` slots (0: half of them, [`Config::share`]): a
+    /// function whose worker hangs, or that floods, keeps the other half
+    /// for the other functions. A job past it is given back, due; the
+    /// QueueRunner holds such rows while the function's queue in gearmand
+    /// is that deep.
+    pub function_share: usize,
 }
 
 impl Default for Config {
@@ -92,6 +99,7 @@ impl Default for Config {
             give_back_delay: DEFAULT_SUBMIT_RETRY_DELAY,
             functions: Functions::default(),
             local_concurrency: DEFAULT_CONCURRENCY,
+            function_share: 0,
         }
     }
 }
@@ -115,6 +123,14 @@ impl Config {
             ));
         }
         self.functions.validate()
+    }
+
+    /// The most jobs of one function run at once (see `function_share`).
+    pub fn share(&self) -> usize {
+        match self.function_share {
+            0 => (self.concurrency / 2).max(1),
+            n => n.min(self.concurrency),
+        }
     }
 }
 
@@ -181,6 +197,26 @@ pub struct Controller {
     local: Arc<tokio::sync::Semaphore>,
     /// Whether [`Local`] may take jobs: only while `run` serves.
     accepting: AtomicBool,
+    /// Jobs of each function running now (see [`Config::share`]).
+    running: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One running job's place in its function's share; given up on drop.
+struct Share {
+    running: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    funcname: String,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = running.get_mut(&self.funcname) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.funcname);
+            }
+        }
+    }
 }
 
 /// Hands jobs to a Controller in the same process ([`Controller::local`]).
@@ -218,6 +254,8 @@ impl Local {
     }
 }
 
+/// How often a running job's function is checked for a worker.
+const WORKER_CHECK: Duration = Duration::from_secs(2);
 /// How long a status read from gearmand is trusted.
 const STATUS_MAX_AGE: Duration = Duration::from_millis(500);
 /// How long it is trusted to say a function has no worker.
@@ -263,7 +301,22 @@ impl Controller {
             abandon: CancellationToken::new(),
             local: Arc::new(tokio::sync::Semaphore::new(config_local)),
             accepting: AtomicBool::new(false),
+            running: Arc::default(),
         }))
+    }
+
+    /// A place in `funcname`'s share of the slots, if it has one free.
+    fn take_share(&self, funcname: &str) -> Option<Share> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let n = running.entry(funcname.to_string()).or_insert(0);
+        if *n >= self.config.share() {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            running: self.running.clone(),
+            funcname: funcname.to_string(),
+        })
     }
 
     /// The handle an Injector in this process gives its jobs to.
@@ -341,6 +394,11 @@ impl Controller {
         if !self.has_worker(&job.funcname).await {
             return self.put_back(&job, "has no worker", Ran::NoWorker).await;
         }
+        let Some(_share) = self.take_share(&job.funcname) else {
+            return self
+                .put_back(&job, "holds its share of the slots", Ran::AtLimit)
+                .await;
+        };
         // Held until the answer (or the timeout): the limit counts jobs
         // running here, whatever became of them in gearmand.
         let _slot = match self.limits.get(&job.funcname) {
@@ -363,15 +421,27 @@ impl Controller {
         let beat = Duration::from_secs(u64::from(self.config.lease / 2));
         let timeout = self.timeout_of(&job.funcname);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // Each tick keeps its own schedule: the frequent worker check must
+        // not put the lease's renewal off.
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + WORKER_CHECK, WORKER_CHECK);
         let waited = loop {
             tokio::select! {
                 outcome = &mut run => break Waited::Answered(outcome),
-                _ = tokio::time::sleep(beat) => {
+                _ = renew.tick() => {
                     let extended = self.client.extend_lease(&job, self.config.lease).await;
                     self.row_update(extended, "cannot extend the lease of a running job");
                 }
                 _ = sleep_until_some(deadline) => break Waited::TimedOut,
                 _ = self.abandon.cancelled() => break Waited::Abandoned,
+                _ = check.tick() => {
+                    // A worker that vanished with the job leaves gearmand
+                    // holding it for nobody: the slot is not held for it.
+                    if !self.has_worker(&job.funcname).await {
+                        break Waited::WorkerGone;
+                    }
+                }
             }
         };
         telemetry::controller_job(&job.funcname, started.elapsed());
@@ -379,6 +449,12 @@ impl Controller {
             Waited::Answered(outcome) => outcome,
             Waited::TimedOut => return self.timed_out(&job, timeout.unwrap_or_default()).await,
             Waited::Abandoned => return self.give_back(&job).await,
+            Waited::WorkerGone => {
+                tracing::info!("job's function lost its last worker: given back, due");
+                return self
+                    .put_back(&job, "lost its last worker", Ran::NoWorker)
+                    .await;
+            }
         };
         match &outcome {
             Ok(_) => self.lost.ended(),
@@ -628,6 +704,8 @@ enum Waited {
     Answered(Result<Outcome>),
     TimedOut,
     Abandoned,
+    /// gearmand says no worker serves the function any more.
+    WorkerGone,
 }
 
 /// The last error a failed job's row records: which answer, and what the

@@ -84,6 +84,11 @@ pub struct Settings {
     /// Controller: jobs run at once, per gearmand.
     #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: usize,
+    /// Controller: most jobs of one function run at once, of its
+    /// --concurrency slots (0: half of them), so that a function whose
+    /// worker hangs or that floods leaves slots to the others.
+    #[arg(long, default_value_t = 0)]
+    function_share: usize,
     /// Controller beside an Injector (`workers --roles injector,controller`):
     /// jobs the Injector may hand it directly at once, without the
     /// run_queued_job round through gearmand (0 = always through gearmand).
@@ -171,6 +176,7 @@ impl Settings {
             give_back_delay: self.submit_retry_delay,
             functions: self.functions()?,
             local_concurrency: self.local_concurrency,
+            function_share: self.function_share,
         };
         config.validate()?;
         Ok(config)
