@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{wait_until, Proc, Silent, TestDb};
+use testkit::{Proc, Silent, TestDb};
 
 /// Well under the roles' 30 s reply timeout and shutdown timeout: a role
 /// that waits on the silent server before it stops takes longer.
