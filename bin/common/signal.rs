@@ -6,16 +6,18 @@ use tokio_util::sync::CancellationToken;
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits
 /// at once. Must be called within the runtime.
 pub fn shutdown_on_signal() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
+    // Registered before this returns, not in the task: a signal that comes
+    // before the task first runs is not lost (it would end the process).
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return token;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         for n in 0.. {
             tokio::select! {
                 _ = term.recv() => {},

@@ -171,8 +171,10 @@ async fn run_roles(
     }
     // Up, and not ready, while no database answers: a supervisor then
     // sees a process that waits rather than one that restarts in a loop.
-    let store = servers.serving_store().await?;
+    // Before the store: a role whose database is down at start-up logs so
+    // and waits, and must already stop on SIGTERM.
     let shutdown = signal::shutdown_on_signal();
+    let store = servers.serving_store().await?;
     // A task of its own, so that a role's panic ends here as an error
     // line and exit status 1, as any other error.
     tokio::spawn(garivini::roles::run(store, gearmand, plan, shutdown)).await??;
