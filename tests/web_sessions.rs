@@ -51,7 +51,12 @@ async fn fifty_wrong_logins_from_one_address_are_mostly_refused_429() {
     let (mut unauthorized, mut limited) = (0, 0);
     for i in 0..50 {
         let (status, headers, _) = web
-            .send(Method::POST, "/login", &[FORM], &format!("token=wrong-{i:020}"))
+            .send(
+                Method::POST,
+                "/login",
+                &[FORM],
+                &format!("token=wrong-{i:020}"),
+            )
             .await;
         match status {
             StatusCode::UNAUTHORIZED => unauthorized += 1,
@@ -78,7 +83,12 @@ async fn fifty_wrong_logins_from_one_address_are_mostly_refused_429() {
     let other = WebServer::start(config(), db.store().await, Vec::new()).await;
     for i in 0..12 {
         let (status, _, _) = other
-            .raw(Method::GET, "/api/v1/status", Some(&format!("bad-token-{i:012}")), None)
+            .raw(
+                Method::GET,
+                "/api/v1/status",
+                Some(&format!("bad-token-{i:012}")),
+                None,
+            )
             .await;
         let want = if i < 10 {
             StatusCode::UNAUTHORIZED
@@ -97,14 +107,10 @@ async fn each_login_has_its_own_session_and_a_cookie_is_dead_after_its_logout() 
     let second = pair(&log_in(&web, &[]).await);
     assert_ne!(first, second, "two logins, one cookie");
 
-    let (status, _, overview) = web
-        .send(Method::GET, "/", &[("cookie", &first)], "")
-        .await;
+    let (status, _, overview) = web.send(Method::GET, "/", &[("cookie", &first)], "").await;
     assert_eq!(status, StatusCode::OK);
     let token = csrf(&overview);
-    let (_, _, other_overview) = web
-        .send(Method::GET, "/", &[("cookie", &second)], "")
-        .await;
+    let (_, _, other_overview) = web.send(Method::GET, "/", &[("cookie", &second)], "").await;
     assert_ne!(token, csrf(&other_overview), "two sessions, one CSRF token");
 
     // The CSRF token of one session does not serve another.
@@ -128,22 +134,21 @@ async fn each_login_has_its_own_session_and_a_cookie_is_dead_after_its_logout() 
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert!(headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
 
     // The old cookie and its CSRF token, replayed: refused.
     let (status, _, page) = web
         .send(Method::POST, "/act", &[("cookie", &first), FORM], &retry)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{page}");
-    let (status, headers, _) = web
-        .send(Method::GET, "/", &[("cookie", &first)], "")
-        .await;
+    let (status, headers, _) = web.send(Method::GET, "/", &[("cookie", &first)], "").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers["location"], "/login");
     // The other session lives on.
-    let (status, _, _) = web
-        .send(Method::GET, "/", &[("cookie", &second)], "")
-        .await;
+    let (status, _, _) = web.send(Method::GET, "/", &[("cookie", &second)], "").await;
     assert_eq!(status, StatusCode::OK);
 }
 

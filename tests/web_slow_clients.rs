@@ -88,9 +88,11 @@ async fn under_1100_slow_connections_at_1024_files_healthz_answers_and_jobs_run(
         .args(with_servers(&db, &gearmand, &roles));
     let (out, log) = (dir.path().join("out"), dir.path().join("log"));
     let mut process = Proc::start_logged("garivini workers", cmd, &out, &log).unwrap();
-    testkit::wait_until(Duration::from_secs(30), "the web role to answer", || async {
-        healthz(&addr).await.is_ok()
-    })
+    testkit::wait_until(
+        Duration::from_secs(30),
+        "the web role to answer",
+        || async { healthz(&addr).await.is_ok() },
+    )
     .await;
     let worker = Worker::plain(&gearmand, "slow_web_jobs").await;
     let client = InjectClient::new(&gearmand);
@@ -146,7 +148,13 @@ async fn under_1100_slow_connections_at_1024_files_healthz_answers_and_jobs_run(
     );
     process.check_running().unwrap();
     let text = process.log();
-    assert!(failures.is_empty(), "healthz failed: {failures:?}\n{}", process.tail());
+    assert!(
+        failures.is_empty(),
+        "healthz failed: {failures:?}\n{}",
+        process.tail()
+    );
     assert!(!text.contains("Too many open files"), "{text}");
+    // 1,024 files less 256 for the roles.
+    assert!(text.contains("max_connections=768"), "{text}");
     process.terminate(Duration::from_secs(30)).await;
 }

@@ -23,7 +23,10 @@ tokio::task_local! {
 
 /// Runs `answer` with `csrf` as the request's CSRF token (see
 /// [`Keys::csrf`]).
-pub(crate) async fn with_csrf<F: std::future::Future>(csrf: Option<String>, answer: F) -> F::Output {
+pub(crate) async fn with_csrf<F: std::future::Future>(
+    csrf: Option<String>,
+    answer: F,
+) -> F::Output {
     REQUEST_CSRF.scope(csrf, answer).await
 }
 
@@ -143,8 +146,7 @@ impl Keys {
     /// CSRF token (the session counts as used now).
     pub fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
         self.token.as_ref()?;
-        Self::cookie_keys(headers)
-            .find_map(|key| Some((key.to_string(), self.sessions.csrf(key)?)))
+        Self::cookie_keys(headers).find_map(|key| Some((key.to_string(), self.sessions.csrf(key)?)))
     }
 
     /// Whether the request carries the cookie of a live session.

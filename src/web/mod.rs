@@ -410,10 +410,15 @@ async fn guard(
     if login || bearer {
         if let Some(wait) = client.and_then(|c| state.limiter.blocked(c)) {
             let secs = wait.as_secs().max(1).to_string();
+            // The API's error shape, with a code of its own.
+            let body = serde_json::json!({
+                "code": "too_many_requests",
+                "error": format!("too many failed logins or bad tokens from this address: retry after {secs} s"),
+            });
             return (
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, secs)],
-                "too many failed logins or bad tokens from this address: wait\n",
+                axum::Json(body),
             )
                 .into_response();
         }

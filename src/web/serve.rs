@@ -116,7 +116,10 @@ struct Every {
 impl Every {
     fn due(&mut self) -> Option<u64> {
         self.count += 1;
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
             return None;
         }
         self.last = Some(Instant::now());
@@ -139,9 +142,18 @@ pub(crate) async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let (mut accept_errors, mut evictions, mut refusals) = (
-        Every { last: None, count: 0 },
-        Every { last: None, count: 0 },
-        Every { last: None, count: 0 },
+        Every {
+            last: None,
+            count: 0,
+        },
+        Every {
+            last: None,
+            count: 0,
+        },
+        Every {
+            last: None,
+            count: 0,
+        },
     );
     loop {
         let (stream, peer) = tokio::select! {
