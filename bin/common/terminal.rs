@@ -249,6 +249,7 @@ macro_rules! say {
 /// Runs `main` on a Tokio runtime; an error is printed as one line on
 /// stderr and the process exits with status 1.
 pub fn run(main: impl Future<Output = anyhow::Result<()>>) {
+    raise_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -257,6 +258,36 @@ pub fn run(main: impl Future<Output = anyhow::Result<()>>) {
         eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
     }
+}
+
+/// The soft limit on open files, once raised by [`run`].
+static FILE_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (systemd's default soft
+/// limit is 1,024, whatever `LimitNOFILE` allows), and keeps what it is
+/// for [`file_limit`]. A failure is logged and the limit left as it was.
+fn raise_file_limit() {
+    let limit = match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) if soft < hard => match rlimit::increase_nofile_limit(hard) {
+            Ok(raised) => raised,
+            Err(err) => {
+                tracing::warn!(%err, soft, hard, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the open-files limit");
+            1024
+        }
+    };
+    let _ = FILE_LIMIT.set(limit);
+}
+
+/// The process's soft limit on open files, as [`run`] left it.
+#[allow(dead_code)] // not every binary caps anything by it
+pub fn file_limit() -> u64 {
+    FILE_LIMIT.get().copied().unwrap_or(1024)
 }
 
 /// The error and its causes on one line, leaving out a cause whose text

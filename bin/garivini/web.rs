@@ -24,6 +24,12 @@ pub struct WebArgs {
     /// Web: pages and GET requests of the API without the token.
     #[arg(long)]
     public_read: bool,
+    /// Web: trust the proxy in front: its X-Forwarded-Proto: https makes
+    /// the login cookie Secure, and the last address of its X-Forwarded-For
+    /// is the client's for the limit on failed logins. Give it only when
+    /// every request comes through that proxy.
+    #[arg(long, env = "GARIVINI_WEB_TRUSTED_PROXY")]
+    web_trusted_proxy: bool,
 }
 
 impl WebArgs {
@@ -56,6 +62,9 @@ impl WebArgs {
             addr,
             token,
             public_read: self.public_read,
+            trusted_proxy: self.web_trusted_proxy,
+            // Room is left under the file limit for the roles' databases and gearmand.
+            max_connections: web::connection_cap(crate::terminal::file_limit()),
             lease,
             limits,
             ..web::Config::default()

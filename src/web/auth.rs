@@ -1,16 +1,34 @@
 //! Who may read and who may change: the bearer token (compared in constant
-//! time), the login cookie the pages keep after one login with it, and the
+//! time), the login sessions the pages keep after a login with it, and the
 //! CSRF token every state-changing form carries.
 //!
-//! The cookie holds a random session key made at start-up, never the
-//! token; it is `HttpOnly` and `SameSite=Strict`. A restart logs every
-//! browser out.
+//! The cookie holds a session's random key (see [`super::session`]), never
+//! the token; it is `HttpOnly`, `SameSite=Strict`, and `Secure` when the
+//! request came over HTTPS through a trusted proxy. Each session has its
+//! own CSRF token; a request authenticated by the bearer token alone (no
+//! browser adds that header by itself) uses the process's.
 
 use axum::http::HeaderMap;
-use rand::Rng;
 use subtle::ConstantTimeEq;
 
+use super::session::{random_hex, Sessions};
 use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// The CSRF token of the request being answered: its session's, set
+    /// around each request by the web role's middleware (`super::guard`),
+    /// so that a page shows and checks the one of its own session.
+    static REQUEST_CSRF: Option<String>;
+}
+
+/// Runs `answer` with `csrf` as the request's CSRF token (see
+/// [`Keys::csrf`]).
+pub(crate) async fn with_csrf<F: std::future::Future>(
+    csrf: Option<String>,
+    answer: F,
+) -> F::Output {
+    REQUEST_CSRF.scope(csrf, answer).await
+}
 
 /// Shortest token taken, in bytes: guessing one must stay out of reach.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -66,17 +84,12 @@ pub enum Access {
     Write,
 }
 
-/// The token and the process's session and CSRF keys.
+/// The token, the live sessions and the bearer requests' CSRF token.
 pub struct Keys {
     token: Option<Token>,
-    session: String,
-    csrf: String,
+    sessions: Sessions,
+    bearer_csrf: String,
     public_read: bool,
-}
-
-fn random_hex() -> String {
-    let bytes: [u8; 32] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -84,12 +97,12 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 impl Keys {
-    /// Fresh session and CSRF keys for `token`.
+    /// No session yet, for `token`.
     pub fn new(token: Option<Token>, public_read: bool) -> Keys {
         Keys {
             token,
-            session: random_hex(),
-            csrf: random_hex(),
+            sessions: Sessions::default(),
+            bearer_csrf: random_hex(),
             public_read,
         }
     }
@@ -97,6 +110,12 @@ impl Keys {
     /// Whether a token is configured (without one, the role is read-only).
     pub fn has_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    /// Whether the request carries a bearer token that is not the token
+    /// (what the limiter counts, with failed logins).
+    pub fn bearer_wrong(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key(axum::http::header::AUTHORIZATION) && !self.bearer_ok(headers)
     }
 
     fn bearer_ok(&self, headers: &HeaderMap) -> bool {
@@ -110,16 +129,29 @@ impl Keys {
             .is_some_and(|given| token.matches(given.trim()))
     }
 
-    /// Whether the request carries the login cookie of this process.
+    /// The session keys the request's cookies name (a browser may send
+    /// more than one cookie of the name).
+    fn cookie_keys(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, _)| *name == COOKIE)
+            .map(|(_, value)| value)
+    }
+
+    /// The live session of the request's cookie, if any: its key and its
+    /// CSRF token (the session counts as used now).
+    pub fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        self.token.as_ref()?;
+        Self::cookie_keys(headers).find_map(|key| Some((key.to_string(), self.sessions.csrf(key)?)))
+    }
+
+    /// Whether the request carries the cookie of a live session.
     pub fn logged_in(&self, headers: &HeaderMap) -> bool {
-        self.token.is_some()
-            && headers
-                .get_all(axum::http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .any(|(name, value)| name == COOKIE && ct_eq(value, &self.session))
+        self.session(headers).is_some()
     }
 
     fn access(&self, granted: bool) -> Access {
@@ -147,12 +179,20 @@ impl Keys {
         self.token.as_ref().is_some_and(|t| t.matches(given.trim()))
     }
 
-    /// The `Set-Cookie` value of a login.
-    pub fn session_cookie(&self) -> String {
-        format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.session
-        )
+    /// A new session, and the `Set-Cookie` value that gives it (`Secure`
+    /// if `secure`: the browser came over HTTPS).
+    pub fn open_session(&self, secure: bool) -> String {
+        let (key, _csrf) = self.sessions.open();
+        let secure = if secure { "; Secure" } else { "" };
+        format!("{COOKIE}={key}; HttpOnly; SameSite=Strict; Path=/{secure}")
+    }
+
+    /// Ends the session of the request's cookie, if any (logout): the
+    /// cookie and its CSRF token are refused from then on.
+    pub fn close_session(&self, headers: &HeaderMap) {
+        for key in Self::cookie_keys(headers) {
+            self.sessions.close(key);
+        }
     }
 
     /// The `Set-Cookie` value of a logout.
@@ -160,14 +200,20 @@ impl Keys {
         format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
     }
 
-    /// The CSRF token the forms carry (shown only to a logged-in page).
-    pub fn csrf(&self) -> &str {
-        &self.csrf
+    /// The CSRF token the forms of the request being answered carry
+    /// (shown only to a page allowed to change): its session's, or, for a
+    /// request with the bearer token and no session, the process's.
+    pub fn csrf(&self) -> String {
+        REQUEST_CSRF
+            .try_with(|csrf| csrf.clone())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.bearer_csrf.clone())
     }
 
-    /// Whether a form's CSRF token is this process's.
+    /// Whether a form's CSRF token is the request's (see [`Keys::csrf`]).
     pub fn csrf_ok(&self, given: &str) -> bool {
-        ct_eq(given, &self.csrf)
+        ct_eq(given, &self.csrf())
     }
 }
 
@@ -198,7 +244,7 @@ mod tests {
         assert_eq!(keys.api_access(&right), Access::Write);
         assert_eq!(keys.api_access(&wrong), Access::Denied);
         assert_eq!(keys.api_access(&HeaderMap::new()), Access::Denied);
-        let cookie = keys.session_cookie();
+        let cookie = keys.open_session(false);
         let pair = cookie.split(';').next().unwrap();
         let logged = headers(COOKIE_HEADER, &format!("other=1; {pair}"));
         assert_eq!(keys.page_access(&logged), Access::Write);

@@ -8,6 +8,10 @@
 //! - `pages`: the HTML pages (overview, job list, job page, confirmations,
 //!   login), which work without JavaScript and refresh themselves;
 //! - `auth`: the bearer token, the login cookie and the CSRF token;
+//! - `session`: the login sessions, and the limit on failed logins and bad
+//!   tokens per client address;
+//! - `serve`: the connections (header-read and idle timeout, a cap on
+//!   open connections under the process's file limit);
 //! - `sample`: the queue depth and the rows added and gone per minute over
 //!   the last hour, sampled by this role, drawn as SVG.
 //!
@@ -16,6 +20,9 @@
 //! the pages), and so does every read unless [`Config::public_read`].
 //! Without one the role is read-only, and it listens on loopback only.
 //! No answer and no log line carries the token or a database password.
+//! Every answer carries `X-Frame-Options: DENY`, a `Content-Security-Policy`
+//! with `frame-ancestors 'none'`, `X-Content-Type-Options: nosniff` and
+//! `Referrer-Policy: same-origin`.
 //!
 //! Cost to the databases: every page and every `GET /api/v1/status` share
 //! one status report, read at most once per [`Config::status_ttl`] however
@@ -26,11 +33,14 @@ pub mod api;
 mod auth;
 mod pages;
 mod sample;
+mod serve;
+mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::header;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +50,8 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 
 pub use auth::Token;
+pub use serve::{connection_cap, DEFAULT_HEADER_TIMEOUT, MAX_CONNECTIONS, RESERVED_FILES};
+pub use session::{SESSION_IDLE, TRIES_PER_WINDOW, TRY_WINDOW};
 
 /// Where the role listens unless told otherwise: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -72,8 +84,19 @@ pub struct Config {
     pub max_batch: usize,
     /// Largest request body, in bytes.
     pub body_limit: usize,
-    /// How long a request may take.
+    /// How long a request may take, once its head is in.
     pub request_timeout: Duration,
+    /// How long a connection may take to send a request head, from its
+    /// opening or its last answer (the header-read and idle timeout).
+    pub header_timeout: Duration,
+    /// Most open connections ([`connection_cap`] of the process's file
+    /// limit: the binaries set it).
+    pub max_connections: usize,
+    /// Whether a proxy in front is trusted: its `X-Forwarded-Proto: https`
+    /// makes the login cookie `Secure`, and the last address of its
+    /// `X-Forwarded-For` is the client's, for the limit on failed logins.
+    /// Without it both headers are ignored (a client could send them).
+    pub trusted_proxy: bool,
     /// How long one status report is shared.
     pub status_ttl: Duration,
     /// How often the chart's sampler reads the queue.
@@ -95,6 +118,9 @@ impl Default for Config {
             max_batch: crate::injector::DEFAULT_MAX_BATCH,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_connections: connection_cap(1024),
+            trusted_proxy: false,
             status_ttl: DEFAULT_STATUS_TTL,
             sample_every: DEFAULT_SAMPLE_EVERY,
             refresh_secs: DEFAULT_REFRESH_SECS,
@@ -117,6 +143,8 @@ impl Config {
             ("max_batch", self.max_batch > 0),
             ("body_limit", self.body_limit > 0),
             ("request_timeout", !self.request_timeout.is_zero()),
+            ("header_timeout", !self.header_timeout.is_zero()),
+            ("max_connections", self.max_connections > 0),
             ("sample_every", !self.sample_every.is_zero()),
             ("lease", self.lease > 0),
         ];
@@ -136,6 +164,8 @@ pub(crate) struct State {
     pub client: Client,
     pub gearmand: Vec<String>,
     pub keys: auth::Keys,
+    /// Failed logins and bad tokens per client address.
+    limiter: session::Limiter,
     last: std::sync::Mutex<Option<Report>>,
     /// Held by the one reading of the status at a time.
     reading: Arc<tokio::sync::Mutex<()>>,
@@ -217,6 +247,31 @@ impl State {
         report
     }
 
+    /// Whether the browser came over HTTPS: said by a trusted proxy (the
+    /// role itself serves plain HTTP).
+    pub fn https(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.config.trusted_proxy
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+    }
+
+    /// The client's address: the peer's, or the last one a trusted proxy
+    /// added to `X-Forwarded-For`.
+    fn client(&self, peer: Option<SocketAddr>, headers: &axum::http::HeaderMap) -> Option<IpAddr> {
+        let forwarded = self.config.trusted_proxy.then(|| {
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        });
+        forwarded.flatten().or(peer.map(|p| p.ip()))
+    }
+
     /// Drops the shared report after a change, so that the next page
     /// waits for one that shows it.
     pub async fn forget_status(&self) {
@@ -247,6 +302,7 @@ impl Web {
         let state = Arc::new(State {
             client: Client::new(store.clone()),
             keys: auth::Keys::new(config.token.clone(), config.public_read),
+            limiter: session::Limiter::default(),
             samples: sample::Samples::default(),
             last: std::sync::Mutex::new(None),
             reading: Arc::new(tokio::sync::Mutex::new(())),
@@ -273,15 +329,22 @@ impl Web {
         tracing::info!(%addr, "serving the web dashboard and the API");
         let sampler = tokio::spawn(sample::run(self.state.clone(), shutdown.clone()));
         let app = router(self.state.clone());
-        let stop = shutdown.clone();
-        // With each connection's peer address: a change is logged with it.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let serve = tokio::spawn(async move { serve.await });
+        let config = &self.state.config;
+        tracing::info!(
+            max_connections = config.max_connections,
+            header_timeout_s = config.header_timeout.as_secs_f64(),
+            "web connections capped"
+        );
+        let serve = tokio::spawn(serve::serve(
+            self.listener,
+            app,
+            config.max_connections,
+            config.header_timeout,
+            shutdown.clone(),
+        ));
         tokio::select! {
             ended = serve => {
-                if let Ok(Err(err)) = ended {
+                if let Err(err) = ended {
                     tracing::error!(%err, "the web server ended");
                 }
             }
@@ -308,7 +371,66 @@ fn router(state: Arc<State>) -> Router {
         .route("/readyz", axum::routing::get(readyz))
         // tower-http's limit is the one that counts, for every extractor.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(security_header(
+            header::CONTENT_SECURITY_POLICY,
+            "frame-ancestors 'none'",
+        ))
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(security_header(header::REFERRER_POLICY, "same-origin"))
         .with_state(state)
+}
+
+/// A header set on every answer that has none of the name.
+fn security_header(
+    name: header::HeaderName,
+    value: &'static str,
+) -> tower_http::set_header::SetResponseHeaderLayer<header::HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+        name,
+        header::HeaderValue::from_static(value),
+    )
+}
+
+/// Around every request: an address over the limit of failed logins and
+/// bad bearer tokens gets 429 (with `Retry-After`) for any try (a login,
+/// any bearer token), and the request's failures are counted; the request
+/// is answered with its session's CSRF token (see `auth::Keys::csrf`).
+async fn guard(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let login = request.method() == axum::http::Method::POST && request.uri().path() == "/login";
+    let bearer = headers.contains_key(header::AUTHORIZATION);
+    let client = state.client(serve::peer(request.extensions()), headers);
+    if login || bearer {
+        if let Some(wait) = client.and_then(|c| state.limiter.blocked(c)) {
+            let secs = wait.as_secs().max(1).to_string();
+            // The API's error shape, with a code of its own.
+            let body = serde_json::json!({
+                "code": "too_many_requests",
+                "error": format!("too many failed logins or bad tokens from this address: retry after {secs} s"),
+            });
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs)],
+                axum::Json(body),
+            )
+                .into_response();
+        }
+    }
+    let bad_bearer = state.keys.bearer_wrong(headers);
+    let csrf = state.keys.session(headers).map(|(_, csrf)| csrf);
+    let response = auth::with_csrf(csrf, next.run(request)).await;
+    let failed = bad_bearer || (login && response.status() == axum::http::StatusCode::UNAUTHORIZED);
+    if let (true, Some(client)) = (failed, client) {
+        state.limiter.failed(client);
+    }
+    response
 }
 
 /// The process is up.

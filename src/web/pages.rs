@@ -462,17 +462,21 @@ struct Login {
     token: String,
 }
 
-async fn login(Shared(state): Shared<Arc<State>>, Form(form): Form<Login>) -> Response {
+async fn login(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Form(form): Form<Login>,
+) -> Response {
     if state.keys.login(&form.token) {
         let mut response = Redirect::to("/").into_response();
-        let cookie = state.keys.session_cookie();
+        let cookie = state.keys.open_session(state.https(&headers));
         response.headers_mut().insert(
             header::SET_COOKIE,
             cookie.parse().expect("a cookie is a header value"),
         );
         response
     } else {
-        tracing::info!("web: a login with a wrong token");
+        // Counted, and logged once per address, by the limiter (`super::guard`).
         (StatusCode::UNAUTHORIZED, login_form(&state, true)).into_response()
     }
 }
@@ -483,7 +487,11 @@ struct Csrf {
     csrf: String,
 }
 
-async fn logout(Shared(state): Shared<Arc<State>>, Form(form): Form<Csrf>) -> Response {
+async fn logout(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    Form(form): Form<Csrf>,
+) -> Response {
     if !state.keys.csrf_ok(&form.csrf) {
         return error_page(
             &state,
@@ -492,6 +500,7 @@ async fn logout(Shared(state): Shared<Arc<State>>, Form(form): Form<Csrf>) -> Re
             "wrong CSRF token",
         );
     }
+    state.keys.close_session(&headers);
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
