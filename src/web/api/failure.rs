@@ -78,7 +78,8 @@ impl From<Error> for Failure {
             Error::EmptyFuncname
             | Error::FuncnameTooLong { .. }
             | Error::FuncnameHasNul { .. }
-            | Error::FuncnameHasBadChar { .. } => (StatusCode::BAD_REQUEST, "invalid_funcname"),
+            | Error::FuncnameHasBadChar { .. }
+            | Error::ReservedFuncname { .. } => (StatusCode::BAD_REQUEST, "invalid_funcname"),
             Error::InvalidRequest { .. }
             | Error::UniqkeyTooLong { .. }
             | Error::ArgTooLarge { .. }
