@@ -149,6 +149,14 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// The coalesce key does not fit the `coalesce` column.
+    #[error("coalesce is {len} bytes, over the limit of {max}")]
+    CoalesceTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The argument does not fit the `arg` column (MEDIUMBLOB).
     #[error("arg is {len} bytes, over the limit of {max}")]
     ArgTooLarge {

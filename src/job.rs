@@ -259,7 +259,8 @@ impl NewJob {
         self
     }
 
-    /// Sets the dedup key.
+    /// Sets the dedup key. An empty key is no key, as everywhere a job
+    /// enters: the job is stored without one.
     pub fn unique(mut self, key: impl Into<String>) -> Self {
         self.uniqkey = Some(key.into());
         self
@@ -281,13 +282,19 @@ impl NewJob {
     /// is refused with a clear error before it reaches the database.
     pub fn validate(&self) -> Result<()> {
         check_job_funcname(&self.funcname)?;
-        for key in [&self.uniqkey, &self.coalesce].into_iter().flatten() {
-            if key.len() > MAX_UNIQKEY_LEN {
-                return Err(Error::UniqkeyTooLong {
-                    len: key.len(),
-                    max: MAX_UNIQKEY_LEN,
-                });
-            }
+        if let Some(key) = self.uniqkey.as_ref().filter(|k| k.len() > MAX_UNIQKEY_LEN) {
+            return Err(Error::UniqkeyTooLong {
+                len: key.len(),
+                max: MAX_UNIQKEY_LEN,
+            });
+        }
+        // `coalesce VARCHAR(255)`, the same size, but its own message: a
+        // too long coalesce is not a too long unique key.
+        if let Some(key) = self.coalesce.as_ref().filter(|k| k.len() > MAX_UNIQKEY_LEN) {
+            return Err(Error::CoalesceTooLong {
+                len: key.len(),
+                max: MAX_UNIQKEY_LEN,
+            });
         }
         if self.delay > MAX_DELAY {
             return Err(Error::DelayTooLong {

@@ -82,6 +82,7 @@ impl From<Error> for Failure {
             | Error::ReservedFuncname { .. } => (StatusCode::BAD_REQUEST, "invalid_funcname"),
             Error::InvalidRequest { .. }
             | Error::UniqkeyTooLong { .. }
+            | Error::CoalesceTooLong { .. }
             | Error::ArgTooLarge { .. }
             | Error::DelayTooLong { .. }
             | Error::InvalidPriority { .. }
