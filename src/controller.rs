@@ -42,7 +42,7 @@ use crate::functions::Functions;
 use crate::gearman::{
     gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::job::{unsendable_funcname, Job, When};
+use crate::job::{unsendable_funcname, Job, JobRef, When};
 use crate::names::{DEFAULT_LEASE, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB};
 use crate::outage::Outage;
 use crate::telemetry;
@@ -353,9 +353,20 @@ impl Controller {
         if let Some(reason) = unsendable_funcname(&job.funcname) {
             // Only a foreign Injector or QueueRunner sends such a job (ours
             // refuse or park it): submitting it would make gearmand's
-            // status unreadable for that function.
+            // status unreadable for that function, or, for a name we serve
+            // (`run_queued_job`), have this Controller run it by sending it
+            // to itself, slot after slot.
             tracing::warn!(%reason, "parking a job whose function cannot be sent to gearmand: it stays in the table, dead");
-            let parked = self.client.reschedule_job(&job, When::Never).await;
+            let parked = self
+                .client
+                .store()
+                .fail(
+                    JobRef::from(&job),
+                    When::Never,
+                    job.failcount,
+                    Some(&reason),
+                )
+                .await;
             telemetry::parked(1);
             return match self.row_update(parked, "cannot park a job whose function cannot be sent")
             {

@@ -133,9 +133,25 @@ pub enum Error {
         /// The character, named ("a newline", "U+001B").
         what: String,
     },
+    /// The function name is one Garivini's roles serve
+    /// ([`crate::names::RESERVED`]): a job sent to it would reach a role,
+    /// not a worker.
+    #[error("funcname {name} is reserved: Garivini serves it (inject_jobs, run_queued_job, job_status), so no job may be sent to it")]
+    ReservedFuncname {
+        /// The name.
+        name: String,
+    },
     /// The unique key does not fit the `uniqkey` column.
     #[error("unique key is {len} bytes, over the limit of {max}")]
     UniqkeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The coalesce key does not fit the `coalesce` column.
+    #[error("coalesce is {len} bytes, over the limit of {max}")]
+    CoalesceTooLong {
         /// Its length in bytes.
         len: usize,
         /// The limit.

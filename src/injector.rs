@@ -38,7 +38,7 @@ use crate::names::{
     RUN_QUEUED_JOB,
 };
 use crate::outage::Outage;
-use crate::store::Store;
+use crate::store::{Store, Stored};
 use crate::telemetry;
 
 /// Most jobs in one `inject_jobs` array.
@@ -165,9 +165,16 @@ fn parse_job(value: &Value) -> std::result::Result<NewJob, String> {
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err("arg must be a string".into()),
     };
-    let uniqkey = match (text("uniqkey")?, text("unique")?) {
-        (Some(k), _) | (None, Some(k)) if !k.is_empty() => Some(k.to_string()),
-        _ => None,
+    // One key under two names (`unique` as gearman clients call it). An
+    // empty one is no key, as for `Client`; given both, they must agree,
+    // so that no key is silently dropped or preferred.
+    let key = |name: &str| text(name).map(|k| k.filter(|k| !k.is_empty()));
+    let uniqkey = match (key("uniqkey")?, key("unique")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err("uniqkey and unique name one key: given both, they must be equal".into())
+        }
+        (Some(k), _) | (None, Some(k)) => Some(k.to_string()),
+        (None, None) => None,
     };
     let delay = match o.get("run_after") {
         None | Some(Value::Null) => 0,
@@ -264,7 +271,7 @@ pub struct Injector {
 struct PendingInsert {
     jobs: Vec<NewJob>,
     /// The jobs come back with the outcome: the request dispatches them.
-    reply: oneshot::Sender<(Vec<NewJob>, Result<Vec<JobRef>>)>,
+    reply: oneshot::Sender<(Vec<NewJob>, Result<Vec<Stored>>)>,
 }
 
 /// Requests stored in one transaction, at most.
@@ -283,7 +290,7 @@ async fn insert_batch(store: &Store, batch: Vec<PendingInsert>) {
         all.extend(p.jobs);
         replies.push(p.reply);
     }
-    let outcome = store.insert(&all).await;
+    let outcome = store.insert_telling_new(&all).await;
     let mut jobs = all.into_iter();
     let mut own = |n: usize| -> Vec<NewJob> { jobs.by_ref().take(n).collect() };
     match outcome {
@@ -296,7 +303,7 @@ async fn insert_batch(store: &Store, batch: Vec<PendingInsert>) {
         Err(err) if replies.len() > 1 && !err.is_connection_fault() => {
             for (reply, n) in replies.into_iter().zip(sizes) {
                 let jobs = own(n);
-                let outcome = store.insert(&jobs).await;
+                let outcome = store.insert_telling_new(&jobs).await;
                 let _ = reply.send((jobs, outcome));
             }
         }
@@ -416,14 +423,23 @@ impl Injector {
 
         let answer: Vec<Value> = refs
             .iter()
-            .map(|r| serde_json::json!({"jobid": r.jobid, "dbid": r.dbid}))
+            .map(|r| serde_json::json!({"jobid": r.job.jobid, "dbid": r.job.dbid}))
             .collect();
         let answer = if request.array {
             Value::Array(answer)
         } else {
             answer.into_iter().next().expect("one job")
         };
-        for ((job, r), go) in jobs.into_iter().zip(refs).zip(dispatch) {
+        for ((job, stored), go) in jobs.into_iter().zip(refs).zip(dispatch) {
+            let r = stored.job;
+            if go && !stored.new {
+                // Its unique key named a row that exists: that row keeps
+                // its own schedule (a delayed one is not run early) and
+                // lease (a running one is not run twice); the QueueRunner
+                // sends it when it is due.
+                self.depth.give_back(1);
+                continue;
+            }
             if go {
                 let job = Job {
                     dbid: r.dbid,

@@ -133,10 +133,20 @@ impl std::str::FromStr for Priority {
 /// but its line-based admin protocol then prints a `status` line that no
 /// reader can parse, so no depth can be read for it (and, before readers
 /// skipped such lines, for any function of that server). Rows of the
-/// table are held to this; new jobs to the stricter [`check_funcname`].
+/// table are held to this; new jobs to the stricter [`check_job_funcname`].
+/// A [reserved](crate::names::RESERVED) name is unsendable too: a job sent
+/// to it would reach one of our roles, never a worker.
 pub fn unsendable_funcname(funcname: &str) -> Option<String> {
     if funcname.is_empty() {
         return Some("funcname is empty".into());
+    }
+    if crate::names::is_reserved(funcname) {
+        return Some(
+            Error::ReservedFuncname {
+                name: funcname.to_string(),
+            }
+            .to_string(),
+        );
     }
     let (at, c) = funcname.char_indices().find(|(_, c)| c.is_control())?;
     Some(format!(
@@ -175,6 +185,21 @@ pub fn check_funcname(funcname: &str) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// Checks a new job's function name: [`check_funcname`], and not one of
+/// the names Garivini's roles serve ([`crate::names::RESERVED`]:
+/// [`Error::ReservedFuncname`]). Every entrance of a job (`inject_jobs`,
+/// the web API, `Client`, `gv_inject`, periodic entries) goes through
+/// [`NewJob::validate`], which calls this.
+pub fn check_job_funcname(funcname: &str) -> Result<()> {
+    check_funcname(funcname)?;
+    if crate::names::is_reserved(funcname) {
+        return Err(Error::ReservedFuncname {
+            name: funcname.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A character as a message names it: "a newline", "a space", "U+001B".
@@ -234,7 +259,8 @@ impl NewJob {
         self
     }
 
-    /// Sets the dedup key.
+    /// Sets the dedup key. An empty key is no key, as everywhere a job
+    /// enters: the job is stored without one.
     pub fn unique(mut self, key: impl Into<String>) -> Self {
         self.uniqkey = Some(key.into());
         self
@@ -255,14 +281,20 @@ impl NewJob {
     /// Checks the job against the table's column limits, so that bad input
     /// is refused with a clear error before it reaches the database.
     pub fn validate(&self) -> Result<()> {
-        check_funcname(&self.funcname)?;
-        for key in [&self.uniqkey, &self.coalesce].into_iter().flatten() {
-            if key.len() > MAX_UNIQKEY_LEN {
-                return Err(Error::UniqkeyTooLong {
-                    len: key.len(),
-                    max: MAX_UNIQKEY_LEN,
-                });
-            }
+        check_job_funcname(&self.funcname)?;
+        if let Some(key) = self.uniqkey.as_ref().filter(|k| k.len() > MAX_UNIQKEY_LEN) {
+            return Err(Error::UniqkeyTooLong {
+                len: key.len(),
+                max: MAX_UNIQKEY_LEN,
+            });
+        }
+        // `coalesce VARCHAR(255)`, the same size, but its own message: a
+        // too long coalesce is not a too long unique key.
+        if let Some(key) = self.coalesce.as_ref().filter(|k| k.len() > MAX_UNIQKEY_LEN) {
+            return Err(Error::CoalesceTooLong {
+                len: key.len(),
+                max: MAX_UNIQKEY_LEN,
+            });
         }
         if self.delay > MAX_DELAY {
             return Err(Error::DelayTooLong {
@@ -768,6 +800,15 @@ mod tests {
             NewJob::new("f", "x").unique("k".repeat(256)).validate(),
             Err(Error::UniqkeyTooLong { len: 256, .. })
         ));
+        for name in crate::names::RESERVED {
+            assert!(matches!(
+                NewJob::new(name, "x").validate(),
+                Err(Error::ReservedFuncname { name: n }) if n == name
+            ));
+            assert!(unsendable_funcname(name).unwrap().contains("reserved"));
+        }
+        // Exactly the names: gearmand's function names are case-sensitive.
+        assert!(NewJob::new("Run_Queued_Job", "x").validate().is_ok());
         assert!(matches!(
             NewJob::new("f", vec![0u8; MAX_ARG_LEN + 1]).validate(),
             Err(Error::ArgTooLarge { .. })

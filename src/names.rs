@@ -10,6 +10,24 @@ use crate::job::Flag;
 pub const INJECT_JOBS: &str = "inject_jobs";
 /// The function a Controller serves; `controller` rows are sent to it.
 pub const RUN_QUEUED_JOB: &str = "run_queued_job";
+/// The contract's job lookup by an `inject_jobs` answer (DESIGN.md), kept
+/// for the Injector.
+pub const JOB_STATUS: &str = "job_status";
+
+/// The functions Garivini's roles serve (or the contract keeps for them):
+/// no job may be sent to one. A job named `run_queued_job` would have the
+/// Controller submit it to itself, slot after slot; one named
+/// `inject_jobs` would reach the Injector as a request it refuses, every
+/// lease. So they are refused as a new job's funcname
+/// ([`crate::job::check_job_funcname`]) and a row that has one is parked
+/// ([`crate::job::unsendable_funcname`]).
+pub const RESERVED: [&str; 3] = [INJECT_JOBS, RUN_QUEUED_JOB, JOB_STATUS];
+
+/// Whether `funcname` is one of the [`RESERVED`] names (exactly: Gearman
+/// function names are case-sensitive).
+pub fn is_reserved(funcname: &str) -> bool {
+    RESERVED.contains(&funcname)
+}
 
 /// How long a dispatched row is leased before it is due again (seconds).
 /// Every role that leases (QueueRunner, Injector, Controller) and the admin

@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::job::{check_funcname, describe_char, NewJob, Priority};
+use crate::job::{check_job_funcname, describe_char, NewJob, Priority};
 use crate::outage::Outage;
 use crate::store::periodic::{Tick, TickOutcome};
 use crate::store::Store;
@@ -188,7 +188,7 @@ impl Entry {
         {
             return Err(self.refuse(format!("name has {} at byte {at}", describe_char(c))));
         }
-        check_funcname(&self.funcname).map_err(|e| self.refuse(e))?;
+        check_job_funcname(&self.funcname).map_err(|e| self.refuse(e))?;
         if self.arg.len() > MAX_ARG_LEN {
             return Err(self.refuse(format!(
                 "arg is {} bytes, at most {MAX_ARG_LEN}",

@@ -211,8 +211,7 @@ impl Store {
                     .filter(|id| expired.contains(id))
                     .collect();
                 set_run_after(&mut tx, &leased, Due::Leased(lease, cols)).await?;
-                let parked: Vec<u64> = claim.parked.iter().map(|(id, _)| *id).collect();
-                set_run_after(&mut tx, &parked, Due::Never).await?;
+                super::history::park(&mut tx, &claim.parked, cols).await?;
                 tx.commit().await?;
                 Ok(claim)
             })
@@ -825,8 +824,6 @@ enum Due {
     /// Leased for this many seconds from now: an attempt starts (its time
     /// recorded where the table has the columns, see `history`).
     Leased(u32, Optional),
-    /// Never: dead (rows no worker can be given).
-    Never,
 }
 
 async fn set_run_after(
@@ -846,7 +843,6 @@ async fn set_run_after(
             lease,
             super::history::claim_set(cols),
         ),
-        Due::Never => ("?", NEVER, String::new()),
     };
     for chunk in jobids.chunks(MAX_IN_LIST) {
         let (list, mut params) = in_list(chunk);

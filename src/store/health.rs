@@ -177,6 +177,28 @@ impl Store {
         .await
     }
 
+    /// Whether database `dbid` takes calls, as its calls and its probe
+    /// found it, for anyone to see (`/readyz`): `Err` with the last
+    /// fault's reason, never the database's URL, while it is known down.
+    /// No query once the database was checked (by [`Store::connect`],
+    /// [`Store::connect_or_wait`] or its probe): every role's call and
+    /// the web role's sampling keep that state. A database never checked
+    /// (a store made by [`Store::open`]) is asked with [`Store::ready`].
+    pub async fn readiness(&self, dbid: u32) -> std::result::Result<(), String> {
+        let db = self.db(dbid).map_err(|e| e.to_string())?;
+        let checked = {
+            let health = db.health.lock().unwrap();
+            if let Some((_, reason)) = &health.down {
+                return Err(reason.clone());
+            }
+            health.checked
+        };
+        if checked {
+            return Ok(());
+        }
+        self.ready(dbid).await.map_err(|e| fault_reason(&e))
+    }
+
     /// Marks `db` down after `err`, and starts its probe unless one runs.
     pub(super) fn mark_down(&self, db: &Arc<Db>, err: &Error) {
         let mut health = db.health.lock().unwrap();

@@ -10,13 +10,14 @@
 //! failcount=? WHERE jobid=?` leaves them as they were, and the original's
 //! INSERT fills `created_at` by its default.
 
-use mysql_async::Value;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Value};
 use serde::Serialize;
 
-use super::rows::{bytes, number, Optional, Stamp};
+use super::rows::{bytes, in_list, number, Optional, Stamp, MAX_IN_LIST};
 use super::Store;
 use crate::error::Result;
-use crate::job::{JobRef, When};
+use crate::job::{JobRef, When, NEVER};
 
 /// Most characters of a last error stored (the `last_error VARCHAR(1000)`
 /// of schema.sql); a longer text keeps its end, where a command's stderr
@@ -136,6 +137,46 @@ pub(super) fn lease_set(cols: Optional) -> &'static str {
         (false, true) => ", failed_at = 0",
         (false, false) => "",
     }
+}
+
+/// Parks rows that cannot be dispatched (`(jobid, why)`): makes them dead
+/// (run_after = never) and, where the table has the column, records why
+/// as their last error, so that `garivini jobs show` and the pages say it
+/// after the one log line. One statement per reason (rows parked together
+/// mostly share one).
+pub(super) async fn park(
+    conn: &mut impl Queryable,
+    parked: &[(u64, String)],
+    cols: Optional,
+) -> mysql_async::Result<()> {
+    let mut by_reason: Vec<(&str, Vec<u64>)> = Vec::new();
+    for (jobid, why) in parked {
+        match by_reason.iter_mut().find(|(r, _)| r == why) {
+            Some((_, ids)) => ids.push(*jobid),
+            None => by_reason.push((why, vec![*jobid])),
+        }
+    }
+    for (why, ids) in by_reason {
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let (list, ids) = in_list(chunk);
+            let mut params = vec![Value::from(NEVER)];
+            let set_error = match cols.last_error {
+                Some(col) => {
+                    let max = (col.max as usize).min(MAX_LAST_ERROR_CHARS);
+                    params.push(Value::from(bound_error(why, max, col.ascii, col.binary)));
+                    ", last_error = ?"
+                }
+                None => "",
+            };
+            params.extend(ids);
+            conn.exec_drop(
+                format!("UPDATE job SET run_after = ?{set_error} WHERE jobid IN ({list})"),
+                Params::Positional(params),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// `text` as `last_error` can hold it: its last `max` characters (or

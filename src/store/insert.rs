@@ -28,6 +28,16 @@ const STATEMENT_OVERHEAD: u64 = 64;
 /// of the null bitmap.
 const ROW_OVERHEAD: u64 = 88;
 
+/// Where [`Store::insert_telling_new`] stored a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The row.
+    pub job: JobRef,
+    /// Whether the row is new: false when the job's unique key named a row
+    /// that exists, which was left as it was.
+    pub new: bool,
+}
+
 impl Store {
     /// Refuses, before anything is sent, a job whose INSERT would be over
     /// the packet limit of the database it goes to: the server would
@@ -55,6 +65,15 @@ impl Store {
     /// is known down, such a job fails at once ([`Error::DbDown`], naming
     /// it) and nothing is stored.
     pub async fn insert(&self, jobs: &[NewJob]) -> Result<Vec<JobRef>> {
+        let stored = self.insert_telling_new(jobs).await?;
+        Ok(stored.into_iter().map(|s| s.job).collect())
+    }
+
+    /// [`Store::insert`], telling for each job whether its row is new or
+    /// one its unique key named already ([`Stored::new`]): a job of an
+    /// existing row is not the caller's to dispatch (its row keeps its own
+    /// schedule and lease).
+    pub async fn insert_telling_new(&self, jobs: &[NewJob]) -> Result<Vec<Stored>> {
         for job in jobs {
             job.validate()?;
         }
@@ -90,9 +109,12 @@ impl Store {
                 match outcome {
                     Ok(ids) => {
                         for (&i, jobid) in keyless.iter().zip(ids) {
-                            refs[i] = Some(JobRef {
-                                dbid: db.cfg.dbid,
-                                jobid,
+                            refs[i] = Some(Stored {
+                                job: JobRef {
+                                    dbid: db.cfg.dbid,
+                                    jobid,
+                                },
+                                new: true,
                             });
                         }
                         break;
@@ -110,8 +132,11 @@ impl Store {
         for (dbid, idx) in by_shard {
             let db = self.db(dbid)?;
             let ids = self.insert_keyed(db, jobs, &idx).await?;
-            for (&i, jobid) in idx.iter().zip(ids) {
-                refs[i] = Some(JobRef { dbid, jobid });
+            for (&i, (jobid, new)) in idx.iter().zip(ids) {
+                refs[i] = Some(Stored {
+                    job: JobRef { dbid, jobid },
+                    new,
+                });
             }
         }
         telemetry::inserted(jobs.len());
@@ -184,7 +209,12 @@ impl Store {
         .await
     }
 
-    async fn insert_keyed(&self, db: &Arc<Db>, jobs: &[NewJob], idx: &[usize]) -> Result<Vec<u64>> {
+    async fn insert_keyed(
+        &self,
+        db: &Arc<Db>,
+        jobs: &[NewJob],
+        idx: &[usize],
+    ) -> Result<Vec<(u64, bool)>> {
         let cols = self.columns_for(db, jobs, idx).await?;
         self.run(db, move || async move {
             let mut conn = db.pool().get_conn().await?;
@@ -386,20 +416,28 @@ async fn insert_one(
     Ok(id)
 }
 
-/// One INSERT of a job with a unique key; on a duplicate key,
-/// LAST_INSERT_ID(jobid) makes it report the existing row's id.
+/// The bit [`insert_keyed_row`] sets in the id it reports for a row that
+/// existed: no id comes near it (2^63).
+const EXISTED: u64 = 1 << 63;
+
+/// One INSERT of a job with a unique key; returns the row's id and whether
+/// it is new. On a duplicate key, LAST_INSERT_ID(...) makes it report the
+/// existing row's id, marked with [`EXISTED`], and leaves the row as it
+/// was (`jobid = IF(..., jobid, jobid)`). The affected-rows count cannot
+/// tell: with CLIENT_FOUND_ROWS (which the store sets) an unchanged
+/// duplicate counts 1, as a new row does.
 pub(super) async fn insert_keyed_row(
     q: &mut impl Queryable,
     job: &NewJob,
     cols: Optional,
-) -> mysql_async::Result<u64> {
+) -> mysql_async::Result<(u64, bool)> {
     let shape = Shape::keyed(cols, job.leased);
     let mut params = Vec::with_capacity(7);
     values(job, shape, &mut params);
     let result = q
         .exec_iter(
             format!(
-                "{}{} ON DUPLICATE KEY UPDATE jobid = LAST_INSERT_ID(jobid)",
+                "{}{} ON DUPLICATE KEY UPDATE jobid = IF(LAST_INSERT_ID(jobid + {EXISTED}), jobid, jobid)",
                 shape.insert_into(),
                 shape.placeholders()
             ),
@@ -408,7 +446,7 @@ pub(super) async fn insert_keyed_row(
         .await?;
     let id = result.last_insert_id().unwrap_or_default();
     result.drop_result().await?;
-    Ok(id)
+    Ok((id & !EXISTED, id & EXISTED == 0))
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub use admin::{
 pub use claim::{Claim, Holds, CLAIMER_TTL};
 pub(crate) use counts::caps as status_caps;
 pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};
+pub use insert::Stored;
 
 /// How long one database operation may take before it counts as failed.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -90,7 +90,7 @@ impl Store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                let jobid = super::insert::insert_keyed_row(&mut tx, job, cols).await?;
+                let (jobid, _) = super::insert::insert_keyed_row(&mut tx, job, cols).await?;
                 tx.commit().await?;
                 Ok(Some(jobid))
             })

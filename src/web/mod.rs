@@ -438,8 +438,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Every database takes calls (200), or not (503, naming which and why):
-/// [`Store::ready`], so a database known down answers at once, and the
+/// Every database takes calls (200), or not (503, naming which and why,
+/// never its URL): [`Store::readiness`], the store's health state, so a
+/// request costs no query, a database known down answers at once, and the
 /// answer turns 200 when the process's roles resume, not before. A process
 /// started with every database down serves this from the start.
 async fn readyz(
@@ -447,7 +448,7 @@ async fn readyz(
 ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     let checks = futures::future::join_all(state.store.dbids().map(|dbid| {
         let store = state.store.clone();
-        async move { (dbid, store.ready(dbid).await) }
+        async move { (dbid, store.readiness(dbid).await) }
     }))
     .await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
@@ -455,7 +456,7 @@ async fn readyz(
         .into_iter()
         .map(|(dbid, r)| match r {
             Ok(_) => serde_json::json!({"dbid": dbid, "ok": true}),
-            Err(e) => serde_json::json!({"dbid": dbid, "ok": false, "error": e.to_string()}),
+            Err(e) => serde_json::json!({"dbid": dbid, "ok": false, "error": e}),
         })
         .collect();
     let code = if ready {

@@ -176,9 +176,19 @@ fn url(path: &str, pairs: &[(&str, &str)]) -> String {
 
 /// What a change just did, read back from the redirect that follows it
 /// (`done=ACTION:SUBJECT`, and `n=ROWS` for a change of many rows): fixed
-/// wording, the subject only named.
+/// wording, the subject only named, and only one our changes name: a job
+/// id (`1:42`) for a job's change, a function name for a function's. So a
+/// link can show no sentence of its own making.
 fn notice(done: Option<&str>, rows: Option<u64>) -> Option<String> {
     let (action, subject) = done?.split_once(':')?;
+    let of_job = matches!(action, "retried" | "cancelled");
+    let named = match of_job {
+        true => subject.parse::<crate::job::JobRef>().is_ok(),
+        false => crate::job::check_funcname(subject).is_ok(),
+    };
+    if !named {
+        return None;
+    }
     let jobs = |n: u64| if n == 1 { "job" } else { "jobs" };
     let what = match (action, rows) {
         ("retried", _) => "Retried job".to_string(),
@@ -559,5 +569,9 @@ mod tests {
             Some("Purged 5 dead jobs of resize.")
         );
         assert_eq!(notice(Some("<script>:x"), None), None);
+        // The subject is one our changes name, not a sentence.
+        assert_eq!(notice(Some("paused:Call 555-0100 now"), None), None);
+        assert_eq!(notice(Some("retried:resize"), None), None);
+        assert_eq!(notice(Some("cancelled:1:x"), None), None);
     }
 }

@@ -129,7 +129,7 @@ pub struct DbReadiness {
     pub dbid: u32,
     /// Whether it answered.
     pub ok: bool,
-    /// Why not, when it did not.
+    /// Why not, when it did not: its last fault, without its URL.
     pub error: Option<String>,
 }
 

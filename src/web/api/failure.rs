@@ -78,9 +78,11 @@ impl From<Error> for Failure {
             Error::EmptyFuncname
             | Error::FuncnameTooLong { .. }
             | Error::FuncnameHasNul { .. }
-            | Error::FuncnameHasBadChar { .. } => (StatusCode::BAD_REQUEST, "invalid_funcname"),
+            | Error::FuncnameHasBadChar { .. }
+            | Error::ReservedFuncname { .. } => (StatusCode::BAD_REQUEST, "invalid_funcname"),
             Error::InvalidRequest { .. }
             | Error::UniqkeyTooLong { .. }
+            | Error::CoalesceTooLong { .. }
             | Error::ArgTooLarge { .. }
             | Error::DelayTooLong { .. }
             | Error::InvalidPriority { .. }

@@ -242,7 +242,7 @@ pub(crate) fn check_jobs(body: &[u8]) -> Answer<()> {
     }
     for (i, job) in jobs.iter().enumerate() {
         if let Some(Value::String(funcname)) = job.get("funcname") {
-            crate::job::check_funcname(funcname).map_err(|e| {
+            crate::job::check_job_funcname(funcname).map_err(|e| {
                 let mut failure = Failure::from(e);
                 failure.message = format!("{}{}", which(i), failure.message);
                 failure
