@@ -55,6 +55,7 @@ pub use admin::{
     LISTED_ARG_BYTES,
 };
 pub use claim::{Claim, Holds, CLAIMER_TTL};
+#[cfg(feature = "web")]
 pub(crate) use counts::caps as status_caps;
 pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};
 pub use insert::Stored;
