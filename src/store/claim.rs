@@ -661,6 +661,16 @@ async fn function_firsts(
     }))
 }
 
+/// The columns a claim reads: the job's, then whether each row's last
+/// lease ran out, for the claim to count.
+fn claim_columns(cols: Optional) -> String {
+    format!(
+        "{}{}",
+        columns(cols),
+        super::history::lease_ran_out_column(cols)
+    )
+}
+
 /// Up to `limit` rows due at `now`, locked, skipping those other claimers
 /// hold, read function by function (see [`Store::claim`]): none of a held
 /// function, at most its room of a limited one, a fair share of the rest.
@@ -672,11 +682,7 @@ async fn rows_by_function(
     holds: &Holds,
     limit: usize,
 ) -> mysql_async::Result<Vec<RawRow>> {
-    let columns = format!(
-        "{}{}",
-        columns(cols),
-        super::history::lease_ran_out_column(cols)
-    );
+    let columns = claim_columns(cols);
     let mut due: Vec<(&First, u64)> = firsts
         .iter()
         .filter(|f| f.first <= now)
@@ -765,12 +771,7 @@ async fn due_rows(
     due_levels: &[u8],
     limit: usize,
 ) -> mysql_async::Result<Vec<RawRow>> {
-    // Then whether each row's last lease ran out, for the claim to count.
-    let columns = format!(
-        "{}{}",
-        columns(cols),
-        super::history::lease_ran_out_column(cols)
-    );
+    let columns = claim_columns(cols);
     let mut rows: Vec<RawRow> = Vec::with_capacity(limit);
     let mut ranges: Vec<(String, &str)> = Vec::new();
     if !cols.priority {
