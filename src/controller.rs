@@ -81,11 +81,12 @@ pub struct Config {
     /// through gearmand.
     pub local_concurrency: usize,
     /// Most jobs of one function this Controller runs at once, of its
-    /// `concurrency` slots (0: half of them, [`Config::share`]): a
-    /// function whose worker hangs, or that floods, keeps the other half
-    /// for the other functions. A job past it is given back, due; the
-    /// QueueRunner holds such rows while the function's queue in gearmand
-    /// is that deep.
+    /// `concurrency` slots (0: no cap, [`Config::share`]): with a cap, a
+    /// function whose worker hangs, or that floods, leaves the rest of the
+    /// slots to the other functions. A job past it is given back, due, for
+    /// the QueueRunner to send again: off by default, since with one busy
+    /// function every job past the cap makes that round trip through the
+    /// table (and without a QueueRunner it would wait there).
     pub function_share: usize,
 }
 
@@ -128,7 +129,7 @@ impl Config {
     /// The most jobs of one function run at once (see `function_share`).
     pub fn share(&self) -> usize {
         match self.function_share {
-            0 => (self.concurrency / 2).max(1),
+            0 => self.concurrency,
             n => n.min(self.concurrency),
         }
     }

@@ -12,7 +12,7 @@ use testkit::{quick_queue_runner, wait_until, Gearmand, InjectClient, Roles, Tes
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every low-latency role, as `garivini workers --roles
-/// queuerunner,injector,controller` runs them, with the defaults (200
+/// queuerunner,injector,controller --function-share 100` runs them (200
 /// slots, a share of 100 per function), every job through gearmand.
 async fn roles(db: &TestDb, gearmand: &Gearmand) -> Roles {
     let config = roles::Config {
@@ -20,6 +20,7 @@ async fn roles(db: &TestDb, gearmand: &Gearmand) -> Roles {
         injector: Some(injector::Config::default()),
         controller: Some(controller::Config {
             local_concurrency: 0,
+            function_share: 100,
             // The hung jobs are given back at the stop, not waited for.
             shutdown_timeout: Duration::from_secs(1),
             ..controller::Config::default()

@@ -85,8 +85,9 @@ pub struct Settings {
     #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: usize,
     /// Controller: most jobs of one function run at once, of its
-    /// --concurrency slots (0: half of them), so that a function whose
-    /// worker hangs or that floods leaves slots to the others.
+    /// --concurrency slots (0: no cap), so that a function whose worker
+    /// hangs or that floods leaves slots to the others (jobs past it are
+    /// given back to the table, for the QueueRunner).
     #[arg(long, default_value_t = 0)]
     function_share: usize,
     /// Controller beside an Injector (`workers --roles injector,controller`):

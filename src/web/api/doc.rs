@@ -27,6 +27,11 @@ pub(crate) enum Refused {
     /// have been made: read before asking again.
     #[response(status = 408)]
     Timeout(ApiError),
+    /// `too_many_requests`: this address sent too many wrong bearer tokens
+    /// (10 a minute); every request with a token is refused until
+    /// `Retry-After` seconds have passed.
+    #[response(status = 429, headers(("Retry-After" = u32, description = "seconds to wait")))]
+    TooManyRequests(ApiError),
 }
 
 /// Answers of an endpoint that reads or changes the databases.
