@@ -129,8 +129,8 @@ impl Config {
     /// The most jobs of one function run at once (see `function_share`).
     pub fn share(&self) -> usize {
         match self.function_share {
-            0 => self.concurrency,
-            n => n.min(self.concurrency),
+            0 => usize::MAX,
+            n => n,
         }
     }
 }

@@ -282,6 +282,9 @@ async fn probe(db: Weak<Db>, timeout: Duration) {
                 db.health.lock().unwrap().went_down(&err);
             }
             answer => {
+                // A database that refused us stays unchecked: `/readyz`
+                // then asks it at each look, and says why, until mended.
+                let refused = answer.is_err();
                 match answer {
                     Ok(server) if !checked => {
                         db.set_max_packet(server);
@@ -300,7 +303,7 @@ async fn probe(db: Weak<Db>, timeout: Duration) {
                 let mut health = db.health.lock().unwrap();
                 health.down = None;
                 health.probing = false;
-                health.checked = true;
+                health.checked = !refused;
                 return;
             }
         }
