@@ -40,7 +40,8 @@ use crate::client::{Client, Retry};
 use crate::error::{Error, Result};
 use crate::functions::Functions;
 use crate::gearman::{
-    gearman_unique, serve, ForegroundClient, Outcome, WorkResult, DEFAULT_SHUTDOWN_TIMEOUT,
+    gearman_unique, serve, sleep_until_some, ForegroundClient, Outcome, WorkResult,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::job::{unsendable_funcname, Job, JobRef, When};
 use crate::names::{DEFAULT_LEASE, DEFAULT_SUBMIT_RETRY_DELAY, RUN_QUEUED_JOB};
@@ -733,13 +734,5 @@ fn failure_text(outcome: &Outcome) -> String {
         format!("{what} (the worker said nothing more)")
     } else {
         format!("{what}: {}", String::from_utf8_lossy(data))
-    }
-}
-
-/// Sleeps until `deadline`; for ever when there is none.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -503,7 +503,7 @@ impl Job {
     /// where keys of different functions could meet: they always take
     /// the row's id.
     pub fn dispatch_unique(&self) -> String {
-        match crate::gearman::gearman_unique(self.uniqkey.as_deref()) {
+        match gearman_unique(self.uniqkey.as_deref()) {
             key if !key.is_empty() && self.flag == Flag::Shim => key.to_string(),
             _ => format!("gv:{}:{}", self.dbid, self.jobid),
         }
@@ -586,6 +586,20 @@ pub fn backoff(failcount: u8) -> u32 {
     1u64.checked_shl(u32::from(failcount))
         .map_or(u64::MAX, |factor| factor.saturating_mul(60))
         .min(u64::from(MAX_BACKOFF_SECS)) as u32
+}
+
+/// gearmand refuses unique ids longer than this (GEARMAN_MAX_UNIQUE_SIZE).
+pub const MAX_GEARMAN_UNIQUE: usize = 64;
+
+/// The Gearman unique id for a job's unique key: the key itself, or none
+/// when gearmand cannot take it (the database still dedups): too long, or
+/// holding a NUL byte, which ends a field in the Gearman protocol and
+/// would make the rest of the key the start of the workload.
+pub fn gearman_unique(uniqkey: Option<&str>) -> &str {
+    match uniqkey {
+        Some(k) if k.len() <= MAX_GEARMAN_UNIQUE && !k.contains('\0') => k,
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -813,5 +827,17 @@ mod tests {
             NewJob::new("f", vec![0u8; MAX_ARG_LEN + 1]).validate(),
             Err(Error::ArgTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn unique_keys_gearmand_cannot_take_are_not_sent() {
+        assert_eq!(gearman_unique(Some("k")), "k");
+        assert_eq!(gearman_unique(None), "");
+        assert_eq!(gearman_unique(Some(&"k".repeat(65))), "");
+        assert_eq!(
+            gearman_unique(Some("k\0rest")),
+            "",
+            "a NUL would end the field"
+        );
     }
 }
