@@ -42,9 +42,11 @@ mod admin;
 mod claim;
 mod counts;
 pub mod dispatches;
+mod election;
 pub mod functions;
 mod health;
 mod history;
+mod holds;
 mod insert;
 pub mod periodic;
 mod rows;
@@ -54,10 +56,12 @@ pub use admin::{
     After, Change, Counts, FunctionStatus, JobState, ListQuery, Listed, Page, Selection,
     LISTED_ARG_BYTES,
 };
-pub use claim::{Claim, Holds, CLAIMER_TTL};
+pub use claim::Claim;
 #[cfg(feature = "web")]
 pub(crate) use counts::caps as status_caps;
+pub use election::CLAIMER_TTL;
 pub use history::{bound_error, History, MAX_LAST_ERROR_CHARS};
+pub use holds::Holds;
 pub use insert::Stored;
 
 /// How long one database operation may take before it counts as failed.
@@ -177,7 +181,7 @@ struct Db {
     /// once known: 0 = not yet, 1 = yes, 2 = no.
     returning: std::sync::atomic::AtomicU8,
     /// This process's turn to claim, when QueueRunners elect one claimer.
-    election: Mutex<claim::Election>,
+    election: Mutex<election::Election>,
     /// Whether it is known down.
     health: Mutex<Health>,
     /// Logs its outages, once each.
