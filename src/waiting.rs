@@ -108,14 +108,6 @@ impl Limits {
 mod tests {
     use super::*;
 
-    fn load(queued: u64, workers: u64) -> FunctionLoad {
-        FunctionLoad {
-            queued,
-            running: 0,
-            workers,
-        }
-    }
-
     #[test]
     fn a_pause_wins_then_no_worker_then_the_limit_then_the_watermark() {
         let limits = Limits {
@@ -129,9 +121,9 @@ mod tests {
             )]),
         };
         let status: HashMap<String, FunctionLoad> = [
-            ("served".to_string(), load(0, 1)),
-            ("limited".to_string(), load(2, 1)),
-            ("full".to_string(), load(10, 1)),
+            ("served".to_string(), FunctionLoad::of(0, 1)),
+            ("limited".to_string(), FunctionLoad::of(2, 1)),
+            ("full".to_string(), FunctionLoad::of(10, 1)),
         ]
         .into();
         let s = Some(&status);

@@ -25,6 +25,18 @@ pub struct FunctionLoad {
     pub workers: u64,
 }
 
+#[cfg(test)]
+impl FunctionLoad {
+    /// `queued` jobs and `workers` workers, none running (for tests).
+    pub(crate) fn of(queued: u64, workers: u64) -> FunctionLoad {
+        FunctionLoad {
+            queued,
+            running: 0,
+            workers,
+        }
+    }
+}
+
 /// Most bytes of one `status` reply we read (some 200,000 functions):
 /// past it the server counts as failed.
 pub const MAX_STATUS_REPLY: usize = 16 * 1024 * 1024;
