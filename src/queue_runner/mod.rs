@@ -209,11 +209,9 @@ pub struct QueueRunner {
     /// The databases this runner claims from: all of the store's, but in
     /// each of the claim loops [`QueueRunner::run`] starts, one.
     dbids: Vec<u32>,
-    /// Per database, whether its next claim reads function by function
-    /// (its last one met held or limited rows, see [`Holds`]).
-    by_function: HashMap<u32, bool>,
     /// Per database, what its last claim held: the probes between rounds
-    /// look for other rows only.
+    /// look for other rows only, and the next claim reads function by
+    /// function if that one met held or limited rows.
     holds: HashMap<u32, Holds>,
     /// gearmand's load at the last round, for the gauges' reasons.
     load: Option<HashMap<String, FunctionLoad>>,
@@ -267,7 +265,6 @@ impl QueueRunner {
                 .unwrap_or_else(Instant::now),
             shutdown: CancellationToken::new(),
             dbids: store.dbids().collect(),
-            by_function: HashMap::new(),
             holds: HashMap::new(),
             load: None,
             store,
@@ -288,7 +285,6 @@ impl QueueRunner {
             due_counted: self.due_counted,
             shutdown: self.shutdown.clone(),
             dbids: vec![dbid],
-            by_function: HashMap::new(),
             holds: HashMap::new(),
             load: None,
         }
@@ -405,7 +401,8 @@ impl QueueRunner {
         let paused = self.store.paused_functions().await;
         let mut holds = room.holds(limit);
         holds.held.extend(paused.names().map(str::to_string));
-        holds.by_function = self.by_function.get(&dbid).copied().unwrap_or(false);
+        // Its last claim met held or limited rows: read function by function.
+        holds.by_function = self.holds.get(&dbid).is_some_and(|h| h.by_function);
         let claim = self
             .store
             .claim(dbid, limit, self.config.lease, &holds, |due| {
@@ -417,7 +414,6 @@ impl QueueRunner {
         // shared by several functions): the next claim reads function by
         // function, so that they do not fill its batch again.
         holds.by_function = claim.limited || claim.held > 0;
-        self.by_function.insert(dbid, holds.by_function);
         // What the probes between rounds skip.
         self.holds.insert(dbid, holds);
         let moved = claim.jobs.len();
